@@ -1,0 +1,139 @@
+//! Remote storage for pronto-offsite, behind one [`Backend`] trait.
+//!
+//! Backends implement *primitives only*: listing, reading, atomic single puts and
+//! multipart uploads. Everything with policy in it — what to upload, retries,
+//! concurrency, verification, pruning — lives in the CLI crate's `replicate` and
+//! `plan` modules, so each backend stays small and every backend is held to the
+//! same contract by the shared [`conformance`] suite.
+
+pub mod conformance;
+pub mod error;
+pub mod local;
+
+use std::ops::Range;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+pub use error::{BackendError, Result};
+
+/// A stream of bytes read from a backend.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// What a backend knows about one stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Key relative to the backend's root (its configured prefix), `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The SHA-256 the writer recorded for this object, when the backend can store one.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Limits of a backend that the replicator must respect when it sizes parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Smallest size of any part but the last.
+    pub min_part_size: u64,
+    /// Largest size of one part.
+    pub max_part_size: u64,
+    /// Most parts one upload may have.
+    pub max_parts: u32,
+}
+
+/// The id of a multipart upload, as the backend returned it. Saved in the push
+/// journal so that a new process can finish the upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadId(pub String);
+
+/// Proof that one part was stored, exactly as the backend returned it.
+/// Saved in the push journal; `complete_upload` takes these back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReceipt {
+    /// 1-based part number.
+    pub number: u32,
+    /// Size of the part in bytes.
+    pub size: u64,
+    /// Backend-specific token (an ETag, a content id, an offset…).
+    pub token: String,
+}
+
+/// One remote store.
+///
+/// # Contract (checked by [`conformance`])
+/// - Keys are `/`-separated and relative to the backend's root; a backend never
+///   touches anything outside its root.
+/// - Nothing is visible under `key` before [`put`](Backend::put) or
+///   [`complete_upload`](Backend::complete_upload) returns successfully; a failed or
+///   interrupted write leaves the previous state (usually: no object).
+/// - `put` and `put_part` verify the body against the given SHA-256 and fail with
+///   [`BackendError::ChecksumMismatch`] without storing anything when it differs.
+/// - Re-sending a part replaces it. Parts may be sent in any order.
+/// - An [`UploadId`] and its [`PartReceipt`]s saved to disk can be completed by a new
+///   process with a new backend instance: that is how a killed push resumes.
+/// - [`list`](Backend::list) returns every object under the prefix, or an error —
+///   never a silently truncated list. In-progress uploads are not listed.
+/// - [`delete`](Backend::delete) and [`abort_upload`](Backend::abort_upload) are
+///   idempotent: a missing object or upload is success.
+/// - [`head`](Backend::head) and [`get`](Backend::get) of a missing key fail with
+///   [`BackendError::NotFound`].
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A human-readable location such as `file:///mnt/nas/pronto`, never with secrets.
+    fn describe(&self) -> String;
+    /// Part size limits.
+    fn capabilities(&self) -> Capabilities;
+    /// Every object whose key starts with `prefix`, sorted by key. Complete, or an error.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Metadata of one object.
+    async fn head(&self, key: &str) -> Result<ObjectMeta>;
+    /// The object's bytes, or the given byte range of them.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream>;
+    /// Store `body` under `key` atomically, after checking it against `sha256`.
+    async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta>;
+    /// Start a multipart upload to `key`.
+    async fn create_upload(&self, key: &str) -> Result<UploadId>;
+    /// Store part `n` (1-based) of an upload. Every part but the last has the same size,
+    /// which the caller chooses within [`Capabilities`].
+    async fn put_part(
+        &self,
+        key: &str,
+        up: &UploadId,
+        n: u32,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<PartReceipt>;
+    /// Assemble the parts (given in part order) and make the object visible under `key`.
+    /// `sha256` is the whole object's hash; backends that can store it do.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        up: &UploadId,
+        parts: &[PartReceipt],
+        sha256: [u8; 32],
+    ) -> Result<ObjectMeta>;
+    /// Forget an upload and its parts. Idempotent.
+    async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()>;
+    /// Remove one object. Idempotent.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// SHA-256 of a byte slice.
+pub fn sha256_of(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// Read a whole stream into memory (for manifests and tests; archives are streamed).
+pub async fn collect(mut stream: ByteStream) -> Result<Vec<u8>> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}

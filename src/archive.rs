@@ -1,0 +1,906 @@
+//! The one streaming pass that makes an archive: tar → gzip → sha256 → file.
+//!
+//! [`write_archive`] walks every source folder (sorted names, symlinks stored as
+//! symlinks and never followed except at a source's root), feeds the tar stream
+//! into a parallel gzip compressor (pigz style: one gzip member that plain
+//! `gunzip` reads), and hashes and counts the compressed bytes as they are
+//! written. Memory stays bounded whatever the archive size: files are read
+//! through a 1 MiB buffer and the compressor holds a few blocks per thread.
+//!
+//! Layout inside the archive (the seed's):
+//!
+//! ```text
+//! TOP/
+//! TOP/postgres_data/
+//! TOP/redis_data/
+//! TOP/static_content/
+//! TOP/static_content/<source name>/...
+//! TOP/configs/
+//! TOP/docker_volumes/
+//! TOP/backup_info.txt        (always the last entry)
+//! ```
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gzp::deflate::Gzip;
+use gzp::par::compress::{ParCompress, ParCompressBuilder};
+use gzp::{Compression, ZWriter};
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header, HeaderMode};
+
+use crate::manifest::{Section, SourceSummary};
+
+/// Read and write buffer size used for file data (1 MiB).
+pub const IO_BUF: usize = 1 << 20;
+
+/// Size of the blocks handed to the compression threads. Larger than pigz's
+/// 128 KiB: gzp's pure-Rust build compresses each block without the previous
+/// block as a dictionary, so bigger blocks keep the ratio close to `gzip -6`.
+const COMPRESS_BLOCK: usize = 1 << 20;
+
+/// Every section, in the order their folders appear in the archive.
+pub const SECTIONS: [Section; 5] = [
+    Section::PostgresData,
+    Section::RedisData,
+    Section::StaticContent,
+    Section::Configs,
+    Section::DockerVolumes,
+];
+
+/// Name of the text file that is the last entry of every archive.
+pub const INFO_FILE: &str = "backup_info.txt";
+
+/// One source to put into the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveInput {
+    /// The source's name; its folder in the archive is `TOP/<section>/<name>/`.
+    pub name: String,
+    pub section: Section,
+    /// A folder (or a symlink to one, followed at the root only). A single
+    /// regular file is accepted too: it is stored as `TOP/<section>/<name>/<file name>`.
+    pub path: PathBuf,
+    /// When true, unreadable and vanished paths are recorded in
+    /// [`SourceSummary::skipped`] and the walk goes on; when false they fail the backup.
+    pub allow_skip: bool,
+}
+
+/// How to write the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Name of the one top folder in the tar, e.g. `pronto-app-backup-20260201-170521`.
+    pub top: String,
+    /// gzip level, 0-9 (6 is gzip's default).
+    pub level: u32,
+    /// Compression threads; 0 means one per available core.
+    pub threads: usize,
+}
+
+impl WriteOptions {
+    /// Level 6, all cores.
+    pub fn new(top: impl Into<String>) -> WriteOptions {
+        WriteOptions {
+            top: top.into(),
+            level: 6,
+            threads: 0,
+        }
+    }
+}
+
+/// What [`write_archive`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Size of the archive file in bytes.
+    pub size: u64,
+    /// SHA-256 of the archive file.
+    pub sha256: [u8; 32],
+    /// One summary per input, in the order of `inputs`.
+    pub sources: Vec<SourceSummary>,
+}
+
+/// Writes the archive to `out` (the `.partial` path; the caller renames it once
+/// it has recorded the result). `out` must not exist: it is created with mode
+/// 0600, and fsynced before this returns. On any error it is removed again.
+///
+/// `info` is called once, after every source is stored, with the summaries (in
+/// the order of `inputs`); its text becomes `TOP/backup_info.txt`, the last entry.
+///
+/// Sources are written in section order, then by name, whatever the order of `inputs`.
+pub fn write_archive(
+    out: &Path,
+    opts: &WriteOptions,
+    inputs: &[ArchiveInput],
+    info: &dyn Fn(&[SourceSummary]) -> String,
+) -> Result<Written> {
+    check_component(&opts.top).with_context(|| format!("archive top folder {:?}", opts.top))?;
+    if opts.level > 9 {
+        bail!("gzip level {} is out of range (0-9)", opts.level);
+    }
+    check_inputs(inputs)?;
+
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let result = (|| {
+        // The umask can only remove bits; make the mode exactly 0600 anyway.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        let meta = file.metadata()?;
+        write_into(out, file, (meta.dev(), meta.ino()), opts, inputs, info)
+    })();
+    match result {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            let _ = fs::remove_file(out);
+            Err(e)
+        }
+    }
+}
+
+/// SHA-256 and size of a file, read in a streaming way through a 1 MiB buffer.
+pub fn sha256_file(path: &Path) -> Result<([u8; 32], u64)> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; IO_BUF];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finalize().into(), size))
+}
+
+// ---------------------------------------------------------------------------
+
+/// A path component that is safe as a single folder name in the archive.
+fn check_component(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
+    {
+        bail!("must be a plain name (not empty, '.', '..', and without '/')");
+    }
+    Ok(())
+}
+
+fn check_inputs(inputs: &[ArchiveInput]) -> Result<()> {
+    let mut seen = HashSet::new();
+    for input in inputs {
+        check_component(&input.name).with_context(|| format!("source name {:?}", input.name))?;
+        if !seen.insert((input.section, input.name.as_str())) {
+            bail!(
+                "two sources named '{}' in section {}",
+                input.name,
+                input.section.dir_name()
+            );
+        }
+        source_root_meta(input)?;
+    }
+    Ok(())
+}
+
+/// Metadata of a source's root, following a symlink at the root only.
+fn source_root_meta(input: &ArchiveInput) -> Result<Metadata> {
+    match fs::metadata(&input.path) {
+        Ok(m) => Ok(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "source '{}': {} does not exist",
+            input.name,
+            input.path.display()
+        ),
+        Err(e) => bail!(
+            "source '{}': cannot read {}: {e}",
+            input.name,
+            input.path.display()
+        ),
+    }
+}
+
+/// Counts and hashes what goes to the file.
+struct HashingWriter {
+    inner: BufWriter<File>,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Gz = ParCompress<'static, Gzip, HashingWriter>;
+
+fn write_into(
+    out: &Path,
+    file: File,
+    out_id: (u64, u64),
+    opts: &WriteOptions,
+    inputs: &[ArchiveInput],
+    info: &dyn Fn(&[SourceSummary]) -> String,
+) -> Result<Written> {
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let sink = HashingWriter {
+        inner: BufWriter::with_capacity(IO_BUF, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let gz: Gz = ParCompressBuilder::<Gzip>::new()
+        .num_threads(threads)
+        .map_err(|e| anyhow!("gzip: {e}"))?
+        .buffer_size(COMPRESS_BLOCK)
+        .map_err(|e| anyhow!("gzip: {e}"))?
+        .compression_level(Compression::new(opts.level))
+        .from_writer(sink);
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(HeaderMode::Complete);
+    tar.follow_symlinks(false);
+
+    let result = {
+        let mut w = Walker {
+            tar: &mut tar,
+            out,
+            out_id,
+            now: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            buf: Vec::new(),
+        };
+        w.write_all(&opts.top, inputs, info)
+    };
+    let sources = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // Shut the compressor down explicitly (its Drop would panic on a late I/O error).
+            if let Ok(mut gz) = tar.into_inner() {
+                let _ = gz.finish();
+            }
+            return Err(e);
+        }
+    };
+    let what = out.display();
+    let mut gz = tar
+        .into_inner()
+        .with_context(|| format!("writing {what}: finishing the tar stream"))?;
+    let sink = gz
+        .finish()
+        .map_err(|e| anyhow!("writing {what}: finishing the gzip stream: {e}"))?;
+    let HashingWriter {
+        inner,
+        hasher,
+        count,
+    } = sink;
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {what}"))?;
+    file.sync_all()
+        .with_context(|| format!("fsync of {what}"))?;
+    let on_disk = file.metadata()?.len();
+    if on_disk != count {
+        bail!("{what} is {on_disk} bytes on disk but {count} bytes were written");
+    }
+    Ok(Written {
+        size: count,
+        sha256: hasher.finalize().into(),
+        sources,
+    })
+}
+
+struct Walker<'a> {
+    tar: &'a mut tar::Builder<Gz>,
+    /// The archive's path, for error messages.
+    out: &'a Path,
+    /// (dev, ino) of the archive being written, never stored in itself.
+    out_id: (u64, u64),
+    now: u64,
+    buf: Vec<u8>,
+}
+
+/// One folder being walked: its remaining children, sorted, last one first.
+struct Frame {
+    fs: PathBuf,
+    ar: PathBuf,
+    names: Vec<OsString>,
+}
+
+/// Children of a folder, sorted by name bytes, popped from the end.
+fn read_sorted(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name());
+    }
+    names.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    Ok(names)
+}
+
+fn header(kind: EntryType, mode: u32, uid: u32, gid: u32, mtime: i64, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode & 0o7777);
+    h.set_uid(uid.into());
+    h.set_gid(gid.into());
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_size(size);
+    h
+}
+
+fn meta_header(kind: EntryType, m: &Metadata, size: u64) -> Header {
+    header(kind, m.mode(), m.uid(), m.gid(), m.mtime(), size)
+}
+
+/// `path` with a trailing slash, as tar writes folder names.
+fn dir_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("/");
+    PathBuf::from(s)
+}
+
+fn special_kind(ft: &fs::FileType) -> &'static str {
+    if ft.is_socket() {
+        "socket"
+    } else if ft.is_fifo() {
+        "fifo (named pipe)"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+/// A problem with one path of a source: an error, or a note when skipping is allowed.
+fn problem(
+    input: &ArchiveInput,
+    sum: &mut SourceSummary,
+    path: &Path,
+    reason: String,
+) -> Result<()> {
+    if input.allow_skip {
+        sum.skipped.push(format!("{}: {reason}", path.display()));
+        Ok(())
+    } else {
+        bail!("source '{}': {}: {reason}", input.name, path.display())
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "vanished while the backup was running".to_string(),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            "was replaced by a symlink while the backup was running".to_string()
+        }
+        _ => format!("cannot read: {e}"),
+    }
+}
+
+/// Reads exactly `remaining` bytes of a file whose size went into the tar
+/// header already. When the file comes up short (it shrank, or a read failed)
+/// it either fails (the tar stream is abandoned) or, when skipping is allowed,
+/// pads with zeros so that the tar stays well-formed, and records why.
+struct ExactReader<'a> {
+    inner: BufReader<&'a File>,
+    expected: u64,
+    remaining: u64,
+    pad: bool,
+    padding: bool,
+    problem: Option<String>,
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = self.remaining.min(buf.len() as u64) as usize;
+        if self.padding {
+            buf[..want].fill(0);
+            self.remaining -= want as u64;
+            return Ok(want);
+        }
+        let got = self.expected - self.remaining;
+        let why = loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    break format!(
+                        "shrank while being read (expected {} bytes, got {got})",
+                        self.expected
+                    )
+                }
+                Ok(n) => {
+                    self.remaining -= n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break format!("read error after {got} bytes: {e}"),
+            }
+        };
+        if self.pad {
+            self.problem = Some(format!("{why}; stored padded with zeros, do not trust it"));
+            self.padding = true;
+            self.read(buf)
+        } else {
+            self.problem = Some(why.clone());
+            Err(io::Error::other(why))
+        }
+    }
+}
+
+impl Walker<'_> {
+    fn write_all(
+        &mut self,
+        top: &str,
+        inputs: &[ArchiveInput],
+        info: &dyn Fn(&[SourceSummary]) -> String,
+    ) -> Result<Vec<SourceSummary>> {
+        let top = PathBuf::from(top);
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let now = self.now as i64;
+        self.append_dir_header(&top, header(EntryType::Directory, 0o755, uid, gid, now, 0))?;
+
+        let mut sums: Vec<SourceSummary> = inputs
+            .iter()
+            .map(|i| SourceSummary {
+                name: i.name.clone(),
+                section: i.section,
+                archive_path: format!("{}/{}", i.section.dir_name(), i.name),
+                origin: i.path.display().to_string(),
+                files: 0,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 0,
+                skipped: Vec::new(),
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by(|&a, &b| {
+            (inputs[a].section, &inputs[a].name).cmp(&(inputs[b].section, &inputs[b].name))
+        });
+
+        let mut next = order.iter().peekable();
+        for section in SECTIONS {
+            let sec_path = top.join(section.dir_name());
+            self.append_dir_header(
+                &sec_path,
+                header(EntryType::Directory, 0o755, uid, gid, now, 0),
+            )?;
+            while let Some(&&i) = next.peek() {
+                if inputs[i].section != section {
+                    break;
+                }
+                next.next();
+                let base = sec_path.join(&inputs[i].name);
+                self.walk_source(&inputs[i], &base, &mut sums[i])?;
+            }
+        }
+
+        let text = info(&sums);
+        let mut h = header(EntryType::Regular, 0o644, uid, gid, now, text.len() as u64);
+        self.tar
+            .append_data(&mut h, top.join(INFO_FILE), text.as_bytes())
+            .with_context(|| format!("writing {}: backup_info.txt", self.out.display()))?;
+        Ok(sums)
+    }
+
+    fn append_dir_header(&mut self, path: &Path, mut h: Header) -> Result<()> {
+        self.tar
+            .append_data(&mut h, dir_path(path), io::empty())
+            .with_context(|| format!("writing {}: folder {}", self.out.display(), path.display()))
+    }
+
+    fn walk_source(
+        &mut self,
+        input: &ArchiveInput,
+        base: &Path,
+        sum: &mut SourceSummary,
+    ) -> Result<()> {
+        let root = source_root_meta(input)?;
+        if root.is_file() {
+            // A single file: store it inside a folder named after the source.
+            let mut h = meta_header(EntryType::Directory, &root, 0);
+            h.set_mode(0o755);
+            self.append_dir_header(base, h)?;
+            sum.dirs += 1;
+            let name = input
+                .path
+                .file_name()
+                .map_or_else(|| OsString::from("file"), OsStr::to_owned);
+            return self.visit_file(input, &input.path, &base.join(name), sum);
+        }
+        if !root.is_dir() {
+            bail!(
+                "source '{}': {} is not a folder (it is a {})",
+                input.name,
+                input.path.display(),
+                special_kind(&root.file_type())
+            );
+        }
+        let names = read_sorted(&input.path).with_context(|| {
+            format!(
+                "source '{}': cannot list {}",
+                input.name,
+                input.path.display()
+            )
+        })?;
+        self.append_dir_header(base, meta_header(EntryType::Directory, &root, 0))?;
+        sum.dirs += 1;
+
+        let mut stack = vec![Frame {
+            fs: input.path.clone(),
+            ar: base.to_path_buf(),
+            names,
+        }];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.names.pop() else {
+                stack.pop();
+                continue;
+            };
+            let fs_path = frame.fs.join(&name);
+            let ar_path = frame.ar.join(&name);
+            if let Some(sub) = self.visit(input, fs_path, ar_path, sum)? {
+                stack.push(sub);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one path found while walking; returns a frame when it is a folder to descend into.
+    fn visit(
+        &mut self,
+        input: &ArchiveInput,
+        fs_path: PathBuf,
+        ar_path: PathBuf,
+        sum: &mut SourceSummary,
+    ) -> Result<Option<Frame>> {
+        let meta = match fs::symlink_metadata(&fs_path) {
+            Ok(m) => m,
+            Err(e) => {
+                problem(input, sum, &fs_path, io_reason(&e))?;
+                return Ok(None);
+            }
+        };
+        if (meta.dev(), meta.ino()) == self.out_id {
+            sum.skipped.push(format!(
+                "{}: the archive being written, not stored",
+                fs_path.display()
+            ));
+            return Ok(None);
+        }
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let names = match read_sorted(&fs_path) {
+                Ok(n) => n,
+                Err(e) => {
+                    problem(input, sum, &fs_path, io_reason(&e))?;
+                    return Ok(None);
+                }
+            };
+            self.append_dir_header(&ar_path, meta_header(EntryType::Directory, &meta, 0))?;
+            sum.dirs += 1;
+            Ok(Some(Frame {
+                fs: fs_path,
+                ar: ar_path,
+                names,
+            }))
+        } else if ft.is_symlink() {
+            let target = match fs::read_link(&fs_path) {
+                Ok(t) => t,
+                Err(e) => {
+                    problem(input, sum, &fs_path, io_reason(&e))?;
+                    return Ok(None);
+                }
+            };
+            let mut h = meta_header(EntryType::Symlink, &meta, 0);
+            self.tar
+                .append_link(&mut h, &ar_path, &target)
+                .with_context(|| {
+                    format!("writing {}: symlink {}", self.out.display(), fs_path.display())
+                })?;
+            sum.symlinks += 1;
+            Ok(None)
+        } else if ft.is_file() {
+            self.visit_file(input, &fs_path, &ar_path, sum)?;
+            Ok(None)
+        } else {
+            sum.skipped.push(format!(
+                "{}: {}, not stored",
+                fs_path.display(),
+                special_kind(&ft)
+            ));
+            Ok(None)
+        }
+    }
+
+    fn visit_file(
+        &mut self,
+        input: &ArchiveInput,
+        fs_path: &Path,
+        ar_path: &Path,
+        sum: &mut SourceSummary,
+    ) -> Result<()> {
+        // O_NOFOLLOW: never follow a symlink swapped in since the walk saw a file;
+        // O_NONBLOCK: never hang on a fifo swapped in.
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(fs_path)
+        {
+            Ok(f) => f,
+            Err(e) => return problem(input, sum, fs_path, io_reason(&e)),
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return problem(input, sum, fs_path, io_reason(&e)),
+        };
+        if !meta.is_file() {
+            return problem(
+                input,
+                sum,
+                fs_path,
+                "changed type while the backup was running".to_string(),
+            );
+        }
+        let size = meta.len();
+        let mut h = meta_header(EntryType::Regular, &meta, size);
+        let mut reader = ExactReader {
+            inner: BufReader::with_capacity(IO_BUF, &file),
+            expected: size,
+            remaining: size,
+            pad: input.allow_skip,
+            padding: false,
+            problem: None,
+        };
+        if let Err(e) = self.tar.append_data(&mut h, ar_path, &mut reader) {
+            if let Some(why) = reader.problem.take() {
+                bail!("source '{}': {}: {why}", input.name, fs_path.display());
+            }
+            return Err(e).with_context(|| format!("writing {}", self.out.display()));
+        }
+        if let Some(why) = reader.problem.take() {
+            // Only reached when skipping is allowed: the tar stayed well-formed.
+            sum.skipped.push(format!("{}: {why}", fs_path.display()));
+        } else {
+            // Anything left beyond the size in the header means the file grew.
+            if self.buf.is_empty() {
+                self.buf.resize(4096, 0);
+            }
+            let more = loop {
+                match reader.inner.read(&mut self.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            if let Ok(n) = more {
+                if n > 0 {
+                    problem(
+                        input,
+                        sum,
+                        fs_path,
+                        format!(
+                            "grew while being read (size was {size} bytes); \
+                             stored the first {size} bytes only"
+                        ),
+                    )?;
+                }
+            }
+        }
+        sum.files += 1;
+        sum.bytes += size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::MultiGzDecoder;
+
+    fn input(name: &str, section: Section, path: &Path) -> ArchiveInput {
+        ArchiveInput {
+            name: name.into(),
+            section,
+            path: path.into(),
+            allow_skip: false,
+        }
+    }
+
+    fn entries(archive: &Path) -> Vec<(String, EntryType)> {
+        let f = File::open(archive).unwrap();
+        let mut ar = tar::Archive::new(MultiGzDecoder::new(f));
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archive_layout_sections_and_info_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("site");
+        fs::create_dir_all(src.join("css")).unwrap();
+        fs::write(src.join("css/app.css"), "body{}").unwrap();
+        let out = tmp.path().join("a.tar.gz.partial");
+        let w = write_archive(
+            &out,
+            &WriteOptions::new("TOP"),
+            &[input("site", Section::StaticContent, &src)],
+            &|s| format!("sources: {}\n", s.len()),
+        )
+        .unwrap();
+        let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            [
+                "TOP/",
+                "TOP/postgres_data/",
+                "TOP/redis_data/",
+                "TOP/static_content/",
+                "TOP/static_content/site/",
+                "TOP/static_content/site/css/",
+                "TOP/static_content/site/css/app.css",
+                "TOP/configs/",
+                "TOP/docker_volumes/",
+                "TOP/backup_info.txt",
+            ]
+        );
+        assert_eq!(w.sources[0].files, 1);
+        assert_eq!(w.sources[0].dirs, 2);
+        assert_eq!(w.sources[0].bytes, 6);
+        assert_eq!(w.sources[0].archive_path, "static_content/site");
+        assert_eq!(sha256_file(&out).unwrap(), (w.sha256, w.size));
+        assert_eq!(fs::metadata(&out).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn missing_source_is_an_error_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("a.partial");
+        let err = write_archive(
+            &out,
+            &WriteOptions::new("TOP"),
+            &[input("db", Section::Configs, &tmp.path().join("nope"))],
+            &|_| String::new(),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("source 'db':") && msg.contains("does not exist"), "{msg}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn existing_output_is_never_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("a.partial");
+        fs::write(&out, "keep").unwrap();
+        assert!(write_archive(&out, &WriteOptions::new("TOP"), &[], &|_| String::new()).is_err());
+        assert_eq!(fs::read(&out).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn duplicate_and_bad_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("a.partial");
+        let a = input("x", Section::Configs, tmp.path());
+        assert!(
+            write_archive(&out, &WriteOptions::new("TOP"), &[a.clone(), a], &|_| String::new())
+                .is_err()
+        );
+        let b = input("../x", Section::Configs, tmp.path());
+        assert!(write_archive(&out, &WriteOptions::new("TOP"), &[b], &|_| String::new()).is_err());
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn fifo_is_skipped_with_a_note_and_output_inside_source_is_not_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a.txt"), "a").unwrap();
+        let fifo = src.join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let out = src.join("self.partial");
+        let w = write_archive(
+            &out,
+            &WriteOptions::new("TOP"),
+            &[input("src", Section::Configs, &src)],
+            &|_| String::new(),
+        )
+        .unwrap();
+        let s = &w.sources[0];
+        assert_eq!(s.files, 1);
+        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
+        assert!(s.skipped.iter().any(|n| n.contains("pipe: fifo")));
+        assert!(s.skipped.iter().any(|n| n.contains("archive being written")));
+    }
+
+    #[test]
+    fn single_file_source_and_sources_in_input_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("nginx.conf"), "x").unwrap();
+        fs::create_dir(tmp.path().join("d")).unwrap();
+        let out = tmp.path().join("a.partial");
+        let w = write_archive(
+            &out,
+            &WriteOptions {
+                top: "T".into(),
+                level: 1,
+                threads: 1,
+            },
+            &[
+                input("z", Section::Configs, &tmp.path().join("d")),
+                input("n", Section::Configs, &tmp.path().join("nginx.conf")),
+            ],
+            &|_| String::new(),
+        )
+        .unwrap();
+        assert_eq!(w.sources[0].name, "z");
+        assert_eq!(w.sources[1].files, 1);
+        let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
+        let n = names.iter().position(|p| p == "T/configs/n/nginx.conf").unwrap();
+        let z = names.iter().position(|p| p == "T/configs/z/").unwrap();
+        assert!(n < z, "{names:?}");
+    }
+
+    #[test]
+    fn exact_reader_pads_or_fails_on_shrink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        fs::write(&p, b"abc").unwrap();
+        let f = File::open(&p).unwrap();
+        let mut r = ExactReader {
+            inner: BufReader::new(&f),
+            expected: 5,
+            remaining: 5,
+            pad: true,
+            padding: false,
+            problem: None,
+        };
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        assert_eq!(v, b"abc\0\0");
+        assert!(r.problem.unwrap().contains("shrank"));
+
+        let f = File::open(&p).unwrap();
+        let mut r = ExactReader {
+            inner: BufReader::new(&f),
+            expected: 5,
+            remaining: 5,
+            pad: false,
+            padding: false,
+            problem: None,
+        };
+        let mut v = Vec::new();
+        assert!(r.read_to_end(&mut v).is_err());
+    }
+}

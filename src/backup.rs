@@ -1,0 +1,154 @@
+//! `backup`: archive the configured sources into the local backup folder.
+//!
+//! One streaming pass into `NAME.tar.gz.partial` (0600), fsync, rename to the final
+//! name, then the manifest beside it (written last: it marks the archive complete).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{SubsecRound, Utc};
+
+use crate::archive::{write_archive, ArchiveInput, WriteOptions};
+use crate::catalog::{self, PARTIAL};
+use crate::config::Config;
+use crate::fsutil::{self, FolderLock};
+use crate::manifest::{Manifest, SourceSummary, FORMAT};
+
+/// How long a backup waits for another run holding the folder lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// Run a backup; returns the manifest of the new archive and its path.
+pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
+    if cfg.sources.is_empty() {
+        return Err(crate::error::usage(format!(
+            "{}: no [[sources]] configured: nothing to back up",
+            cfg.file.display()
+        )));
+    }
+    let dir = &cfg.local.dir;
+    let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
+    remove_stale_partials(cfg)?;
+
+    // A name no other archive has: two backups in the same second wait for the next one.
+    let (created, file) = loop {
+        let now = Utc::now().trunc_subsecs(0);
+        let file = catalog::file_name(&cfg.local.prefix, now, ".tar.gz");
+        let taken = catalog::scan(&cfg.local)?
+            .iter()
+            .any(|a| a.name.id == catalog::id_for(now));
+        if !taken {
+            break (now, file);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let name = catalog::parse_name(&cfg.local.prefix, &file).expect("we made this name");
+    let final_path = dir.join(&file);
+    let partial = dir.join(format!("{file}{PARTIAL}"));
+
+    let inputs: Vec<ArchiveInput> = cfg
+        .sources
+        .iter()
+        .filter_map(|s| {
+            s.path.as_ref().map(|p| ArchiveInput {
+                name: s.name.clone(),
+                section: s.kind.section(),
+                path: p.clone(),
+                allow_skip: s.skip_unreadable,
+            })
+        })
+        .collect();
+    let host = hostname();
+    let opts = WriteOptions {
+        top: name.stem().to_string(),
+        level: cfg.local.level,
+        threads: cfg.local.threads,
+    };
+    let info = |sources: &[SourceSummary]| backup_info(&name.id, created, &host, sources);
+    let written = match write_archive(&partial, &opts, &inputs, &info) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context(format!("backup failed; no archive was written ({})", file)));
+        }
+    };
+
+    let manifest = Manifest {
+        format: FORMAT,
+        id: name.id.clone(),
+        file: file.clone(),
+        created,
+        size: written.size,
+        sha256: hex::encode(written.sha256),
+        compression: "gzip".into(),
+        encryption: "none".into(),
+        host,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        sources: written.sources,
+    };
+    std::fs::rename(&partial, &final_path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
+    fsutil::write_atomic(&dir.join(Manifest::file_name_for(&file)), &manifest.to_json())?;
+    Ok((manifest, final_path))
+}
+
+/// Remove `.partial` files of ours left by a killed run. Called under the folder lock.
+fn remove_stale_partials(cfg: &Config) -> Result<()> {
+    let rd = match std::fs::read_dir(&cfg.local.dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context(format!("reading {}", cfg.local.dir.display())),
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = name.strip_suffix(PARTIAL) {
+            if catalog::parse_name(&cfg.local.prefix, base).is_some() {
+                tracing::info!("removing {name}, left by an interrupted run");
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// The text of `backup_info.txt`: when, host, tool version, each source. No secrets.
+pub fn backup_info(
+    id: &str,
+    created: chrono::DateTime<Utc>,
+    host: &str,
+    sources: &[SourceSummary],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Pronto backup {id}");
+    let _ = writeln!(s, "created: {}", created.to_rfc3339());
+    let _ = writeln!(s, "host: {host}");
+    let _ = writeln!(s, "tool: pronto-offsite {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(s, "sources:");
+    for src in sources {
+        let _ = writeln!(
+            s,
+            "  {} ({}) from {}: {} files, {} folders, {} symlinks, {} ({} bytes) -> {}/",
+            src.name,
+            src.section.dir_name(),
+            src.origin,
+            src.files,
+            src.dirs,
+            src.symlinks,
+            fsutil::human_bytes(src.bytes),
+            src.bytes,
+            src.archive_path
+        );
+        for skipped in &src.skipped {
+            let _ = writeln!(s, "    skipped: {skipped}");
+        }
+    }
+    s
+}

@@ -1,0 +1,235 @@
+//! Archive names and the local catalog (the backup folder and its tiers).
+//!
+//! An archive's identity is its id (the UTC timestamp in its name) plus its
+//! SHA-256 — never its path or mtime — so moving it between tiers never causes a
+//! re-upload. Only files that match our prefix and name format are ever
+//! considered; anything else in the folder is never touched.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::config::Local;
+use crate::manifest::Manifest;
+
+/// Archive file extensions this version understands, longest first.
+pub const EXTENSIONS: [&str; 4] = [".tar.gz.age", ".tar.zst.age", ".tar.gz", ".tar.zst"];
+/// The suffix of a file being written.
+pub const PARTIAL: &str = ".partial";
+/// Tier folders under the backup folder, weakest first.
+pub const TIER_DIRS: [(Tier, &str); 3] = [
+    (Tier::Weekly, "archive/weekly"),
+    (Tier::Monthly, "archive/monthly"),
+    (Tier::Yearly, "archive/yearly"),
+];
+
+/// Where a local archive is filed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// The top of the backup folder (daily, last, within keepers and new archives).
+    Top,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl Tier {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Top => "-",
+            Tier::Weekly => "weekly",
+            Tier::Monthly => "monthly",
+            Tier::Yearly => "yearly",
+        }
+    }
+
+    /// The folder of this tier under the backup folder.
+    pub fn dir(self, base: &Path) -> PathBuf {
+        match TIER_DIRS.iter().find(|(t, _)| *t == self) {
+            Some((_, d)) => base.join(d),
+            None => base.to_path_buf(),
+        }
+    }
+}
+
+/// A parsed archive file name: `PREFIX-YYYYMMDD-HHMMSS.EXT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveName {
+    /// The whole file name.
+    pub file: String,
+    /// `YYYYMMDD-HHMMSS`.
+    pub id: String,
+    /// The time in the name (UTC).
+    pub time: DateTime<Utc>,
+}
+
+impl ArchiveName {
+    /// The folder name inside the archive and the name without extension.
+    pub fn stem(&self) -> &str {
+        let ext = EXTENSIONS
+            .iter()
+            .find(|e| self.file.ends_with(*e))
+            .expect("parsed names have a known extension");
+        &self.file[..self.file.len() - ext.len()]
+    }
+}
+
+/// The id (`YYYYMMDD-HHMMSS`) for a time.
+pub fn id_for(time: DateTime<Utc>) -> String {
+    time.format("%Y%m%d-%H%M%S").to_string()
+}
+
+/// The archive file name for a prefix, time and extension (`.tar.gz`).
+pub fn file_name(prefix: &str, time: DateTime<Utc>, ext: &str) -> String {
+    format!("{prefix}-{}{ext}", id_for(time))
+}
+
+/// Parse `file` as one of our archive names with the given prefix.
+pub fn parse_name(prefix: &str, file: &str) -> Option<ArchiveName> {
+    let ext = EXTENSIONS.iter().find(|e| file.ends_with(*e))?;
+    let stem = &file[..file.len() - ext.len()];
+    let id = stem.strip_prefix(prefix)?.strip_prefix('-')?;
+    let time = parse_id(id)?;
+    Some(ArchiveName {
+        file: file.to_string(),
+        id: id.to_string(),
+        time,
+    })
+}
+
+/// Parse an id `YYYYMMDD-HHMMSS`.
+pub fn parse_id(id: &str) -> Option<DateTime<Utc>> {
+    if id.len() != 15 || id.as_bytes()[8] != b'-' {
+        return None;
+    }
+    if !id
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| i == 8 || b.is_ascii_digit())
+    {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(id, "%Y%m%d-%H%M%S")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// Normalise what a user typed for an archive (`20260201-170521`,
+/// `pronto-app-backup-20260201-170521`, or the file name) to its id.
+pub fn id_from_user(prefix: &str, s: &str) -> Option<String> {
+    if parse_id(s).is_some() {
+        return Some(s.to_string());
+    }
+    if let Some(n) = parse_name(prefix, s) {
+        return Some(n.id);
+    }
+    let id = s.strip_prefix(prefix)?.strip_prefix('-')?;
+    parse_id(id).map(|_| id.to_string())
+}
+
+/// One archive in the local backup folder.
+#[derive(Debug, Clone)]
+pub struct LocalArchive {
+    pub name: ArchiveName,
+    /// Full path of the archive file.
+    pub path: PathBuf,
+    pub tier: Tier,
+    /// The manifest beside it; `None` means the archive is incomplete or foreign.
+    pub manifest: Option<Manifest>,
+}
+
+impl LocalArchive {
+    pub fn manifest_path(&self) -> PathBuf {
+        self.path
+            .with_file_name(Manifest::file_name_for(&self.name.file))
+    }
+}
+
+/// Every archive in the backup folder and its tiers, oldest first.
+/// A missing backup folder is an empty catalog.
+pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(Tier::Top, local.dir.clone())];
+    dirs.extend(TIER_DIRS.iter().map(|(t, _)| (*t, t.dir(&local.dir))));
+    for (tier, dir) in dirs {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in rd {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let Some(name) = parse_name(&local.prefix, file) else {
+                continue;
+            };
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let path = entry.path();
+            let mpath = path.with_file_name(Manifest::file_name_for(file));
+            let manifest = if mpath.exists() {
+                Some(Manifest::read(&mpath)?)
+            } else {
+                None
+            };
+            out.push(LocalArchive {
+                name,
+                path,
+                tier,
+                manifest,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.time.cmp(&b.name.time).then(a.name.file.cmp(&b.name.file)));
+    Ok(out)
+}
+
+/// Find one complete local archive by id.
+pub fn find_complete<'a>(all: &'a [LocalArchive], id: &str) -> Option<&'a LocalArchive> {
+    all.iter()
+        .find(|a| a.name.id == id && a.manifest.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let n = parse_name("pronto-app-backup", "pronto-app-backup-20260201-170521.tar.gz").unwrap();
+        assert_eq!(n.id, "20260201-170521");
+        assert_eq!(n.stem(), "pronto-app-backup-20260201-170521");
+        assert_eq!(file_name("pronto-app-backup", n.time, ".tar.gz"), n.file);
+    }
+
+    #[test]
+    fn foreign_names_are_not_ours() {
+        for f in [
+            "pronto-app-backup-20260201-170521.tar.gz.partial",
+            "pronto-app-backup-20260201-170521.tar.gz.manifest.json",
+            "other-20260201-170521.tar.gz",
+            "pronto-app-backup-2026021-170521.tar.gz",
+            "pronto-app-backup-20261301-170521.tar.gz",
+            "pronto-app-backup-x-20260201-170521.tar.gz",
+            "notes.txt",
+        ] {
+            assert!(parse_name("pronto-app-backup", f).is_none(), "{f}");
+        }
+    }
+
+    #[test]
+    fn ids_from_what_users_type() {
+        let p = "pronto-app-backup";
+        for s in [
+            "20260201-170521",
+            "pronto-app-backup-20260201-170521",
+            "pronto-app-backup-20260201-170521.tar.gz",
+        ] {
+            assert_eq!(id_from_user(p, s).as_deref(), Some("20260201-170521"), "{s}");
+        }
+        assert_eq!(id_from_user(p, "yesterday"), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! Exit codes and the error that carries one.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | ok |
+//! | 1 | error |
+//! | 2 | usage or config error |
+//! | 3 | partial: some remotes failed, others succeeded |
+//! | 4 | verification failed |
+
+use std::fmt;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_PARTIAL: i32 = 3;
+pub const EXIT_VERIFY: i32 = 4;
+
+/// An error that decides the process's exit code. Anything else exits 1.
+#[derive(Debug)]
+pub struct ExitError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for ExitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitError {}
+
+/// A usage or config error (exit 2).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    ExitError {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// A verification failure (exit 4).
+pub fn verification(message: impl Into<String>) -> anyhow::Error {
+    ExitError {
+        code: EXIT_VERIFY,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The exit code an error maps to.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ExitError>().map(|x| x.code))
+        .unwrap_or(EXIT_ERROR)
+}

@@ -1,0 +1,121 @@
+//! Small filesystem helpers: atomic writes, directory fsync, the backup-folder lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Create a folder (and its parents) with mode 0700 for the ones it creates.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating folder {}", dir.display()))
+}
+
+/// fsync a folder so that renames inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing folder {}", dir.display()))
+}
+
+/// Write `bytes` to `path` atomically: a temp name in the same folder (mode 0600),
+/// fsync, rename, fsync the folder. A reader sees the old file or the new one, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(path);
+    let res = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// A hidden temp name beside `path`, unique to this process and moment.
+pub fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
+}
+
+/// An exclusive lock on the backup folder (`.pronto-offsite.lock`), held until dropped.
+/// Backups, pulls and prunes of one folder never overlap.
+pub struct FolderLock {
+    _file: File,
+}
+
+impl FolderLock {
+    /// Take the lock, waiting up to `wait` for another run to finish.
+    pub fn acquire(dir: &Path, wait: Duration) -> Result<FolderLock> {
+        create_private_dir(dir)?;
+        let path = dir.join(".pronto-offsite.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let start = Instant::now();
+        loop {
+            // SAFETY: flock on a valid, open file descriptor.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                let _ = file.set_len(0);
+                let _ = writeln!(&file, "{}", std::process::id());
+                return Ok(FolderLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+            if start.elapsed() >= wait {
+                bail!(
+                    "another pronto-offsite run holds the lock on {} (waited {}s); try again when it has finished",
+                    dir.display(),
+                    wait.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Human-readable byte count (`1.5 GiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

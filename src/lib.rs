@@ -1,0 +1,25 @@
+//! pronto-offsite: back up a self-hosted platform and keep the backups safe off-site.
+//!
+//! Flow: sources → [`archive`] (one streaming pass) → local [`catalog`] →
+//! [`retention`] (pure) → [`plan`] (pure) → [`replicate`] → remotes
+//! (`pronto_backends::Backend`) → [`pull`] and [`extract`].
+
+pub mod archive;
+pub mod backup;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod fsutil;
+pub mod journal;
+pub mod list;
+pub mod manifest;
+pub mod plan;
+pub mod policy_cmd;
+pub mod pull;
+pub mod push;
+pub mod remotes;
+pub mod replicate;
+pub mod retention;
+pub mod retry;

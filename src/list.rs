@@ -1,0 +1,121 @@
+//! `list`: local archives and each remote's, side by side.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::catalog;
+use crate::config::Config;
+use crate::fsutil::human_bytes;
+use crate::plan::{self, RemoteState};
+use crate::remotes;
+use crate::retry::retry;
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    file: String,
+    size: Option<u64>,
+    /// `complete`, `incomplete` or `absent`, and the tier for local copies.
+    local: String,
+    tier: Option<String>,
+    remotes: BTreeMap<String, String>,
+}
+
+/// Print the table (or JSON). Returns the exit code: 0, or 3 when a remote could not be listed.
+pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let local = catalog::scan(&cfg.local)?;
+    let selected = remotes::selected(cfg, only)?;
+    let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
+    for remote in &selected {
+        let st = match remotes::open(remote) {
+            Ok(r) => retry(r.retry, &format!("listing of {}", r.name), || r.backend.list(""))
+                .await
+                .map(|l| plan::remote_state(&cfg.local.prefix, &l))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        states.push((remote.name.clone(), st));
+    }
+
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for a in &local {
+        rows.insert(
+            a.name.id.clone(),
+            Row {
+                id: a.name.id.clone(),
+                file: a.name.file.clone(),
+                size: a.manifest.as_ref().map(|m| m.size),
+                local: if a.manifest.is_some() { "complete" } else { "incomplete" }.into(),
+                tier: Some(a.tier.label().into()),
+                remotes: BTreeMap::new(),
+            },
+        );
+    }
+    for (name, st) in &states {
+        let Ok(st) = st else { continue };
+        for (id, ra) in &st.archives {
+            let row = rows.entry(id.clone()).or_insert_with(|| Row {
+                id: id.clone(),
+                file: ra.name.file.clone(),
+                size: ra.size,
+                local: "absent".into(),
+                tier: None,
+                remotes: BTreeMap::new(),
+            });
+            let status = if ra.complete() { "complete" } else { "incomplete" };
+            row.remotes.insert(name.clone(), status.into());
+        }
+    }
+    for row in rows.values_mut() {
+        for (name, st) in &states {
+            row.remotes.entry(name.clone()).or_insert_with(|| match st {
+                Ok(_) => "absent".into(),
+                Err(_) => "unknown".into(),
+            });
+        }
+    }
+
+    if json {
+        let v = serde_json::json!({
+            "archives": rows.values().collect::<Vec<_>>(),
+            "errors": states.iter().filter_map(|(n, s)| s.as_ref().err().map(|e| serde_json::json!({"remote": n, "error": e}))).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        let mut header = format!("{:<16} {:>10}  {:<20}", "ID", "SIZE", "LOCAL");
+        for (name, _) in &states {
+            header.push_str(&format!(" {name:<12}"));
+        }
+        writeln!(out, "{}", header.trim_end())?;
+        for row in rows.values() {
+            let local = match (&row.tier, row.local.as_str()) {
+                (Some(t), "complete") if t != "-" => format!("complete ({t})"),
+                _ => row.local.clone(),
+            };
+            let mut line = format!(
+                "{:<16} {:>10}  {:<20}",
+                row.id,
+                row.size.map(human_bytes).unwrap_or_else(|| "?".into()),
+                local
+            );
+            for (name, _) in &states {
+                line.push_str(&format!(" {:<12}", row.remotes[name]));
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        writeln!(out, "{} archive(s); local folder {}", rows.len(), cfg.local.dir.display())?;
+        for (name, st) in &states {
+            if let Err(e) = st {
+                writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;
+            }
+        }
+    }
+    Ok(if states.iter().any(|(_, s)| s.is_err()) {
+        crate::error::EXIT_PARTIAL
+    } else {
+        crate::error::EXIT_OK
+    })
+}

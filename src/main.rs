@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(pronto_offsite::cli::main());
+}

@@ -1,0 +1,127 @@
+//! The manifest written beside every archive (`NAME.manifest.json`).
+//!
+//! The manifest is what marks an archive complete, locally and on every remote:
+//! it is written last, and an archive without one is an incomplete upload that is
+//! never a restore candidate. It never carries a secret.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest format, bumped on incompatible changes.
+pub const FORMAT: u32 = 1;
+
+/// Which of the seed's sections a source is filed under inside the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    PostgresData,
+    RedisData,
+    StaticContent,
+    Configs,
+    DockerVolumes,
+}
+
+impl Section {
+    /// The folder name inside the archive (the seed's layout).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Section::PostgresData => "postgres_data",
+            Section::RedisData => "redis_data",
+            Section::StaticContent => "static_content",
+            Section::Configs => "configs",
+            Section::DockerVolumes => "docker_volumes",
+        }
+    }
+}
+
+/// What one source contributed to an archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSummary {
+    /// The source's `name` in the config.
+    pub name: String,
+    /// Its section (`static_content`, `configs`, ...).
+    pub section: Section,
+    /// Path of its folder inside the archive, relative to the top folder
+    /// (e.g. `static_content/site`).
+    pub archive_path: String,
+    /// Where it came from on this host (a folder path; never a URL with credentials).
+    pub origin: String,
+    /// Regular files stored.
+    pub files: u64,
+    /// Folders stored (including the source's own folder).
+    pub dirs: u64,
+    /// Symlinks stored (as links, never followed).
+    pub symlinks: u64,
+    /// Bytes of file content stored (before compression).
+    pub bytes: u64,
+    /// Paths that were skipped because they were unreadable or vanished, with the reason.
+    /// Only non-empty when the source allows skipping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// The manifest of one archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The archive's id: the UTC timestamp in its name, `YYYYMMDD-HHMMSS`.
+    pub id: String,
+    /// The archive's file name, e.g. `pronto-app-backup-20260201-170521.tar.gz`.
+    pub file: String,
+    /// When the backup started (UTC).
+    pub created: DateTime<Utc>,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the archive file.
+    pub sha256: String,
+    /// `gzip` or `zstd`.
+    pub compression: String,
+    /// `none` or an encryption scheme (`age`).
+    pub encryption: String,
+    /// Host that made the archive.
+    pub host: String,
+    /// pronto-offsite version that wrote it.
+    pub tool_version: String,
+    /// What each source contributed.
+    pub sources: Vec<SourceSummary>,
+}
+
+impl Manifest {
+    /// The manifest's file name for an archive file name.
+    pub fn file_name_for(archive_file: &str) -> String {
+        format!("{archive_file}.manifest.json")
+    }
+
+    /// The SHA-256 as bytes.
+    pub fn sha256_bytes(&self) -> Result<[u8; 32]> {
+        let v = hex::decode(&self.sha256).context("manifest sha256 is not hex")?;
+        v.try_into()
+            .map_err(|_| anyhow::anyhow!("manifest sha256 is not 32 bytes"))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(bytes: &[u8], what: &str) -> Result<Manifest> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).with_context(|| format!("{what}: not a valid manifest"))?;
+        if m.format > FORMAT {
+            anyhow::bail!(
+                "{what}: manifest format {} is newer than this pronto-offsite understands ({FORMAT}); upgrade pronto-offsite",
+                m.format
+            );
+        }
+        Ok(m)
+    }
+
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_json(&bytes, &path.display().to_string())
+    }
+}

@@ -1,0 +1,180 @@
+//! `pull <id|latest>`: fetch an archive from a remote, verify it against its
+//! manifest before anything is extracted, then extract it safely.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::backup::LOCK_WAIT;
+use crate::catalog::{self, PARTIAL};
+use crate::config::Config;
+use crate::error::{usage, verification};
+use crate::fsutil::{self, FolderLock};
+use crate::manifest::Manifest;
+use crate::plan;
+use crate::remotes;
+use crate::replicate::{self, RemoteHandle};
+use crate::retry::retry;
+
+/// Pull and optionally extract into `to`. Returns the local archive path.
+pub async fn run(
+    cfg: &Config,
+    what: &str,
+    only: Option<&str>,
+    to: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<PathBuf> {
+    let wanted = if what == "latest" {
+        None
+    } else {
+        Some(catalog::id_from_user(&cfg.local.prefix, what).ok_or_else(|| {
+            usage(format!(
+                "'{what}' is not an archive id: give `latest`, an id like 20260201-170521, or a name like {}-20260201-170521.tar.gz",
+                cfg.local.prefix
+            ))
+        })?)
+    };
+    let selected = remotes::selected(cfg, only)?;
+    if selected.is_empty() {
+        return Err(usage(format!(
+            "{}: no [[remotes]] configured: nowhere to pull from",
+            cfg.file.display()
+        )));
+    }
+
+    // Find the archive on the first remote (in config order) that holds it complete.
+    let mut found: Option<(RemoteHandle, plan::RemoteArchive)> = None;
+    let mut errors = Vec::new();
+    for remote in &selected {
+        let r = match remotes::open(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(format!("{}: {e:#}", remote.name));
+                continue;
+            }
+        };
+        let listing = match retry(r.retry, &format!("listing of {}", r.name), || r.backend.list("")).await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("{}: {e}", remote.name));
+                continue;
+            }
+        };
+        let state = plan::remote_state(&cfg.local.prefix, &listing);
+        let candidate = match &wanted {
+            Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
+            None => state.archives.values().rev().find(|a| a.complete()).cloned(),
+        };
+        if let Some(a) = candidate {
+            let newer = match (&found, &wanted) {
+                (None, _) => true,
+                // For `latest`, the newest over all selected remotes.
+                (Some((_, f)), None) => a.name.time > f.name.time,
+                (Some(_), Some(_)) => false,
+            };
+            if newer {
+                found = Some((r, a));
+            }
+            if wanted.is_some() {
+                break;
+            }
+        }
+    }
+    let Some((r, archive)) = found else {
+        let which = wanted.as_deref().unwrap_or("any complete archive");
+        let mut msg = format!("{which} was not found complete on {}", names(&selected));
+        if !errors.is_empty() {
+            msg.push_str(&format!(" (errors: {})", errors.join("; ")));
+        }
+        bail!(msg);
+    };
+    let file = archive.name.file.clone();
+    writeln!(out, "pulling {file} from {} ({})", r.name, r.backend.describe())?;
+
+    let mkey = Manifest::file_name_for(&file);
+    let mbytes = retry(r.retry, &format!("download of {mkey}"), || async {
+        pronto_backends::collect(r.backend.get(&mkey, None).await?).await
+    })
+    .await
+    .with_context(|| format!("{}: downloading {mkey}", r.name))?;
+    let manifest = Manifest::from_json(&mbytes, &format!("{}:{mkey}", r.name))?;
+    if manifest.file != file {
+        return Err(verification(format!(
+            "{}: manifest {mkey} describes {}, not {file}",
+            r.name, manifest.file
+        )));
+    }
+    let expected = manifest.sha256_bytes()?;
+
+    let dir = &cfg.local.dir;
+    let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
+    // Already here and intact? Use the local copy.
+    let local = catalog::scan(&cfg.local)?;
+    let existing = local.iter().find(|a| a.name.id == archive.name.id && a.name.file == file);
+    let path = match existing {
+        Some(a) if crate::archive::sha256_file(&a.path)?.0 == expected => {
+            writeln!(out, "local copy {} is intact; not downloading", a.path.display())?;
+            if a.manifest.is_none() {
+                fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
+            }
+            a.path.clone()
+        }
+        Some(a) => bail!(
+            "a different {file} already exists at {} (its sha256 differs from {}'s manifest); move it away first",
+            a.path.display(),
+            r.name
+        ),
+        None => {
+            let partial = dir.join(format!("{file}{PARTIAL}"));
+            let _ = std::fs::remove_file(&partial);
+            let res = replicate::download(&r, &file, &partial).await;
+            let (got, size) = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            };
+            if got != expected || size != manifest.size {
+                let _ = std::fs::remove_file(&partial);
+                return Err(verification(format!(
+                    "{}: {file} is corrupt: sha256 {} and {size} bytes, but its manifest says {} and {} bytes; nothing was written. Try another remote with --remote",
+                    r.name,
+                    hex::encode(got),
+                    manifest.sha256,
+                    manifest.size
+                )));
+            }
+            let final_path = dir.join(&file);
+            std::fs::rename(&partial, &final_path)
+                .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
+            fsutil::write_atomic(&dir.join(&mkey), &manifest.to_json())?;
+            writeln!(out, "verified sha256 {} ({size} bytes)", manifest.sha256)?;
+            final_path
+        }
+    };
+
+    if let Some(to) = to {
+        let stats = crate::extract::extract(&path, to)
+            .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
+        writeln!(
+            out,
+            "extracted {} files, {} folders, {} symlinks into {}",
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            to.display()
+        )?;
+    }
+    writeln!(out, "{}", path.display())?;
+    Ok(path)
+}
+
+fn names(remotes: &[&crate::config::Remote]) -> String {
+    remotes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

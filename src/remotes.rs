@@ -1,0 +1,49 @@
+//! Opening configured remotes as [`RemoteHandle`]s.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use pronto_backends::local::LocalBackend;
+
+use crate::config::{Config, Remote, RemoteLocation};
+use crate::error::usage;
+use crate::replicate::RemoteHandle;
+use crate::retry::RetryPolicy;
+
+/// Open one remote.
+pub fn open(remote: &Remote) -> Result<RemoteHandle> {
+    let backend: Arc<dyn pronto_backends::Backend> = match &remote.location {
+        RemoteLocation::File(path) => Arc::new(
+            LocalBackend::new(path.clone())
+                .with_context(|| format!("remote {}: opening {}", remote.name, path.display()))?,
+        ),
+    };
+    Ok(RemoteHandle {
+        name: remote.name.clone(),
+        backend,
+        part_concurrency: remote.part_concurrency,
+        retry: RetryPolicy::default(),
+    })
+}
+
+/// The remotes a command works on: all, or the one `--remote NAME` names.
+pub fn selected<'a>(cfg: &'a Config, only: Option<&str>) -> Result<Vec<&'a Remote>> {
+    match only {
+        None => Ok(cfg.remotes.iter().collect()),
+        Some(name) => match cfg.remotes.iter().find(|r| r.name == name) {
+            Some(r) => Ok(vec![r]),
+            None => {
+                let known: Vec<&str> = cfg.remotes.iter().map(|r| r.name.as_str()).collect();
+                Err(usage(format!(
+                    "no remote named '{name}' in {}; configured remotes: {}",
+                    cfg.file.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )))
+            }
+        },
+    }
+}

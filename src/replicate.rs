@@ -1,0 +1,330 @@
+//! Replication: the one place with the upload loop, part concurrency, retries
+//! (through [`crate::retry`]) and end-to-end SHA-256 verification. Backends only
+//! provide primitives.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use pronto_backends::{sha256_of, Backend, BackendError, Capabilities, PartReceipt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::journal::Journal;
+use crate::manifest::Manifest;
+use crate::plan::Upload;
+use crate::retry::{retry, RetryPolicy};
+
+/// Smallest part we send (S3's minimum is 5 MiB; bigger parts mean fewer requests).
+pub const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+/// A configured remote, opened.
+#[derive(Clone)]
+pub struct RemoteHandle {
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub part_concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+/// What one upload did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UploadStats {
+    /// Bytes sent in this run (parts resumed from a journal are not counted).
+    pub bytes_sent: u64,
+    /// Parts that a journal said were already there.
+    pub parts_resumed: u32,
+}
+
+/// Part size for an object of `size` bytes: at least [`MIN_PART_SIZE`] and the
+/// backend's minimum, large enough to stay within its part count, rounded to MiB.
+pub fn part_size_for(size: u64, caps: &Capabilities) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let by_count = size.div_ceil(caps.max_parts.max(1) as u64);
+    let p = MIN_PART_SIZE.max(caps.min_part_size).max(by_count);
+    p.div_ceil(MIB) * MIB
+}
+
+/// Upload one archive and then its manifest (the commit marker, last), verifying the
+/// remote copy's SHA-256 in between.
+pub async fn upload_archive(r: &RemoteHandle, backup_dir: &Path, up: &Upload) -> Result<UploadStats> {
+    let file = &up.archive.name.file;
+    let sha = up.manifest.sha256_bytes()?;
+    let size = up.manifest.size;
+    let caps = r.backend.capabilities();
+    let part_size = part_size_for(size, &caps);
+
+    // Another size on the remote, or a stale manifest: take the manifest away first so
+    // nobody restores a copy that is being replaced.
+    r.backend
+        .delete(&Manifest::file_name_for(file))
+        .await
+        .with_context(|| format!("{}: removing stale manifest of {file}", r.name))?;
+
+    let stats = if size <= part_size {
+        let path = up.archive.path.clone();
+        let body = tokio::task::spawn_blocking(move || std::fs::read(&path))
+            .await?
+            .with_context(|| format!("reading {}", up.archive.path.display()))?;
+        let body = Bytes::from(body);
+        if sha256_of(&body) != sha {
+            bail!(
+                "local archive {} no longer matches its manifest (sha256 differs); run `pronto-offsite verify`",
+                up.archive.path.display()
+            );
+        }
+        retry(r.retry, &format!("upload of {file} to {}", r.name), || {
+            r.backend.put(file, body.clone(), sha)
+        })
+        .await
+        .with_context(|| format!("{}: uploading {file}", r.name))?;
+        UploadStats {
+            bytes_sent: size,
+            parts_resumed: 0,
+        }
+    } else {
+        multipart(r, backup_dir, &up.archive.path, file, size, sha, part_size).await?
+    };
+
+    verify_remote(r, file, size, sha).await?;
+
+    let manifest_bytes = Bytes::from(up.manifest.to_json());
+    let msha = sha256_of(&manifest_bytes);
+    let mkey = Manifest::file_name_for(file);
+    retry(r.retry, &format!("upload of {mkey} to {}", r.name), || {
+        r.backend.put(&mkey, manifest_bytes.clone(), msha)
+    })
+    .await
+    .with_context(|| format!("{}: uploading {mkey}", r.name))?;
+    Ok(stats)
+}
+
+/// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
+async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) -> Result<()> {
+    let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
+        r.backend.head(key)
+    })
+    .await
+    .with_context(|| format!("{}: checking {key}", r.name))?;
+    if meta.size != size {
+        bail!(
+            "{}: {key} has {} bytes after upload, expected {size}",
+            r.name,
+            meta.size
+        );
+    }
+    let got = match meta.sha256 {
+        Some(h) => h,
+        None => hash_remote(r, key).await?.0,
+    };
+    if got != sha {
+        return Err(crate::error::verification(format!(
+            "{}: {key} read back with sha256 {}, expected {}",
+            r.name,
+            hex::encode(got),
+            hex::encode(sha)
+        )));
+    }
+    Ok(())
+}
+
+/// Stream an object and hash it.
+pub async fn hash_remote(r: &RemoteHandle, key: &str) -> Result<([u8; 32], u64)> {
+    let stream = retry(r.retry, &format!("download of {key} from {}", r.name), || {
+        r.backend.get(key, None)
+    })
+    .await
+    .with_context(|| format!("{}: reading {key}", r.name))?;
+    let mut hasher = Sha256::new();
+    let mut n = 0u64;
+    let mut stream = stream;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("{}: reading {key}", r.name))?;
+        n += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((hasher.finalize().into(), n))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn multipart(
+    r: &RemoteHandle,
+    backup_dir: &Path,
+    path: &Path,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    part_size: u64,
+) -> Result<UploadStats> {
+    let jpath = Journal::path(backup_dir, &r.name, key);
+    let sha_hex = hex::encode(sha);
+    let journal = match Journal::load(&jpath) {
+        Some(j) if j.key == key && j.size == size && j.sha256 == sha_hex && j.part_size == part_size => {
+            tracing::info!(
+                "{}: resuming upload of {key}: {} parts already sent",
+                r.name,
+                j.parts.len()
+            );
+            j
+        }
+        other => {
+            if let Some(old) = other {
+                let _ = r.backend.abort_upload(&old.key, &old.upload_id).await;
+            }
+            let id = retry(r.retry, &format!("start of upload {key} to {}", r.name), || {
+                r.backend.create_upload(key)
+            })
+            .await
+            .with_context(|| format!("{}: starting upload of {key}", r.name))?;
+            let j = Journal {
+                key: key.to_string(),
+                size,
+                sha256: sha_hex.clone(),
+                upload_id: id,
+                part_size,
+                parts: Vec::new(),
+            };
+            j.save(&jpath)?;
+            j
+        }
+    };
+
+    match send_parts(r, &jpath, path, journal.clone()).await {
+        Ok(stats) => Ok(stats),
+        Err(e) if is_upload_gone(&e) => {
+            tracing::warn!("{}: the server forgot upload of {key}; starting it over", r.name);
+            Journal::remove(&jpath)?;
+            let id = r
+                .backend
+                .create_upload(key)
+                .await
+                .with_context(|| format!("{}: restarting upload of {key}", r.name))?;
+            let j = Journal {
+                upload_id: id,
+                parts: Vec::new(),
+                ..journal
+            };
+            j.save(&jpath)?;
+            send_parts(r, &jpath, path, j).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_upload_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<BackendError>(),
+            Some(BackendError::UploadNotFound(_))
+        )
+    })
+}
+
+/// Send the parts the journal lacks, concurrently, then complete the upload.
+async fn send_parts(
+    r: &RemoteHandle,
+    jpath: &Path,
+    path: &Path,
+    journal: Journal,
+) -> Result<UploadStats> {
+    let key = journal.key.clone();
+    let n_parts = journal.size.div_ceil(journal.part_size) as u32;
+    let have: std::collections::HashSet<u32> = journal.parts.iter().map(|p| p.number).collect();
+    let todo: Vec<u32> = (1..=n_parts).filter(|n| !have.contains(n)).collect();
+    let resumed = n_parts - todo.len() as u32;
+    let upload_id = journal.upload_id.clone();
+    let part_size = journal.part_size;
+    let size = journal.size;
+    let journal = Arc::new(Mutex::new(journal));
+    let path: PathBuf = path.to_path_buf();
+
+    let sent: u64 = futures::stream::iter(todo.into_iter().map(|n| {
+        let journal = journal.clone();
+        let path = path.clone();
+        let key = key.clone();
+        let upload_id = upload_id.clone();
+        async move {
+            let offset = (n as u64 - 1) * part_size;
+            let len = part_size.min(size - offset);
+            let body = read_part(path, offset, len).await?;
+            let psha = sha256_of(&body);
+            let receipt: PartReceipt = retry(
+                r.retry,
+                &format!("part {n} of {key} to {}", r.name),
+                || r.backend.put_part(&key, &upload_id, n, body.clone(), psha),
+            )
+            .await
+            .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
+            let mut j = journal.lock().await;
+            j.parts.retain(|p| p.number != n);
+            j.parts.push(receipt);
+            j.save(jpath)?;
+            anyhow::Ok(len)
+        }
+    }))
+    .buffer_unordered(r.part_concurrency.max(1))
+    .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+    .await?;
+
+    let mut parts = journal.lock().await.parts.clone();
+    parts.sort_by_key(|p| p.number);
+    let sha: [u8; 32] = hex::decode(&journal.lock().await.sha256)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("journal sha256 is not 32 bytes"))?;
+    retry(r.retry, &format!("completion of {key} on {}", r.name), || {
+        r.backend.complete_upload(&key, &upload_id, &parts, sha)
+    })
+    .await
+    .with_context(|| format!("{}: completing upload of {key}", r.name))?;
+    Journal::remove(jpath)?;
+    Ok(UploadStats {
+        bytes_sent: sent,
+        parts_resumed: resumed,
+    })
+}
+
+async fn read_part(path: PathBuf, offset: u64, len: u64) -> Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset)
+            .with_context(|| format!("reading {} at {offset}", path.display()))?;
+        Ok(Bytes::from(buf))
+    })
+    .await?
+}
+
+/// Download `key` into `dest` (created 0600, must not exist), hashing as it goes.
+/// Returns the sha256 and size of what was written; the caller compares.
+pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 32], u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let std_file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
+    let mut stream = retry(r.retry, &format!("download of {key} from {}", r.name), || {
+        r.backend.get(key, None)
+    })
+    .await
+    .with_context(|| format!("{}: downloading {key}", r.name))?;
+    let mut hasher = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("{}: downloading {key}", r.name))?;
+        hasher.update(&chunk);
+        n += chunk.len() as u64;
+        out.write_all(&chunk)
+            .await
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    out.flush().await?;
+    out.get_mut().sync_all().await?;
+    Ok((hasher.finalize().into(), n))
+}

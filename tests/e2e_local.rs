@@ -1,0 +1,280 @@
+//! End to end with a file:// remote: backup → push → pull → extract, and the
+//! failure paths a user relies on (corrupt remote copy, kill -9, bad config).
+
+mod support;
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::time::Duration;
+
+use support::{names_in, snapshot, text, Env};
+
+/// A source tree with the awkward cases: 10,000 files, symlinks, empty folders,
+/// non-ASCII names, spaces, modes, and a 1 GiB file (sparse, with data at a few offsets).
+fn build_tree(root: &std::path::Path, big: bool) {
+    use std::io::{Seek, SeekFrom, Write};
+    std::fs::create_dir_all(root).unwrap();
+    for d in 0..100 {
+        let dir = root.join(format!("d{d:03}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d}/{f}\n").repeat(f % 7 + 1))
+                .unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
+    std::fs::create_dir_all(root.join("café/日本")).unwrap();
+    std::fs::write(root.join("café/日本/データ.txt"), "non-ascii ✓\n").unwrap();
+    std::fs::write(root.join("a file with spaces.txt"), "spaces\n").unwrap();
+    let exe = root.join("run.sh");
+    std::fs::write(&exe, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = root.join("private.key");
+    std::fs::write(&secret, "not really\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("d000/f001.txt", root.join("link-to-file")).unwrap();
+    symlink("café", root.join("link-to-dir")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    if big {
+        let mut f = std::fs::File::create(root.join("big.bin")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        for i in 0..8u64 {
+            f.seek(SeekFrom::Start(i * (128 << 20) + 12345)).unwrap();
+            f.write_all(&[i as u8 + 1; 4096]).unwrap();
+        }
+    }
+}
+
+fn backup_id(env: &Env) -> String {
+    let o = env.run(&["backup"]);
+    assert!(o.status.success(), "backup failed: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn round_trip_10000_files_symlinks_and_a_1gib_file() {
+    let env = Env::new();
+    build_tree(&env.path("src"), true);
+    env.write_config("");
+    let before = snapshot(&env.path("src"));
+    assert!(before.len() > 10_000);
+
+    let id = backup_id(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let archive = env.backups().join(&file);
+    let mode = std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "archives are created 0600");
+    assert!(env.backups().join(format!("{file}.manifest.json")).exists());
+
+    // Plain tools can read it: gunzip -t and tar -tzf.
+    assert!(std::process::Command::new("gunzip").arg("-t").arg(&archive).status().unwrap().success());
+    let listing = std::process::Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    assert!(listing.status.success());
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let top = format!("pronto-app-backup-{id}/");
+    for section in ["postgres_data/", "redis_data/", "static_content/", "configs/", "docker_volumes/", "backup_info.txt"] {
+        assert!(listing.contains(&format!("{top}{section}")), "missing {section} in tar listing");
+    }
+
+    let o = env.run(&["push"]);
+    assert!(o.status.success(), "push: {}", text(&o));
+    assert!(env.remote().join(&file).exists());
+    assert!(env.remote().join(format!("{file}.manifest.json")).exists());
+
+    // A second push uploads nothing.
+    let o = env.run(&["push"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("uploaded 0"), "{}", text(&o));
+
+    // Lose the local copy, pull it back, extract.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::remove_file(env.backups().join(format!("{file}.manifest.json"))).unwrap();
+    let dest = env.path("restored");
+    let o = env.run(&["pull", &id, "--to", dest.to_str().unwrap()]);
+    assert!(o.status.success(), "pull: {}", text(&o));
+    assert!(archive.exists());
+    let after = snapshot(&dest.join(format!("pronto-app-backup-{id}/static_content/site")));
+    assert_eq!(before.len(), after.len());
+    for (k, v) in &before {
+        assert_eq!(after.get(k), Some(v), "{k} differs after the round trip");
+    }
+}
+
+#[test]
+fn corrupt_remote_copy_makes_pull_exit_4_and_write_nothing() {
+    let env = Env::new();
+    build_tree(&env.path("src"), false);
+    env.write_config("");
+    let id = backup_id(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    assert!(env.run(&["push"]).status.success());
+    std::fs::remove_file(env.backups().join(&file)).unwrap();
+    std::fs::remove_file(env.backups().join(format!("{file}.manifest.json"))).unwrap();
+
+    // Flip one byte in the middle of the remote copy.
+    let remote_file = env.remote().join(&file);
+    let mut bytes = std::fs::read(&remote_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&remote_file, bytes).unwrap();
+
+    let before = names_in(&env.backups());
+    let dest = env.path("restored");
+    let o = env.run(&["pull", &id, "--to", dest.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corrupt"), "{}", text(&o));
+    assert!(!dest.exists(), "nothing extracted");
+    let after: Vec<String> = names_in(&env.backups()).into_iter().filter(|n| !n.starts_with('.')).collect();
+    let before: Vec<String> = before.into_iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(before, after, "no archive left in the backup folder");
+}
+
+#[test]
+fn dry_run_changes_nothing_and_list_shows_both_sides() {
+    let env = Env::new();
+    build_tree(&env.path("src"), false);
+    env.write_config("");
+    let id = backup_id(&env);
+    let o = env.run(&["push", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("would upload"), "{}", text(&o));
+    assert!(names_in(&env.remote()).iter().all(|n| n.starts_with('.')), "dry run wrote {:?}", names_in(&env.remote()));
+
+    let o = env.run(&["list"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = out.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("complete") && line.contains("absent"), "{line}");
+
+    assert!(env.run(&["push"]).status.success());
+    let o = env.run(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["archives"][0]["id"], id.as_str());
+    assert_eq!(v["archives"][0]["remotes"]["nas"], "complete");
+}
+
+#[test]
+fn two_backups_in_one_second_get_distinct_names() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a"), "a").unwrap();
+    env.write_config("");
+    let a = env.cmd().arg("backup").output().unwrap();
+    let b = env.cmd().arg("backup").output().unwrap();
+    assert!(a.status.success() && b.status.success());
+    assert_ne!(a.stdout, b.stdout);
+    let archives = names_in(&env.backups()).into_iter().filter(|n| n.ends_with(".tar.gz")).count();
+    assert_eq!(archives, 2);
+}
+
+#[test]
+fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
+    let env = Env::new();
+    build_tree(&env.path("src"), false);
+    // Make the run long enough to be killed in the middle: a 256 MiB file of noise.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(env.path("src/noise.bin")).unwrap();
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    env.write_config("");
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    for delay_ms in [50u64, 300, 800] {
+        let mut child = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(env.config())
+            .arg("backup")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        for n in names_in(&env.backups()) {
+            if n.ends_with(".tar.gz") {
+                // A completed backup (the kill came after it) must have its manifest.
+                assert!(
+                    env.backups().join(format!("{n}.manifest.json")).exists(),
+                    "{n} under a final name without its manifest after kill at {delay_ms} ms"
+                );
+            }
+        }
+    }
+    let id = backup_id(&env);
+    assert!(!names_in(&env.backups()).iter().any(|n| n.ends_with(".partial")), "stale partials removed");
+
+    for delay_ms in [50u64, 200, 600] {
+        let mut child = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(env.config())
+            .arg("push")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        for n in names_in(&env.remote()) {
+            if n.ends_with(".manifest.json") {
+                let archive = env.remote().join(n.trim_end_matches(".manifest.json"));
+                let local = env.backups().join(n.trim_end_matches(".manifest.json"));
+                assert_eq!(
+                    support::file_digest(&archive),
+                    support::file_digest(&local),
+                    "a manifest on the remote marks a complete, identical archive"
+                );
+            }
+        }
+    }
+    let o = env.run(&["push"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    assert_eq!(
+        support::file_digest(&env.remote().join(&file)),
+        support::file_digest(&env.backups().join(&file))
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_key_and_exit_2() {
+    let env = Env::new();
+    let cases: [(&str, &str); 5] = [
+        ("[local]\ndir = \"b\"\ncolour = \"red\"\n", "colour"),
+        ("[local]\ndir = \"b\"\n[[remotes]]\nname = \"a\"\nurl = \"file:///x\"\n[[remotes]]\nname = \"a\"\nurl = \"file:///y\"\n", "remotes[1].name"),
+        ("[local]\ndir = \"b\"\n[[remotes]]\nname = \"a\"\nurl = \"ftp://x\"\n", "remotes[0].url"),
+        ("[local]\ndir = \"b\"\nlevel = 12\n", "local.level"),
+        ("[local]\ndir = \"b\"\n[[sources]]\nname = \"s\"\nkind = \"photos\"\npath = \"x\"\n", "photos"),
+    ];
+    for (cfg, key) in cases {
+        std::fs::write(env.config(), cfg).unwrap();
+        let o = env.run(&["list"]);
+        assert_eq!(o.status.code(), Some(2), "{cfg}\n{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("pronto-offsite.toml:"), "names the file: {err}");
+        assert!(err.contains(key), "names {key}: {err}");
+    }
+    // Duplicate remote names: the message points at the second one's line.
+    std::fs::write(env.config(), cases[1].0).unwrap();
+    let err = String::from_utf8_lossy(&env.run(&["list"]).stderr).to_string();
+    assert!(err.contains("toml:7:"), "{err}");
+}
+
+#[test]
+fn a_missing_source_fails_and_leaves_no_archive() {
+    let env = Env::new();
+    env.write_config("");
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("src"), "{}", text(&o));
+    assert!(!names_in(&env.backups()).iter().any(|n| n.contains(".tar.gz")));
+}

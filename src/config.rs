@@ -212,7 +212,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             let start = p.span().start;
             let policy = p.into_inner();
             if let Err(msg) = policy.validate() {
-                return Err(at.err(start, "retention", &msg));
+                return Err(usage(format!(
+                    "{}:{}: retention: {msg}",
+                    file.display(),
+                    at.line(start)
+                )));
             }
             policy
         }

@@ -172,7 +172,8 @@ impl FromStr for Span {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.trim();
-        let expected = "expected numbers followed by y (years), m (months), d (days) or h (hours), \
+        let expected =
+            "expected numbers followed by y (years), m (months), d (days) or h (hours), \
                         like 7d, 12h or 1y2m3d4h";
         if text.is_empty() {
             return Err(format!("empty duration: {expected}"));
@@ -304,7 +305,10 @@ impl Policy {
     /// True when every rule is absent or off and there is no (non-zero) `within`.
     pub fn is_empty(&self) -> bool {
         self.active_within().is_none()
-            && self.rules().iter().all(|(_, c)| !c.is_some_and(Count::is_on))
+            && self
+                .rules()
+                .iter()
+                .all(|(_, c)| !c.is_some_and(Count::is_on))
     }
 
     /// An empty policy is a configuration error, never "delete everything".
@@ -434,11 +438,7 @@ pub fn apply(policy: &Policy, times: &[DateTime<Utc>]) -> Vec<Decision> {
 ///
 /// # Panics
 /// When `pinned` and `times` differ in length.
-pub fn apply_with_pins(
-    policy: &Policy,
-    times: &[DateTime<Utc>],
-    pinned: &[bool],
-) -> Vec<Decision> {
+pub fn apply_with_pins(policy: &Policy, times: &[DateTime<Utc>], pinned: &[bool]) -> Vec<Decision> {
     assert_eq!(
         times.len(),
         pinned.len(),
@@ -448,7 +448,11 @@ pub fn apply_with_pins(
         .iter()
         .map(|&p| Decision {
             keep: p,
-            reasons: if p { vec!["pinned".to_string()] } else { Vec::new() },
+            reasons: if p {
+                vec!["pinned".to_string()]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     if times.is_empty() {
@@ -467,7 +471,9 @@ pub fn apply_with_pins(
     order.sort_by(|&a, &b| times[b].cmp(&times[a]));
 
     let newest = times[order[0]];
-    let within = policy.active_within().map(|span| (span, span.before(newest)));
+    let within = policy
+        .active_within()
+        .map(|span| (span, span.before(newest)));
 
     struct State {
         rule: Rule,
@@ -555,7 +561,8 @@ pub enum Tier {
 pub fn strongest_tier(reasons: &[String]) -> Tier {
     let has = |rule: &str| {
         reasons.iter().any(|r| {
-            r.strip_prefix(rule).is_some_and(|rest| rest.starts_with('#'))
+            r.strip_prefix(rule)
+                .is_some_and(|rest| rest.starts_with('#'))
                 || r.strip_prefix("oldest ") == Some(rule)
         })
     };
@@ -630,7 +637,17 @@ mod tests {
         assert_eq!(s.as_str(), "1y2m3d4h");
         let s: Span = " 4h1y ".parse().unwrap();
         assert_eq!((s.years, s.hours, s.as_str()), (1, 4, "4h1y"));
-        for bad in ["", "7", "d", "7x", "1d2d", "-1d", "1.5d", "7 d", "99999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7x",
+            "1d2d",
+            "-1d",
+            "1.5d",
+            "7 d",
+            "99999999999d",
+        ] {
             let err = bad.parse::<Span>().unwrap_err();
             assert!(err.contains("duration"), "{bad}: {err}");
         }
@@ -734,10 +751,19 @@ mod tests {
     #[test]
     fn retention_tiers() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(strongest_tier(&r(&["daily#1", "oldest yearly"])), Tier::Yearly);
-        assert_eq!(strongest_tier(&r(&["weekly#2", "monthly#3"])), Tier::Monthly);
+        assert_eq!(
+            strongest_tier(&r(&["daily#1", "oldest yearly"])),
+            Tier::Yearly
+        );
+        assert_eq!(
+            strongest_tier(&r(&["weekly#2", "monthly#3"])),
+            Tier::Monthly
+        );
         assert_eq!(strongest_tier(&r(&["oldest weekly"])), Tier::Weekly);
-        assert_eq!(strongest_tier(&r(&["pinned", "last#1", "within 7d"])), Tier::Top);
+        assert_eq!(
+            strongest_tier(&r(&["pinned", "last#1", "within 7d"])),
+            Tier::Top
+        );
         assert_eq!(strongest_tier(&[]), Tier::Top);
     }
 
@@ -755,7 +781,10 @@ mod tests {
         ];
         let d = apply(&p, &times);
         assert_eq!(d[0].reasons, vec!["daily#1"]);
-        assert!(!d[2].keep, "the later duplicate in input order counts as older");
+        assert!(
+            !d[2].keep,
+            "the later duplicate in input order counts as older"
+        );
         assert_eq!(d[1].reasons, vec!["daily#2"]);
         assert_eq!(d[3].reasons, vec!["oldest daily"]);
     }

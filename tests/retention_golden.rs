@@ -231,10 +231,7 @@ fn golden_iso_week_new_year_2025() {
             ("2024-12-31T12:00:00Z", &["monthly#2", "yearly#2"]),
             ("2024-12-29T12:00:00Z", &["weekly#2"]),
             ("2024-12-22T12:00:00Z", &["weekly#3"]),
-            (
-                "2024-12-16T12:00:00Z",
-                &["oldest monthly", "oldest yearly"],
-            ),
+            ("2024-12-16T12:00:00Z", &["oldest monthly", "oldest yearly"]),
         ],
     );
 }
@@ -670,15 +667,15 @@ fn golden_duplicate_timestamps() {
     let reasons: Vec<Vec<String>> = d.iter().map(|d| d.reasons.clone()).collect();
     assert_eq!(reasons, vec![vec![], vec!["daily#1".to_string()], vec![]]);
 
-    let d = decide(
-        &policy(|p| p.last = Some(Count::N(2))),
-        &times,
-        &[false; 3],
-    );
+    let d = decide(&policy(|p| p.last = Some(Count::N(2))), &times, &[false; 3]);
     let reasons: Vec<Vec<String>> = d.iter().map(|d| d.reasons.clone()).collect();
     assert_eq!(
         reasons,
-        vec![vec![], vec!["last#1".to_string()], vec!["last#2".to_string()]]
+        vec![
+            vec![],
+            vec!["last#1".to_string()],
+            vec!["last#2".to_string()]
+        ]
     );
 
     // The later duplicate is the oldest of its day and, being the oldest overall, is
@@ -710,8 +707,13 @@ fn golden_empty_policy_is_an_error_not_delete_everything() {
     assert_eq!(d[0].reasons, vec!["policy is empty"]);
     assert_eq!(d[1].reasons, vec!["pinned", "policy is empty"]);
 
-    let err = policy_cmd::run(&empty, "x-20250101-000000\n".as_bytes(), true, &mut Vec::new())
-        .unwrap_err();
+    let err = policy_cmd::run(
+        &empty,
+        "x-20250101-000000\n".as_bytes(),
+        true,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("keeps nothing"), "{err}");
 }
 
@@ -769,7 +771,9 @@ fn policy_cmd_table() {
          x-20250602-180000  forget\n\
          1 kept, 2 forgotten\n"
     );
-    assert!(run(&p, "", false).unwrap().ends_with("0 kept, 0 forgotten\n"));
+    assert!(run(&p, "", false)
+        .unwrap()
+        .ends_with("0 kept, 0 forgotten\n"));
 }
 
 #[test]
@@ -797,6 +801,9 @@ fn policy_cmd_names_parse_to_utc() {
         "pronto-app-backup-20260201-170521",
         "2026-02-01T18:05:21+01:00",
     ] {
-        assert_eq!(retention::parse_time_line(line, "pronto-app-backup"), Ok(want));
+        assert_eq!(
+            retention::parse_time_line(line, "pronto-app-backup"),
+            Ok(want)
+        );
     }
 }

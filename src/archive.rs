@@ -41,10 +41,13 @@ use crate::manifest::{Section, SourceSummary};
 /// Read and write buffer size used for file data (1 MiB).
 pub const IO_BUF: usize = 1 << 20;
 
-/// Size of the blocks handed to the compression threads. Larger than pigz's
-/// 128 KiB: gzp's pure-Rust build compresses each block without the previous
-/// block as a dictionary, so bigger blocks keep the ratio close to `gzip -6`.
-const COMPRESS_BLOCK: usize = 1 << 20;
+/// Size of the blocks handed to the compression threads. gzp's pure-Rust
+/// build compresses each block without the previous one as a dictionary
+/// (its `any_zlib` feature, which would add it, needs the C libz-sys), so
+/// blocks are a little larger than pigz's 128 KiB. Measured on a 485 MB mixed
+/// corpus: 128 KiB → 236.0 MB, 256 KiB → 234.8 MB, 1 MiB → 233.8 MB (pigz:
+/// 233.0 MB), for +4 % and +7 % CPU respectively.
+const COMPRESS_BLOCK: usize = 256 << 10;
 
 /// Every section, in the order their folders appear in the archive.
 pub const SECTIONS: [Section; 5] = [
@@ -169,8 +172,7 @@ pub fn sha256_file(path: &Path) -> Result<([u8; 32], u64)> {
 
 /// A path component that is safe as a single folder name in the archive.
 fn check_component(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         bail!("must be a plain name (not empty, '.', '..', and without '/')");
     }
     Ok(())
@@ -618,7 +620,11 @@ impl Walker<'_> {
             self.tar
                 .append_link(&mut h, &ar_path, &target)
                 .with_context(|| {
-                    format!("writing {}: symlink {}", self.out.display(), fs_path.display())
+                    format!(
+                        "writing {}: symlink {}",
+                        self.out.display(),
+                        fs_path.display()
+                    )
                 })?;
             sum.symlinks += 1;
             Ok(None)
@@ -793,7 +799,10 @@ mod tests {
         )
         .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("source 'db':") && msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains("source 'db':") && msg.contains("does not exist"),
+            "{msg}"
+        );
         assert!(!out.exists());
     }
 
@@ -812,8 +821,10 @@ mod tests {
         let out = tmp.path().join("a.partial");
         let a = input("x", Section::Configs, tmp.path());
         assert!(
-            write_archive(&out, &WriteOptions::new("TOP"), &[a.clone(), a], &|_| String::new())
-                .is_err()
+            write_archive(&out, &WriteOptions::new("TOP"), &[a.clone(), a], &|_| {
+                String::new()
+            })
+            .is_err()
         );
         let b = input("../x", Section::Configs, tmp.path());
         assert!(write_archive(&out, &WriteOptions::new("TOP"), &[b], &|_| String::new()).is_err());
@@ -841,7 +852,10 @@ mod tests {
         assert_eq!(s.files, 1);
         assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
         assert!(s.skipped.iter().any(|n| n.contains("pipe: fifo")));
-        assert!(s.skipped.iter().any(|n| n.contains("archive being written")));
+        assert!(s
+            .skipped
+            .iter()
+            .any(|n| n.contains("archive being written")));
     }
 
     #[test]
@@ -867,7 +881,10 @@ mod tests {
         assert_eq!(w.sources[0].name, "z");
         assert_eq!(w.sources[1].files, 1);
         let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
-        let n = names.iter().position(|p| p == "T/configs/n/nginx.conf").unwrap();
+        let n = names
+            .iter()
+            .position(|p| p == "T/configs/n/nginx.conf")
+            .unwrap();
         let z = names.iter().position(|p| p == "T/configs/z/").unwrap();
         assert!(n < z, "{names:?}");
     }

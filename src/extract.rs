@@ -94,6 +94,8 @@ pub fn check_readable(archive: &Path) -> Result<ExtractStats> {
             );
         }
         match entry.header().entry_type() {
+            // "./" is the destination itself, as in `extract`.
+            EntryType::Directory if matches!(sanitize(name.as_bytes()), Ok(None)) => {}
             EntryType::Directory => stats.dirs += 1,
             EntryType::Symlink => stats.symlinks += 1,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -181,10 +183,7 @@ impl Staging {
                 }
                 (dest.to_path_buf(), true)
             }
-            Ok(_) => bail!(
-                "destination {} exists and is not a folder",
-                dest.display()
-            ),
+            Ok(_) => bail!("destination {} exists and is not a folder", dest.display()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if fs::symlink_metadata(dest).is_ok() {
                     bail!("destination {} is a dangling symlink", dest.display());
@@ -409,7 +408,9 @@ fn check_link_target(rel: &Path, target: &[u8]) -> std::result::Result<(), &'sta
         match c {
             b"" | b"." => {}
             b".." if descended => {
-                return Err("symlink target has '..' after a folder name (cannot be checked safely)")
+                return Err(
+                    "symlink target has '..' after a folder name (cannot be checked safely)",
+                )
             }
             b".." => {
                 ups += 1;
@@ -564,8 +565,8 @@ impl Unpacker {
             .open(&full)
             .with_context(|| format!("creating {}", full.display()))?;
         let mut w = BufWriter::with_capacity(IO_BUF, &file);
-        let n = copy_to(entry, &mut w, &mut self.buf)
-            .with_context(|| format!("writing '{name}'"))?;
+        let n =
+            copy_to(entry, &mut w, &mut self.buf).with_context(|| format!("writing '{name}'"))?;
         w.flush().with_context(|| format!("writing '{name}'"))?;
         drop(w);
         if n != size {
@@ -591,7 +592,10 @@ impl Unpacker {
             match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return refuse(name, "a file or symlink of the same name was already extracted")
+                    return refuse(
+                        name,
+                        "a file or symlink of the same name was already extracted",
+                    )
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
                     .mode(0o700)
@@ -704,7 +708,10 @@ mod tests {
 
     #[test]
     fn sanitize_paths() {
-        assert_eq!(sanitize(b"a/./b//c/").unwrap(), Some(PathBuf::from("a/b/c")));
+        assert_eq!(
+            sanitize(b"a/./b//c/").unwrap(),
+            Some(PathBuf::from("a/b/c"))
+        );
         assert_eq!(sanitize(b"./").unwrap(), None);
         assert!(sanitize(b"../x").is_err());
         assert!(sanitize(b"a/../../x").is_err());

@@ -57,8 +57,8 @@ pub struct SourceSummary {
     pub symlinks: u64,
     /// Bytes of file content stored (before compression).
     pub bytes: u64,
-    /// Paths that were skipped because they were unreadable or vanished, with the reason.
-    /// Only non-empty when the source allows skipping.
+    /// Paths that were not stored, with the reason: sockets, fifos and devices always;
+    /// unreadable or vanished files only when the source allows skipping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
 }
@@ -87,6 +87,93 @@ pub struct Manifest {
     pub tool_version: String,
     /// What each source contributed.
     pub sources: Vec<SourceSummary>,
+    /// PostgreSQL sources: what each dump holds, with per-table row counts taken
+    /// from the very snapshot the dump was made from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postgres: Vec<PgSummary>,
+    /// Redis sources: the RDB snapshot and its key count per database.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis: Vec<RedisSummary>,
+}
+
+/// What a PostgreSQL source put into `postgres_data/<source>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgSummary {
+    /// The source's `name` in the config.
+    pub source: String,
+    /// `SHOW server_version` of the server dumped.
+    pub server_version: String,
+    /// File name of the `pg_dumpall --globals-only` output (roles, tablespaces), if taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<String>,
+    /// One `pg_dump -Fc` per database.
+    pub databases: Vec<PgDatabase>,
+}
+
+/// One database dump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgDatabase {
+    /// The database's name.
+    pub name: String,
+    /// File name of its dump inside the source's folder.
+    pub file: String,
+    /// Size of the dump in bytes.
+    pub bytes: u64,
+    /// Every table (`relkind` r or p, outside the system schemas and not owned by an
+    /// extension) with its row count in the dump's snapshot, sorted by schema and name.
+    pub tables: Vec<TableRows>,
+}
+
+impl PgDatabase {
+    /// Total rows over every table.
+    pub fn total_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// Rows of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    pub schema: String,
+    pub table: String,
+    pub rows: u64,
+}
+
+/// What a Redis source put into `redis_data/<source>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisSummary {
+    /// The source's `name` in the config.
+    pub source: String,
+    /// File name of the RDB snapshot inside the source's folder (`dump.rdb`).
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// RDB format version (the digits after `REDIS`).
+    pub rdb_version: u32,
+    /// `redis-ver` recorded in the RDB, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_version: Option<String>,
+    /// How the key counts were taken: `rdb` (counted in the snapshot itself) or
+    /// `info` (`INFO keyspace` right after the transfer, when the RDB could not be parsed).
+    pub counted_from: String,
+    /// Keys per database, databases without keys left out.
+    pub dbs: Vec<RedisDb>,
+}
+
+impl RedisSummary {
+    /// Total keys over every database.
+    pub fn total_keys(&self) -> u64 {
+        self.dbs.iter().map(|d| d.keys).sum()
+    }
+}
+
+/// Keys of one Redis database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisDb {
+    pub db: u32,
+    pub keys: u64,
+    /// Keys with a TTL.
+    pub expires: u64,
 }
 
 impl Manifest {

@@ -34,7 +34,14 @@ fn set_mtime(path: &Path, secs: u64) {
             tv_nsec: 0,
         },
     ];
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(r, 0, "utimensat {}", path.display());
 }
 
@@ -120,9 +127,19 @@ fn make_tree(root: &Path) -> u64 {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
-    File { mode: u32, mtime: i64, content: Vec<u8> },
-    Dir { mode: u32, mtime: i64 },
-    Link { target: Vec<u8>, mtime: Option<i64> },
+    File {
+        mode: u32,
+        mtime: i64,
+        content: Vec<u8>,
+    },
+    Dir {
+        mode: u32,
+        mtime: i64,
+    },
+    Link {
+        target: Vec<u8>,
+        mtime: Option<i64>,
+    },
 }
 
 /// Everything under `root` that a restore must reproduce, keyed by relative path bytes.
@@ -135,7 +152,11 @@ fn snapshot(root: &Path, link_mtimes: bool) -> BTreeMap<Vec<u8>, Node> {
         let key = rel.as_os_str().as_bytes().to_vec();
         let node = if m.file_type().is_symlink() {
             Node::Link {
-                target: fs::read_link(&full).unwrap().as_os_str().as_bytes().to_vec(),
+                target: fs::read_link(&full)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
                 mtime: link_mtimes.then_some(m.mtime()),
             }
         } else if m.is_dir() {
@@ -248,9 +269,21 @@ fn ten_thousand_files_round_trip_through_system_tar_and_our_extract() {
     let listing = run(Command::new("tar").arg("-tzf").arg(&out));
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines.first(), Some(&format!("{TOP}/").as_str()));
-    assert_eq!(lines.last(), Some(&format!("{TOP}/backup_info.txt").as_str()));
-    for sec in ["postgres_data", "redis_data", "static_content", "configs", "docker_volumes"] {
-        assert!(lines.contains(&format!("{TOP}/{sec}/").as_str()), "{sec} missing");
+    assert_eq!(
+        lines.last(),
+        Some(&format!("{TOP}/backup_info.txt").as_str())
+    );
+    for sec in [
+        "postgres_data",
+        "redis_data",
+        "static_content",
+        "configs",
+        "docker_volumes",
+    ] {
+        assert!(
+            lines.contains(&format!("{TOP}/{sec}/").as_str()),
+            "{sec} missing"
+        );
     }
     assert!(listing.contains(&format!("{LONG_DIR}/{LONG_FILE}")));
 
@@ -263,7 +296,11 @@ fn ten_thousand_files_round_trip_through_system_tar_and_our_extract() {
     // (b) plain `tar -xzf` restores it.
     let by_tar = tmp.path().join("by-tar");
     fs::create_dir(&by_tar).unwrap();
-    run(Command::new("tar").arg("-xzf").arg(&out).arg("-C").arg(&by_tar));
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&by_tar));
     let restored = by_tar.join(TOP).join("static_content/site");
     assert_same_tree(&src, &restored, false);
     let text = fs::read_to_string(by_tar.join(TOP).join("backup_info.txt")).unwrap();
@@ -310,13 +347,23 @@ fn source_root_symlink_is_followed_but_inner_symlinks_are_not() {
 
     let out = tmp.path().join("a.tar.gz.partial");
     let w = write_archive(&out, &WriteOptions::new(TOP), &[site(&root_link)], &info).unwrap();
-    assert_eq!((w.sources[0].files, w.sources[0].symlinks, w.sources[0].dirs), (1, 2, 2));
+    assert_eq!(
+        (w.sources[0].files, w.sources[0].symlinks, w.sources[0].dirs),
+        (1, 2, 2)
+    );
     let by_tar = tmp.path().join("x");
     fs::create_dir(&by_tar).unwrap();
-    run(Command::new("tar").arg("-xzf").arg(&out).arg("-C").arg(&by_tar));
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&by_tar));
     let r = by_tar.join(TOP).join("static_content/site");
     assert!(fs::symlink_metadata(&r).unwrap().is_dir());
-    assert_eq!(fs::read_link(r.join("abs-link")).unwrap(), Path::new("/etc"));
+    assert_eq!(
+        fs::read_link(r.join("abs-link")).unwrap(),
+        Path::new("/etc")
+    );
     assert_eq!(fs::read_link(r.join("sub-link")).unwrap(), Path::new("sub"));
     // Our extract refuses absolute link targets (the archive is still restorable with tar).
     let err = extract(&out, &tmp.path().join("ours")).unwrap_err();
@@ -354,8 +401,16 @@ fn sockets_and_fifos_are_skipped_with_a_note_not_an_error() {
     let s = &w.sources[0];
     assert_eq!(s.files, 1);
     assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
-    assert!(s.skipped[0].ends_with("app.sock: socket, not stored"), "{:?}", s.skipped);
-    assert!(s.skipped[1].ends_with("pipe: fifo (named pipe), not stored"), "{:?}", s.skipped);
+    assert!(
+        s.skipped[0].ends_with("app.sock: socket, not stored"),
+        "{:?}",
+        s.skipped
+    );
+    assert!(
+        s.skipped[1].ends_with("pipe: fifo (named pipe), not stored"),
+        "{:?}",
+        s.skipped
+    );
     let listing = run(Command::new("tar").arg("-tzf").arg(&out));
     assert!(!listing.contains("app.sock") && !listing.contains("pipe"));
 }
@@ -382,11 +437,19 @@ fn unreadable_checks(dir: &Path) -> String {
     // and no partial file stays behind. `locked-dir` sorts before `secret.txt`.
     for (src, name) in [("src", "locked-dir"), ("src-file", "secret.txt")] {
         let out = dir.join(format!("{src}.partial"));
-        match write_archive(&out, &WriteOptions::new(TOP), &[site(&dir.join(src))], &info) {
+        match write_archive(
+            &out,
+            &WriteOptions::new(TOP),
+            &[site(&dir.join(src))],
+            &info,
+        ) {
             Ok(_) => problems.push(format!("strict {src}: succeeded")),
             Err(e) => {
                 let msg = format!("{e:#}");
-                if !msg.contains("source 'site':") || !msg.contains(name) || !msg.contains("Permission denied") {
+                if !msg.contains("source 'site':")
+                    || !msg.contains(name)
+                    || !msg.contains("Permission denied")
+                {
                     problems.push(format!("strict {src}: message does not name {name}: {msg}"));
                 }
                 if out.exists() {
@@ -400,7 +463,12 @@ fn unreadable_checks(dir: &Path) -> String {
         allow_skip: true,
         ..site(&dir.join("src"))
     };
-    match write_archive(&dir.join("skip.partial"), &WriteOptions::new(TOP), &[input], &info) {
+    match write_archive(
+        &dir.join("skip.partial"),
+        &WriteOptions::new(TOP),
+        &[input],
+        &info,
+    ) {
         Err(e) => problems.push(format!("skip: failed: {e:#}")),
         Ok(w) => {
             let s = &w.sources[0];
@@ -443,7 +511,12 @@ fn unreadable_files_fail_by_default_and_are_recorded_when_skipping() {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
         let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "unreadable_helper", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "unreadable_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(HELPER_ENV, dir)
             .uid(NOBODY)
             .gid(NOBODY)
@@ -524,10 +597,16 @@ fn one_gib_sparse_file_round_trips_with_bounded_memory() {
     let restored = dest.join(TOP).join("static_content/site/big.bin");
     let m = fs::metadata(&restored).unwrap();
     assert_eq!(m.len(), GIB);
-    assert_eq!(m.modified().unwrap(), UNIX_EPOCH + Duration::from_secs(BASE_MTIME));
+    assert_eq!(
+        m.modified().unwrap(),
+        UNIX_EPOCH + Duration::from_secs(BASE_MTIME)
+    );
     assert_eq!(sha256_file(&restored).unwrap(), sha256_file(&big).unwrap());
     let mut head = [0u8; 8];
-    File::open(&restored).unwrap().read_exact(&mut head).unwrap();
+    File::open(&restored)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
     assert_eq!(&head, b"MARK\0\0\0\0");
 }
 
@@ -544,30 +623,53 @@ fn bench_against_system_tar() {
     };
     let corpus = PathBuf::from(corpus);
     let total: u64 = snapshot_size(&corpus);
-    let tmp = tempfile::tempdir_in(std::env::var("PRONTO_BENCH_TMP").unwrap_or("/tmp".into())).unwrap();
+    let tmp =
+        tempfile::tempdir_in(std::env::var("PRONTO_BENCH_TMP").unwrap_or("/tmp".into())).unwrap();
     let mb = total as f64 / 1e6;
-    let threads: usize = std::env::var("PRONTO_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let threads: usize = std::env::var("PRONTO_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     for round in 0..2 {
         let out = tmp.path().join(format!("ours{round}.tar.gz"));
         let t = Instant::now();
         let w = write_archive(
             &out,
-            &WriteOptions { top: TOP.into(), level: 6, threads },
+            &WriteOptions {
+                top: TOP.into(),
+                level: 6,
+                threads,
+            },
             &[site(&corpus)],
             &info,
         )
         .unwrap();
         let s = t.elapsed().as_secs_f64();
-        eprintln!("write_archive     : {:6.2} s {:7.1} MB/s  {:>12} bytes", s, mb / s, w.size);
+        eprintln!(
+            "write_archive     : {:6.2} s {:7.1} MB/s  {:>12} bytes",
+            s,
+            mb / s,
+            w.size
+        );
         for (label, args) in [
             ("tar -czf         ", vec!["-czf"]),
             ("tar -I pigz -cf  ", vec!["-I", "pigz", "-cf"]),
         ] {
             let o = tmp.path().join(format!("sys{round}.tar.gz"));
             let t = Instant::now();
-            run(Command::new("tar").args(&args).arg(&o).arg("-C").arg(corpus.parent().unwrap()).arg(corpus.file_name().unwrap()));
+            run(Command::new("tar")
+                .args(&args)
+                .arg(&o)
+                .arg("-C")
+                .arg(corpus.parent().unwrap())
+                .arg(corpus.file_name().unwrap()));
             let s = t.elapsed().as_secs_f64();
-            eprintln!("{label} : {:6.2} s {:7.1} MB/s  {:>12} bytes", s, mb / s, fs::metadata(&o).unwrap().len());
+            eprintln!(
+                "{label} : {:6.2} s {:7.1} MB/s  {:>12} bytes",
+                s,
+                mb / s,
+                fs::metadata(&o).unwrap().len()
+            );
             fs::remove_file(&o).unwrap();
         }
         let t = Instant::now();

@@ -32,7 +32,11 @@ impl Ar {
         }
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
-        h.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         h.set_mtime(MTIME);
         h.set_cksum();
         self.0.append(&h, data).unwrap();
@@ -48,11 +52,21 @@ impl Ar {
     }
 
     fn symlink(&mut self, path: &str, target: &str) -> &mut Ar {
-        self.raw(EntryType::Symlink, path.as_bytes(), Some(target.as_bytes()), b"")
+        self.raw(
+            EntryType::Symlink,
+            path.as_bytes(),
+            Some(target.as_bytes()),
+            b"",
+        )
     }
 
     fn hardlink(&mut self, path: &str, target: &str) -> &mut Ar {
-        self.raw(EntryType::Link, path.as_bytes(), Some(target.as_bytes()), b"")
+        self.raw(
+            EntryType::Link,
+            path.as_bytes(),
+            Some(target.as_bytes()),
+            b"",
+        )
     }
 
     /// A file whose name comes from a GNU long-name ('L') record.
@@ -126,8 +140,16 @@ fn assert_refused(needle: &str, build: impl Fn(&Path) -> Vec<u8>) {
     for dest in [area.join("new"), existing.clone()] {
         let err = extract(&archive, &dest).expect_err("hostile archive was extracted");
         let msg = format!("{err:#}");
-        assert!(msg.contains(needle), "error does not name '{needle}': {msg}");
-        assert_eq!(tree(root), before, "something was left behind (dest {})", dest.display());
+        assert!(
+            msg.contains(needle),
+            "error does not name '{needle}': {msg}"
+        );
+        assert_eq!(
+            tree(root),
+            before,
+            "something was left behind (dest {})",
+            dest.display()
+        );
     }
     assert!(!area.join("new").exists());
     assert_eq!(fs::read_dir(&existing).unwrap().count(), 0);
@@ -147,7 +169,10 @@ fn refuses_dotdot_path() {
 #[test]
 fn refuses_dotdot_in_the_middle() {
     assert_refused("d/../../../escape.txt", |_| {
-        Ar::new().file("ok", b"x").file("d/../../../escape.txt", b"evil").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .file("d/../../../escape.txt", b"evil")
+            .gz()
     });
 }
 
@@ -173,19 +198,26 @@ fn refuses_symlink_to_etc_then_write_through_it() {
 #[test]
 fn refuses_write_through_an_inside_symlink() {
     // `inner -> sub` is harmless in itself; writing through it is refused.
-    assert_refused("refusing entry 'inner/x.txt': its parent 'inner' is a symlink", |_| {
-        Ar::new()
-            .dir("sub/")
-            .symlink("inner", "sub")
-            .file("inner/x.txt", b"x")
-            .gz()
-    });
+    assert_refused(
+        "refusing entry 'inner/x.txt': its parent 'inner' is a symlink",
+        |_| {
+            Ar::new()
+                .dir("sub/")
+                .symlink("inner", "sub")
+                .file("inner/x.txt", b"x")
+                .gz()
+        },
+    );
 }
 
 #[test]
 fn refuses_symlink_up_and_out() {
     assert_refused("'up -> ../../'", |_| {
-        Ar::new().file("ok", b"x").symlink("up", "../../").file("up/x", b"x").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .symlink("up", "../../")
+            .file("up/x", b"x")
+            .gz()
     });
 }
 
@@ -199,28 +231,41 @@ fn refuses_symlink_that_climbs_one_level_too_many() {
 #[test]
 fn refuses_symlink_with_dotdot_after_a_name() {
     assert_refused("'a/l -> s/../../x'", |_| {
-        Ar::new().dir("a/").symlink("a/s", ".").symlink("a/l", "s/../../x").gz()
+        Ar::new()
+            .dir("a/")
+            .symlink("a/s", ".")
+            .symlink("a/l", "s/../../x")
+            .gz()
     });
 }
 
 #[test]
 fn refuses_hardlink_to_absolute_path() {
     assert_refused("'hl => /etc/passwd'", |_| {
-        Ar::new().file("ok", b"x").hardlink("hl", "/etc/passwd").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .hardlink("hl", "/etc/passwd")
+            .gz()
     });
 }
 
 #[test]
 fn refuses_hardlink_outside() {
     assert_refused("'hl2 => ../outside'", |_| {
-        Ar::new().file("ok", b"x").hardlink("hl2", "../outside").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .hardlink("hl2", "../outside")
+            .gz()
     });
 }
 
 #[test]
 fn refuses_hardlink_to_a_file_not_in_the_archive() {
     assert_refused("'hl3 => nothing-here'", |_| {
-        Ar::new().file("ok", b"x").hardlink("hl3", "nothing-here").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .hardlink("hl3", "nothing-here")
+            .gz()
     });
 }
 
@@ -248,20 +293,32 @@ fn refuses_block_device_and_fifo() {
 fn refuses_dotdot_hidden_in_a_gnu_long_name() {
     let long = format!("{}/../../../../../../escape-long.txt", "a".repeat(120));
     let shown = long.clone();
-    assert_refused(&shown, move |_| Ar::new().file("ok", b"x").long_name_file(&long, b"evil").gz());
+    assert_refused(&shown, move |_| {
+        Ar::new()
+            .file("ok", b"x")
+            .long_name_file(&long, b"evil")
+            .gz()
+    });
 }
 
 #[test]
 fn refuses_dotdot_hidden_in_a_pax_path() {
     assert_refused("'../pax-escape.txt'", |_| {
-        Ar::new().file("ok", b"x").pax_path_file("../pax-escape.txt", b"evil").gz()
+        Ar::new()
+            .file("ok", b"x")
+            .pax_path_file("../pax-escape.txt", b"evil")
+            .gz()
     });
 }
 
 #[test]
 fn refuses_a_file_and_a_folder_of_the_same_name() {
-    assert_refused("refusing entry 'c/'", |_| Ar::new().file("c", b"x").dir("c/").gz());
-    assert_refused("refusing entry 'c'", |_| Ar::new().dir("c/").file("c", b"x").gz());
+    assert_refused("refusing entry 'c/'", |_| {
+        Ar::new().file("c", b"x").dir("c/").gz()
+    });
+    assert_refused("refusing entry 'c'", |_| {
+        Ar::new().dir("c/").file("c", b"x").gz()
+    });
 }
 
 #[test]
@@ -269,7 +326,11 @@ fn refuses_a_damaged_gzip_trailer_after_writing_everything() {
     // The damage is only found at the very end, after every file was written:
     // they must all go again.
     assert_refused("in.tar.gz", |_| {
-        let mut gz = Ar::new().dir("d/").file("d/a.txt", b"hello").file("b.txt", b"world").gz();
+        let mut gz = Ar::new()
+            .dir("d/")
+            .file("d/a.txt", b"hello")
+            .file("b.txt", b"world")
+            .gz();
         let n = gz.len();
         gz[n - 8] ^= 0x01; // CRC-32
         gz

@@ -21,11 +21,44 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// Run a backup; returns the manifest of the new archive and its path.
 pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
+    run_with(cfg, &BackupOptions::default())
+}
+
+/// What [`run_with`] backs up.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Only these sources (by name); `None`: every configured source.
+    pub only_sources: Option<Vec<String>>,
+    /// A safety backup before a restore: a configured PostgreSQL database that no longer
+    /// exists is left out (with a warning) instead of failing the backup.
+    pub safety: bool,
+}
+
+/// Run a backup of some sources; returns the manifest of the new archive and its path.
+///
+/// PostgreSQL and Redis sources are dumped first into `<dir>/.spool-<id>/` (0700),
+/// which is removed afterwards whatever happens; a failing dump leaves no archive.
+pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBuf)> {
     if cfg.sources.is_empty() {
         return Err(crate::error::usage(format!(
             "{}: no [[sources]] configured: nothing to back up",
             cfg.file.display()
         )));
+    }
+    let sources: Vec<&crate::config::Source> = cfg
+        .sources
+        .iter()
+        .filter(|s| {
+            bopts
+                .only_sources
+                .as_ref()
+                .is_none_or(|o| o.contains(&s.name))
+        })
+        .collect();
+    if sources.is_empty() {
+        return Err(crate::error::usage(
+            "none of the configured sources was selected: nothing to back up",
+        ));
     }
     let dir = &cfg.local.dir;
     let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
@@ -47,16 +80,21 @@ pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
     let final_path = dir.join(&file);
     let partial = dir.join(format!("{file}{PARTIAL}"));
 
-    let inputs: Vec<ArchiveInput> = cfg
-        .sources
+    // PostgreSQL and Redis: dump into the spool first (removed when `services` drops).
+    let services = crate::source::dump_services(dir, &name.id, &sources, bopts.safety)
+        .map_err(|e| e.context(format!("backup failed; no archive was written ({file})")))?;
+    let inputs: Vec<ArchiveInput> = sources
         .iter()
         .filter_map(|s| {
-            s.path.as_ref().map(|p| ArchiveInput {
-                name: s.name.clone(),
-                section: s.kind.section(),
-                path: p.clone(),
-                allow_skip: s.skip_unreadable,
-            })
+            s.path
+                .clone()
+                .or_else(|| services.folder(&s.name))
+                .map(|p| ArchiveInput {
+                    name: s.name.clone(),
+                    section: s.kind.section(),
+                    path: p,
+                    allow_skip: s.skip_unreadable,
+                })
         })
         .collect();
     let host = hostname();
@@ -65,7 +103,12 @@ pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
         level: cfg.local.level,
         threads: cfg.local.threads,
     };
-    let info = |sources: &[SourceSummary]| backup_info(&name.id, created, &host, sources);
+    let info = |sources: &[SourceSummary]| {
+        let sources = services.patch_origins(sources.to_vec());
+        let mut text = backup_info(&name.id, created, &host, &sources);
+        services.describe(&mut text);
+        text
+    };
     let written = match write_archive(&partial, &opts, &inputs, &info) {
         Ok(w) => w,
         Err(e) => {
@@ -73,6 +116,8 @@ pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
             return Err(e.context(format!("backup failed; no archive was written ({})", file)));
         }
     };
+    let written_sources = services.patch_origins(written.sources);
+    let (postgres, redis) = services.finish();
 
     let manifest = Manifest {
         format: FORMAT,
@@ -85,11 +130,23 @@ pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
         encryption: "none".into(),
         host,
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        sources: written.sources,
+        sources: written_sources,
+        postgres,
+        redis,
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
     fsutil::write_atomic(&dir.join(Manifest::file_name_for(&file)), &manifest.to_json())?;
+    // Still under the lock: file every keeper (the new archive too) under its tier. The
+    // archive is complete either way, so a failure here is a warning, not a failed backup.
+    let final_path = match crate::prune::file_after_backup(cfg, &manifest.id) {
+        Ok(Some(moved)) => moved,
+        Ok(None) => final_path,
+        Err(e) => {
+            tracing::warn!("filing archives into tiers: {e:#}");
+            final_path
+        }
+    };
     Ok((manifest, final_path))
 }
 
@@ -103,6 +160,12 @@ fn remove_stale_partials(cfg: &Config) -> Result<()> {
     for entry in rd.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name.starts_with(crate::source::SPOOL_PREFIX) {
+            // Dumps of a killed run (spools are made and removed under this lock).
+            tracing::info!("removing {name}, left by an interrupted run");
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        }
         if let Some(base) = name.strip_suffix(PARTIAL) {
             if catalog::parse_name(&cfg.local.prefix, base).is_some() {
                 tracing::info!("removing {name}, left by an interrupted run");

@@ -24,15 +24,9 @@ pub const TIER_DIRS: [(Tier, &str); 3] = [
     (Tier::Yearly, "archive/yearly"),
 ];
 
-/// Where a local archive is filed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tier {
-    /// The top of the backup folder (daily, last, within keepers and new archives).
-    Top,
-    Weekly,
-    Monthly,
-    Yearly,
-}
+/// Where a local archive is filed: one type for the catalog and the retention engine
+/// ([`crate::retention::strongest_tier`] says where a keeper belongs).
+pub use crate::retention::Tier;
 
 impl Tier {
     pub fn label(self) -> &'static str {
@@ -49,6 +43,15 @@ impl Tier {
         match TIER_DIRS.iter().find(|(t, _)| *t == self) {
             Some((_, d)) => base.join(d),
             None => base.to_path_buf(),
+        }
+    }
+
+    /// The folder relative to the backup folder, for messages (`archive/yearly`, or
+    /// `the top folder`).
+    pub fn folder(self) -> &'static str {
+        match TIER_DIRS.iter().find(|(t, _)| *t == self) {
+            Some((_, d)) => d,
+            None => "the top folder",
         }
     }
 }
@@ -137,19 +140,34 @@ pub struct LocalArchive {
     pub tier: Tier,
     /// The manifest beside it; `None` means the archive is incomplete or foreign.
     pub manifest: Option<Manifest>,
+    /// Where its manifest was found, when it was found in another tier folder than the
+    /// archive (a tier move interrupted between its two renames; see [`move_to_tier`]).
+    pub manifest_elsewhere: Option<PathBuf>,
 }
 
 impl LocalArchive {
+    /// Where the manifest is (when it was found elsewhere), else where it belongs: beside
+    /// the archive.
     pub fn manifest_path(&self) -> PathBuf {
-        self.path
-            .with_file_name(Manifest::file_name_for(&self.name.file))
+        self.manifest_elsewhere.clone().unwrap_or_else(|| {
+            self.path
+                .with_file_name(Manifest::file_name_for(&self.name.file))
+        })
     }
 }
 
 /// Every archive in the backup folder and its tiers, oldest first.
 /// A missing backup folder is an empty catalog.
+///
+/// Only files named `PREFIX-YYYYMMDD-HHMMSS.EXT` (and their `.manifest.json`) count.
+/// An archive's manifest is looked for beside it first, then in the other tier folders:
+/// a tier move renames the archive first and its manifest second, so a crash between
+/// the two leaves them in different folders, and the archive must still count as
+/// complete (the next filing pass puts the manifest back beside it).
 pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
-    let mut out = Vec::new();
+    let mut archives: Vec<(ArchiveName, PathBuf, Tier)> = Vec::new();
+    // Manifests of our archive names: (archive file name, path, tier).
+    let mut manifests: Vec<(String, PathBuf, Tier)> = Vec::new();
     let mut dirs = vec![(Tier::Top, local.dir.clone())];
     dirs.extend(TIER_DIRS.iter().map(|(t, _)| (*t, t.dir(&local.dir))));
     for (tier, dir) in dirs {
@@ -162,29 +180,108 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
             let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
-            let Some(name) = parse_name(&local.prefix, file) else {
+            let (base, is_manifest) = match file.strip_suffix(".manifest.json") {
+                Some(b) => (b, true),
+                None => (file, false),
+            };
+            let Some(name) = parse_name(&local.prefix, base) else {
                 continue;
             };
             if !entry.file_type()?.is_file() {
                 continue;
             }
-            let path = entry.path();
-            let mpath = path.with_file_name(Manifest::file_name_for(file));
-            let manifest = if mpath.exists() {
-                Some(Manifest::read(&mpath)?)
+            if is_manifest {
+                manifests.push((name.file, entry.path(), tier));
             } else {
-                None
-            };
-            out.push(LocalArchive {
-                name,
-                path,
-                tier,
-                manifest,
-            });
+                archives.push((name, entry.path(), tier));
+            }
         }
+    }
+    let mut out = Vec::new();
+    for (name, path, tier) in &archives {
+        let beside = manifests
+            .iter()
+            .find(|(f, _, t)| f == &name.file && t == tier);
+        // Elsewhere: only a manifest whose own folder has no archive of that name.
+        let elsewhere = || {
+            manifests.iter().find(|(f, _, t)| {
+                f == &name.file && !archives.iter().any(|(n, _, at)| n.file == *f && at == t)
+            })
+        };
+        let (manifest, manifest_elsewhere) = match beside {
+            Some((_, mpath, _)) => (Some(Manifest::read(mpath)?), None),
+            None => match elsewhere() {
+                Some((_, mpath, _)) => (Some(Manifest::read(mpath)?), Some(mpath.clone())),
+                None => (None, None),
+            },
+        };
+        out.push(LocalArchive {
+            name: name.clone(),
+            path: path.clone(),
+            tier: *tier,
+            manifest,
+            manifest_elsewhere,
+        });
     }
     out.sort_by(|a, b| a.name.time.cmp(&b.name.time).then(a.name.file.cmp(&b.name.file)));
     Ok(out)
+}
+
+/// File a complete archive under `tier`: rename the archive first, then its manifest,
+/// then fsync both folders. Returns the archive's new path.
+///
+/// Why this order: the manifest is the commit marker and moves last, like a backup
+/// writes it last. A crash between the two renames leaves the archive in the new
+/// folder and the manifest in the old one; [`scan`] pairs them across tier folders, so
+/// nothing ever looks incomplete, and the next filing pass (after a backup or prune)
+/// finishes the move. Also used for that repair: an archive already in `tier` whose
+/// manifest is elsewhere only gets its manifest moved. Never overwrites a file.
+/// Call under the [`crate::fsutil::FolderLock`].
+pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathBuf> {
+    let to_dir = tier.dir(&local.dir);
+    let from_dir = a.path.parent().unwrap_or(&local.dir).to_path_buf();
+    let new_path = to_dir.join(&a.name.file);
+    let mname = Manifest::file_name_for(&a.name.file);
+    let new_manifest = to_dir.join(&mname);
+    let old_manifest = a.manifest_path();
+    if a.tier != tier {
+        crate::fsutil::create_private_dir(&to_dir)?;
+        if new_path.exists() {
+            anyhow::bail!(
+                "cannot file {} under {}: {} already exists",
+                a.name.file,
+                tier.folder(),
+                new_path.display()
+            );
+        }
+        std::fs::rename(&a.path, &new_path)
+            .with_context(|| format!("moving {} to {}", a.path.display(), to_dir.display()))?;
+    }
+    if old_manifest != new_manifest && old_manifest.exists() {
+        if new_manifest.exists() {
+            anyhow::bail!(
+                "cannot move the manifest of {} to {}: {} already exists",
+                a.name.file,
+                tier.folder(),
+                new_manifest.display()
+            );
+        }
+        std::fs::rename(&old_manifest, &new_manifest).with_context(|| {
+            format!(
+                "moving {} to {}",
+                old_manifest.display(),
+                to_dir.display()
+            )
+        })?;
+    }
+    crate::fsutil::sync_dir(&to_dir)?;
+    crate::fsutil::sync_dir(&from_dir)?;
+    if let Some(mdir) = old_manifest.parent() {
+        if mdir != from_dir && mdir != to_dir {
+            crate::fsutil::sync_dir(mdir)?;
+        }
+    }
+    Ok(new_path)
 }
 
 /// Find one complete local archive by id.

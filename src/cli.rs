@@ -14,7 +14,7 @@ use crate::error::{exit_code, EXIT_OK, EXIT_USAGE};
     name = "pronto-offsite",
     version,
     about = "Back up a self-hosted platform and keep its backups safe off-site",
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage or config error, 3 partial (some remotes failed), 4 verification failed."
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage or config error, 3 partial (some remotes failed), 4 verification failed, 5 stale (status), 6 busy (hook lock)."
 )]
 pub struct Cli {
     /// Config file (default: $PRONTO_OFFSITE_CONFIG, ./pronto-offsite.toml, /etc/pronto-offsite/config.toml)
@@ -26,6 +26,9 @@ pub struct Cli {
     /// More detail on stderr
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
+    /// Log line format on stderr and in the log file
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,14 +37,49 @@ pub struct Cli {
 pub enum Command {
     /// Archive the configured sources into the local backup folder; prints the new id
     Backup,
-    /// Upload local archives that a remote lacks, verified end to end
+    /// Upload local archives that a remote lacks, verified end to end; then prune each
+    /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
     Push {
         /// Only this remote
         #[arg(long, value_name = "NAME")]
         remote: Option<String>,
-        /// Print the plan and change nothing
+        /// Print the plan (uploads, then each remote's prune) and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Upload only: prune no remote afterwards
+        #[arg(long)]
+        no_prune: bool,
+        /// Print what happened per remote as JSON (and no progress lines)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the retention policy to the local folder and every remote, each over what it
+    /// holds; file local keepers under archive/{yearly,monthly,weekly}
+    #[command(after_help = "Safety rails: the newest archive of a location is never deleted; a location whose listing failed is skipped; a local archive that no remote holds complete is kept (unless --force, or no remotes are configured); a run that would delete more than [retention] max_delete_fraction (default 0.5) of a location's archives is refused (unless --force); archives named in the future are kept; pinned archives are kept; only files named PREFIX-YYYYMMDD-HHMMSS.tar.gz (and their manifests) are ever touched.\n\n\
+Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refused.")]
+    Prune {
+        /// Print the plan per location (what goes, and why everything else stays) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Only the local folder (remotes are still listed: their copies count)
+        #[arg(long, conflicts_with = "remote")]
+        local: bool,
+        /// Only this remote
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// Lift the deletion cap (max_delete_fraction) and delete local archives no remote holds
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep an archive regardless of the policy, on every location
+    Pin {
+        /// Archive id (20260201-170521) or name
+        id: String,
+    },
+    /// Let the policy decide about a pinned archive again
+    Unpin {
+        /// Archive id (20260201-170521) or name
+        id: String,
     },
     /// Local and remote archives side by side
     List {
@@ -53,6 +91,10 @@ pub enum Command {
         json: bool,
     },
     /// Fetch an archive from a remote, verify it, and optionally extract it
+    #[command(after_help = "Examples:\n  pronto-offsite pull latest --to /tmp/inspect\n  \
+pronto-offsite pull 20260201-170521 --restore                 # everything, after a safety backup\n  \
+pronto-offsite pull latest --restore --only postgres          # the databases only\n  \
+pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live database")]
     Pull {
         /// Archive id (20260201-170521), name, or `latest`
         id: String,
@@ -60,11 +102,93 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         remote: Option<String>,
         /// Extract into this folder (must be empty or absent)
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "restore")]
         to: Option<PathBuf>,
+        /// Restore into the running services and configured folders (after a safety backup)
+        #[arg(long)]
+        restore: bool,
+        /// With --restore: only these kinds (postgres,redis,static_content,configs,docker_volumes)
+        #[arg(
+            long,
+            value_name = "KINDS",
+            value_delimiter = ',',
+            requires = "restore"
+        )]
+        only: Option<Vec<String>>,
+        /// With --restore: skip the backup of the current state taken before anything is overwritten
+        #[arg(long, requires = "restore")]
+        no_safety_backup: bool,
+        /// With --restore: restore the PostgreSQL database into this database, beside the live one
+        #[arg(long, value_name = "NAME", requires = "restore")]
+        target_db: Option<String>,
+        /// With --target-db: which database of the archive (when it holds several)
+        #[arg(long, value_name = "NAME", requires = "target_db")]
+        database: Option<String>,
+    },
+    /// Check an archive by restoring it: `verify <id> --restore-test` (a drill for a weekly cron job)
+    #[command(after_help = "Restores the PostgreSQL dumps into throwaway databases (on [drill] postgres_url, or a private\n\
+instance started for the drill) and compares every table's row count with the manifest, loads each\n\
+Redis snapshot into a throwaway redis-server and compares key counts, and counts each folder's files.\n\n\
+Example (cron, Sundays at 4 AM):\n  0 4 * * 0 /usr/local/bin/pronto-offsite -q verify latest --restore-test\n\n\
+Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill could not run.")]
+    Verify {
+        /// Archive id (20260201-170521), name, or `latest`
+        id: String,
+        /// Only this remote
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// Restore into throwaway servers and compare with the manifest (required: the only mode so far)
+        #[arg(long)]
+        restore_test: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Apply a retention policy to archive names or timestamps read from stdin
     Policy(crate::policy_cmd::PolicyArgs),
+    /// For cron or a systemd timer: backup, push to every remote, prune, report and notify
+    #[command(after_help = "Example (cron, daily at 2 AM):\n  0 2 * * * /usr/local/bin/pronto-offsite -q hook\n\n\
+Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune failed), 6 another hook held the lock past lock_wait.")]
+    Hook {
+        /// Skip the backup (an external script made the archive); push, prune and report only
+        #[arg(long)]
+        no_backup: bool,
+        /// Wait this long for another hook run to finish (default: [hook] lock_wait, 10m)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        lock_wait: Option<std::time::Duration>,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// For monitoring: newest archive's age locally and per remote, tiers, disk, storage needed
+    #[command(after_help = "Example (exit 5 when the newest archive is older than 26 hours or a remote lags):\n  pronto-offsite status --max-age 26h --json")]
+    Status {
+        /// The newest archive may be this old (default: [status] max_age, 26h)
+        #[arg(long, value_name = "DURATION", value_parser = parse_max_age)]
+        max_age: Option<std::time::Duration>,
+        /// Only this remote
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config, the backup folder, disk space, each remote (reachable, credentials, write) and needed tools
+    #[command(after_help = "Example (one line per check, with a fix for each failure; exit 1 when one fails, 2 on a broken config):\n  pronto-offsite doctor")]
+    Doctor {
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script
+    #[command(after_help = "Example:\n  pronto-offsite completions bash > /etc/bash_completion.d/pronto-offsite")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    #[command(after_help = "Example:\n  pronto-offsite man > /usr/local/share/man/man1/pronto-offsite.1")]
+    Man,
 }
 
 /// Run the CLI; returns the process exit code.
@@ -77,38 +201,30 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(cli.quiet, cli.verbose);
+    crate::logging::init(cli.quiet, cli.verbose, cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ERROR: {e:#}");
+            crate::logging::final_error(&format!("{e:#}"));
             exit_code(&e)
         }
     }
 }
 
-fn init_logging(quiet: bool, verbose: bool) {
-    let level = if quiet {
-        "warn"
-    } else if verbose {
-        "debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PRONTO_OFFSITE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .try_init();
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e}: expected e.g. 10m, 1h or 0s"))
 }
 
+fn parse_max_age(s: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::status::parse_max_age(s)
+}
+
+/// Load the config, and from then on log to its `[log] file` too.
 fn load_config(path: Option<&Path>) -> Result<Config> {
     let file = config::locate(path)?;
-    config::load(&file)
+    let cfg = config::load(&file)?;
+    crate::logging::attach_file(cfg.log.as_ref());
+    Ok(cfg)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -133,15 +249,105 @@ fn run(cli: Cli) -> Result<i32> {
             writeln!(out, "{}", m.id)?;
             Ok(EXIT_OK)
         }
-        Command::Push { remote, dry_run } => {
+        Command::Push {
+            remote,
+            dry_run,
+            no_prune,
+            json: true,
+        } => {
             let cfg = load_config(cli.config.as_deref())?;
-            runtime()?.block_on(crate::push::run(&cfg, remote.as_deref(), dry_run, &mut out))
+            let reports = runtime()?.block_on(crate::push::run_with(
+                &cfg,
+                remote.as_deref(),
+                dry_run,
+                !no_prune,
+                &mut std::io::sink(),
+            ))?;
+            crate::hook::print_push_json(&reports, dry_run, &mut out)
+        }
+        Command::Push {
+            remote,
+            dry_run,
+            no_prune,
+            json: false,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            runtime()?.block_on(crate::push::run(
+                &cfg,
+                remote.as_deref(),
+                dry_run,
+                !no_prune,
+                &mut out,
+            ))
+        }
+        Command::Prune {
+            dry_run,
+            local,
+            remote,
+            force,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let scope = match (local, remote) {
+                (true, _) => crate::prune::Scope::Local,
+                (false, Some(name)) => crate::prune::Scope::Remote(name),
+                (false, None) => crate::prune::Scope::All,
+            };
+            let opts = crate::prune::PruneOptions {
+                scope,
+                dry_run,
+                force,
+            };
+            runtime()?.block_on(crate::prune::run(&cfg, &opts, &mut out))
+        }
+        Command::Pin { id } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            runtime()?.block_on(crate::pins::run(&cfg, &id, true, &mut out))
+        }
+        Command::Unpin { id } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            runtime()?.block_on(crate::pins::run(&cfg, &id, false, &mut out))
         }
         Command::List { remote, json } => {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::list::run(&cfg, remote.as_deref(), json, &mut out))
         }
-        Command::Pull { id, remote, to } => {
+        Command::Pull {
+            id,
+            remote,
+            restore: true,
+            only,
+            no_safety_backup,
+            target_db,
+            database,
+            ..
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let opts = crate::restore::RestoreOptions {
+                id,
+                remote,
+                only,
+                safety_backup: !no_safety_backup,
+                target_db,
+                database,
+            };
+            crate::restore::run(&cfg, &opts, &mut out)
+        }
+        Command::Verify {
+            id,
+            remote,
+            restore_test,
+            json,
+        } => {
+            if !restore_test {
+                return Err(crate::error::usage(
+                    "verify: only `verify <id> --restore-test` is available in this version (add --restore-test)",
+                ));
+            }
+            let cfg = load_config(cli.config.as_deref())?;
+            let opts = crate::drill::DrillOptions { id, remote, json };
+            crate::drill::run(&cfg, &opts, &mut out)
+        }
+        Command::Pull { id, remote, to, .. } => {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::pull::run(
                 &cfg,
@@ -159,6 +365,43 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let stdin = std::io::stdin();
             crate::policy_cmd::run(&policy, stdin.lock(), args.json, &mut out)?;
+            Ok(EXIT_OK)
+        }
+        Command::Hook {
+            no_backup,
+            lock_wait,
+            json,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let opts = crate::hook::HookOptions {
+                no_backup,
+                lock_wait,
+                json,
+            };
+            crate::hook::run(&cfg, &opts, &mut out)
+        }
+        Command::Status {
+            max_age,
+            remote,
+            json,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let opts = crate::status::StatusOptions {
+                max_age,
+                remote,
+                json,
+            };
+            runtime()?.block_on(crate::status::run(&cfg, &opts, &mut out))
+        }
+        Command::Doctor { json } => crate::doctor::run(cli.config.as_deref(), json, &mut out),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pronto-offsite", &mut out);
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
             Ok(EXIT_OK)
         }
     }

@@ -26,8 +26,25 @@ pub struct Config {
     pub file: PathBuf,
     pub local: Local,
     pub retention: Policy,
+    /// `[retention] max_delete_fraction`: a prune that would delete more than this share
+    /// of a location's archives refuses unless `--force` (default 0.5).
+    pub max_delete_fraction: f64,
     pub sources: Vec<Source>,
     pub remotes: Vec<Remote>,
+    /// `[hook]`: lock wait for the scheduled entry point.
+    pub hook: crate::hook::HookConfig,
+    /// `[notify]`: webhook, ping URL, command.
+    pub notify: crate::notify::NotifyConfig,
+    /// `[log]`: a log file with size-based rotation.
+    pub log: Option<crate::logging::LogConfig>,
+    /// `[metrics]`: the Prometheus textfile.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// `[status]`: max age of the newest archive.
+    pub status: crate::status::StatusConfig,
+    /// `[[health_checks]]`: run after a restore (HTTP URLs that must answer 2xx, SQL that must succeed).
+    pub health_checks: Vec<crate::restore::HealthCheck>,
+    /// `[drill]`: where `verify --restore-test` restores (a scratch server or a private instance).
+    pub drill: crate::drill::DrillConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +90,10 @@ pub struct Source {
     pub path: Option<PathBuf>,
     /// Skip unreadable or vanished files instead of failing (recorded in backup_info.txt).
     pub skip_unreadable: bool,
+    /// For `kind = "postgres"`: how to reach the server and what to dump.
+    pub postgres: Option<crate::source::PgSource>,
+    /// For `kind = "redis"`: how to reach the server, and how to restore into it.
+    pub redis: Option<crate::source::RedisSource>,
 }
 
 /// The kind of a remote, from its URL scheme.
@@ -80,6 +101,12 @@ pub struct Source {
 pub enum RemoteLocation {
     /// `file:///path` (or `file://relative/path`, relative to the config file).
     File(PathBuf),
+    /// `sftp://user@host:port/path`, with the per-remote SSH options.
+    Sftp(pronto_backends::sftp::SftpConfig),
+    /// `s3://bucket/prefix`, with the per-remote S3 options.
+    S3(pronto_backends::s3::S3Config),
+    /// `gs://bucket/prefix`, with the per-remote GCS options.
+    Gcs(pronto_backends::gcs::GcsConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -100,11 +127,78 @@ pub struct Remote {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     local: RawLocal,
-    retention: Option<Spanned<Policy>>,
+    retention: Option<Spanned<RawRetention>>,
     #[serde(default)]
     sources: Vec<RawSource>,
     #[serde(default)]
     remotes: Vec<RawRemote>,
+    hook: Option<crate::hook::RawHook>,
+    notify: Option<crate::notify::RawNotify>,
+    log: Option<crate::logging::RawLog>,
+    metrics: Option<crate::metrics::RawMetrics>,
+    status: Option<crate::status::RawStatus>,
+    #[serde(default)]
+    health_checks: Vec<crate::restore::RawHealthCheck>,
+    drill: Option<crate::drill::RawDrill>,
+}
+
+/// `[retention]`: the [`Policy`] keys plus prune's own `max_delete_fraction`. The
+/// policy's keys are spelled out (not `#[serde(flatten)]`) so that errors keep their
+/// exact line and the list of expected keys; [`RawRetention::policy`] names every field,
+/// so a key added to `Policy` fails to compile here until it is added.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    last: Option<crate::retention::Count>,
+    hourly: Option<crate::retention::Count>,
+    daily: Option<crate::retention::Count>,
+    weekly: Option<crate::retention::Count>,
+    monthly: Option<crate::retention::Count>,
+    yearly: Option<crate::retention::Count>,
+    within: Option<crate::retention::Span>,
+    max_delete_fraction: Option<Spanned<Fraction>>,
+}
+
+impl RawRetention {
+    fn policy(&self) -> Policy {
+        Policy {
+            last: self.last,
+            hourly: self.hourly,
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+            yearly: self.yearly,
+            within: self.within.clone(),
+        }
+    }
+}
+
+/// The default of `[retention] max_delete_fraction`.
+pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
+
+/// A number written as a float or an integer (`1`, `0.5`).
+struct Fraction(f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Fraction;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a fraction from 0 to 1")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Fraction, E> {
+                Ok(Fraction(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Fraction, E> {
+                Ok(Fraction(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Fraction, E> {
+                Ok(Fraction(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -124,6 +218,18 @@ struct RawSource {
     path: Option<Spanned<String>>,
     #[serde(default)]
     skip_unreadable: bool,
+    // postgres and redis sources
+    url: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    user: Option<Spanned<String>>,
+    databases: Option<Spanned<Vec<String>>>,
+    password_file: Option<Spanned<String>>,
+    command_prefix: Option<Spanned<Vec<String>>>,
+    globals: Option<Spanned<bool>>,
+    data_dir: Option<Spanned<String>>,
+    stop_command: Option<Spanned<crate::source::CommandLine>>,
+    start_command: Option<Spanned<crate::source::CommandLine>>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +239,26 @@ struct RawRemote {
     url: Spanned<String>,
     part_concurrency: Option<Spanned<usize>>,
     prune: Option<bool>,
+    // sftp:// remotes
+    identity_file: Option<Spanned<String>>,
+    known_hosts_file: Option<Spanned<String>>,
+    ssh_config_file: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    accept_new_host_key: Option<Spanned<bool>>,
+    remote_hash: Option<Spanned<String>>,
+    // s3:// and gs:// remotes
+    region: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    path_style: Option<Spanned<bool>>,
+    storage_class: Option<Spanned<String>>,
+    checksum: Option<Spanned<String>>,
+    allow_http: Option<Spanned<bool>>,
+    profile: Option<Spanned<String>>,
+    access_key_id: Option<Spanned<String>>,
+    secret_access_key: Option<Spanned<String>>,
+    session_token: Option<Spanned<String>>,
+    service_account_file: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
 }
 
 /// Find the config file: `--config`, else `$PRONTO_OFFSITE_CONFIG`, else
@@ -207,18 +333,36 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     };
 
     // [retention]
+    let mut max_delete_fraction = DEFAULT_MAX_DELETE_FRACTION;
     let retention = match raw.retention {
         Some(p) => {
             let start = p.span().start;
-            let policy = p.into_inner();
-            if let Err(msg) = policy.validate() {
-                return Err(usage(format!(
-                    "{}:{}: retention: {msg}",
-                    file.display(),
-                    at.line(start)
-                )));
+            let raw_retention = p.into_inner();
+            if let Some(f) = &raw_retention.max_delete_fraction {
+                let v = f.get_ref().0;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(at.err(
+                        f.span().start,
+                        "retention.max_delete_fraction",
+                        "a fraction from 0 to 1 (0.5 = at most half of a location's archives per prune)",
+                    ));
+                }
+                max_delete_fraction = v;
             }
-            policy
+            let policy = raw_retention.policy();
+            // A table with only max_delete_fraction keeps the seed's policy.
+            if policy == Policy::none() && raw_retention.max_delete_fraction.is_some() {
+                Policy::seed_default()
+            } else {
+                if let Err(msg) = policy.validate() {
+                    return Err(usage(format!(
+                        "{}:{}: retention: {msg}",
+                        file.display(),
+                        at.line(start)
+                    )));
+                }
+                policy
+            }
         }
         None => Policy::seed_default(),
     };
@@ -238,6 +382,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         }
         let kind = *s.kind.get_ref();
         let path = match (&s.path, kind) {
+            (Some(p), SourceKind::Postgres | SourceKind::Redis) => {
+                return Err(at.err(
+                    p.span().start,
+                    &format!("{key}.path"),
+                    "no `path` for a postgres or redis source: it is reached by `url` (the dumps are taken over the network)",
+                ));
+            }
             (Some(p), _) => Some(resolve(&base, at.nonempty(p, &format!("{key}.path"), "a folder path")?)),
             (None, SourceKind::Postgres | SourceKind::Redis) => None,
             (None, _) => {
@@ -248,18 +399,31 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 ));
             }
         };
-        if matches!(kind, SourceKind::Postgres | SourceKind::Redis) {
-            return Err(at.err(
-                s.kind.span().start,
-                &format!("{key}.kind"),
-                "static_content, configs or docker_volumes: postgres and redis sources are not supported by this version yet",
-            ));
-        }
+        let keys = crate::source::RawKeys {
+            url: s.url.as_ref(),
+            host: s.host.as_ref(),
+            port: s.port.as_ref(),
+            user: s.user.as_ref(),
+            databases: s.databases.as_ref(),
+            password_file: s.password_file.as_ref(),
+            command_prefix: s.command_prefix.as_ref(),
+            globals: s.globals.as_ref(),
+            data_dir: s.data_dir.as_ref(),
+            stop_command: s.stop_command.as_ref(),
+            start_command: s.start_command.as_ref(),
+        };
+        let (postgres, redis) = match crate::source::from_raw(kind, &keys, &at, &base, &key)? {
+            crate::source::Service::Postgres(p) => (Some(p), None),
+            crate::source::Service::Redis(r) => (None, Some(r)),
+            crate::source::Service::None => (None, None),
+        };
         sources.push(Source {
             name,
             kind,
             path,
             skip_unreadable: s.skip_unreadable,
+            postgres,
+            redis,
         });
     }
 
@@ -279,6 +443,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         let url = r.url.get_ref().clone();
         let location = parse_remote_url(&url, &base)
             .map_err(|msg| at.err(r.url.span().start, &format!("{key}.url"), &msg))?;
+        let location = sftp_options(&at, &key, r, &base, location)?;
+        let location = cloud_options(&at, &key, r, &base, location, &name)?;
         let part_concurrency = match &r.part_concurrency {
             Some(c) if *c.get_ref() == 0 || *c.get_ref() > 64 => {
                 return Err(at.err(
@@ -299,22 +465,49 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         });
     }
 
+    // [hook] [notify] [log] [metrics] [status]
+    let hook = crate::hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
+    let notify = crate::notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
+    let log = crate::logging::LogConfig::from_raw(raw.log.as_ref(), &at, &base)?;
+    let metrics = crate::metrics::MetricsConfig::from_raw(raw.metrics.as_ref(), &at, &base)?;
+    let status = crate::status::StatusConfig::from_raw(raw.status.as_ref(), &at, &base)?;
+    // [[health_checks]] [drill]
+    let health_checks = crate::restore::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
+    let drill = crate::drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
+
     Ok(Config {
         file: file.to_path_buf(),
         local,
         retention,
+        max_delete_fraction,
         sources,
         remotes,
+        hook,
+        notify,
+        log,
+        metrics,
+        status,
+        health_checks,
+        drill,
     })
 }
 
 /// Parse a remote URL into its location. Errors say what is expected.
 pub fn parse_remote_url(url: &str, base: &Path) -> std::result::Result<RemoteLocation, String> {
+    if url.starts_with("sftp://") {
+        return pronto_backends::sftp::SftpConfig::from_url(url).map(RemoteLocation::Sftp);
+    }
     if let Some(rest) = url.strip_prefix("file://") {
         if rest.is_empty() {
             return Err("a folder after file:// (file:///mnt/nas/pronto)".into());
         }
         return Ok(RemoteLocation::File(resolve(base, rest)));
+    }
+    if url.starts_with("s3://") {
+        return pronto_backends::s3::S3Config::from_url(url).map(RemoteLocation::S3);
+    }
+    if url.starts_with("gs://") {
+        return pronto_backends::gcs::GcsConfig::from_url(url).map(RemoteLocation::Gcs);
     }
     let scheme = url.split("://").next().unwrap_or("");
     match scheme {
@@ -325,7 +518,7 @@ pub fn parse_remote_url(url: &str, base: &Path) -> std::result::Result<RemoteLoc
     }
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         p.to_path_buf()
@@ -335,17 +528,17 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 }
 
 /// Turns byte offsets into `file:line: key: expected …` messages.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     text: &'a str,
     file: &'a Path,
 }
 
 impl Locator<'_> {
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
 
-    fn err(&self, offset: usize, key: &str, expected: &str) -> anyhow::Error {
+    pub(crate) fn err(&self, offset: usize, key: &str, expected: &str) -> anyhow::Error {
         usage(format!(
             "{}:{}: {key}: expected {expected}",
             self.file.display(),
@@ -353,7 +546,7 @@ impl Locator<'_> {
         ))
     }
 
-    fn nonempty<'s>(&self, v: &'s Spanned<String>, key: &str, what: &str) -> Result<&'s str> {
+    pub(crate) fn nonempty<'s>(&self, v: &'s Spanned<String>, key: &str, what: &str) -> Result<&'s str> {
         if v.get_ref().trim().is_empty() {
             return Err(self.err(v.span().start, key, &format!("{what}, not an empty string")));
         }
@@ -373,5 +566,214 @@ impl Locator<'_> {
             ));
         }
         Ok(s.clone())
+    }
+}
+
+/// Apply a remote's SSH keys (`identity_file`, `known_hosts_file`, `ssh_config_file`,
+/// `connect_timeout`, `accept_new_host_key`, `remote_hash`) to its sftp:// location;
+/// on any other remote they are an error, not silently ignored.
+fn sftp_options(
+    at: &Locator,
+    key: &str,
+    r: &RawRemote,
+    base: &Path,
+    location: RemoteLocation,
+) -> Result<RemoteLocation> {
+    use pronto_backends::sftp::RemoteHash;
+    let paths = [
+        ("identity_file", &r.identity_file),
+        ("known_hosts_file", &r.known_hosts_file),
+        ("ssh_config_file", &r.ssh_config_file),
+        ("connect_timeout", &r.connect_timeout),
+        ("remote_hash", &r.remote_hash),
+    ];
+    let RemoteLocation::Sftp(mut cfg) = location else {
+        let set = paths
+            .iter()
+            .find_map(|(name, v)| v.as_ref().map(|v| (*name, v.span().start)))
+            .or_else(|| {
+                r.accept_new_host_key
+                    .as_ref()
+                    .map(|v| ("accept_new_host_key", v.span().start))
+            });
+        if let Some((name, start)) = set {
+            return Err(at.err(
+                start,
+                &format!("{key}.{name}"),
+                &format!("no `{name}` here: it applies to sftp:// remotes only"),
+            ));
+        }
+        return Ok(location);
+    };
+    let file = |v: &Option<Spanned<String>>, name: &str| -> Result<Option<PathBuf>> {
+        let Some(v) = v else { return Ok(None) };
+        let s = at.nonempty(v, &format!("{key}.{name}"), "a file path")?;
+        Ok(Some(match s.strip_prefix("~/") {
+            Some(rest) => match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home).join(rest),
+                None => resolve(base, s),
+            },
+            None => resolve(base, s),
+        }))
+    };
+    cfg.identity_file = file(&r.identity_file, "identity_file")?;
+    cfg.known_hosts_file = file(&r.known_hosts_file, "known_hosts_file")?;
+    cfg.ssh_config_file = file(&r.ssh_config_file, "ssh_config_file")?;
+    if let Some(t) = &r.connect_timeout {
+        match humantime::parse_duration(t.get_ref()) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => cfg.connect_timeout = Some(d),
+            _ => {
+                return Err(at.err(
+                    t.span().start,
+                    &format!("{key}.connect_timeout"),
+                    "a duration of at least one second, like \"10s\" or \"1m\"",
+                ))
+            }
+        }
+    }
+    cfg.accept_new_host_key = r.accept_new_host_key.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(h) = &r.remote_hash {
+        cfg.remote_hash = match h.get_ref().as_str() {
+            "exec" => RemoteHash::Exec,
+            "read" => RemoteHash::ReadBack,
+            _ => {
+                return Err(at.err(
+                    h.span().start,
+                    &format!("{key}.remote_hash"),
+                    "\"exec\" (run sha256sum on the server) or \"read\" (read the file back; the default)",
+                ))
+            }
+        };
+    }
+    Ok(RemoteLocation::Sftp(cfg))
+}
+
+/// Apply a remote's object-store keys to its s3:// or gs:// location: `region`,
+/// `endpoint`, `path_style`, `profile`, `access_key_id`, `secret_access_key`,
+/// `session_token` (s3 only); `service_account_file` / `credentials_file` (gs only);
+/// `storage_class`, `checksum`, `allow_http` (both). On any other remote they are an
+/// error, not silently ignored. Keys written in the file are accepted with a warning.
+fn cloud_options(
+    at: &Locator,
+    key: &str,
+    r: &RawRemote,
+    base: &Path,
+    location: RemoteLocation,
+    name: &str,
+) -> Result<RemoteLocation> {
+    let span = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start);
+    let bspan = |v: &Option<Spanned<bool>>| v.as_ref().map(|v| v.span().start);
+    let s3_only = [
+        ("region", span(&r.region)),
+        ("endpoint", span(&r.endpoint)),
+        ("path_style", bspan(&r.path_style)),
+        ("profile", span(&r.profile)),
+        ("access_key_id", span(&r.access_key_id)),
+        ("secret_access_key", span(&r.secret_access_key)),
+        ("session_token", span(&r.session_token)),
+    ];
+    let gs_only = [
+        ("service_account_file", span(&r.service_account_file)),
+        ("credentials_file", span(&r.credentials_file)),
+    ];
+    let both = [
+        ("storage_class", span(&r.storage_class)),
+        ("checksum", span(&r.checksum)),
+        ("allow_http", bspan(&r.allow_http)),
+    ];
+    let refuse = |keys: &[(&str, Option<usize>)], applies: &str| -> Result<()> {
+        if let Some((k, Some(start))) = keys.iter().find(|(_, s)| s.is_some()) {
+            return Err(at.err(
+                *start,
+                &format!("{key}.{k}"),
+                &format!("no `{k}` here: it applies to {applies} remotes only"),
+            ));
+        }
+        Ok(())
+    };
+    let text = |v: &Option<Spanned<String>>, k: &str, what: &str| -> Result<Option<String>> {
+        match v {
+            Some(v) => Ok(Some(
+                at.nonempty(v, &format!("{key}.{k}"), what)?.to_string(),
+            )),
+            None => Ok(None),
+        }
+    };
+    // A key error from the backend's own validation, at the key's line.
+    let at_key = |(k, expected): (&str, String)| {
+        let start = s3_only
+            .iter()
+            .chain(&gs_only)
+            .chain(&both)
+            .find(|(n, _)| *n == k)
+            .and_then(|(_, s)| *s)
+            .unwrap_or(r.url.span().start);
+        at.err(start, &format!("{key}.{k}"), &expected)
+    };
+    match location {
+        RemoteLocation::S3(mut cfg) => {
+            refuse(&gs_only, "gs://")?;
+            cfg.region = text(&r.region, "region", "an AWS region")?;
+            cfg.endpoint = text(&r.endpoint, "endpoint", "a URL")?;
+            cfg.path_style = r.path_style.as_ref().map(|v| *v.get_ref());
+            cfg.storage_class = text(&r.storage_class, "storage_class", "a storage class")?;
+            if let Some(c) = &r.checksum {
+                cfg.checksum = c.get_ref().parse().map_err(|expected: String| {
+                    at.err(c.span().start, &format!("{key}.checksum"), &expected)
+                })?;
+            }
+            cfg.allow_http = r.allow_http.as_ref().is_some_and(|v| *v.get_ref());
+            cfg.profile = text(&r.profile, "profile", "an AWS profile name")?;
+            cfg.access_key_id = text(&r.access_key_id, "access_key_id", "an access key id")?;
+            cfg.secret_access_key = text(
+                &r.secret_access_key,
+                "secret_access_key",
+                "a secret access key",
+            )?;
+            cfg.session_token = text(&r.session_token, "session_token", "a session token")?;
+            cfg.validate().map_err(at_key)?;
+            if cfg.has_static_keys() {
+                tracing::warn!(
+                    "remote {name}: access keys written in {} are discouraged (anyone who can read the file can use them); prefer the AWS credential chain: environment, a profile in ~/.aws, SSO, or an instance/container role",
+                    at.file.display()
+                );
+            }
+            Ok(RemoteLocation::S3(cfg))
+        }
+        RemoteLocation::Gcs(mut cfg) => {
+            refuse(&s3_only, "s3://")?;
+            if let (Some(_), Some(c)) = (&r.service_account_file, &r.credentials_file) {
+                return Err(at.err(
+                    c.span().start,
+                    &format!("{key}.credentials_file"),
+                    "either service_account_file or credentials_file (the same key), not both",
+                ));
+            }
+            let (k, v) = match &r.credentials_file {
+                Some(_) => ("credentials_file", &r.credentials_file),
+                None => ("service_account_file", &r.service_account_file),
+            };
+            cfg.service_account_file = text(v, k, "a file path")?.map(|s| {
+                match s.strip_prefix("~/").zip(std::env::var_os("HOME")) {
+                    Some((rest, home)) => PathBuf::from(home).join(rest),
+                    None => resolve(base, &s),
+                }
+            });
+            cfg.storage_class = text(&r.storage_class, "storage_class", "a storage class")?;
+            if let Some(c) = &r.checksum {
+                cfg.checksum = c.get_ref().parse().map_err(|expected: String| {
+                    at.err(c.span().start, &format!("{key}.checksum"), &expected)
+                })?;
+            }
+            cfg.allow_http = r.allow_http.as_ref().is_some_and(|v| *v.get_ref());
+            cfg.validate().map_err(at_key)?;
+            Ok(RemoteLocation::Gcs(cfg))
+        }
+        other => {
+            refuse(&s3_only, "s3://")?;
+            refuse(&gs_only, "gs://")?;
+            refuse(&both, "s3:// and gs://")?;
+            Ok(other)
+        }
     }
 }

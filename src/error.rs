@@ -7,6 +7,8 @@
 //! | 2 | usage or config error |
 //! | 3 | partial: some remotes failed, others succeeded |
 //! | 4 | verification failed |
+//! | 5 | `status`: stale — the newest archive is older than the max age, a remote lags, or a remote could not be checked |
+//! | 6 | `hook`: busy — another hook run held the lock longer than `[hook] lock_wait` |
 
 use std::fmt;
 
@@ -15,6 +17,8 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_PARTIAL: i32 = 3;
 pub const EXIT_VERIFY: i32 = 4;
+pub const EXIT_STALE: i32 = 5;
+pub const EXIT_BUSY: i32 = 6;
 
 /// An error that decides the process's exit code. Anything else exits 1.
 #[derive(Debug)]

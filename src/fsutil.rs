@@ -28,15 +28,23 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Write `bytes` to `path` atomically: a temp name in the same folder (mode 0600),
 /// fsync, rename, fsync the folder. A reader sees the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with another mode for the new file (a metrics textfile others read).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temp_name(path);
     let res = (|| -> Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
+        // Exactly `mode`, whatever the umask.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;

@@ -1,12 +1,16 @@
-//! The sync plan, as pure functions: what a remote holds (from its listing) and
-//! what must be uploaded to it. `push --dry-run` prints exactly this plan.
+//! The sync plan, as pure functions: what a remote holds (from its listing), what
+//! must be uploaded to it, and what a prune deletes at one location and why everything
+//! else stays ([`plan_prune`]). `push --dry-run` and `prune --dry-run` print exactly
+//! these plans.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use pronto_backends::ObjectMeta;
 
-use crate::catalog::{self, ArchiveName, LocalArchive};
+use crate::catalog::{self, ArchiveName, LocalArchive, Tier};
 use crate::manifest::Manifest;
+use crate::retention::{self, Policy};
 
 /// One archive as a remote holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +18,8 @@ pub struct RemoteArchive {
     pub name: ArchiveName,
     /// Size of the archive object, when present.
     pub size: Option<u64>,
+    /// The SHA-256 the backend recorded for the archive object, when it keeps one.
+    pub sha256: Option<[u8; 32]>,
     /// Whether its manifest object is present (the commit marker).
     pub has_manifest: bool,
 }
@@ -36,7 +42,11 @@ pub struct RemoteState {
 /// Read a listing into a [`RemoteState`]. Only names of our prefix and format count.
 pub fn remote_state(prefix: &str, objects: &[ObjectMeta]) -> RemoteState {
     let mut st = RemoteState::default();
+    let pins_key = crate::pins::file_name(prefix);
     for o in objects {
+        if o.key == pins_key {
+            continue;
+        }
         let (file, is_manifest) = match o.key.strip_suffix(".manifest.json") {
             Some(f) => (f, true),
             None => (o.key.as_str(), false),
@@ -51,12 +61,14 @@ pub fn remote_state(prefix: &str, objects: &[ObjectMeta]) -> RemoteState {
             .or_insert_with(|| RemoteArchive {
                 name: name.clone(),
                 size: None,
+                sha256: None,
                 has_manifest: false,
             });
         if is_manifest {
             e.has_manifest = true;
         } else {
             e.size = Some(o.size);
+            e.sha256 = o.sha256;
         }
     }
     st
@@ -117,6 +129,371 @@ pub fn uploads(local: &[LocalArchive], remote: &RemoteState) -> Vec<Upload> {
     out
 }
 
+impl RemoteState {
+    /// Whether this remote holds a complete copy of a local archive: archive and
+    /// manifest present, the same size, and the same SHA-256 when the backend records one.
+    pub fn holds_copy(&self, id: &str, m: &Manifest) -> bool {
+        self.archives.get(id).is_some_and(|r| {
+            r.complete()
+                && r.size == Some(m.size)
+                && r.sha256.is_none_or(|h| m.sha256_bytes().ok() == Some(h))
+        })
+    }
+
+    /// The state after the archives with these ids were deleted.
+    pub fn without<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> RemoteState {
+        let mut st = self.clone();
+        for id in ids {
+            st.archives.remove(id);
+        }
+        st
+    }
+
+    /// The state after `uploads` succeeded: what `push --dry-run` plans the prune over.
+    pub fn with_uploads(&self, uploads: &[Upload]) -> RemoteState {
+        let mut st = self.clone();
+        for up in uploads {
+            st.archives.insert(
+                up.archive.name.id.clone(),
+                RemoteArchive {
+                    name: up.archive.name.clone(),
+                    size: Some(up.manifest.size),
+                    sha256: up.manifest.sha256_bytes().ok(),
+                    has_manifest: true,
+                },
+            );
+        }
+        st
+    }
+}
+
+// ---- prune ----
+
+/// An archive named more than this many seconds after now is clock skew: it is kept,
+/// warned about, and never the newest archive the policy counts back from.
+pub const FUTURE_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// One archive a location holds, as prune sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub id: String,
+    pub file: String,
+    /// The time in its name (UTC).
+    pub time: DateTime<Utc>,
+    /// Archive and manifest both there.
+    pub complete: bool,
+    /// Local archives: the tier folder it is in (`None` on remotes).
+    pub tier: Option<Tier>,
+    /// Local archives: some remote holds an identical complete copy, or held one until
+    /// a prune deleted it there by the policy.
+    pub on_remote: bool,
+}
+
+/// What a local folder holds, for prune. `remotes` are the listings that could be read;
+/// an archive counts as off-site when one of them holds an identical complete copy, or
+/// when its id is in `pruned_offsite` (a remote held it and a prune of that remote
+/// deleted it by the policy: it was off-site, and the policy removed it there).
+pub fn held_local(
+    local: &[LocalArchive],
+    remotes: &[&RemoteState],
+    pruned_offsite: &BTreeSet<String>,
+) -> Vec<Held> {
+    local
+        .iter()
+        .map(|a| Held {
+            id: a.name.id.clone(),
+            file: a.name.file.clone(),
+            time: a.name.time,
+            complete: a.manifest.is_some(),
+            tier: Some(a.tier),
+            on_remote: pruned_offsite.contains(&a.name.id)
+                || a.manifest
+                    .as_ref()
+                    .is_some_and(|m| remotes.iter().any(|st| st.holds_copy(&a.name.id, m))),
+        })
+        .collect()
+}
+
+/// What a remote holds, for prune.
+pub fn held_remote(state: &RemoteState) -> Vec<Held> {
+    state
+        .archives
+        .values()
+        .map(|r| Held {
+            id: r.name.id.clone(),
+            file: r.name.file.clone(),
+            time: r.name.time,
+            complete: r.complete(),
+            tier: None,
+            on_remote: false,
+        })
+        .collect()
+}
+
+/// The rules of one prune.
+#[derive(Debug, Clone)]
+pub struct PruneRules<'a> {
+    pub policy: &'a Policy,
+    /// Pinned ids: kept regardless of the policy.
+    pub pins: &'a BTreeSet<String>,
+    pub now: DateTime<Utc>,
+    /// `[retention] max_delete_fraction`: refuse to delete more than this share of a
+    /// location's archives in one run.
+    pub max_delete_fraction: f64,
+    /// `--force`: lifts the deletion cap and the "on no remote yet" rail.
+    pub force: bool,
+    /// Local prune with remotes configured: keep archives no remote holds.
+    pub require_on_remote: bool,
+}
+
+/// Why the policy's verdict was overridden to keep an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rail {
+    /// The newest archive of a location is never deleted.
+    Newest,
+    /// Named in the future (clock skew): kept, and not shown to the policy.
+    Future,
+    /// Local only: no remote holds a complete copy yet (`--force` deletes it).
+    NotOnRemote,
+}
+
+/// Archives prune does not consider at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// Archive without manifest (or manifest without archive): an upload or backup in
+    /// progress, or an interrupted one. Never deleted.
+    Incomplete,
+    /// Two files with one id at this location (another extension, or in two tier
+    /// folders): which one is the archive is not ours to guess.
+    Duplicate,
+}
+
+/// What happens to one archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// The policy keeps it; its reasons say why.
+    Keep,
+    /// The policy forgets it and no rail keeps it: it goes.
+    Delete,
+    /// The policy forgets it (or never saw it), but a safety rail keeps it.
+    Spared(Rail),
+    /// Not a candidate: left alone.
+    LeftAlone(Leftover),
+}
+
+impl Rail {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rail::Newest => "newest archive here: never deleted",
+            Rail::Future => "named in the future (clock skew?): kept, not counted by the policy",
+            Rail::NotOnRemote => "on no remote yet: kept (--force deletes it)",
+        }
+    }
+}
+
+impl Leftover {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Leftover::Incomplete => {
+                "incomplete (archive or manifest missing; maybe in progress): left alone"
+            }
+            Leftover::Duplicate => "another file here has the same id: left alone",
+        }
+    }
+}
+
+/// One line of a prune plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneEntry {
+    pub held: Held,
+    pub fate: Fate,
+    /// Why it stays: the policy's reasons (`pinned`, `daily#1`), or the rail's.
+    pub reasons: Vec<String>,
+    /// Local keepers: the tier their strongest reason files them under, when they are
+    /// somewhere else now.
+    pub move_to: Option<Tier>,
+}
+
+/// A prune that would delete too much of a location.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refusal {
+    pub deletions: usize,
+    pub archives: usize,
+    pub max_fraction: f64,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refused: would delete {} of {} archives ({:.0}%), more than max_delete_fraction = {} allows; \
+             check the plan with --dry-run, then run again with --force",
+            self.deletions,
+            self.archives,
+            100.0 * self.deletions as f64 / self.archives.max(1) as f64,
+            self.max_fraction
+        )
+    }
+}
+
+/// What a prune does at one location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrunePlan {
+    /// Every archive of ours at the location, oldest first.
+    pub entries: Vec<PruneEntry>,
+    /// Set when the run would delete more than the cap allows (and no `--force`): then
+    /// nothing at all is changed at this location.
+    pub refused: Option<Refusal>,
+}
+
+impl PrunePlan {
+    /// The archives that go.
+    pub fn deletions(&self) -> impl Iterator<Item = &PruneEntry> {
+        self.entries.iter().filter(|e| e.fate == Fate::Delete)
+    }
+
+    /// Keepers to file under another tier.
+    pub fn moves(&self) -> impl Iterator<Item = (&PruneEntry, Tier)> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.move_to.map(|t| (e, t)))
+    }
+
+    /// Archives named in the future.
+    pub fn future(&self) -> impl Iterator<Item = &PruneEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.fate == Fate::Spared(Rail::Future))
+    }
+}
+
+/// Plans a prune of one location over what it actually holds (`held`).
+///
+/// 1. Only complete archives are candidates; incomplete ones and ids held twice are
+///    left alone.
+/// 2. Archives named more than [`FUTURE_TOLERANCE_SECS`] after `now` are kept and not
+///    shown to the policy, so they never become the newest that `within` counts back
+///    from or that `last` spends its count on.
+/// 3. The policy ([`retention::apply_with_pins`]) decides for the rest, pins included.
+/// 4. Rails: the newest candidate is never deleted; with `require_on_remote` (and no
+///    `force`) an archive no remote holds is kept.
+/// 5. Keepers with a tier get `move_to` when their strongest reason files them elsewhere.
+/// 6. More deletions than `max_delete_fraction` of the location's complete archives
+///    (and no `force`): the plan is refused.
+pub fn plan_prune(rules: &PruneRules<'_>, held: &[Held]) -> PrunePlan {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for h in held {
+        *ids.entry(h.id.as_str()).or_default() += 1;
+    }
+    let limit = rules.now + TimeDelta::seconds(FUTURE_TOLERANCE_SECS);
+    let mut entries: Vec<PruneEntry> = held
+        .iter()
+        .map(|h| PruneEntry {
+            held: h.clone(),
+            fate: Fate::Keep,
+            reasons: Vec::new(),
+            move_to: None,
+        })
+        .collect();
+    entries.sort_by(|a, b| {
+        a.held
+            .time
+            .cmp(&b.held.time)
+            .then_with(|| a.held.file.cmp(&b.held.file))
+    });
+
+    let mut candidates = Vec::new();
+    for (i, e) in entries.iter_mut().enumerate() {
+        let fate = if !e.held.complete {
+            Fate::LeftAlone(Leftover::Incomplete)
+        } else if ids[e.held.id.as_str()] > 1 {
+            Fate::LeftAlone(Leftover::Duplicate)
+        } else if e.held.time > limit {
+            Fate::Spared(Rail::Future)
+        } else {
+            candidates.push(i);
+            continue;
+        };
+        e.fate = fate;
+        e.reasons.push(fate_reason(fate).to_string());
+    }
+
+    let times: Vec<DateTime<Utc>> = candidates.iter().map(|&i| entries[i].held.time).collect();
+    let pinned: Vec<bool> = candidates
+        .iter()
+        .map(|&i| rules.pins.contains(&entries[i].held.id))
+        .collect();
+    let decisions = retention::apply_with_pins(rules.policy, &times, &pinned);
+    for (&i, d) in candidates.iter().zip(decisions) {
+        entries[i].fate = if d.keep { Fate::Keep } else { Fate::Delete };
+        entries[i].reasons = d.reasons;
+    }
+
+    spare_newest(&mut entries, &candidates);
+    if rules.require_on_remote && !rules.force {
+        for &i in &candidates {
+            let e = &mut entries[i];
+            if e.fate == Fate::Delete && !e.held.on_remote {
+                spare(e, Rail::NotOnRemote);
+            }
+        }
+    }
+
+    for e in &mut entries {
+        if e.fate == Fate::Keep {
+            if let Some(now_in) = e.held.tier {
+                let want = retention::strongest_tier(&e.reasons);
+                if want != now_in {
+                    e.move_to = Some(want);
+                }
+            }
+        }
+    }
+
+    let archives = entries
+        .iter()
+        .filter(|e| e.held.complete && e.fate != Fate::LeftAlone(Leftover::Duplicate))
+        .count();
+    let deletions = entries.iter().filter(|e| e.fate == Fate::Delete).count();
+    let refused = (!rules.force
+        && deletions > 0
+        && deletions as f64 > rules.max_delete_fraction * archives as f64)
+        .then_some(Refusal {
+            deletions,
+            archives,
+            max_fraction: rules.max_delete_fraction,
+        });
+    PrunePlan { entries, refused }
+}
+
+fn fate_reason(f: Fate) -> &'static str {
+    match f {
+        Fate::Spared(r) => r.reason(),
+        Fate::LeftAlone(l) => l.reason(),
+        Fate::Keep | Fate::Delete => "",
+    }
+}
+
+fn spare(e: &mut PruneEntry, rail: Rail) {
+    e.fate = Fate::Spared(rail);
+    e.reasons.push(rail.reason().to_string());
+}
+
+/// The newest-archive rail: whatever the policy said, the newest candidate stays.
+/// (`entries` are oldest first, so among equal times the last one is the newest, as
+/// the policy's stable sort would count it.)
+fn spare_newest(entries: &mut [PruneEntry], candidates: &[usize]) {
+    let newest = candidates
+        .iter()
+        .copied()
+        .max_by(|&a, &b| entries[a].held.time.cmp(&entries[b].held.time));
+    if let Some(i) = newest {
+        if entries[i].fate == Fate::Delete {
+            spare(&mut entries[i], Rail::Newest);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,4 +522,284 @@ mod tests {
         assert!(st.archives["20260101-000000"].complete());
         assert!(!st.archives["20260102-000000"].complete());
     }
+
+    // ---- prune planning ----
+
+    use crate::retention::Count;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn held(ts: &str) -> Held {
+        let time = at(ts);
+        let id = catalog::id_for(time);
+        Held {
+            file: format!("p-{id}.tar.gz"),
+            id,
+            time,
+            complete: true,
+            tier: None,
+            on_remote: true,
+        }
+    }
+
+    fn last(n: u32) -> Policy {
+        Policy {
+            last: Some(Count::N(n)),
+            ..Policy::none()
+        }
+    }
+
+    fn rules<'a>(policy: &'a Policy, pins: &'a BTreeSet<String>) -> PruneRules<'a> {
+        PruneRules {
+            policy,
+            pins,
+            now: at("2026-03-01T12:00:00Z"),
+            max_delete_fraction: 1.0,
+            force: false,
+            require_on_remote: false,
+        }
+    }
+
+    fn fates(plan: &PrunePlan) -> Vec<(String, Fate)> {
+        plan.entries
+            .iter()
+            .map(|e| (e.held.id.clone(), e.fate))
+            .collect()
+    }
+
+    const DAYS: [&str; 4] = [
+        "2026-02-25T02:00:00Z",
+        "2026-02-26T02:00:00Z",
+        "2026-02-27T02:00:00Z",
+        "2026-02-28T02:00:00Z",
+    ];
+
+    #[test]
+    fn prune_plan_applies_the_policy_with_reasons_oldest_first() {
+        let pins = BTreeSet::new();
+        let p = last(2);
+        let input: Vec<Held> = DAYS.iter().rev().map(|d| held(d)).collect();
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        assert_eq!(
+            fates(&plan),
+            vec![
+                ("20260225-020000".into(), Fate::Delete),
+                ("20260226-020000".into(), Fate::Delete),
+                ("20260227-020000".into(), Fate::Keep),
+                ("20260228-020000".into(), Fate::Keep),
+            ]
+        );
+        assert_eq!(plan.entries[3].reasons, vec!["last#1"]);
+        assert_eq!(plan.entries[2].reasons, vec!["last#2"]);
+        assert_eq!(plan.deletions().count(), 2);
+        assert!(plan.refused.is_none());
+    }
+
+    #[test]
+    fn prune_rail_newest_is_spared_whatever_the_policy_said() {
+        let mut entries: Vec<PruneEntry> = DAYS
+            .iter()
+            .map(|d| PruneEntry {
+                held: held(d),
+                fate: Fate::Delete,
+                reasons: Vec::new(),
+                move_to: None,
+            })
+            .collect();
+        spare_newest(&mut entries, &[0, 1, 2, 3]);
+        assert_eq!(entries[3].fate, Fate::Spared(Rail::Newest));
+        assert_eq!(entries[3].reasons, vec![Rail::Newest.reason()]);
+        assert!(entries[..3].iter().all(|e| e.fate == Fate::Delete));
+        // Only candidates count: the newest candidate, not a newer non-candidate.
+        let mut entries2 = entries.clone();
+        entries2[3].fate = Fate::LeftAlone(Leftover::Incomplete);
+        entries2[2].fate = Fate::Delete;
+        spare_newest(&mut entries2, &[0, 1, 2]);
+        assert_eq!(entries2[2].fate, Fate::Spared(Rail::Newest));
+    }
+
+    #[test]
+    fn prune_rail_future_archives_are_kept_and_never_the_newest() {
+        let pins = BTreeSet::new();
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        input.push(held("2099-01-01T00:00:00Z"));
+        // last = 1: were the future archive shown to the policy, it would take last#1
+        // and the real newest would go.
+        let p = last(1);
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        let f = fates(&plan);
+        assert_eq!(f[4], ("20990101-000000".into(), Fate::Spared(Rail::Future)));
+        assert_eq!(f[3], ("20260228-020000".into(), Fate::Keep));
+        assert_eq!(plan.entries[3].reasons, vec!["last#1"]);
+        assert_eq!(plan.future().count(), 1);
+        // within counts back from the newest non-future archive, not from 2099.
+        let p = Policy {
+            within: Some("2d".parse().unwrap()),
+            ..Policy::none()
+        };
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        let kept: Vec<&str> = plan
+            .entries
+            .iter()
+            .filter(|e| e.fate == Fate::Keep)
+            .map(|e| e.held.id.as_str())
+            .collect();
+        assert_eq!(kept, vec!["20260227-020000", "20260228-020000"]);
+        // A few minutes ahead is tolerated (ordinary clock drift).
+        let mut near = input[..4].to_vec();
+        near.push(held("2026-03-01T12:04:00Z"));
+        let plan = plan_prune(&rules(&last(1), &pins), &near);
+        assert_eq!(plan.future().count(), 0);
+        assert_eq!(plan.entries[4].fate, Fate::Keep);
+    }
+
+    #[test]
+    fn prune_rail_local_archives_on_no_remote_are_kept_unless_forced() {
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        input[0].on_remote = false;
+        let mut r = rules(&p, &pins);
+        r.require_on_remote = true;
+        let plan = plan_prune(&r, &input);
+        assert_eq!(plan.entries[0].fate, Fate::Spared(Rail::NotOnRemote));
+        assert_eq!(plan.entries[1].fate, Fate::Delete);
+        r.force = true;
+        assert_eq!(plan_prune(&r, &input).entries[0].fate, Fate::Delete);
+        r.force = false;
+        r.require_on_remote = false;
+        assert_eq!(plan_prune(&r, &input).entries[0].fate, Fate::Delete);
+    }
+
+    #[test]
+    fn prune_rail_max_delete_fraction_refuses_unless_forced() {
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        let mut r = rules(&p, &pins);
+        r.max_delete_fraction = 0.5;
+        let plan = plan_prune(&r, &input);
+        let refusal = plan.refused.expect("3 of 4 is more than half");
+        assert_eq!((refusal.deletions, refusal.archives), (3, 4));
+        assert!(refusal.to_string().contains("--force"), "{refusal}");
+        // Exactly at the cap is allowed.
+        r.max_delete_fraction = 0.75;
+        assert!(plan_prune(&r, &input).refused.is_none());
+        r.max_delete_fraction = 0.5;
+        r.force = true;
+        assert!(plan_prune(&r, &input).refused.is_none());
+        // Nothing to delete is never refused, even with a cap of 0.
+        r.force = false;
+        r.max_delete_fraction = 0.0;
+        assert!(plan_prune(&r, &input[3..]).refused.is_none());
+    }
+
+    #[test]
+    fn prune_leaves_incomplete_and_duplicate_ids_alone() {
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        input[0].complete = false;
+        let mut dup = held(DAYS[1]);
+        dup.file = "p-20260226-020000.tar.zst".into();
+        input.push(dup);
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        let f = fates(&plan);
+        assert_eq!(f[0].1, Fate::LeftAlone(Leftover::Incomplete));
+        assert_eq!(f[1].1, Fate::LeftAlone(Leftover::Duplicate));
+        assert_eq!(f[2].1, Fate::LeftAlone(Leftover::Duplicate));
+        assert_eq!(f[3].1, Fate::Delete);
+        assert_eq!(f[4].1, Fate::Keep);
+        // An incomplete newest archive is not a candidate: the newest complete one is kept.
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        input[3].complete = false;
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        assert_eq!(plan.entries[2].fate, Fate::Keep);
+        assert_eq!(plan.entries[3].fate, Fate::LeftAlone(Leftover::Incomplete));
+    }
+
+    #[test]
+    fn prune_pins_keep_an_archive_the_policy_forgets() {
+        let pins: BTreeSet<String> = ["20260225-020000".to_string()].into();
+        let p = last(1);
+        let input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        assert_eq!(plan.entries[0].fate, Fate::Keep);
+        assert_eq!(plan.entries[0].reasons, vec!["pinned"]);
+        assert_eq!(plan.deletions().count(), 2);
+    }
+
+    #[test]
+    fn prune_files_keepers_by_their_strongest_reason() {
+        let pins = BTreeSet::new();
+        let p = Policy::seed_default();
+        let mut input: Vec<Held> = [
+            "2024-06-01T02:00:00Z",
+            "2025-12-15T02:00:00Z",
+            "2026-01-31T02:00:00Z",
+            "2026-02-22T02:00:00Z",
+            "2026-02-27T02:00:00Z",
+            "2026-02-28T02:00:00Z",
+        ]
+        .iter()
+        .map(|d| held(d))
+        .collect();
+        for h in &mut input {
+            h.tier = Some(Tier::Top);
+        }
+        input[1].tier = Some(Tier::Yearly);
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        let moves: Vec<(&str, Tier)> = plan
+            .moves()
+            .map(|(e, t)| (e.held.id.as_str(), t))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![
+                ("20240601-020000", Tier::Yearly),
+                // 2025-12-15 is already in archive/yearly: no move.
+                ("20260131-020000", Tier::Monthly),
+                ("20260222-020000", Tier::Weekly),
+                ("20260228-020000", Tier::Yearly),
+            ]
+        );
+        // 2026-02-27 is a daily keeper and stays in the top folder.
+        assert_eq!(plan.entries[4].fate, Fate::Keep);
+        assert_eq!(plan.entries[4].move_to, None);
+    }
+
+    #[test]
+    fn remote_copies_count_only_when_complete_and_identical() {
+        let mut a = obj("p-20260101-000000.tar.gz", 10);
+        a.sha256 = Some([7; 32]);
+        let st = remote_state(
+            "p",
+            &[
+                a,
+                obj("p-20260101-000000.tar.gz.manifest.json", 1),
+                obj("p-20260102-000000.tar.gz", 10),
+                obj("p.pins.json", 50),
+            ],
+        );
+        assert_eq!(st.foreign, 0, "the pins object is ours, not foreign");
+        let m = |id: &str, size: u64, sha: [u8; 32]| {
+            let json = format!(
+                r#"{{"format":1,"id":"{id}","file":"p-{id}.tar.gz","created":"2026-01-01T00:00:00Z",
+                "size":{size},"sha256":"{}","compression":"gzip","encryption":"none","host":"h",
+                "tool_version":"0","sources":[]}}"#,
+                hex::encode(sha)
+            );
+            Manifest::from_json(json.as_bytes(), "test").unwrap()
+        };
+        assert!(st.holds_copy("20260101-000000", &m("20260101-000000", 10, [7; 32])));
+        assert!(!st.holds_copy("20260101-000000", &m("20260101-000000", 11, [7; 32])));
+        assert!(!st.holds_copy("20260101-000000", &m("20260101-000000", 10, [8; 32])));
+        assert!(!st.holds_copy("20260102-000000", &m("20260102-000000", 10, [7; 32])));
+        assert!(!st
+            .without(["20260101-000000"])
+            .holds_copy("20260101-000000", &m("20260101-000000", 10, [7; 32])));
+    }
+
 }

@@ -1,4 +1,5 @@
-//! `push`: replicate local archives to every remote (or one).
+//! `push`: replicate local archives to every remote (or one), then prune each remote
+//! whose uploads all succeeded (its `prune = false` or `--no-prune` turns that off).
 
 use std::io::Write;
 
@@ -14,17 +15,56 @@ use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
 
 /// What happened on one remote.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RemoteReport {
     pub name: String,
     pub uploaded: Vec<String>,
     pub skipped: usize,
     pub bytes_sent: u64,
+    /// Whether the remote was pruned after its uploads (with `--dry-run`: planned).
+    pub pruned: bool,
+    /// Archive files the prune deleted (would delete, with `--dry-run`).
+    pub pruned_files: Vec<String>,
     pub error: Option<String>,
 }
 
 /// Push; returns the exit code (0 ok, 3 some remotes failed, 1 all failed).
-pub async fn run(cfg: &Config, only: Option<&str>, dry_run: bool, out: &mut dyn Write) -> Result<i32> {
+/// `prune`: prune each remote (whose `prune` key is not false) after its uploads.
+pub async fn run(
+    cfg: &Config,
+    only: Option<&str>,
+    dry_run: bool,
+    prune: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let reports = run_with(cfg, only, dry_run, prune, out).await?;
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    Ok(match failed {
+        0 => EXIT_OK,
+        n if n == reports.len() => EXIT_ERROR,
+        _ => EXIT_PARTIAL,
+    })
+}
+
+/// Push and return what happened on each remote (`hook` builds its report from these).
+/// Remotes are pruned after their uploads, as configured (their `prune` key).
+pub async fn run_reports(
+    cfg: &Config,
+    only: Option<&str>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Vec<RemoteReport>> {
+    run_with(cfg, only, dry_run, true, out).await
+}
+
+/// [`run_reports`], with `prune = false` for `--no-prune`.
+pub async fn run_with(
+    cfg: &Config,
+    only: Option<&str>,
+    dry_run: bool,
+    prune: bool,
+    out: &mut dyn Write,
+) -> Result<Vec<RemoteReport>> {
     let selected = remotes::selected(cfg, only)?;
     if selected.is_empty() {
         return Err(crate::error::usage(format!(
@@ -39,6 +79,8 @@ pub async fn run(cfg: &Config, only: Option<&str>, dry_run: bool, out: &mut dyn 
             "{incomplete} local archive(s) have no manifest (interrupted or foreign) and are not pushed"
         );
     }
+    // Read once; an unreadable pins file fails only the prunes, never the uploads.
+    let local_pins = crate::pins::read_local(&cfg.local).map_err(|e| format!("{e:#}"));
     let mut reports = Vec::new();
     for remote in selected {
         let mut rep = RemoteReport {
@@ -47,7 +89,13 @@ pub async fn run(cfg: &Config, only: Option<&str>, dry_run: bool, out: &mut dyn 
         };
         let res = async {
             let r = remotes::open(remote)?;
-            push_one(cfg, &r, &local, dry_run, &mut rep, out).await
+            let uploads = push_one(cfg, &r, &local, dry_run, &mut rep, out).await?;
+            if prune && remote.prune {
+                // Every upload of this run to this remote succeeded: prune it.
+                let local_pins = local_pins.as_ref().map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
+                prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, out).await?;
+            }
+            anyhow::Ok(())
         }
         .await;
         if let Err(e) = res {
@@ -62,24 +110,80 @@ pub async fn run(cfg: &Config, only: Option<&str>, dry_run: bool, out: &mut dyn 
         match &r.error {
             None => writeln!(
                 out,
-                "{}: {} {} ({}), {} already there",
+                "{}: {} {} ({}), {} already there{}",
                 r.name,
                 if dry_run { "would upload" } else { "uploaded" },
                 r.uploaded.len(),
                 human_bytes(r.bytes_sent),
-                r.skipped
+                r.skipped,
+                match (r.pruned, dry_run) {
+                    (false, _) => String::new(),
+                    (true, true) => format!("; prune would delete {}", r.pruned_files.len()),
+                    (true, false) => format!("; pruned {}", r.pruned_files.len()),
+                }
             )?,
             Some(e) => writeln!(out, "{}: FAILED: {e}", r.name)?,
         }
     }
-    let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    Ok(match failed {
-        0 => EXIT_OK,
-        n if n == reports.len() => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
-    })
+    Ok(reports)
 }
 
+/// Prune a remote after its uploads: over a fresh listing, or with `--dry-run` over the
+/// listing plus the planned uploads (what the remote would then hold).
+async fn prune_after_push(
+    cfg: &Config,
+    r: &RemoteHandle,
+    uploads: &[plan::Upload],
+    local_pins: &std::collections::BTreeSet<String>,
+    dry_run: bool,
+    rep: &mut RemoteReport,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let state = crate::prune::list_state(cfg, r).await?;
+    let state = if dry_run {
+        state.with_uploads(uploads)
+    } else {
+        state
+    };
+    let remote_pins = crate::pins::read_remote(r, &cfg.local.prefix).await?;
+    let pins = local_pins.union(&remote_pins).cloned().collect();
+    let prep = crate::prune::prune_remote(
+        cfg,
+        r,
+        &state,
+        &pins,
+        chrono::Utc::now(),
+        false,
+        dry_run,
+        out,
+    )
+    .await;
+    rep.pruned = true;
+    rep.pruned_files = prep.deleted;
+    match prep.error {
+        Some(e) => Err(anyhow::anyhow!("prune: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Find an archive again after a backup or prune filed it under another tier while it
+/// was being uploaded (same id and sha256, new path).
+fn relocate(cfg: &Config, up: &plan::Upload) -> Result<Option<plan::Upload>> {
+    let now = catalog::scan(&cfg.local)?;
+    Ok(now
+        .into_iter()
+        .find(|a| {
+            a.name.id == up.archive.name.id
+                && a.path != up.archive.path
+                && a.manifest.as_ref().is_some_and(|m| m.sha256 == up.manifest.sha256)
+        })
+        .map(|a| plan::Upload {
+            archive: a,
+            ..up.clone()
+        }))
+}
+
+/// Upload what the remote lacks; returns the uploads (planned ones with `--dry-run`).
 async fn push_one(
     cfg: &Config,
     r: &RemoteHandle,
@@ -87,7 +191,7 @@ async fn push_one(
     dry_run: bool,
     rep: &mut RemoteReport,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<Vec<plan::Upload>> {
     let listing = retry(r.retry, &format!("listing of {}", r.name), || r.backend.list(""))
         .await
         .with_context(|| format!("listing {}", r.backend.describe()))?;
@@ -115,7 +219,16 @@ async fn push_one(
             continue;
         }
         let started = std::time::Instant::now();
-        let stats = replicate::upload_archive(r, &cfg.local.dir, up).await?;
+        let stats = match replicate::upload_archive(r, &cfg.local.dir, up).await {
+            Ok(s) => s,
+            // Moved to another tier meanwhile: upload it from where it is now (a multipart
+            // upload resumes from its journal, which is keyed by name, not path).
+            Err(e) if !up.archive.path.exists() => match relocate(cfg, up)? {
+                Some(moved) => replicate::upload_archive(r, &cfg.local.dir, &moved).await?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         tracing::info!(
             "{}: {} uploaded and verified: {} sent in {:.1}s ({}/s){}",
@@ -133,5 +246,5 @@ async fn push_one(
         rep.uploaded.push(up.archive.name.file.clone());
         rep.bytes_sent += stats.bytes_sent;
     }
-    Ok(())
+    Ok(uploads)
 }

@@ -17,6 +17,18 @@ pub fn open(remote: &Remote) -> Result<RemoteHandle> {
             LocalBackend::new(path.clone())
                 .with_context(|| format!("remote {}: opening {}", remote.name, path.display()))?,
         ),
+        RemoteLocation::Sftp(cfg) => Arc::new(
+            pronto_backends::sftp::SftpBackend::new(cfg.clone())
+                .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url))?,
+        ),
+        RemoteLocation::S3(cfg) => Arc::new(
+            pronto_backends::s3::S3Backend::new(cfg.clone())
+                .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url()))?,
+        ),
+        RemoteLocation::Gcs(cfg) => Arc::new(
+            pronto_backends::gcs::GcsBackend::new(cfg.clone())
+                .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url()))?,
+        ),
     };
     Ok(RemoteHandle {
         name: remote.name.clone(),

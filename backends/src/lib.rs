@@ -8,7 +8,11 @@
 
 pub mod conformance;
 pub mod error;
+pub mod gcs;
 pub mod local;
+pub mod sftp;
+pub mod objstore;
+pub mod s3;
 
 use std::ops::Range;
 use std::pin::Pin;

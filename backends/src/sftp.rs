@@ -1,0 +1,1945 @@
+//! SFTP backend (`sftp://user@host:port/path`): an off-site server over SSH.
+//!
+//! Built on the system `ssh` (through the `openssh` crate, native mux) and
+//! `openssh-sftp-client`. The user's `~/.ssh/config`, agent and keys work exactly as they
+//! do for `ssh`; per-remote options add an identity file, a known_hosts file, a config
+//! file and a connect timeout (see [`SftpConfig`]).
+//!
+//! # Connection
+//! One `ssh` master per backend instance, its control socket in a private (`0700`) temp
+//! folder that is removed with the backend; SFTP runs as a channel of that master, and
+//! `remote_hash = "exec"` runs `sha256sum` as another channel of the same connection.
+//! The master is started with `BatchMode=yes` (never a password prompt),
+//! `ServerAliveInterval=15` (a dead link is noticed) and `ControlPersist=30s` (a killed
+//! `push` does not leave an `ssh` process behind for long).
+//!
+//! The connection is made lazily on first use. When a call fails because the connection
+//! dropped (the SSH link died, the server's session process was killed, a timeout), the
+//! error is [`BackendError::Transient`] and the connection is marked broken: the
+//! replicator retries the call, and the retry opens a new connection.
+//!
+//! # Host keys
+//! Checked strictly (`StrictHostKeyChecking=yes`; the `openssh` crate's own default would
+//! silently add unknown keys). An unknown or changed key fails with
+//! [`BackendError::Auth`] naming the host, the fingerprint of the key the server offers
+//! (taken from a second `ssh -v` attempt that stops at the same check) and how to accept
+//! it: `ssh-keyscan -p PORT HOST >> known_hosts`, or `accept_new_host_key = true`
+//! (`StrictHostKeyChecking=accept-new`: an unknown key is recorded, a changed key is
+//! still refused).
+//!
+//! # Layout on the server
+//! ```text
+//! <root>/<key>                       one file per object; key folders are real folders
+//! <root>/<key>.sha256                `<hex>  <name>` (sha256sum format): `sha256sum -c` works there
+//! <root>/<key>.<16 hex>.partial      a write in progress (a put, or a multipart upload)
+//! <root>/<key>.sha256.<16 hex>.partial   a sidecar being written
+//! ```
+//! Names ending in `.partial` or `.sha256` are reserved: such keys are refused, and
+//! [`list`](Backend::list) never shows such files. Files are created `0600`, folders
+//! `0700`; missing folders (the root included) are created.
+//!
+//! # Atomic writes
+//! `put` writes `<key>.<nonce>.partial`, fsyncs it when the server offers the
+//! `fsync@openssh.com` extension, verifies the finished file's SHA-256 on the server, then
+//! commits: remove the old sidecar, `posix-rename@openssh.com` the partial over the key,
+//! write the new sidecar (temp + rename). A crash between those steps leaves an object
+//! without a sidecar (reported as `sha256: None`), never a sidecar describing other
+//! bytes. SFTP has no way to fsync a folder: the renames are as durable as the server's
+//! filesystem makes them.
+//!
+//! # Verification
+//! Before the rename the partial file is hashed on the server: by reading it back over
+//! the same connection (the default), or, with `remote_hash = "exec"`, by running
+//! `sha256sum` there (for files of 1 MiB or more; smaller ones are cheaper to read back).
+//! When `sha256sum` cannot run (no shell access, `ForceCommand internal-sftp`, no
+//! coreutils) the backend warns once and reads back instead.
+//!
+//! # Multipart: parts at their offsets in one `.partial` file
+//! The trait does not tell the backend the part size (not at `create_upload`, and a part's
+//! own size says nothing when it is the last, shorter one — which may arrive first). So
+//! this backend fixes it: [`Capabilities`] has `min_part_size == max_part_size ==`
+//! [`PART_SIZE`], which leaves the caller no choice, and the upload id
+//! (`<16 hex nonce>-<part size>`) records the size the upload was created with. Part `n`
+//! is written at `(n - 1) * part_size` into `<key>.<nonce>.partial` and fsynced before its
+//! receipt (token: the part's SHA-256) is returned. Re-sending a part overwrites its
+//! region. [`complete_upload`](Backend::complete_upload) checks the receipts (numbered
+//! `1..=k` without gaps, every part but the last exactly `part_size`), checks that the
+//! file on the server holds at least their total (a part that never arrived is an error,
+//! not a hole), truncates a stale longer tail, verifies every part's SHA-256 and the
+//! whole file's while reading it back (with `exec`: the whole file's), and commits as
+//! `put` does. Nothing needs copying on the server, so a resumed upload costs only the
+//! parts the journal lacks.
+//!
+//! An upload id plus receipts saved to disk complete from a new process: everything is
+//! derived from the key and the id. A retried `complete_upload` whose first attempt
+//! committed but lost its reply succeeds when the object is there with the expected
+//! size and hash.
+//!
+//! # Errors
+//! No such file → [`BackendError::NotFound`]; permission denied →
+//! [`BackendError::Auth`] naming the path, the user and the host; a dropped connection or
+//! timeout → [`BackendError::Transient`]; anything else → [`BackendError::Permanent`].
+
+use std::ffi::OsString;
+use std::io::SeekFrom;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
+use openssh_sftp_client::error::SftpErrorKind;
+use openssh_sftp_client::file::File;
+use openssh_sftp_client::metadata::{MetaData, Permissions};
+use openssh_sftp_client::{Sftp, SftpOptions};
+use sha2::Digest;
+use tokio::io::AsyncSeek;
+
+use crate::{
+    sha256_of, Backend, BackendError, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result,
+    UploadId,
+};
+
+type SftpError = openssh_sftp_client::Error;
+
+/// The one part size of this backend's multipart uploads (the replicator's default).
+pub const PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Most parts one upload may have (8 TiB at [`PART_SIZE`]).
+const MAX_PARTS: u32 = 1_000_000;
+/// Suffix of a write in progress.
+const PARTIAL: &str = ".partial";
+/// Suffix of the `sha256sum` sidecar beside each object.
+const SIDECAR: &str = ".sha256";
+/// Bytes per SFTP read or write request (OpenSSH's sftp-server limit is 255 KiB).
+const IO_CHUNK: usize = 255 * 1024;
+/// SFTP requests in flight per read or write.
+const IN_FLIGHT: usize = 16;
+/// Files at least this big are hashed with `sha256sum` when `remote_hash = "exec"`.
+const EXEC_HASH_MIN: u64 = 1024 * 1024;
+/// How often a write retries when a concurrent `delete` pruned the folder it writes to.
+const DIR_RACE_RETRIES: usize = 8;
+/// Without `connect_timeout`, how long a whole connection attempt may take.
+const DEFAULT_CONNECT_LIMIT: Duration = Duration::from_secs(120);
+
+/// How the backend verifies a finished file before renaming it into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteHash {
+    /// Read the file back over SFTP and hash it here (works with any SFTP server).
+    #[default]
+    ReadBack,
+    /// Run `sha256sum` on the server over the same SSH connection (needs a shell there).
+    Exec,
+}
+
+/// Where and how to connect. Built from the URL by [`SftpConfig::from_url`]; the CLI's
+/// config layer fills in the per-remote options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftpConfig {
+    /// The URL as written (it cannot carry a password: [`from_url`](Self::from_url) refuses one).
+    pub url: String,
+    /// Login user; `None` = what `ssh` would use (`~/.ssh/config`, then the local user).
+    pub user: Option<String>,
+    /// Host name, IP address or `~/.ssh/config` alias.
+    pub host: String,
+    /// `None` = what `ssh` would use (usually 22).
+    pub port: Option<u16>,
+    /// The root folder on the server: absolute, or relative to the login's home folder.
+    pub path: String,
+    /// `ssh -i FILE` (with `IdentitiesOnly=yes`: only this key is offered).
+    pub identity_file: Option<PathBuf>,
+    /// `ssh -o UserKnownHostsFile=FILE` (default `~/.ssh/known_hosts`).
+    pub known_hosts_file: Option<PathBuf>,
+    /// `ssh -F FILE` (default `~/.ssh/config`; `/dev/null` for none).
+    pub ssh_config_file: Option<PathBuf>,
+    /// `ssh -o ConnectTimeout=…`.
+    pub connect_timeout: Option<Duration>,
+    /// Record an unknown host key instead of failing (`StrictHostKeyChecking=accept-new`).
+    pub accept_new_host_key: bool,
+    /// How finished files are verified.
+    pub remote_hash: RemoteHash,
+}
+
+impl SftpConfig {
+    /// Parse `sftp://[user@]host[:port]/path`. The path is absolute on the server;
+    /// `/~/backups` is `backups` in the login's home folder (`/~` is the home folder).
+    pub fn from_url(url: &str) -> std::result::Result<SftpConfig, String> {
+        let example = "sftp://user@host:22/srv/backups/pronto";
+        let parsed = url::Url::parse(url).map_err(|e| format!("a URL like {example} ({e})"))?;
+        if parsed.scheme() != "sftp" {
+            return Err(format!("a URL like {example}"));
+        }
+        if parsed.password().is_some() {
+            return Err(format!(
+                "a URL without a password ({example}): use an SSH key (identity_file, or your ssh-agent)"
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("a URL without '?' or '#' parts ({example})"));
+        }
+        let host = parsed
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("a host name in the URL ({example})"))?;
+        let user = match parsed.username() {
+            "" => None,
+            u => Some(percent_decode(u).ok_or("a user name in valid UTF-8")?),
+        };
+        let raw_path = percent_decode(parsed.path()).ok_or("a path in valid UTF-8")?;
+        let path = if raw_path == "/~" || raw_path == "/~/" {
+            ".".to_string()
+        } else if let Some(rel) = raw_path.strip_prefix("/~/") {
+            rel.trim_end_matches('/').to_string()
+        } else if raw_path.is_empty() {
+            return Err(format!(
+                "a folder after the host ({example}, or sftp://host/~/backups for a folder in the login's home)"
+            ));
+        } else if raw_path == "/" {
+            "/".to_string()
+        } else {
+            raw_path.trim_end_matches('/').to_string()
+        };
+        if path.contains('\0') {
+            return Err("a path without NUL bytes".into());
+        }
+        Ok(SftpConfig {
+            url: url.to_string(),
+            user,
+            host,
+            port: parsed.port(),
+            path,
+            identity_file: None,
+            known_hosts_file: None,
+            ssh_config_file: None,
+            connect_timeout: None,
+            accept_new_host_key: false,
+            remote_hash: RemoteHash::ReadBack,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).ok()?, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A backend storing objects as files under one folder on an SSH server.
+#[derive(Debug, Clone)]
+pub struct SftpBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: SftpConfig,
+    /// Dropped before `control_dir`: closing needs the control socket.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// Effective user/host/port as `ssh -G` resolves them (for messages).
+    who: std::sync::Mutex<Option<Who>>,
+    /// Connections opened so far (1 = the first).
+    connects: AtomicU64,
+    /// `sha256sum` could not run on the server: read back from now on.
+    exec_unavailable: AtomicBool,
+    /// Private folder for the ssh control socket (last: fields drop in order).
+    control_dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpBackend")
+            .field("url", &self.cfg.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who we are on the server, for messages.
+#[derive(Debug, Clone)]
+struct Who {
+    user: String,
+    hostname: String,
+    port: u16,
+}
+
+/// One live SSH connection with its SFTP channel.
+///
+/// Dropping it (the backend went away, or the connection broke and was replaced) tells
+/// the ssh master to exit: the SFTP client's background tasks hold the channel open, so
+/// merely dropping the session would leave the master (and the server's session) running.
+struct Conn {
+    sftp: Sftp,
+    /// The remote `sftp` subsystem (a channel of the master).
+    _channel: openssh::Child<Arc<Session>>,
+    session: Arc<Session>,
+    /// The root folder, canonical (absolute) on the server.
+    root: String,
+    broken: AtomicBool,
+    fsync: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // `ssh -O exit` through the control socket: local, immediate, no network.
+        let _ = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-S"])
+            .arg(self.session.control_socket())
+            .args(["-O", "exit", "pronto-offsite-master"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Conn {
+    fn path(&self, key: &str) -> String {
+        if key.is_empty() {
+            self.root.clone()
+        } else if self.root == "/" {
+            format!("/{key}")
+        } else {
+            format!("{}/{key}", self.root)
+        }
+    }
+}
+
+/// What an SFTP error means here.
+enum Kind {
+    NotFound,
+    Denied,
+    /// SSH_FX_FAILURE: the server's catch-all (exists, not empty, is a folder, disk full…).
+    Failure(String),
+    Connection(String),
+    Other(String),
+}
+
+fn kind_of(e: &SftpError) -> Kind {
+    match e {
+        SftpError::SftpError(SftpErrorKind::NoSuchFile, _) => Kind::NotFound,
+        SftpError::SftpError(SftpErrorKind::PermDenied, _) => Kind::Denied,
+        SftpError::SftpError(SftpErrorKind::Failure, m) => Kind::Failure(m.get().0.to_string()),
+        SftpError::SftpError(SftpErrorKind::OpUnsupported, m)
+        | SftpError::SftpError(SftpErrorKind::BadMessage, m) => Kind::Other(m.get().0.to_string()),
+        // Codes v3 does not name (NO_CONNECTION, CONNECTION_LOST) and everything that is
+        // not a server status: the channel or the connection broke.
+        SftpError::SftpError(_, m) => Kind::Connection(m.get().0.to_string()),
+        SftpError::UnsupportedExtension(x) => Kind::Other(format!("unsupported extension {x}")),
+        other => Kind::Connection(other.to_string()),
+    }
+}
+
+impl SftpBackend {
+    /// A backend for `cfg`. Does not connect: the first call does.
+    pub fn new(cfg: SftpConfig) -> Result<Self> {
+        let control_dir = tempfile::Builder::new()
+            .prefix("pronto-ssh-")
+            .tempdir()
+            .map_err(|e| {
+                BackendError::from_io("create a private folder for the ssh control socket", e)
+            })?;
+        Ok(SftpBackend {
+            inner: Arc::new(Inner {
+                cfg,
+                control_dir,
+                conn: tokio::sync::Mutex::new(None),
+                who: std::sync::Mutex::new(None),
+                connects: AtomicU64::new(0),
+                exec_unavailable: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// How many SSH connections this instance has opened (reconnects included).
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// The live connection, or a new one when there is none or it broke.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.broken.load(Ordering::Relaxed) {
+                return Ok(Arc::clone(c));
+            }
+            tracing::info!(
+                "{}: the SSH connection dropped; reconnecting",
+                self.inner.cfg.url
+            );
+        }
+        *slot = None;
+        let c = Arc::new(self.inner.connect().await?);
+        *slot = Some(Arc::clone(&c));
+        Ok(c)
+    }
+}
+
+impl Inner {
+    // ---- connecting -------------------------------------------------------------------
+
+    /// `-F`, `-p`, `-l`, `-i`, known_hosts and timeout options, as the master gets them.
+    fn ssh_args(&self) -> Vec<OsString> {
+        let cfg = &self.cfg;
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(f) = &cfg.ssh_config_file {
+            a.push("-F".into());
+            a.push(f.into());
+        }
+        if let Some(p) = cfg.port {
+            a.push("-p".into());
+            a.push(p.to_string().into());
+        }
+        if let Some(u) = &cfg.user {
+            a.push("-l".into());
+            a.push(u.into());
+        }
+        if let Some(k) = &cfg.identity_file {
+            a.push("-o".into());
+            a.push("IdentitiesOnly=yes".into());
+            a.push("-i".into());
+            a.push(k.into());
+        }
+        if let Some(f) = &cfg.known_hosts_file {
+            let mut o = OsString::from("UserKnownHostsFile=");
+            o.push(f);
+            a.push("-o".into());
+            a.push(o);
+        }
+        let timeout = cfg
+            .connect_timeout
+            .map(|t| t.as_secs().max(1))
+            .unwrap_or(15);
+        a.push("-o".into());
+        a.push(format!("ConnectTimeout={timeout}").into());
+        a
+    }
+
+    /// Ask `ssh -G` who and where we would connect to (local, no network).
+    async fn who(&self) -> Who {
+        if let Some(w) = self.who.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return w;
+        }
+        let mut args = self.ssh_args();
+        args.insert(0, "-G".into());
+        args.push(self.cfg.host.clone().into());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .filter(|o| o.status.success());
+        let mut who = Who {
+            user: self
+                .cfg
+                .user
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "(your ssh user)".into()),
+            hostname: self.cfg.host.clone(),
+            port: self.cfg.port.unwrap_or(22),
+        };
+        if let Some(out) = out {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                match line.split_once(' ') {
+                    Some(("user", v)) => who.user = v.to_string(),
+                    Some(("hostname", v)) => who.hostname = v.to_string(),
+                    Some(("port", v)) => who.port = v.parse().unwrap_or(who.port),
+                    _ => {}
+                }
+            }
+            *self.who.lock().unwrap_or_else(|p| p.into_inner()) = Some(who.clone());
+        }
+        who
+    }
+
+    fn host_desc(&self) -> String {
+        match self.cfg.port {
+            Some(p) => format!("{}:{p}", self.cfg.host),
+            None => self.cfg.host.clone(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn> {
+        let cfg = &self.cfg;
+        // (A missing known_hosts file is no error of its own: the host key is then unknown,
+        // and that message says how to add it.)
+        for (what, file) in [
+            ("identity_file", &cfg.identity_file),
+            ("ssh_config_file", &cfg.ssh_config_file),
+        ] {
+            if let Some(f) = file {
+                if std::fs::metadata(f).is_err() {
+                    return Err(BackendError::Permanent(format!(
+                        "{}: {what} {} does not exist or is unreadable",
+                        cfg.url,
+                        f.display()
+                    )));
+                }
+            }
+        }
+        let mut b = SessionBuilder::default();
+        if let Some(u) = &cfg.user {
+            b.user(u.clone());
+        }
+        if let Some(p) = cfg.port {
+            b.port(p);
+        }
+        if let Some(k) = &cfg.identity_file {
+            b.keyfile(k);
+        }
+        if let Some(f) = &cfg.ssh_config_file {
+            b.config_file(f);
+        }
+        if let Some(f) = &cfg.known_hosts_file {
+            b.user_known_hosts_file(f);
+        }
+        if let Some(t) = cfg.connect_timeout {
+            b.connect_timeout(Duration::from_secs(t.as_secs().max(1)));
+        }
+        b.known_hosts_check(if cfg.accept_new_host_key {
+            KnownHosts::Add
+        } else {
+            KnownHosts::Strict
+        });
+        b.control_directory(self.control_dir.path());
+        b.control_persist(ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(30).expect("nonzero"),
+        ));
+        b.server_alive_interval(Duration::from_secs(15));
+        let limit = cfg
+            .connect_timeout
+            .map(|t| t * 3 + Duration::from_secs(5))
+            .unwrap_or(DEFAULT_CONNECT_LIMIT);
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let session = match tokio::time::timeout(limit, b.connect_mux(&cfg.host)).await {
+            Err(_) => {
+                return Err(BackendError::transient(format!(
+                    "{}: connecting to {} timed out after {}s",
+                    cfg.url,
+                    self.host_desc(),
+                    limit.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(self.connect_error(e).await),
+            Ok(Ok(s)) => Arc::new(s),
+        };
+        let subsystem_error = |msg: String| {
+            if msg.contains("subsystem") {
+                BackendError::Permanent(format!(
+                    "{}: {} does not offer the SFTP subsystem ({msg})",
+                    cfg.url,
+                    self.host_desc()
+                ))
+            } else {
+                BackendError::transient(format!(
+                    "{}: starting SFTP on {}: {msg}",
+                    cfg.url,
+                    self.host_desc()
+                ))
+            }
+        };
+        let mut channel = Session::to_subsystem(Arc::clone(&session), "sftp")
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::null())
+            .spawn()
+            .await
+            .map_err(|e| subsystem_error(format!("{e}: {}", source_chain(&e))))?;
+        let (Some(stdin), Some(stdout)) = (channel.stdin().take(), channel.stdout().take()) else {
+            return Err(subsystem_error(
+                "no stdin/stdout on the sftp channel".into(),
+            ));
+        };
+        let sftp = Sftp::new(stdin, stdout, SftpOptions::new())
+            .await
+            .map_err(|e| subsystem_error(e.to_string()))?;
+        let fsync = sftp.support_fsync();
+        if !sftp.support_posix_rename() {
+            tracing::warn!(
+                "{}: the server lacks posix-rename@openssh.com: replacing an object is not atomic there",
+                cfg.url
+            );
+        }
+        let root = self.ensure_root(&sftp).await?;
+        tracing::debug!("{}: connected (root {root}, fsync {fsync})", cfg.url);
+        Ok(Conn {
+            sftp,
+            _channel: channel,
+            session,
+            root,
+            broken: AtomicBool::new(false),
+            fsync,
+        })
+    }
+
+    /// Turn a failed master start into an error that says what to do.
+    async fn connect_error(&self, e: openssh::Error) -> BackendError {
+        let raw = match &e {
+            openssh::Error::Connect(io) => io.to_string(),
+            other => format!("{other}: {}", source_chain(other)),
+        };
+        let lines: Vec<&str> = raw
+            .lines()
+            .map(|l| l.trim().trim_end_matches('\r'))
+            .filter(|l| !l.is_empty() && !l.starts_with('@'))
+            .collect();
+        let text = lines.join("; ");
+        let url = &self.cfg.url;
+        let has = |s: &str| raw.contains(s);
+        if has("Host key verification failed")
+            || has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || has("host key is known")
+            || has("Host key for ")
+        {
+            return self.host_key_error(&raw).await;
+        }
+        let who = self.who().await;
+        if has("UNPROTECTED PRIVATE KEY FILE") || has("bad permissions") {
+            let key = self
+                .cfg
+                .identity_file
+                .as_ref()
+                .map(|k| k.display().to_string())
+                .unwrap_or_else(|| "the private key".into());
+            return BackendError::Auth(format!(
+                "{url}: ssh refuses {key} because other users can read it; run `chmod 600 {key}`"
+            ));
+        }
+        if has("Permission denied (") || has("Too many authentication failures") {
+            let key = match &self.cfg.identity_file {
+                Some(k) => format!("identity_file {}", k.display()),
+                None => "your ssh-agent and default keys (or set identity_file)".into(),
+            };
+            return BackendError::Auth(format!(
+                "{url}: SSH login as {}@{} was refused ({text}); check {key} and the server's authorized_keys for {}",
+                who.user, who.hostname, who.user
+            ));
+        }
+        if has("Could not resolve hostname") || has("Bad configuration option") || has("Bad port") {
+            return BackendError::Permanent(format!("{url}: ssh: {text}"));
+        }
+        BackendError::transient(format!(
+            "{url}: could not connect to {}: {}",
+            self.host_desc(),
+            if text.is_empty() { e.to_string() } else { text }
+        ))
+    }
+
+    /// An unknown or changed host key: name the host, the fingerprint, and the way out.
+    async fn host_key_error(&self, log: &str) -> BackendError {
+        let who = self.who().await;
+        let changed = log.contains("HAS CHANGED") || log.contains("has changed");
+        let fingerprint = self
+            .offered_fingerprint()
+            .await
+            .or_else(|| fingerprint_in(log))
+            .unwrap_or_else(|| "(unknown: could not fetch it)".into());
+        let spec = if who.port == 22 {
+            who.hostname.clone()
+        } else {
+            format!("[{}]:{}", who.hostname, who.port)
+        };
+        let kh = self
+            .cfg
+            .known_hosts_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "~/.ssh/known_hosts".into());
+        let keyscan = if who.port == 22 {
+            format!("ssh-keyscan {} >> {kh}", who.hostname)
+        } else {
+            format!("ssh-keyscan -p {} {} >> {kh}", who.port, who.hostname)
+        };
+        let url = &self.cfg.url;
+        BackendError::Auth(if changed {
+            format!(
+                "{url}: the SSH host key of {spec} has CHANGED: the server now offers {fingerprint}, which is not the key recorded in {kh}. \
+                 Someone may be intercepting the connection, or the server was reinstalled; nothing was sent. \
+                 If the change is expected, remove the old key with `ssh-keygen -R '{spec}' -f {kh}` and accept the new one with `{keyscan}` \
+                 (accept_new_host_key = true does not accept a changed key)"
+            )
+        } else {
+            format!(
+                "{url}: the SSH host key of {spec} is unknown (not in {kh}); the server offers {fingerprint}. \
+                 Check that fingerprint with the server's administrator (on the server: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), \
+                 then accept it with `{keyscan}`, or set `accept_new_host_key = true` on this remote to record it on the next connection"
+            )
+        })
+    }
+
+    /// The fingerprint of the host key the server offers, from an `ssh -v` attempt that
+    /// stops at the same strict host key check (it authenticates nothing).
+    async fn offered_fingerprint(&self) -> Option<String> {
+        let mut args: Vec<OsString> = vec![
+            "-v".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "ControlMaster=no".into(),
+            "-o".into(),
+            "ControlPath=none".into(),
+        ];
+        args.extend(self.ssh_args());
+        args.push(self.cfg.host.clone().into());
+        args.push("exit".into());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .output()
+        })
+        .await
+        .ok()?
+        .ok()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        stderr.lines().find_map(|l| {
+            l.split_once("Server host key: ")
+                .map(|(_, k)| k.trim().to_string())
+        })
+    }
+
+    /// Create the root folder (and its parents) when missing; return its canonical path.
+    async fn ensure_root(&self, sftp: &Sftp) -> Result<String> {
+        let mut fs = sftp.fs();
+        let root = self.cfg.path.clone();
+        match fs.metadata(&root).await {
+            Ok(m) if is_dir(&m) => {}
+            Ok(_) => {
+                return Err(BackendError::Permanent(format!(
+                    "{}: {root} on {} exists but is not a folder",
+                    self.cfg.url,
+                    self.host_desc()
+                )))
+            }
+            Err(e) => match kind_of(&e) {
+                Kind::NotFound => {
+                    let mut prefixes = Vec::new();
+                    let mut cur = if root.starts_with('/') {
+                        String::new()
+                    } else {
+                        String::from(".")
+                    };
+                    for comp in root.split('/').filter(|c| !c.is_empty() && *c != ".") {
+                        cur = if cur.is_empty() {
+                            format!("/{comp}")
+                        } else if cur == "." {
+                            comp.to_string()
+                        } else {
+                            format!("{cur}/{comp}")
+                        };
+                        prefixes.push(cur.clone());
+                    }
+                    for p in prefixes {
+                        self.mkdir_if_missing(sftp, &p).await?;
+                    }
+                }
+                _ => return Err(self.map_plain(&e, "open remote folder", &root).await),
+            },
+        }
+        let canon = fs.canonicalize(&root).await.map_err(|e| {
+            BackendError::Permanent(format!("{}: resolving {root}: {e}", self.cfg.url))
+        })?;
+        canon.to_str().map(|s| s.to_string()).ok_or_else(|| {
+            BackendError::Permanent(format!("{}: {root} is not UTF-8", self.cfg.url))
+        })
+    }
+
+    async fn mkdir_if_missing(&self, sftp: &Sftp, p: &str) -> Result<()> {
+        let mut fs = sftp.fs();
+        match fs.metadata(p).await {
+            Ok(m) if is_dir(&m) => return Ok(()),
+            Ok(_) => {
+                return Err(BackendError::Permanent(format!(
+                    "{}: {p} on {} exists and is not a folder",
+                    self.cfg.url,
+                    self.host_desc()
+                )))
+            }
+            Err(e) if matches!(kind_of(&e), Kind::NotFound) => {}
+            Err(e) => return Err(self.map_plain(&e, "create remote folder", p).await),
+        }
+        let r = fs
+            .dir_builder()
+            .permissions(Permissions::from(0o700))
+            .create(p)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => match fs.metadata(p).await {
+                Ok(m) if is_dir(&m) => Ok(()), // created meanwhile by someone else
+                _ => Err(self.map_plain(&e, "create remote folder", p).await),
+            },
+        }
+    }
+
+    // ---- errors -----------------------------------------------------------------------
+
+    /// Classify an SFTP error from an operation on `path` (no connection to mark).
+    async fn map_plain(&self, e: &SftpError, op: &str, path: &str) -> BackendError {
+        let url = &self.cfg.url;
+        match kind_of(e) {
+            Kind::NotFound => BackendError::NotFound(format!("{op} {path}")),
+            Kind::Denied => {
+                let who = self.who().await;
+                BackendError::Auth(format!(
+                    "{url}: {op} {path}: permission denied for user {} on {}",
+                    who.user, who.hostname
+                ))
+            }
+            Kind::Failure(m) => BackendError::Permanent(format!("{url}: {op} {path}: {m}")),
+            Kind::Other(m) => BackendError::Permanent(format!("{url}: {op} {path}: {m}")),
+            Kind::Connection(m) => BackendError::transient(format!(
+                "{url}: {op} {path}: the SSH connection to {} failed: {m}",
+                self.host_desc()
+            )),
+        }
+    }
+
+    /// Classify an SFTP error; a connection error marks `c` broken so the next call reconnects.
+    async fn map(&self, c: &Conn, e: &SftpError, op: &str, path: &str) -> BackendError {
+        if matches!(kind_of(e), Kind::Connection(_)) {
+            c.broken.store(true, Ordering::Relaxed);
+        }
+        self.map_plain(e, op, path).await
+    }
+
+    // ---- file helpers -----------------------------------------------------------------
+
+    /// Create (or truncate) `path`, mode 0600, for reading and writing. With
+    /// `dir_key`, missing folders below the root are created and the create retried.
+    async fn create_file(
+        &self,
+        c: &Conn,
+        path: &str,
+        dir_key: &str,
+        exclusive: bool,
+    ) -> Result<File> {
+        let mut attempt = 0;
+        loop {
+            let mut opts = c.sftp.options();
+            opts.read(true).write(true);
+            if exclusive {
+                opts.create_new(true);
+            } else {
+                opts.create(true).truncate(true);
+            }
+            match opts.open(path).await {
+                Ok(mut f) => {
+                    if let Err(e) = f.set_permissions(Permissions::from(0o600)).await {
+                        return Err(self.map(c, &e, "chmod", path).await);
+                    }
+                    return Ok(f);
+                }
+                Err(e)
+                    if matches!(kind_of(&e), Kind::NotFound)
+                        && !dir_key.is_empty()
+                        && attempt < DIR_RACE_RETRIES =>
+                {
+                    attempt += 1;
+                    self.ensure_dirs(c, dir_key).await?;
+                }
+                Err(e) => return Err(self.map(c, &e, "create", path).await),
+            }
+        }
+    }
+
+    /// Create the folders of `dir_key` below the root (mode 0700).
+    async fn ensure_dirs(&self, c: &Conn, dir_key: &str) -> Result<()> {
+        let mut cur = String::new();
+        for comp in dir_key.split('/') {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(comp);
+            let p = c.path(&cur);
+            let mut fs = c.sftp.fs();
+            let r = fs
+                .dir_builder()
+                .permissions(Permissions::from(0o700))
+                .create(&p)
+                .await;
+            if let Err(e) = r {
+                match kind_of(&e) {
+                    // Exists already (SFTP v3 says "failure"): fine if it is a folder.
+                    Kind::Failure(_) => match fs.metadata(&p).await {
+                        Ok(m) if is_dir(&m) => {}
+                        Ok(_) => {
+                            return Err(BackendError::Permanent(format!(
+                                "{}: {p} exists and is not a folder",
+                                self.cfg.url
+                            )))
+                        }
+                        Err(e2) => return Err(self.map(c, &e2, "create folder", &p).await),
+                    },
+                    _ => return Err(self.map(c, &e, "create folder", &p).await),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `body` at `offset`, [`IN_FLIGHT`] requests at a time.
+    async fn write_at(
+        &self,
+        c: &Conn,
+        f: &File,
+        offset: u64,
+        body: &Bytes,
+        path: &str,
+    ) -> Result<()> {
+        let chunks = (0..body.len()).step_by(IO_CHUNK).map(|s| {
+            (
+                offset + s as u64,
+                body.slice(s..(s + IO_CHUNK).min(body.len())),
+            )
+        });
+        let r = futures::stream::iter(chunks)
+            .map(|(off, data)| {
+                let mut f = f.clone();
+                async move {
+                    let (mut off, mut data) = (off, data);
+                    while !data.is_empty() {
+                        seek(&mut f, off);
+                        let n = f.write_zero_copy(std::slice::from_ref(&data)).await?;
+                        data.advance(n);
+                        off += n as u64;
+                    }
+                    Ok::<(), SftpError>(())
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.map(c, &e, "write", path).await),
+        }
+    }
+
+    /// Close a handle and wait for the server's answer (a write's late error surfaces here).
+    async fn close(&self, c: &Conn, f: File, path: &str) -> Result<()> {
+        match f.close().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.map(c, &e, "close", path).await),
+        }
+    }
+
+    async fn fsync(&self, c: &Conn, f: &mut File, path: &str) -> Result<()> {
+        if !c.fsync {
+            return Ok(());
+        }
+        match f.sync_all().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.map(c, &e, "fsync", path).await),
+        }
+    }
+
+    /// SHA-256 of each of `parts` (consecutive ranges from offset 0) and of all of them,
+    /// read back over SFTP.
+    async fn hash_parts(
+        &self,
+        c: &Conn,
+        f: &File,
+        parts: &[u64],
+        path: &str,
+    ) -> Result<(Vec<[u8; 32]>, [u8; 32])> {
+        let mut ranges = Vec::new();
+        let mut start = 0u64;
+        for (i, &len) in parts.iter().enumerate() {
+            let mut off = 0u64;
+            while off < len {
+                let n = (len - off).min(IO_CHUNK as u64);
+                ranges.push((i, start + off, n as usize));
+                off += n;
+            }
+            start += len;
+        }
+        let mut stream = futures::stream::iter(ranges)
+            .map(|(i, off, n)| {
+                let mut f = f.clone();
+                async move { read_exact_at(&mut f, off, n).await.map(|b| (i, b)) }
+            })
+            .buffered(IN_FLIGHT);
+        let mut whole = sha2::Sha256::new();
+        let mut per: Vec<sha2::Sha256> = parts.iter().map(|_| sha2::Sha256::new()).collect();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok((i, b)) => {
+                    whole.update(&b);
+                    per[i].update(&b);
+                }
+                Err(ReadErr::Eof) => {
+                    return Err(BackendError::Permanent(format!(
+                        "{}: {path} shrank while being verified",
+                        self.cfg.url
+                    )))
+                }
+                Err(ReadErr::Sftp(e)) => return Err(self.map(c, &e, "read back", path).await),
+            }
+        }
+        Ok((
+            per.into_iter().map(|h| h.finalize().into()).collect(),
+            whole.finalize().into(),
+        ))
+    }
+
+    /// `sha256sum PATH` on the server; `None` when it cannot run there.
+    async fn exec_sha256(&self, c: &Conn, path: &str) -> Result<Option<[u8; 32]>> {
+        if self.exec_unavailable.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let out = c
+            .session
+            .command("sha256sum")
+            .arg("--")
+            .arg(path)
+            .stdin(openssh::Stdio::null())
+            .output()
+            .await;
+        let give_up = |why: String| {
+            if !self.exec_unavailable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "{}: remote_hash = \"exec\": cannot run sha256sum on {} ({why}); reading files back to verify them instead",
+                    self.cfg.url,
+                    self.host_desc()
+                );
+            }
+            Ok(None)
+        };
+        let out = match out {
+            Ok(o) => o,
+            Err(openssh::Error::Disconnected) => {
+                c.broken.store(true, Ordering::Relaxed);
+                return Err(BackendError::transient(format!(
+                    "{}: running sha256sum on {}: the SSH connection dropped",
+                    self.cfg.url,
+                    self.host_desc()
+                )));
+            }
+            Err(e) => return give_up(e.to_string()),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let hex_part = stdout.trim_start_matches('\\').get(..64).unwrap_or("");
+        let mut sha = [0u8; 32];
+        if out.status.success() && hex::decode_to_slice(hex_part, &mut sha).is_ok() {
+            return Ok(Some(sha));
+        }
+        // Not there, not runnable (no shell, `ForceCommand internal-sftp`), or it failed:
+        // reading back still verifies, and surfaces real I/O errors through SFTP.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        give_up(format!(
+            "exit status {}, {}",
+            out.status
+                .code()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into()),
+            stderr.trim().lines().next().unwrap_or("no error output")
+        ))
+    }
+
+    /// Verify the file behind `f` (at `path`): per-part hashes (read back only) and the
+    /// whole file's hash.
+    async fn verify(&self, c: &Conn, f: &File, path: &str, want: Expected<'_>) -> Result<()> {
+        let Expected {
+            key,
+            parts,
+            part_tokens,
+            sha256,
+        } = want;
+        let total: u64 = parts.iter().sum();
+        let exec_hash = if self.cfg.remote_hash == RemoteHash::Exec && total >= EXEC_HASH_MIN {
+            self.exec_sha256(c, path).await?
+        } else {
+            None
+        };
+        let whole = match exec_hash {
+            Some(h) => h,
+            None => {
+                let (per, whole) = self.hash_parts(c, f, parts, path).await?;
+                if let Some(tokens) = part_tokens {
+                    for (i, (got, want)) in per.iter().zip(tokens).enumerate() {
+                        if got != want {
+                            return Err(BackendError::ChecksumMismatch {
+                                key: format!("{key} part {}", i + 1),
+                                expected: hex::encode(want),
+                                actual: hex::encode(got),
+                            });
+                        }
+                    }
+                }
+                whole
+            }
+        };
+        if whole != sha256 {
+            return Err(BackendError::ChecksumMismatch {
+                key: key.to_string(),
+                expected: hex::encode(sha256),
+                actual: hex::encode(whole),
+            });
+        }
+        Ok(())
+    }
+
+    /// Make a verified partial file the object `key`, with a fresh sidecar.
+    async fn commit(&self, c: &Conn, key: &str, partial: &str, sha256: [u8; 32]) -> Result<()> {
+        let obj = c.path(key);
+        let side = format!("{obj}{SIDECAR}");
+        let mut fs = c.sftp.fs();
+        // The old sidecar goes first: it must never describe the new bytes' predecessor.
+        if let Err(e) = fs.remove_file(&side).await {
+            if !matches!(kind_of(&e), Kind::NotFound) {
+                return Err(self.map(c, &e, "remove", &side).await);
+            }
+        }
+        self.rename(c, partial, &obj).await?;
+        self.write_sidecar(c, key, sha256).await
+    }
+
+    async fn rename(&self, c: &Conn, from: &str, to: &str) -> Result<()> {
+        let mut fs = c.sftp.fs();
+        if !c.sftp.support_posix_rename() {
+            // Plain SFTP rename refuses to replace: not atomic, but the best there is.
+            let _ = fs.remove_file(to).await;
+        }
+        match fs.rename(from, to).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.map(c, &e, &format!("rename {from} to"), to).await),
+        }
+    }
+
+    /// Write `<key>.sha256` (temp + rename) in `sha256sum` format.
+    async fn write_sidecar(&self, c: &Conn, key: &str, sha256: [u8; 32]) -> Result<()> {
+        let (dir_key, name) = split_key(key);
+        let side = format!("{}{SIDECAR}", c.path(key));
+        let tmp = format!("{side}.{}{PARTIAL}", &hex::encode(sha256)[..16]);
+        let line = Bytes::from(sha256sum_line(&sha256, name));
+        let mut f = self.create_file(c, &tmp, dir_key, false).await?;
+        self.write_at(c, &f, 0, &line, &tmp).await?;
+        self.fsync(c, &mut f, &tmp).await?;
+        self.close(c, f, &tmp).await?;
+        self.rename(c, &tmp, &side).await
+    }
+
+    /// The sha256 recorded beside `key`, if the sidecar is there, well-formed, names this
+    /// file, and is not older than the object (`obj_mtime`).
+    async fn read_sidecar(&self, c: &Conn, key: &str, obj_mtime: Option<u32>) -> Option<[u8; 32]> {
+        let side = format!("{}{SIDECAR}", c.path(key));
+        let mut f = c.sftp.open(&side).await.ok()?;
+        let meta = f.metadata().await.ok()?;
+        let len = meta.len()?;
+        if len > 4096 {
+            return None;
+        }
+        if let (Some(obj), Some(s)) = (obj_mtime, meta.modified()) {
+            if s.into_raw() < obj {
+                return None; // the object was replaced after the sidecar was written
+            }
+        }
+        let body = read_exact_at(&mut f, 0, len as usize).await.ok()?;
+        parse_sha256sum_line(std::str::from_utf8(&body).ok()?, split_key(key).1)
+    }
+
+    /// Remove a file; a missing one is fine.
+    async fn remove_quiet(&self, c: &Conn, path: &str) -> Result<()> {
+        match c.sftp.fs().remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(kind_of(&e), Kind::NotFound) => Ok(()),
+            Err(e) => Err(self.map(c, &e, "remove", path).await),
+        }
+    }
+}
+
+/// What a file on the server must hold.
+struct Expected<'a> {
+    /// The key, for messages.
+    key: &'a str,
+    /// Sizes of its consecutive parts (one part: the whole file).
+    parts: &'a [u64],
+    /// Each part's SHA-256, when known (checked when reading back).
+    part_tokens: Option<&'a [[u8; 32]]>,
+    /// The whole file's SHA-256.
+    sha256: [u8; 32],
+}
+
+/// Why a positioned read stopped.
+enum ReadErr {
+    Eof,
+    Sftp(SftpError),
+}
+
+/// Read exactly `n` bytes at `off` (several requests when the server returns fewer).
+async fn read_exact_at(f: &mut File, off: u64, n: usize) -> std::result::Result<Bytes, ReadErr> {
+    let mut buf = BytesMut::with_capacity(n);
+    while buf.len() < n {
+        seek(f, off + buf.len() as u64);
+        let want = (n - buf.len()).min(u32::MAX as usize) as u32;
+        match f.read(want, BytesMut::new()).await {
+            Ok(Some(b)) if !b.is_empty() => buf.extend_from_slice(&b),
+            Ok(_) => return Err(ReadErr::Eof),
+            Err(e) => return Err(ReadErr::Sftp(e)),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn seek(f: &mut File, off: u64) {
+    // Only sets the offset the next request is sent with; cannot fail for Start.
+    let _ = Pin::new(f).start_seek(SeekFrom::Start(off));
+}
+
+fn is_dir(m: &MetaData) -> bool {
+    m.file_type().is_some_and(|t| t.is_dir())
+}
+
+fn is_file(m: &MetaData) -> bool {
+    m.file_type().is_some_and(|t| t.is_file())
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// A `SHA256:…` fingerprint in ssh's output (the changed-key banner prints one).
+fn fingerprint_in(log: &str) -> Option<String> {
+    let i = log.find("SHA256:")?;
+    let fp: String = log[i..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '.')
+        .collect();
+    Some(fp)
+}
+
+/// `<hex>  <name>\n`, escaped the way GNU sha256sum escapes names with `\` or newlines.
+fn sha256sum_line(sha: &[u8; 32], name: &str) -> String {
+    if name.contains(['\\', '\n', '\r']) {
+        let esc = name
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        format!("\\{}  {esc}\n", hex::encode(sha))
+    } else {
+        format!("{}  {name}\n", hex::encode(sha))
+    }
+}
+
+fn parse_sha256sum_line(line: &str, name: &str) -> Option<[u8; 32]> {
+    let line = line.strip_suffix('\n')?;
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (hex_part, rest) = line.split_at_checked(64)?;
+    let file = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))?;
+    let file = if escaped {
+        file.replace("\\n", "\n")
+            .replace("\\r", "\r")
+            .replace("\\\\", "\\")
+    } else {
+        file.to_string()
+    };
+    if file != name {
+        return None;
+    }
+    let mut sha = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut sha).ok()?;
+    Some(sha)
+}
+
+/// 16 random hex characters.
+fn nonce() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let h = RandomState::new().hash_one((
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now(),
+        std::process::id(),
+    ));
+    format!("{h:016x}")
+}
+
+/// `(nonce, part size)` of a well-formed upload id.
+fn parse_upload_id(id: &str) -> Option<(&str, u64)> {
+    let (nonce, size) = id.split_once('-')?;
+    let ok_nonce = nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    let size: u64 = size.parse().ok()?;
+    (ok_nonce && size > 0 && size <= 1 << 40).then_some((nonce, size))
+}
+
+/// `(folder key, file name)`.
+fn split_key(key: &str) -> (&str, &str) {
+    key.rsplit_once('/').unwrap_or(("", key))
+}
+
+fn partial_path(c: &Conn, key: &str, nonce: &str) -> String {
+    format!("{}.{nonce}{PARTIAL}", c.path(key))
+}
+
+/// Names this backend keeps for itself.
+fn is_reserved_name(name: &str) -> bool {
+    name.ends_with(PARTIAL) || name.ends_with(SIDECAR)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(BackendError::Permanent(format!(
+            "invalid key {key:?}: {why}"
+        )))
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.starts_with('/') {
+        return bad("must not start with '/'");
+    }
+    for comp in key.split('/') {
+        if let Err(why) = check_component(comp) {
+            return bad(&why);
+        }
+    }
+    if is_reserved_name(split_key(key).1) {
+        return bad("names ending in .partial or .sha256 are reserved on sftp remotes");
+    }
+    Ok(())
+}
+
+fn check_component(comp: &str) -> std::result::Result<(), String> {
+    if comp.is_empty() {
+        return Err("empty path component".into());
+    }
+    if comp == "." || comp == ".." {
+        return Err(format!("'{comp}' component"));
+    }
+    if comp.contains('\0') {
+        return Err("NUL byte".into());
+    }
+    Ok(())
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.starts_with('/') {
+        return Err(BackendError::Permanent(format!(
+            "invalid prefix {prefix:?}: must not start with '/'"
+        )));
+    }
+    if let Some((dirs, _)) = prefix.rsplit_once('/') {
+        for comp in dirs.split('/') {
+            check_component(comp).map_err(|why| {
+                BackendError::Permanent(format!("invalid prefix {prefix:?}: {why}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn check_sha(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
+    let actual = sha256_of(body);
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(BackendError::ChecksumMismatch {
+            key: what.to_string(),
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for SftpBackend {
+    fn describe(&self) -> String {
+        self.inner.cfg.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // One fixed part size: part n's offset is then known when part n arrives.
+        Capabilities {
+            min_part_size: PART_SIZE,
+            max_part_size: PART_SIZE,
+            max_parts: MAX_PARTS,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        check_prefix(prefix)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let start = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let mut out = Vec::new();
+        let mut stack = vec![start.to_string()];
+        while let Some(dir_key) = stack.pop() {
+            let dir = c.path(&dir_key);
+            let entries: Vec<_> = match c.sftp.fs().open_dir(&dir).await {
+                Ok(d) => match d.read_dir().try_collect().await {
+                    Ok(v) => v,
+                    Err(e) => return Err(inner.map(&c, &e, "list", &dir).await),
+                },
+                Err(e) => match kind_of(&e) {
+                    Kind::NotFound if dir_key.is_empty() => {
+                        return Err(BackendError::Permanent(format!(
+                            "{}: the remote folder {dir} has disappeared",
+                            inner.cfg.url
+                        )))
+                    }
+                    // The prefix's folder does not exist (or is a file): nothing there.
+                    Kind::NotFound => continue,
+                    Kind::Failure(_) if !dir_key.is_empty() => continue, // not a folder
+                    _ => return Err(inner.map(&c, &e, "list", &dir).await),
+                },
+            };
+            for entry in entries {
+                let Some(name) = entry.filename().to_str() else {
+                    continue; // not UTF-8: not written by a backend
+                };
+                if name == "." || name == ".." || name.is_empty() {
+                    continue;
+                }
+                let key = if dir_key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir_key}/{name}")
+                };
+                let meta = entry.metadata();
+                let ft = meta.file_type();
+                if ft.is_some_and(|t| t.is_dir()) {
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        stack.push(key);
+                    }
+                    continue;
+                }
+                if !key.starts_with(prefix) || is_reserved_name(name) {
+                    continue;
+                }
+                let size = if ft.is_some_and(|t| t.is_symlink()) {
+                    // A link to a file is an object; a link to a folder is not followed.
+                    match c.sftp.fs().metadata(c.path(&key)).await {
+                        Ok(m) if is_file(&m) => m.len().unwrap_or(0),
+                        Ok(_) => continue,
+                        Err(e) if matches!(kind_of(&e), Kind::NotFound) => continue,
+                        Err(e) => return Err(inner.map(&c, &e, "stat", &c.path(&key)).await),
+                    }
+                } else if ft.is_some_and(|t| t.is_file()) {
+                    meta.len().unwrap_or(0)
+                } else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key,
+                    size,
+                    sha256: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        check_key(key)?;
+        let c = self.conn().await?;
+        let path = c.path(key);
+        let meta = match c.sftp.fs().metadata(&path).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match kind_of(&e) {
+                    Kind::NotFound => BackendError::NotFound(key.to_string()),
+                    _ => self.inner.map(&c, &e, "stat", &path).await,
+                })
+            }
+        };
+        if !is_file(&meta) {
+            return Err(BackendError::NotFound(key.to_string()));
+        }
+        let sha256 = self
+            .inner
+            .read_sidecar(&c, key, meta.modified().map(|t| t.into_raw()))
+            .await;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: meta.len().unwrap_or(0),
+            sha256,
+        })
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
+        check_key(key)?;
+        let c = self.conn().await?;
+        let inner = Arc::clone(&self.inner);
+        let path = c.path(key);
+        let mut file = match c.sftp.open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match kind_of(&e) {
+                    Kind::NotFound => BackendError::NotFound(key.to_string()),
+                    _ => inner.map(&c, &e, "open", &path).await,
+                })
+            }
+        };
+        let meta = match file.metadata().await {
+            Ok(m) => m,
+            Err(e) => return Err(inner.map(&c, &e, "stat", &path).await),
+        };
+        if !is_file(&meta) {
+            return Err(BackendError::NotFound(key.to_string()));
+        }
+        let size = meta.len().unwrap_or(0);
+        let (start, len) = match range {
+            None => (0, size),
+            Some(r) if r.start > r.end => {
+                return Err(BackendError::Permanent(format!(
+                    "{key}: invalid range {}..{}",
+                    r.start, r.end
+                )))
+            }
+            Some(r) if r.start == r.end => (r.start.min(size), 0),
+            Some(r) if r.start >= size => {
+                return Err(BackendError::Permanent(format!(
+                    "{key}: range {}..{} starts beyond the object's {size} bytes",
+                    r.start, r.end
+                )))
+            }
+            Some(r) => (r.start, r.end.min(size) - r.start),
+        };
+        let chunks = (0..len.div_ceil(IO_CHUNK as u64)).map(move |i| {
+            let off = i * IO_CHUNK as u64;
+            (start + off, (len - off).min(IO_CHUNK as u64) as usize)
+        });
+        let stream = futures::stream::iter(chunks)
+            .map(move |(off, n)| {
+                let mut f = file.clone();
+                let c = Arc::clone(&c);
+                let inner = Arc::clone(&inner);
+                let path = path.clone();
+                async move {
+                    match read_exact_at(&mut f, off, n).await {
+                        Ok(b) => Ok(b),
+                        Err(ReadErr::Eof) => Err(BackendError::Permanent(format!(
+                            "{}: {path} shrank while being read",
+                            inner.cfg.url
+                        ))),
+                        Err(ReadErr::Sftp(e)) => Err(inner.map(&c, &e, "read", &path).await),
+                    }
+                }
+            })
+            .buffered(IN_FLIGHT);
+        Ok(Box::pin(stream))
+    }
+
+    async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        check_key(key)?;
+        // The body is in memory: a mismatch never reaches the server.
+        check_sha(key, &body, &sha256)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let (dir_key, _) = split_key(key);
+        // Named after the content: a retried put reuses (truncates) its own partial file.
+        let partial = partial_path(&c, key, &hex::encode(sha256)[..16]);
+        let mut f = inner.create_file(&c, &partial, dir_key, false).await?;
+        let res = async {
+            inner.write_at(&c, &f, 0, &body, &partial).await?;
+            inner.fsync(&c, &mut f, &partial).await?;
+            inner
+                .verify(
+                    &c,
+                    &f,
+                    &partial,
+                    Expected {
+                        key,
+                        parts: &[body.len() as u64],
+                        part_tokens: None,
+                        sha256,
+                    },
+                )
+                .await?;
+            inner.close(&c, f, &partial).await?;
+            inner.commit(&c, key, &partial, sha256).await
+        }
+        .await;
+        if res.is_err() && !c.broken.load(Ordering::Relaxed) {
+            let _ = inner.remove_quiet(&c, &partial).await;
+        }
+        res?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: body.len() as u64,
+            sha256: Some(sha256),
+        })
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<UploadId> {
+        check_key(key)?;
+        let c = self.conn().await?;
+        let n = nonce();
+        let partial = partial_path(&c, key, &n);
+        let f = self
+            .inner
+            .create_file(&c, &partial, split_key(key).0, true)
+            .await?;
+        self.inner.close(&c, f, &partial).await?;
+        Ok(UploadId(format!("{n}-{PART_SIZE}")))
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        up: &UploadId,
+        n: u32,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<PartReceipt> {
+        check_key(key)?;
+        let not_found = || BackendError::UploadNotFound(format!("{} (for {key})", up.0));
+        let Some((nonce, part_size)) = parse_upload_id(&up.0) else {
+            return Err(not_found());
+        };
+        if n == 0 || n > MAX_PARTS {
+            return Err(BackendError::Permanent(format!(
+                "{key}: part number {n} outside 1..={MAX_PARTS}"
+            )));
+        }
+        if body.len() as u64 > part_size {
+            return Err(BackendError::Permanent(format!(
+                "{key}: part {n} has {} bytes, more than this upload's part size {part_size}",
+                body.len()
+            )));
+        }
+        check_sha(&format!("{key} part {n}"), &body, &sha256)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let partial = partial_path(&c, key, nonce);
+        let mut f = match c.sftp.options().write(true).open(&partial).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match kind_of(&e) {
+                    Kind::NotFound => not_found(),
+                    _ => inner.map(&c, &e, "open", &partial).await,
+                })
+            }
+        };
+        let offset = (n as u64 - 1) * part_size;
+        inner.write_at(&c, &f, offset, &body, &partial).await?;
+        inner.fsync(&c, &mut f, &partial).await?;
+        inner.close(&c, f, &partial).await?;
+        Ok(PartReceipt {
+            number: n,
+            size: body.len() as u64,
+            token: hex::encode(sha256),
+        })
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        up: &UploadId,
+        parts: &[PartReceipt],
+        sha256: [u8; 32],
+    ) -> Result<ObjectMeta> {
+        check_key(key)?;
+        let not_found = || BackendError::UploadNotFound(format!("{} (for {key})", up.0));
+        let Some((nonce, part_size)) = parse_upload_id(&up.0) else {
+            return Err(not_found());
+        };
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let partial = partial_path(&c, key, nonce);
+        let mut f = match c.sftp.options().read(true).write(true).open(&partial).await {
+            Ok(f) => f,
+            Err(e) if matches!(kind_of(&e), Kind::NotFound) => {
+                // Completed before, and the reply was lost? Then the object is there.
+                let total: u64 = parts.iter().map(|p| p.size).sum();
+                return match self.head(key).await {
+                    Ok(meta) if meta.size == total && meta.sha256 == Some(sha256) => Ok(meta),
+                    Ok(meta)
+                        if meta.size == total && meta.sha256.is_none() && !parts.is_empty() =>
+                    {
+                        // Renamed, but the sidecar was not written: check the bytes.
+                        let path = c.path(key);
+                        let f = match c.sftp.open(&path).await {
+                            Ok(f) => f,
+                            Err(_) => return Err(not_found()),
+                        };
+                        match inner
+                            .verify(
+                                &c,
+                                &f,
+                                &path,
+                                Expected {
+                                    key,
+                                    parts: &[total],
+                                    part_tokens: None,
+                                    sha256,
+                                },
+                            )
+                            .await
+                        {
+                            Ok(()) => {
+                                drop(f);
+                                inner.write_sidecar(&c, key, sha256).await?;
+                                Ok(ObjectMeta {
+                                    sha256: Some(sha256),
+                                    ..meta
+                                })
+                            }
+                            Err(e) if e.is_retryable() => Err(e),
+                            Err(_) => Err(not_found()),
+                        }
+                    }
+                    Ok(_) | Err(BackendError::NotFound(_)) => Err(not_found()),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(e) => return Err(inner.map(&c, &e, "open", &partial).await),
+        };
+
+        // Receipts first: numbered 1..=k, all but the last exactly one part size.
+        let Some(last) = parts.last() else {
+            return Err(BackendError::Permanent(format!(
+                "{key}: cannot complete an upload without parts"
+            )));
+        };
+        let mut tokens = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            if p.number != i as u32 + 1 {
+                return Err(BackendError::Permanent(format!(
+                    "{key}: parts must be numbered 1, 2, 3… in order without gaps (found part {} at position {})",
+                    p.number,
+                    i + 1
+                )));
+            }
+            if p.number != last.number && p.size != part_size {
+                return Err(BackendError::Permanent(format!(
+                    "{key}: part {} is {} bytes; every part but the last must be exactly {part_size}",
+                    p.number, p.size
+                )));
+            }
+            if p.size > part_size {
+                return Err(BackendError::Permanent(format!(
+                    "{key}: part {} is {} bytes, more than the part size {part_size}",
+                    p.number, p.size
+                )));
+            }
+            let token = hex::decode(&p.token)
+                .ok()
+                .and_then(|t| <[u8; 32]>::try_from(t).ok())
+                .ok_or_else(|| {
+                    BackendError::Permanent(format!(
+                        "{key}: part {}: malformed receipt token {:?}",
+                        p.number, p.token
+                    ))
+                })?;
+            tokens.push(token);
+        }
+        let sizes: Vec<u64> = parts.iter().map(|p| p.size).collect();
+        let total: u64 = sizes.iter().sum();
+
+        // What the server holds must cover every part.
+        let have = match c.sftp.fs().metadata(&partial).await {
+            Ok(m) => m.len().unwrap_or(0),
+            Err(e) => return Err(inner.map(&c, &e, "stat", &partial).await),
+        };
+        if have < total {
+            return Err(BackendError::Permanent(format!(
+                "{key}: the server holds {have} bytes of upload {} but the receipts add up to {total}: a part never arrived",
+                up.0
+            )));
+        }
+        if have > total {
+            // A last part re-sent shorter leaves the longer one's tail behind.
+            if let Err(e) = f.set_len(total).await {
+                return Err(inner.map(&c, &e, "truncate", &partial).await);
+            }
+        }
+        inner
+            .verify(
+                &c,
+                &f,
+                &partial,
+                Expected {
+                    key,
+                    parts: &sizes,
+                    part_tokens: Some(&tokens),
+                    sha256,
+                },
+            )
+            .await?;
+        inner.fsync(&c, &mut f, &partial).await?;
+        inner.close(&c, f, &partial).await?;
+        inner.commit(&c, key, &partial, sha256).await?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: total,
+            sha256: Some(sha256),
+        })
+    }
+
+    async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()> {
+        check_key(key)?;
+        let Some((nonce, _)) = parse_upload_id(&up.0) else {
+            return Ok(()); // cannot exist
+        };
+        let c = self.conn().await?;
+        let partial = partial_path(&c, key, nonce);
+        self.inner.remove_quiet(&c, &partial).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let path = c.path(key);
+        // Sidecar first: an object may lack one, a sidecar never outlives its object.
+        inner.remove_quiet(&c, &format!("{path}{SIDECAR}")).await?;
+        match c.sftp.fs().remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) => match kind_of(&e) {
+                Kind::NotFound => return Ok(()),
+                // A folder is not an object: nothing to delete.
+                Kind::Failure(_) => match c.sftp.fs().metadata(&path).await {
+                    Ok(m) if is_dir(&m) => return Ok(()),
+                    Err(e2) if matches!(kind_of(&e2), Kind::NotFound) => return Ok(()),
+                    _ => return Err(inner.map(&c, &e, "remove", &path).await),
+                },
+                _ => return Err(inner.map(&c, &e, "remove", &path).await),
+            },
+        }
+        // Remove the folders the delete left empty, up to (never including) the root.
+        let mut dir_key = split_key(key).0;
+        while !dir_key.is_empty() {
+            if c.sftp.fs().remove_dir(c.path(dir_key)).await.is_err() {
+                break; // not empty, or already gone
+            }
+            dir_key = split_key(dir_key).0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed() {
+        let c = SftpConfig::from_url("sftp://backup@backup.example.com:2222/srv/backups/pronto")
+            .unwrap();
+        assert_eq!(c.user.as_deref(), Some("backup"));
+        assert_eq!(c.host, "backup.example.com");
+        assert_eq!(c.port, Some(2222));
+        assert_eq!(c.path, "/srv/backups/pronto");
+
+        let c = SftpConfig::from_url("sftp://nas/~/backups/").unwrap();
+        assert_eq!((c.user, c.port, c.path.as_str()), (None, None, "backups"));
+        assert_eq!(SftpConfig::from_url("sftp://nas/~").unwrap().path, ".");
+        assert_eq!(SftpConfig::from_url("sftp://h/").unwrap().path, "/");
+        let c = SftpConfig::from_url("sftp://u%40corp@[::1]:22/a%20b").unwrap();
+        assert_eq!(c.user.as_deref(), Some("u@corp"));
+        assert_eq!(c.host, "::1");
+        assert_eq!(c.path, "/a b");
+
+        for bad in [
+            "sftp://u:secret@h/x",
+            "sftp://h",
+            "sftp:///x",
+            "s3://b/x",
+            "sftp://h/x?y=1",
+        ] {
+            let e = SftpConfig::from_url(bad).expect_err(bad);
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        for good in ["a", "a/b.tar.gz", "x/.hidden", "a.partial/b", "sha256"] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "../a",
+            "a/./b",
+            "a.partial",
+            "d/a.sha256",
+            "a\0b",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upload_ids() {
+        assert_eq!(
+            parse_upload_id("0123456789abcdef-8388608"),
+            Some(("0123456789abcdef", 8388608))
+        );
+        for bad in [
+            "",
+            "x-1",
+            "0123456789abcdef",
+            "0123456789abcdef-0",
+            "../../etc-5",
+        ] {
+            assert_eq!(parse_upload_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sidecar_lines_roundtrip_like_sha256sum() {
+        let sha = sha256_of(b"x");
+        let line = sha256sum_line(&sha, "pronto-app-backup-20260101-000000.tar.gz");
+        assert_eq!(
+            line,
+            format!(
+                "{}  pronto-app-backup-20260101-000000.tar.gz\n",
+                hex::encode(sha)
+            )
+        );
+        for name in ["plain", "with space", "back\\slash", "new\nline"] {
+            let line = sha256sum_line(&sha, name);
+            assert_eq!(parse_sha256sum_line(&line, name), Some(sha), "{name:?}");
+            assert_eq!(parse_sha256sum_line(&line, "other"), None);
+        }
+        assert_eq!(parse_sha256sum_line("garbage\n", "x"), None);
+    }
+
+    #[test]
+    fn fingerprints_are_found_in_ssh_output() {
+        let log = "The fingerprint for the ED25519 key sent by the remote host is\nSHA256:abcDEF123+/xyz.\nPlease contact";
+        assert_eq!(
+            fingerprint_in(log).as_deref(),
+            Some("SHA256:abcDEF123+/xyz")
+        );
+    }
+}

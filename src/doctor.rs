@@ -1,0 +1,356 @@
+//! `doctor`: checks what a backup run needs, one line per check, with a fix for each
+//! failure. Replaces the seed's "Troubleshooting" (disk space, permissions, tools).
+//!
+//! Checks: the config; the backup folder (exists or can be made, writable); free disk
+//! space against the newest archive's size; each source folder; each remote's
+//! reachability and credentials (a listing) and write permission (a small probe object,
+//! deleted again); the tools the config needs (`pg_dump`, `redis-cli`, `ssh`); the log
+//! file, the metrics folder and the notification command.
+//!
+//! Exit 0 when every check passes, 1 when one fails, 2 when the config itself is broken.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::config::{Config, SourceKind};
+use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
+use crate::fsutil::human_bytes;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do about a failure.
+    pub fix: Option<String>,
+}
+
+fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Run doctor on a config file (loaded here, so that a broken one is a failed check).
+pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let mut checks = Vec::new();
+    let cfg = match crate::config::locate(config_path).and_then(|f| crate::config::load(&f)) {
+        Ok(c) => {
+            checks.push(ok("config", format!("{} is valid", c.file.display())));
+            Some(c)
+        }
+        Err(e) => {
+            checks.push(fail(
+                "config",
+                format!("{e:#}"),
+                "correct the file, line and key named above (examples/ has a config for each remote kind)",
+            ));
+            None
+        }
+    };
+    if let Some(cfg) = &cfg {
+        crate::logging::attach_file(cfg.log.as_ref());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        checks.extend(local_checks(cfg));
+        checks.extend(rt.block_on(remote_checks(cfg)));
+        checks.extend(tool_checks(cfg));
+        checks.extend(ops_checks(cfg));
+    }
+    print(&checks, json, out)?;
+    Ok(if cfg.is_none() {
+        EXIT_USAGE
+    } else if checks.iter().all(|c| c.ok) {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
+}
+
+fn print(checks: &[Check], json: bool, out: &mut dyn Write) -> Result<()> {
+    if json {
+        let failed = checks.iter().filter(|c| !c.ok).count();
+        let v = serde_json::json!({ "ok": failed == 0, "failed": failed, "checks": checks });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    for c in checks {
+        if c.ok {
+            writeln!(out, "ok    {}: {}", c.name, c.detail)?;
+        } else {
+            writeln!(out, "FAIL  {}: {}", c.name, c.detail)?;
+            if let Some(f) = &c.fix {
+                writeln!(out, "      fix: {f}")?;
+            }
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        writeln!(out, "all {} checks passed", checks.len())?;
+    } else {
+        writeln!(out, "{failed} of {} checks FAILED", checks.len())?;
+    }
+    Ok(())
+}
+
+/// Create and remove a small file in `dir` (created if missing).
+fn probe_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let p = crate::fsutil::temp_name(&dir.join("doctor-probe"));
+    std::fs::write(&p, b"pronto-offsite doctor probe\n")?;
+    std::fs::remove_file(&p)
+}
+
+fn local_checks(cfg: &Config) -> Vec<Check> {
+    let mut v = Vec::new();
+    let dir = &cfg.local.dir;
+    match probe_dir(dir) {
+        Ok(()) => v.push(ok("backup folder", format!("{} is writable", dir.display()))),
+        Err(e) => v.push(fail(
+            "backup folder",
+            format!("cannot write in {}: {e}", dir.display()),
+            format!(
+                "create it and give the user running pronto-offsite write access: mkdir -p {0} && chown $(id -un) {0} && chmod 700 {0}",
+                dir.display()
+            ),
+        )),
+    }
+    let newest = crate::catalog::scan(&cfg.local).ok().and_then(|all| {
+        all.into_iter()
+            .filter_map(|a| a.manifest.map(|m| m.size))
+            .next_back()
+    });
+    match crate::status::free_space(dir) {
+        Some(d) => match newest {
+            Some(size) if d.free_bytes < size.saturating_add(size / 10) => v.push(fail(
+                "disk space",
+                format!(
+                    "{} free on {}; the newest archive is {}, and the next one needs about as much (+10%)",
+                    human_bytes(d.free_bytes),
+                    d.path,
+                    human_bytes(size)
+                ),
+                "free space there (`pronto-offsite status` shows what the retention policy keeps) or move [local] dir to a larger disk",
+            )),
+            Some(size) => v.push(ok(
+                "disk space",
+                format!("{} free on {} (newest archive {})", human_bytes(d.free_bytes), d.path, human_bytes(size)),
+            )),
+            None => v.push(ok(
+                "disk space",
+                format!("{} free on {} (no archive yet to compare with)", human_bytes(d.free_bytes), d.path),
+            )),
+        },
+        None => v.push(fail(
+            "disk space",
+            format!("cannot read the free space of {}", dir.display()),
+            "check that the folder's filesystem is mounted",
+        )),
+    }
+    for s in &cfg.sources {
+        let Some(path) = &s.path else { continue };
+        let name = format!("source {}", s.name);
+        match std::fs::read_dir(path) {
+            Ok(_) => v.push(ok(name, format!("{} is readable", path.display()))),
+            Err(e) => v.push(fail(
+                name,
+                format!("cannot read {}: {e}", path.display()),
+                "fix the source's `path`, or run pronto-offsite as a user that can read it (root for Docker volumes)",
+            )),
+        }
+    }
+    v
+}
+
+fn remote_fix(e: &anyhow::Error, url: &str) -> String {
+    let be = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<pronto_backends::BackendError>());
+    match be {
+        Some(pronto_backends::BackendError::Auth(_)) => format!(
+            "the credentials for {url} are missing or lack permission: they need list, read, write and delete on its prefix"
+        ),
+        Some(pronto_backends::BackendError::NotFound(_)) => {
+            format!("{url} does not exist: create the bucket or folder, or correct the URL")
+        }
+        Some(pronto_backends::BackendError::Transient { .. }) => {
+            format!("{url} did not answer in time: check the host name, the network and any firewall")
+        }
+        _ => format!("check the remote's url and options against examples/, and that {url} is reachable from this host"),
+    }
+}
+
+async fn remote_checks(cfg: &Config) -> Vec<Check> {
+    let mut v = Vec::new();
+    for remote in &cfg.remotes {
+        let name = format!("remote {}", remote.name);
+        let r = match crate::remotes::open(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                let fix = remote_fix(&e, &remote.url);
+                v.push(fail(name, format!("cannot open: {e:#}"), fix));
+                continue;
+            }
+        };
+        let desc = r.backend.describe();
+        let listed =
+            tokio::time::timeout(std::time::Duration::from_secs(60), r.backend.list("")).await;
+        match listed {
+            Err(_) => {
+                v.push(fail(
+                    name,
+                    format!("listing {desc} took longer than 60s"),
+                    format!("{desc} did not answer in time: check the host name, the network and any firewall"),
+                ));
+                continue;
+            }
+            Ok(Err(e)) => {
+                let e = anyhow::Error::new(e);
+                let fix = remote_fix(&e, &desc);
+                v.push(fail(name, format!("cannot list {desc}: {e:#}"), fix));
+                continue;
+            }
+            Ok(Ok(objects)) => {
+                let st = crate::plan::remote_state(&cfg.local.prefix, &objects);
+                v.push(ok(
+                    name.clone(),
+                    format!(
+                        "{desc} is reachable ({} archive(s))",
+                        st.archives.values().filter(|a| a.complete()).count()
+                    ),
+                ));
+            }
+        }
+        // Write permission: a small probe object, deleted again.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("pronto-offsite-doctor-probe-{}-{nanos}", std::process::id());
+        let body = Bytes::from_static(b"pronto-offsite doctor probe; safe to delete\n");
+        let sha = pronto_backends::sha256_of(&body);
+        let wname = format!("remote {} write", remote.name);
+        match r.backend.put(&key, body, sha).await {
+            Ok(_) => match r.backend.delete(&key).await {
+                Ok(()) => v.push(ok(wname, format!("wrote and deleted a probe object in {desc}"))),
+                Err(e) => v.push(fail(
+                    wname,
+                    format!("wrote {key} in {desc} but could not delete it: {e}"),
+                    "the credentials need delete permission too (pruning needs it); remove the probe object by hand",
+                )),
+            },
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                let fix = remote_fix(&e, &desc);
+                v.push(fail(wname, format!("cannot write to {desc}: {e:#}"), fix));
+            }
+        }
+    }
+    v
+}
+
+/// `name` on `$PATH` (or as given, when it has a slash).
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_exe(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_exe(p))
+}
+
+fn tool_checks(cfg: &Config) -> Vec<Check> {
+    let mut needs: Vec<(&str, &str, &str)> = Vec::new();
+    if cfg.sources.iter().any(|s| s.kind == SourceKind::Postgres) {
+        needs.push((
+            "pg_dump",
+            "a postgres source",
+            "apt-get install postgresql-client (the major version of the server or newer)",
+        ));
+    }
+    if cfg.sources.iter().any(|s| s.kind == SourceKind::Redis) {
+        needs.push(("redis-cli", "a redis source", "apt-get install redis-tools"));
+    }
+    if cfg.remotes.iter().any(|r| r.url.starts_with("sftp://")) {
+        needs.push(("ssh", "an sftp:// remote", "apt-get install openssh-client"));
+    }
+    needs
+        .into_iter()
+        .map(|(tool, why, fix)| match which(tool) {
+            Some(p) => ok(
+                format!("tool {tool}"),
+                format!("{} (for {why})", p.display()),
+            ),
+            None => fail(
+                format!("tool {tool}"),
+                format!("not found on PATH, and {why} needs it"),
+                fix,
+            ),
+        })
+        .collect()
+}
+
+fn ops_checks(cfg: &Config) -> Vec<Check> {
+    let mut v = Vec::new();
+    if let Some(l) = &cfg.log {
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&l.file);
+        match res {
+            Ok(_) => v.push(ok("log file", format!("{} is writable", l.file.display()))),
+            Err(e) => v.push(fail(
+                "log file",
+                format!("cannot write {}: {e}", l.file.display()),
+                "create its folder and give the user running pronto-offsite write access, or change [log] file",
+            )),
+        }
+    }
+    if let Some(m) = &cfg.metrics {
+        let dir = m.textfile.parent().unwrap_or(Path::new("."));
+        match probe_dir(dir) {
+            Ok(()) => v.push(ok("metrics", format!("{} is writable", dir.display()))),
+            Err(e) => v.push(fail(
+                "metrics",
+                format!("cannot write in {}: {e}", dir.display()),
+                "point [metrics] textfile into node_exporter's --collector.textfile.directory and make it writable",
+            )),
+        }
+    }
+    if let Some(c) = &cfg.notify.command {
+        match which(&c.argv[0]) {
+            Some(p) => v.push(ok("notify command", format!("{} found", p.display()))),
+            None => v.push(fail(
+                "notify command",
+                format!("{} is not on PATH", c.argv[0]),
+                "install it (for `mail`: apt-get install bsd-mailx) or give its full path in [notify] command",
+            )),
+        }
+    }
+    v
+}

@@ -1,0 +1,675 @@
+//! `hook`: the entry point for cron or a systemd timer. Backup (unless `--no-backup`),
+//! push to every remote (each remote is pruned right after its uploads succeed), prune
+//! the local folder, then report: stdout, the state file and metrics textfile, and the
+//! `[notify]` channels.
+//!
+//! Two hook runs never overlap: each holds `.pronto-offsite.hook.lock` in the backup
+//! folder for its whole run (a lock of its own, beside the one `backup` takes inside),
+//! and a second run waits up to `[hook] lock_wait` (default 10m), then exits 6 with a
+//! message naming the run it waited for.
+//!
+//! Exit codes: 0 everything succeeded; 3 partial (the archive was made but a remote or
+//! the prune failed); 1 failure (the backup failed, or nothing succeeded); 2 config;
+//! 6 busy. A failed notification or metrics write is logged at ERROR and changes nothing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::config::{Config, Locator};
+use crate::error::{exit_code, EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use crate::fsutil::human_bytes;
+use crate::notify::{Notifier, Outcome};
+
+/// The hook's lock file in the backup folder.
+pub const LOCK_FILE: &str = ".pronto-offsite.hook.lock";
+/// Default `[hook] lock_wait`.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// `[hook]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// How long a hook waits for another one to finish (`lock_wait = "10m"`).
+    pub lock_wait: Duration,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        HookConfig {
+            lock_wait: DEFAULT_LOCK_WAIT,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHook {
+    lock_wait: Option<Spanned<String>>,
+}
+
+impl HookConfig {
+    pub(crate) fn from_raw(
+        raw: Option<&RawHook>,
+        at: &Locator,
+        _base: &Path,
+    ) -> Result<HookConfig> {
+        let mut c = HookConfig::default();
+        if let Some(w) = raw.and_then(|r| r.lock_wait.as_ref()) {
+            c.lock_wait = humantime::parse_duration(w.get_ref()).map_err(|_| {
+                at.err(
+                    w.span().start,
+                    "hook.lock_wait",
+                    "a duration like \"10m\", \"1h\" or \"0s\"",
+                )
+            })?;
+        }
+        Ok(c)
+    }
+}
+
+/// `hook`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct HookOptions {
+    /// Skip the backup (an external script made the archive).
+    pub no_backup: bool,
+    /// Overrides `[hook] lock_wait`.
+    pub lock_wait: Option<Duration>,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+// ---- the report ----
+
+/// The archive a run made.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveInfo {
+    pub id: String,
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupStep {
+    /// `--no-backup`.
+    pub skipped: bool,
+    pub archive: Option<ArchiveInfo>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteStep {
+    pub name: String,
+    pub uploaded: Vec<String>,
+    pub bytes_uploaded: u64,
+    pub already_there: usize,
+    /// Archive files the prune after the uploads deleted there.
+    pub pruned: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneStep {
+    pub skipped: bool,
+    /// What it did, or why it was skipped.
+    pub message: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What a hook run did: printed, sent to the webhook (as JSON), to the command (as text).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub host: String,
+    pub config: String,
+    /// `success`, `partial` or `failure`.
+    pub status: Outcome,
+    pub exit_code: i32,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_seconds: f64,
+    /// `None` when the run never got to it (the lock).
+    pub backup: Option<BackupStep>,
+    pub remotes: Vec<RemoteStep>,
+    pub prune: Option<PruneStep>,
+    /// Every failure, one line each.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// One line: what happened.
+    pub summary: String,
+    /// The whole report as text (what the command gets on stdin).
+    pub text: String,
+}
+
+impl Report {
+    fn new(cfg: &Config, started: DateTime<Utc>) -> Report {
+        Report {
+            tool: "pronto-offsite".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: crate::backup::hostname(),
+            config: cfg.file.display().to_string(),
+            status: Outcome::Success,
+            exit_code: EXIT_OK,
+            started,
+            finished: started,
+            duration_seconds: 0.0,
+            backup: None,
+            remotes: Vec::new(),
+            prune: None,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            summary: String::new(),
+            text: String::new(),
+        }
+    }
+
+    /// Decide the status and exit code, and write the summary and text.
+    fn finish(&mut self, t0: Instant, busy: bool) {
+        self.finished = Utc::now().trunc_subsecs(0);
+        self.duration_seconds = (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        let backup_failed = self.backup.as_ref().is_some_and(|b| b.error.is_some());
+        let made_archive = self.backup.as_ref().is_some_and(|b| b.archive.is_some());
+        let remotes_ok = self.remotes.iter().filter(|r| r.error.is_none()).count();
+        let remotes_failed = self.remotes.len() - remotes_ok;
+        let prune_failed = self.prune.as_ref().is_some_and(|p| p.error.is_some());
+        let anything_ok = made_archive || remotes_ok > 0;
+        let (status, code) = if busy {
+            (Outcome::Failure, EXIT_BUSY)
+        } else if backup_failed {
+            (Outcome::Failure, self.exit_code.max(EXIT_ERROR))
+        } else if remotes_failed > 0 || prune_failed || !self.errors.is_empty() {
+            if anything_ok {
+                (Outcome::Partial, EXIT_PARTIAL)
+            } else {
+                (Outcome::Failure, EXIT_ERROR)
+            }
+        } else {
+            (Outcome::Success, EXIT_OK)
+        };
+        self.status = status;
+        self.exit_code = code;
+        self.summary = self.make_summary();
+        self.text = self.text();
+    }
+
+    fn make_summary(&self) -> String {
+        let head = match self.status {
+            Outcome::Success => "OK".to_string(),
+            Outcome::Partial => format!("PARTIAL FAILURE (exit {})", self.exit_code),
+            Outcome::Failure => format!("FAILED (exit {})", self.exit_code),
+        };
+        let mut parts = Vec::new();
+        match &self.backup {
+            Some(BackupStep {
+                archive: Some(a), ..
+            }) => parts.push(format!("archive {} ({})", a.id, human_bytes(a.size))),
+            Some(BackupStep { error: Some(_), .. }) => parts.push("backup failed".to_string()),
+            Some(BackupStep { skipped: true, .. }) => parts.push("backup skipped".to_string()),
+            _ => {}
+        }
+        let ok: Vec<&str> = self
+            .remotes
+            .iter()
+            .filter(|r| r.error.is_none())
+            .map(|r| r.name.as_str())
+            .collect();
+        let bad: Vec<&str> = self
+            .remotes
+            .iter()
+            .filter(|r| r.error.is_some())
+            .map(|r| r.name.as_str())
+            .collect();
+        if !ok.is_empty() {
+            parts.push(format!("pushed to {}", ok.join(", ")));
+        }
+        if !bad.is_empty() {
+            parts.push(format!("push FAILED to {}", bad.join(", ")));
+        }
+        if self.prune.as_ref().is_some_and(|p| p.error.is_some()) {
+            parts.push("prune failed".to_string());
+        }
+        if self.exit_code == EXIT_BUSY {
+            parts.push("another hook run holds the lock".to_string());
+        }
+        format!(
+            "pronto-offsite hook on {}: {head}: {}",
+            self.host,
+            parts.join("; ")
+        )
+    }
+
+    /// The report as text, for humans and `mail`.
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "{}", self.summary);
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "started  {}  ({:.1}s, config {})",
+            self.started.to_rfc3339(),
+            self.duration_seconds,
+            self.config
+        );
+        match &self.backup {
+            None => {}
+            Some(b) if b.skipped => {
+                let _ = writeln!(s, "backup   skipped (--no-backup)");
+            }
+            Some(b) => {
+                if let Some(a) = &b.archive {
+                    let _ = writeln!(
+                        s,
+                        "backup   {} ({}, sha256 {})",
+                        a.file,
+                        human_bytes(a.size),
+                        a.sha256
+                    );
+                }
+                if let Some(e) = &b.error {
+                    let _ = writeln!(s, "backup   FAILED: {e}");
+                }
+            }
+        }
+        for r in &self.remotes {
+            match &r.error {
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "remote   {}: uploaded {} ({}), {} already there, pruned {}",
+                        r.name,
+                        r.uploaded.len(),
+                        human_bytes(r.bytes_uploaded),
+                        r.already_there,
+                        r.pruned.len()
+                    );
+                }
+                Some(e) => {
+                    let _ = writeln!(
+                        s,
+                        "remote   {}: FAILED after uploading {}: {e}",
+                        r.name,
+                        r.uploaded.len()
+                    );
+                }
+            }
+        }
+        if let Some(p) = &self.prune {
+            match (&p.error, &p.message) {
+                (Some(e), _) => {
+                    let _ = writeln!(s, "prune    FAILED: {e}");
+                }
+                (None, Some(m)) => {
+                    let _ = writeln!(s, "prune    {m}");
+                }
+                (None, None) => {}
+            }
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(s, "\nerrors:");
+            for e in &self.errors {
+                let _ = writeln!(s, "  ERROR: {e}");
+            }
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(s, "\nwarnings:");
+            for w in &self.warnings {
+                let _ = writeln!(s, "  {w}");
+            }
+        }
+        s
+    }
+}
+
+// ---- the lock ----
+
+/// The hook's exclusive lock (flock on `.pronto-offsite.hook.lock`), held until dropped.
+pub struct HookLock {
+    _file: File,
+}
+
+impl HookLock {
+    /// Take the lock, waiting up to `wait`. `Ok(Err(msg))` means another run kept it.
+    pub fn acquire(dir: &Path, wait: Duration) -> Result<std::result::Result<HookLock, String>> {
+        crate::fsutil::create_private_dir(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            // SAFETY: flock on a valid, open file descriptor.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                let _ = file.set_len(0);
+                let _ = file.rewind();
+                let _ = write!(
+                    file,
+                    "pid {}\nstarted {}\n",
+                    std::process::id(),
+                    Utc::now().trunc_subsecs(0).to_rfc3339()
+                );
+                let _ = file.flush();
+                return Ok(Ok(HookLock { _file: file }));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+            let holder = holder(&path);
+            if start.elapsed() >= wait {
+                return Ok(Err(format!(
+                    "another pronto-offsite hook ({holder}) still holds {} after waiting {}; this run did nothing. \
+                     If runs overlap regularly, space them further apart or raise [hook] lock_wait",
+                    path.display(),
+                    humantime::format_duration(wait)
+                )));
+            }
+            if !told {
+                tracing::info!(
+                    "another hook run ({holder}) is in progress; waiting up to {}",
+                    humantime::format_duration(wait)
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Who holds the lock, from what it wrote into the lock file.
+fn holder(path: &PathBuf) -> String {
+    let mut s = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    let text: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if text.is_empty() {
+        "pid unknown".into()
+    } else {
+        text.join(", ")
+    }
+}
+
+// ---- the run ----
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Run the hook; returns the exit code. Failures of steps are in the report, not errors.
+pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32> {
+    let t0 = Instant::now();
+    let started = Utc::now().trunc_subsecs(0);
+    let rt = runtime()?;
+    let notifier = Notifier::new(&cfg.notify);
+    let mut report = Report::new(cfg, started);
+    tracing::info!(
+        "hook started (pronto-offsite {}, pid {}, config {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        cfg.file.display()
+    );
+
+    let wait = opts.lock_wait.unwrap_or(cfg.hook.lock_wait);
+    let _lock = match HookLock::acquire(&cfg.local.dir, wait)? {
+        Ok(l) => l,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            report.errors.push(msg);
+            report.finish(t0, true);
+            print_report(&report, opts.json, out)?;
+            rt.block_on(notifier.finish(&report));
+            return Ok(report.exit_code);
+        }
+    };
+    rt.block_on(notifier.start());
+
+    // 1. backup
+    if opts.no_backup {
+        report.backup = Some(BackupStep {
+            skipped: true,
+            archive: None,
+            error: None,
+        });
+        no_backup_warning(cfg, &mut report);
+    } else {
+        report.backup = Some(match crate::backup::run(cfg) {
+            Ok((m, path)) => {
+                tracing::info!("backup: wrote {} ({})", path.display(), human_bytes(m.size));
+                BackupStep {
+                    skipped: false,
+                    archive: Some(ArchiveInfo {
+                        id: m.id.clone(),
+                        file: m.file.clone(),
+                        size: m.size,
+                        sha256: m.sha256.clone(),
+                    }),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                tracing::error!("backup failed: {e:#}");
+                report.errors.push(format!("backup: {e:#}"));
+                report.exit_code = exit_code(&e);
+                BackupStep {
+                    skipped: false,
+                    archive: None,
+                    error: Some(format!("{e:#}")),
+                }
+            }
+        });
+    }
+    let backup_failed = report.backup.as_ref().is_some_and(|b| b.error.is_some());
+
+    // 2. push (every remote; even after a failed backup, older archives still go off-site)
+    if cfg.remotes.is_empty() {
+        report
+            .warnings
+            .push("no [[remotes]] configured: nothing was pushed off-site".into());
+    } else {
+        let mut sink = std::io::sink();
+        let push_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
+        match rt.block_on(crate::push::run_reports(cfg, None, false, push_out)) {
+            Ok(reps) => {
+                for r in reps {
+                    if let Some(e) = &r.error {
+                        report.errors.push(format!("remote {}: {e}", r.name));
+                    }
+                    report.remotes.push(RemoteStep {
+                        name: r.name,
+                        uploaded: r.uploaded,
+                        bytes_uploaded: r.bytes_sent,
+                        already_there: r.skipped,
+                        pruned: r.pruned_files,
+                        error: r.error,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!("push failed: {e:#}");
+                for r in &cfg.remotes {
+                    report.remotes.push(RemoteStep {
+                        name: r.name.clone(),
+                        uploaded: Vec::new(),
+                        bytes_uploaded: 0,
+                        already_there: 0,
+                        pruned: Vec::new(),
+                        error: Some(format!("{e:#}")),
+                    });
+                }
+                report.errors.push(format!("push: {e:#}"));
+            }
+        }
+    }
+
+    // 3. prune
+    report.prune = Some(if backup_failed {
+        PruneStep {
+            skipped: true,
+            message: Some("skipped: the backup failed".into()),
+            error: None,
+        }
+    } else {
+        let mut sink = std::io::sink();
+        let prune_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
+        prune_step(cfg, &rt, prune_out)
+    });
+    if let Some(e) = report.prune.as_ref().and_then(|p| p.error.clone()) {
+        report.errors.push(format!("prune: {e}"));
+    }
+
+    // 4. report
+    report.finish(t0, false);
+    let mut state = crate::metrics::State::load(&cfg.local.dir);
+    state.record(cfg, &report);
+    if let Err(e) = state.save(&cfg.local.dir) {
+        tracing::error!("saving the run state: {e:#}");
+    }
+    if let Some(m) = &cfg.metrics {
+        match crate::metrics::render(cfg, &state)
+            .and_then(|t| crate::metrics::write_textfile(m, &t))
+        {
+            Ok(()) => tracing::debug!("metrics written to {}", m.textfile.display()),
+            Err(e) => tracing::error!("metrics: {e:#}"),
+        }
+    }
+    match report.status {
+        Outcome::Success => tracing::info!("{}", report.summary),
+        _ => tracing::error!("{}", report.summary),
+    }
+    print_report(&report, opts.json, out)?;
+    rt.block_on(notifier.finish(&report));
+    Ok(report.exit_code)
+}
+
+/// `push --json`: what happened per remote; returns push's exit code (0, 3 some remotes
+/// failed, 1 all failed).
+pub fn print_push_json(
+    reports: &[crate::push::RemoteReport],
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let remotes: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "ok": r.error.is_none(),
+                "uploaded": r.uploaded,
+                "bytes_uploaded": r.bytes_sent,
+                "already_there": r.skipped,
+                "pruned": r.pruned,
+                "pruned_files": r.pruned_files,
+                "error": r.error,
+            })
+        })
+        .collect();
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    let code = match failed {
+        0 => EXIT_OK,
+        n if n == reports.len() => EXIT_ERROR,
+        _ => EXIT_PARTIAL,
+    };
+    let v = serde_json::json!({ "dry_run": dry_run, "exit_code": code, "remotes": remotes });
+    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(code)
+}
+
+fn print_report(report: &Report, json: bool, out: &mut dyn Write) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+    } else {
+        writeln!(out)?;
+        write!(out, "{}", report.text)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// With `--no-backup` an external script made the archive: say so when the newest one is
+/// older than `[status] max_age` (the script may have failed).
+fn no_backup_warning(cfg: &Config, report: &mut Report) {
+    let newest = crate::catalog::scan(&cfg.local).ok().and_then(|all| {
+        all.into_iter()
+            .filter(|a| a.manifest.is_some())
+            .map(|a| a.name.time)
+            .max()
+    });
+    let max_age = cfg.status.max_age;
+    let msg = match newest {
+        None => Some(format!(
+            "--no-backup: there is no complete archive in {}; did the external backup run?",
+            cfg.local.dir.display()
+        )),
+        Some(t) => {
+            let age = (Utc::now() - t).to_std().unwrap_or_default();
+            (age > max_age).then(|| {
+                format!(
+                    "--no-backup: the newest archive is {} old (more than [status] max_age = {}); did the external backup run?",
+                    crate::status::human_age(age),
+                    humantime::format_duration(max_age)
+                )
+            })
+        }
+    };
+    if let Some(m) = msg {
+        tracing::warn!("{m}");
+        report.warnings.push(m);
+    }
+}
+
+/// The prune step: each remote was already pruned by the push, right after its own
+/// uploads succeeded (its `prune` key); this prunes the local folder and files its
+/// keepers into tiers (`prune --local`: remotes are listed read-only, and a local archive
+/// no remote holds complete is never deleted). An error makes the run partial (exit 3).
+fn prune_step(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -> PruneStep {
+    let opts = crate::prune::PruneOptions {
+        scope: crate::prune::Scope::Local,
+        dry_run: false,
+        force: false,
+    };
+    match rt.block_on(crate::prune::run_reports(cfg, &opts, out)) {
+        Ok(reports) => {
+            let errors: Vec<String> = reports
+                .iter()
+                .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.location)))
+                .collect();
+            let done: Vec<String> = reports
+                .iter()
+                .map(|r| crate::prune::summary(r, false))
+                .collect();
+            for e in &errors {
+                tracing::error!("prune: {e}");
+            }
+            PruneStep {
+                skipped: false,
+                message: Some(done.join("; ")),
+                error: (!errors.is_empty()).then(|| errors.join("; ")),
+            }
+        }
+        Err(e) => {
+            tracing::error!("prune failed: {e:#}");
+            PruneStep {
+                skipped: false,
+                message: None,
+                error: Some(format!("{e:#}")),
+            }
+        }
+    }
+}

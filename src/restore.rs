@@ -1,0 +1,1200 @@
+//! `pull <id> --restore`: bring an archive back into the running platform.
+//!
+//! 1. Pull the archive (downloaded and checked against its manifest, or the intact
+//!    local copy) and extract it into `<dir>/.restore-<id>-<pid>/` (0700, removed after).
+//! 2. Check what can be checked before anything changes: servers reachable, Redis's
+//!    `data_dir` set and its AOF off, folders' parents present.
+//! 3. Unless `--no-safety-backup`: a normal backup of the sources about to be
+//!    overwritten (the seed's disaster-recovery step 2); its id is printed.
+//! 4. PostgreSQL: globals (`psql`; "already exists" is expected for roles), then each
+//!    database with `pg_restore --clean --if-exists --single-transaction` (all or
+//!    nothing), or `--create` when it is missing, or into `--target-db NAME` beside
+//!    the live one. Redis: `stop_command`, replace the RDB file in `data_dir` (temp
+//!    name + rename), `start_command`, wait until loaded, compare key counts.
+//!    Folders: copied beside their configured path, then swapped in.
+//! 5. The `[[health_checks]]`: HTTP URLs that must answer 2xx, SQL that must succeed.
+//!
+//! Every step prints what it did; a failure stops with the step named and the
+//! safety backup's id.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{Config, Locator, Source, SourceKind};
+use crate::error::usage;
+use crate::manifest::{Manifest, PgSummary, RedisSummary};
+use crate::source::postgres::PgClient;
+use crate::source::rdb;
+use crate::source::redis::RedisClient;
+use crate::source::{mask, remove_stale_work_dirs, run_command_line, WorkDir};
+
+/// Restore staging folders in the backup folder start with this.
+pub const STAGING_PREFIX: &str = ".restore-";
+/// How long a stopped Redis may keep answering, and a started one may take to load.
+const REDIS_STOP_WAIT: Duration = Duration::from_secs(60);
+const REDIS_START_WAIT: Duration = Duration::from_secs(300);
+/// Longest a stop_command or start_command may run.
+const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+/// Default `timeout` of a health check.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---- [[health_checks]] ----
+
+/// One `[[health_checks]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `name`, or a description made from the check.
+    pub name: String,
+    pub kind: CheckKind,
+    /// Retried until this much time has passed (services may still be starting).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// GET this URL; any 2xx passes.
+    Http { url: String },
+    /// Run this SQL in `database` of postgres source `source`; success passes (its
+    /// first row is reported).
+    Sql {
+        sql: String,
+        source: String,
+        database: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    name: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    sql: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    database: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+pub(crate) fn health_checks_from_raw(
+    raw: &[RawHealthCheck],
+    sources: &[Source],
+    at: &Locator,
+) -> Result<Vec<HealthCheck>> {
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("health_checks[{i}]");
+        let timeout = match &r.timeout {
+            Some(t) => humantime::parse_duration(t.get_ref().trim()).map_err(|_| {
+                at.err(
+                    t.span().start,
+                    &format!("{key}.timeout"),
+                    "a duration like \"30s\" or \"2m\"",
+                )
+            })?,
+            None => DEFAULT_CHECK_TIMEOUT,
+        };
+        let kind = match (&r.http, &r.sql) {
+            (Some(h), None) => {
+                if let Some(x) = r.source.as_ref().or(r.database.as_ref()) {
+                    return Err(at.err(
+                        x.span().start,
+                        &key,
+                        "`source` and `database` only with `sql`",
+                    ));
+                }
+                let u = h.get_ref();
+                let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"));
+                if !ok {
+                    return Err(at.err(
+                        h.span().start,
+                        &format!("{key}.http"),
+                        "an http:// or https:// URL",
+                    ));
+                }
+                CheckKind::Http { url: u.clone() }
+            }
+            (None, Some(q)) => {
+                let sql = at.nonempty(
+                    q,
+                    &format!("{key}.sql"),
+                    "a SQL query like \"SELECT COUNT(*) FROM orders\"",
+                )?;
+                let pg: Vec<&Source> = sources.iter().filter(|s| s.postgres.is_some()).collect();
+                let src = match &r.source {
+                    Some(s) => match pg.iter().find(|p| &p.name == s.get_ref()) {
+                        Some(p) => *p,
+                        None => {
+                            return Err(at.err(
+                                s.span().start,
+                                &format!("{key}.source"),
+                                "the name of a postgres source in [[sources]]",
+                            ))
+                        }
+                    },
+                    None if pg.len() == 1 => pg[0],
+                    None => {
+                        return Err(at.err(
+                            q.span().start,
+                            &format!("{key}.source"),
+                            "`source = \"NAME\"`: which postgres source to run the query on",
+                        ))
+                    }
+                };
+                let p = src.postgres.as_ref().expect("filtered");
+                let database = match &r.database {
+                    Some(d) => at
+                        .nonempty(d, &format!("{key}.database"), "a database name")?
+                        .to_string(),
+                    None => p
+                        .databases
+                        .as_ref()
+                        .and_then(|d| d.first().cloned())
+                        .unwrap_or_else(|| p.maintenance_db.clone()),
+                };
+                CheckKind::Sql {
+                    sql: sql.to_string(),
+                    source: src.name.clone(),
+                    database,
+                }
+            }
+            (Some(h), Some(_)) => {
+                return Err(at.err(h.span().start, &key, "either `http` or `sql`, not both"));
+            }
+            (None, None) => {
+                let off = r.name.as_ref().map_or(0, |n| n.span().start);
+                return Err(at.err(off, &key, "`http = \"http://…\"` or `sql = \"SELECT …\"`"));
+            }
+        };
+        let name = match &r.name {
+            Some(n) => at
+                .nonempty(n, &format!("{key}.name"), "a name")?
+                .to_string(),
+            None => match &kind {
+                CheckKind::Http { url } => format!("GET {url}"),
+                CheckKind::Sql {
+                    sql,
+                    source,
+                    database,
+                } => format!("{source}/{database}: {sql}"),
+            },
+        };
+        out.push(HealthCheck {
+            name,
+            kind,
+            timeout,
+        });
+    }
+    Ok(out)
+}
+
+// ---- options ----
+
+/// `pull <id> --restore`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Archive id, name or `latest`.
+    pub id: String,
+    /// `--remote NAME`.
+    pub remote: Option<String>,
+    /// `--only postgres,redis,…`: None = every kind.
+    pub only: Option<Vec<String>>,
+    /// `--no-safety-backup` turns this off.
+    pub safety_backup: bool,
+    /// `--target-db NAME`: restore one database beside the live one.
+    pub target_db: Option<String>,
+    /// `--database NAME`: which database of the archive (with `--target-db`).
+    pub database: Option<String>,
+}
+
+/// Parse `--only` values into source kinds.
+pub fn parse_only(list: &[String]) -> Result<BTreeSet<SourceKindKey>> {
+    let mut out = BTreeSet::new();
+    for v in list
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        let k = match v {
+            "postgres" => SourceKind::Postgres,
+            "redis" => SourceKind::Redis,
+            "static_content" => SourceKind::StaticContent,
+            "configs" => SourceKind::Configs,
+            "docker_volumes" => SourceKind::DockerVolumes,
+            other => {
+                return Err(usage(format!(
+                    "--only {other}: expected a comma-separated list of postgres, redis, static_content, configs, docker_volumes"
+                )))
+            }
+        };
+        out.insert(SourceKindKey(k));
+    }
+    if out.is_empty() {
+        return Err(usage(
+            "--only: name at least one of postgres, redis, static_content, configs, docker_volumes",
+        ));
+    }
+    Ok(out)
+}
+
+/// A kind as written in the config and in `--only`.
+pub fn kind_name(k: SourceKind) -> &'static str {
+    match k {
+        SourceKind::Postgres => "postgres",
+        SourceKind::Redis => "redis",
+        SourceKind::StaticContent => "static_content",
+        SourceKind::Configs => "configs",
+        SourceKind::DockerVolumes => "docker_volumes",
+    }
+}
+
+/// A [`SourceKind`] that sorts (for sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceKindKey(pub SourceKind);
+
+impl PartialOrd for SourceKindKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SourceKindKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.section().cmp(&other.0.section())
+    }
+}
+
+// ---- the plan ----
+
+enum Step<'a> {
+    SafetyBackup(Vec<String>),
+    PgGlobals {
+        src: &'a Source,
+        file: PathBuf,
+    },
+    PgDatabase {
+        src: &'a Source,
+        file: PathBuf,
+        db: String,
+        target: String,
+        tables: usize,
+        rows: u64,
+    },
+    Redis {
+        src: &'a Source,
+        rdb: PathBuf,
+        summary: RedisSummary,
+        dbfilename: String,
+    },
+    Folder {
+        src: &'a Source,
+        staged: PathBuf,
+    },
+    HealthChecks,
+}
+
+impl Step<'_> {
+    fn title(&self) -> String {
+        match self {
+            Step::SafetyBackup(names) => format!("safety backup of {}", names.join(", ")),
+            Step::PgGlobals { src, .. } => format!("postgres {}: roles and tablespaces", src.name),
+            Step::PgDatabase {
+                src, db, target, ..
+            } if db == target => format!("postgres {}: database {db}", src.name),
+            Step::PgDatabase {
+                src, db, target, ..
+            } => format!("postgres {}: database {db} into {target}", src.name),
+            Step::Redis { src, .. } => format!("redis {}", src.name),
+            Step::Folder { src, .. } => format!(
+                "{} {}: {}",
+                src.kind.section().dir_name(),
+                src.name,
+                src.path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            Step::HealthChecks => "health checks".to_string(),
+        }
+    }
+}
+
+/// Run a restore; returns the exit code.
+pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i32> {
+    // Which kinds.
+    let mut kinds = match &opts.only {
+        Some(list) => parse_only(list)?,
+        None => [
+            SourceKind::Postgres,
+            SourceKind::Redis,
+            SourceKind::StaticContent,
+            SourceKind::Configs,
+            SourceKind::DockerVolumes,
+        ]
+        .into_iter()
+        .map(SourceKindKey)
+        .collect(),
+    };
+    if opts.target_db.is_some() {
+        if opts.only.is_some() && kinds.iter().any(|k| k.0 != SourceKind::Postgres) {
+            return Err(usage("--target-db restores one PostgreSQL database beside the live one: use it with --only postgres (or without --only)"));
+        }
+        kinds = [SourceKindKey(SourceKind::Postgres)].into_iter().collect();
+    } else if opts.database.is_some() {
+        return Err(usage(
+            "--database picks the database for --target-db; give --target-db NAME too",
+        ));
+    }
+    let selected: Vec<&Source> = cfg
+        .sources
+        .iter()
+        .filter(|s| kinds.contains(&SourceKindKey(s.kind)))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<&str> = kinds.iter().map(|k| kind_name(k.0)).collect();
+        return Err(usage(format!(
+            "{}: no configured source of kind {} to restore into",
+            cfg.file.display(),
+            names.join(", ")
+        )));
+    }
+    for s in &selected {
+        if let Some(r) = &s.redis {
+            if r.data_dir.is_none() {
+                return Err(usage(format!(
+                    "{}: redis source '{}' has no data_dir: set it to the folder where Redis keeps dump.rdb (CONFIG GET dir), so a restore knows where to put it",
+                    cfg.file.display(),
+                    s.name
+                )));
+            }
+        }
+    }
+    let pg_sources: Vec<&&Source> = selected.iter().filter(|s| s.postgres.is_some()).collect();
+    if opts.target_db.is_some() && pg_sources.len() != 1 {
+        return Err(usage(format!(
+            "--target-db needs exactly one postgres source; {} are configured",
+            pg_sources.len()
+        )));
+    }
+
+    // 1. Pull and extract.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let path = rt.block_on(crate::pull::run(
+        cfg,
+        &opts.id,
+        opts.remote.as_deref(),
+        None,
+        out,
+    ))?;
+    let manifest_path = path.with_file_name(Manifest::file_name_for(
+        &path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    ));
+    let manifest = Manifest::read(&manifest_path)?;
+    remove_stale_work_dirs(&cfg.local.dir, STAGING_PREFIX);
+    let staging = WorkDir::create(cfg.local.dir.join(format!(
+        "{STAGING_PREFIX}{}-{}",
+        manifest.id,
+        std::process::id()
+    )))?;
+    let unpacked = staging.path().join("archive");
+    crate::extract::extract(&path, &unpacked)
+        .with_context(|| format!("extracting {} into {}", path.display(), unpacked.display()))?;
+    let top = unpacked.join(manifest.file.split(".tar").next().unwrap_or(&manifest.file));
+    writeln!(
+        out,
+        "restoring {} (made {} on {}) into this host",
+        manifest.file,
+        manifest.created.format("%Y-%m-%d %H:%M:%S UTC"),
+        manifest.host
+    )?;
+
+    // 2. Plan, with the checks that need no change.
+    let mut steps: Vec<Step> = Vec::new();
+    let mut safety_names = Vec::new();
+    for s in &selected {
+        let Some(sum) = manifest
+            .sources
+            .iter()
+            .find(|m| m.name == s.name && m.section == s.kind.section())
+        else {
+            writeln!(
+                out,
+                "  {} {}: not in this archive; left as it is",
+                s.kind.section().dir_name(),
+                s.name
+            )?;
+            continue;
+        };
+        let staged = top.join(&sum.archive_path);
+        if !staged.is_dir() {
+            bail!(
+                "the archive has no folder {} for source '{}'",
+                sum.archive_path,
+                s.name
+            );
+        }
+        if let Some(pg) = &s.postgres {
+            let p: &PgSummary = manifest
+                .postgres
+                .iter()
+                .find(|p| p.source == s.name)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the manifest has no PostgreSQL summary for source '{}'",
+                        s.name
+                    )
+                })?;
+            let client = PgClient::new(pg, staging.path())?;
+            let version = client.server_version().with_context(|| {
+                format!(
+                    "before restoring: postgres source '{}' is not reachable",
+                    s.name
+                )
+            })?;
+            writeln!(
+                out,
+                "  postgres {}: {} answers (PostgreSQL {version})",
+                s.name,
+                pg.describe()
+            )?;
+            let dbs: Vec<_> = match (&opts.target_db, &opts.database) {
+                (Some(_), Some(want)) => {
+                    let d = p
+                        .databases
+                        .iter()
+                        .find(|d| &d.name == want)
+                        .ok_or_else(|| {
+                            usage(format!(
+                                "--database {want}: the archive holds {}",
+                                p.databases
+                                    .iter()
+                                    .map(|d| d.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        })?;
+                    vec![d]
+                }
+                (Some(_), None) if p.databases.len() != 1 => {
+                    return Err(usage(format!(
+                        "--target-db: the archive holds {} databases ({}); pick one with --database NAME",
+                        p.databases.len(),
+                        p.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                _ => p.databases.iter().collect(),
+            };
+            if opts.target_db.is_none() {
+                if let Some(g) = &p.globals {
+                    steps.push(Step::PgGlobals {
+                        src: s,
+                        file: staged.join(g),
+                    });
+                }
+            }
+            for d in dbs {
+                steps.push(Step::PgDatabase {
+                    src: s,
+                    file: staged.join(&d.file),
+                    db: d.name.clone(),
+                    target: opts.target_db.clone().unwrap_or_else(|| d.name.clone()),
+                    tables: d.tables.len(),
+                    rows: d.total_rows(),
+                });
+            }
+        } else if let Some(r) = &s.redis {
+            let summary = manifest
+                .redis
+                .iter()
+                .find(|x| x.source == s.name)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!("the manifest has no Redis summary for source '{}'", s.name)
+                })?;
+            let client = RedisClient::new(r)?;
+            let data_dir = r.data_dir.as_ref().expect("checked above");
+            if !data_dir.is_dir() {
+                bail!(
+                    "redis source '{}': data_dir {} is not a folder",
+                    s.name,
+                    data_dir.display()
+                );
+            }
+            let mut dbfilename = "dump.rdb".to_string();
+            if client.ping() {
+                if client.config_get("appendonly").as_deref() == Some("yes") {
+                    bail!(
+                        "redis source '{}': appendonly is on, so Redis would load its AOF and ignore the restored dump.rdb. \
+                         Turn it off for the restore (`CONFIG SET appendonly no`, and in redis.conf), restore, then turn it on \
+                         again (`CONFIG SET appendonly yes` writes a new AOF from the restored data)",
+                        s.name
+                    );
+                }
+                if let Some(f) = client
+                    .config_get("dbfilename")
+                    .filter(|f| !f.is_empty() && !f.contains('/'))
+                {
+                    dbfilename = f;
+                }
+                writeln!(
+                    out,
+                    "  redis {}: {} answers (dbfilename {dbfilename})",
+                    s.name,
+                    r.describe()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "  redis {}: {} does not answer; it will only be started",
+                    s.name,
+                    r.describe()
+                )?;
+            }
+            steps.push(Step::Redis {
+                src: s,
+                rdb: staged.join(&summary.file),
+                summary,
+                dbfilename,
+            });
+        } else if let Some(p) = &s.path {
+            let parent = p.parent().unwrap_or(Path::new("/"));
+            if !parent.is_dir() {
+                bail!(
+                    "{} {}: the parent folder {} does not exist",
+                    s.kind.section().dir_name(),
+                    s.name,
+                    parent.display()
+                );
+            }
+            steps.push(Step::Folder { src: s, staged });
+        }
+        safety_names.push(s.name.clone());
+    }
+    if steps.is_empty() {
+        bail!(
+            "nothing to restore: none of the selected sources is in {}",
+            manifest.file
+        );
+    }
+    if opts.safety_backup {
+        steps.insert(0, Step::SafetyBackup(safety_names));
+    }
+    if !cfg.health_checks.is_empty() {
+        steps.push(Step::HealthChecks);
+    }
+
+    // 3.-5. Run the steps.
+    let total = steps.len();
+    let mut safety: Option<String> = None;
+    let mut failed_checks = 0usize;
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        let title = step.title();
+        writeln!(out, "[{n}/{total}] {title}")?;
+        out.flush()?;
+        let started = Instant::now();
+        let res: Result<String> = match step {
+            Step::SafetyBackup(names) => crate::backup::run_with(
+                cfg,
+                &crate::backup::BackupOptions {
+                    only_sources: Some(names.clone()),
+                    safety: true,
+                },
+            )
+            .map(|(m, p)| {
+                safety = Some(m.id.clone());
+                format!("safety backup {} ({}, {})", m.id, p.display(), crate::fsutil::human_bytes(m.size))
+            })
+            .map_err(|e| {
+                e.context("the safety backup of the current state failed, so nothing was changed; fix the cause, or restore without one with --no-safety-backup")
+            }),
+            Step::PgGlobals { src, file } => restore_globals(src, file, staging.path()),
+            Step::PgDatabase {
+                src,
+                file,
+                db,
+                target,
+                tables,
+                rows,
+            } => restore_pg_database(src, file, db, target, *tables, *rows, staging.path()),
+            Step::Redis {
+                src,
+                rdb,
+                summary,
+                dbfilename,
+            } => restore_redis(src, rdb, summary, dbfilename, out),
+            Step::Folder { src, staged } => restore_folder(src, staged),
+            Step::HealthChecks => {
+                let results = run_health_checks(cfg, &rt, staging.path(), out)?;
+                failed_checks = results;
+                Ok(if results == 0 {
+                    format!("all {} passed", cfg.health_checks.len())
+                } else {
+                    format!("{results} of {} failed", cfg.health_checks.len())
+                })
+            }
+        };
+        match res {
+            Ok(detail) => writeln!(
+                out,
+                "      {detail} ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            )?,
+            Err(e) => {
+                let note = match (&safety, opts.safety_backup) {
+                    (Some(id), _) => format!(
+                        "the state before this restore is in safety backup {id}; `pronto-offsite pull {id} --restore --no-safety-backup` brings it back"
+                    ),
+                    (None, true) => "nothing was changed".to_string(),
+                    (None, false) => "no safety backup was taken (--no-safety-backup)".to_string(),
+                };
+                return Err(anyhow!(
+                    "restore stopped at step {n}/{total} ({title}): {e:#}; {note}"
+                ));
+            }
+        }
+    }
+    if failed_checks > 0 {
+        let note = safety
+            .as_ref()
+            .map(|id| format!("; the state before this restore is in safety backup {id}"))
+            .unwrap_or_default();
+        return Err(anyhow!(
+            "restore done, but {failed_checks} health check(s) failed (see above){note}"
+        ));
+    }
+    writeln!(out, "restore complete")?;
+    if let Some(id) = safety {
+        writeln!(out, "safety backup: {id}")?;
+    }
+    Ok(crate::error::EXIT_OK)
+}
+
+fn restore_globals(src: &Source, file: &Path, private: &Path) -> Result<String> {
+    let pg = src.postgres.as_ref().expect("postgres source");
+    let client = PgClient::new(pg, private)?;
+    let tolerated = client.restore_globals(file)?;
+    Ok(if tolerated == 0 {
+        format!(
+            "ran {} with psql",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        )
+    } else {
+        format!(
+            "ran {} with psql ({tolerated} already existed and were kept)",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_pg_database(
+    src: &Source,
+    file: &Path,
+    db: &str,
+    target: &str,
+    tables: usize,
+    rows: u64,
+    private: &Path,
+) -> Result<String> {
+    let pg = src.postgres.as_ref().expect("postgres source");
+    let client = PgClient::new(pg, private)?;
+    let mode = client.restore_database(file, db, target, false)?;
+    // What is there now (the application may already be writing again).
+    let now = client.count_tables(target)?;
+    let now_rows: u64 = now.iter().map(|t| t.rows).sum();
+    let check = if now.len() == tables && now_rows == rows {
+        "matches the dump".to_string()
+    } else {
+        format!("the dump holds {tables} tables, {rows} rows")
+    };
+    Ok(format!(
+        "restored {} {}: {} tables, {} rows now ({check})",
+        target,
+        mode.describe(),
+        now.len(),
+        now_rows
+    ))
+}
+
+fn restore_redis(
+    src: &Source,
+    rdb_path: &Path,
+    summary: &RedisSummary,
+    dbfilename: &str,
+    out: &mut dyn Write,
+) -> Result<String> {
+    let r = src.redis.as_ref().expect("redis source");
+    let client = RedisClient::new(r)?;
+    let scan = match rdb::scan(rdb_path) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind == rdb::ScanErrorKind::Unsupported => None,
+        Err(e) => return Err(anyhow!(e).context("the archived dump.rdb is damaged")),
+    };
+    let data_dir = r.data_dir.as_ref().expect("checked");
+    let target = data_dir.join(dbfilename);
+
+    let running = client.ping();
+    if running {
+        let said = run_command_line(
+            &r.stop_command,
+            "stop_command",
+            COMMAND_LIMIT,
+            client.secrets(),
+        )
+        .context("stop")?;
+        client.wait_down(REDIS_STOP_WAIT).context("stop")?;
+        writeln!(
+            out,
+            "      stopped with `{}`{}",
+            mask(&r.stop_command.shown(), client.secrets()),
+            said_suffix(&said, client.secrets())
+        )?;
+    } else {
+        writeln!(out, "      was not running; not stopped")?;
+    }
+    if let Err(e) = replace_file(rdb_path, &target) {
+        if running {
+            // Bring back what we stopped, with its old data.
+            let _ = run_command_line(
+                &r.start_command,
+                "start_command",
+                COMMAND_LIMIT,
+                client.secrets(),
+            );
+        }
+        return Err(e.context(format!("replacing {}", target.display())));
+    }
+    writeln!(
+        out,
+        "      replaced {} ({} bytes)",
+        target.display(),
+        summary.bytes
+    )?;
+    let t0 = now_ms();
+    let said = run_command_line(
+        &r.start_command,
+        "start_command",
+        COMMAND_LIMIT,
+        client.secrets(),
+    )
+    .context("start")?;
+    client.wait_ready(REDIS_START_WAIT).context("start")?;
+    let t1 = now_ms();
+    writeln!(
+        out,
+        "      started with `{}`{}",
+        mask(&r.start_command.shown(), client.secrets()),
+        said_suffix(&said, client.secrets())
+    )?;
+    let loaded = client.keyspace().context("counting keys after the start")?;
+    let loaded_total: u64 = loaded.iter().map(|d| d.keys).sum();
+    let expected = summary.total_keys();
+    let verdict = match &scan {
+        Some(s) => {
+            let min = expected - s.dbs.values().map(|d| d.expired_at(t1)).sum::<u64>();
+            let max = expected - s.dbs.values().map(|d| d.expired_at(t0)).sum::<u64>();
+            if (min..=max).contains(&loaded_total) {
+                if min == max {
+                    "matches the snapshot".to_string()
+                } else {
+                    format!("matches the snapshot's {expected} less keys whose TTL ran out")
+                }
+            } else {
+                format!("WARNING: the snapshot holds {expected} keys")
+            }
+        }
+        None => format!("the backup recorded {expected}"),
+    };
+    Ok(format!(
+        "{loaded_total} keys loaded in {} databases ({verdict})",
+        loaded.len()
+    ))
+}
+
+fn said_suffix(said: &str, secrets: &[String]) -> String {
+    if said.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", mask(&said.replace('\n', " / "), secrets))
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Put `src`'s content at `target` atomically: a temp name in the same folder (owner and
+/// mode of the file it replaces, else of the folder's owner and 0660), fsync, rename.
+fn replace_file(src: &Path, target: &Path) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let (uid, gid, mode) = match std::fs::metadata(target) {
+        Ok(m) => (m.uid(), m.gid(), m.mode() & 0o7777),
+        Err(_) => {
+            let d = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+            (d.uid(), d.gid(), 0o660)
+        }
+    };
+    let tmp = crate::fsutil::temp_name(target);
+    let res = (|| -> Result<()> {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut input =
+            std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        std::io::copy(&mut input, &mut out)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
+                .with_context(|| format!("setting the owner of {}", tmp.display()))?;
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, target)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+        crate::fsutil::sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+// ---- folders ----
+
+fn restore_folder(src: &Source, staged: &Path) -> Result<String> {
+    let target = src.path.as_ref().expect("folder source");
+    // A source that was a single file: its folder in the archive holds just that file.
+    let single_file = match std::fs::symlink_metadata(target) {
+        Ok(m) => m.is_file(),
+        Err(_) => {
+            let entries: Vec<_> = std::fs::read_dir(staged)?.flatten().collect();
+            entries.len() == 1
+                && Some(entries[0].file_name().as_os_str()) == target.file_name()
+                && entries[0].file_type().is_ok_and(|t| t.is_file())
+        }
+    };
+    if single_file {
+        let name = target
+            .file_name()
+            .ok_or_else(|| anyhow!("{} has no file name", target.display()))?;
+        let from = staged.join(name);
+        if !from.is_file() {
+            bail!(
+                "{} is a file here, but the archive holds a folder for it",
+                target.display()
+            );
+        }
+        replace_file(&from, target)?;
+        return Ok(format!("replaced the file {}", target.display()));
+    }
+    let (files, bytes) = replace_dir(staged, target)?;
+    Ok(format!(
+        "replaced {} with {files} files ({})",
+        target.display(),
+        crate::fsutil::human_bytes(bytes)
+    ))
+}
+
+/// Replace folder `target` by a copy of `staged`: copied to a temp sibling first, then
+/// swapped in by two renames, the old one removed last. When `target` cannot be renamed
+/// (a mount point), its content is replaced in place instead.
+fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let name = target
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no folder name", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.pronto-restore-{pid}"));
+    let old = parent.join(format!(".{name}.pronto-old-{pid}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut counts = (0u64, 0u64);
+    if let Err(e) = copy_tree(staged, &tmp, &mut counts) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!(
+            "copying the restored files beside {}",
+            target.display()
+        )));
+    }
+    let exists = std::fs::symlink_metadata(target).is_ok();
+    if exists {
+        if let Err(e) = std::fs::rename(target, &old) {
+            // A mount point (EBUSY) or a parent we may not change: replace the content.
+            tracing::debug!(
+                "cannot move {} aside ({e}); replacing its content in place",
+                target.display()
+            );
+            let res = replace_content(&tmp, target);
+            let _ = std::fs::remove_dir_all(&tmp);
+            res?;
+            return Ok(counts);
+        }
+    }
+    if let Err(e) = std::fs::rename(&tmp, target) {
+        if exists {
+            let _ = std::fs::rename(&old, target);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(anyhow!(e).context(format!(
+            "moving the restored folder to {}",
+            target.display()
+        )));
+    }
+    let _ = crate::fsutil::sync_dir(parent);
+    if exists {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the replaced {}", old.display()))?;
+    }
+    Ok(counts)
+}
+
+/// Empty `target` and move `from`'s entries into it (same filesystem as `target`'s parent).
+fn replace_content(from: &Path, target: &Path) -> Result<()> {
+    for e in std::fs::read_dir(target)?.flatten() {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .with_context(|| format!("removing {}", p.display()))?;
+    }
+    for e in std::fs::read_dir(from)?.flatten() {
+        let to = target.join(e.file_name());
+        if std::fs::rename(e.path(), &to).is_err() {
+            let mut c = (0, 0);
+            copy_tree(&e.path(), &to, &mut c)?;
+        }
+    }
+    let m = std::fs::metadata(from)?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    Ok(())
+}
+
+/// Copy a tree keeping modes, mtimes, symlinks (as links) and, as root, owners.
+/// Counts (files, bytes) into `counts`.
+fn copy_tree(from: &Path, to: &Path, counts: &mut (u64, u64)) -> Result<()> {
+    let root = unsafe { libc::geteuid() } == 0;
+    let meta =
+        std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let t = std::fs::read_link(from)?;
+        std::os::unix::fs::symlink(&t, to)
+            .with_context(|| format!("creating symlink {}", to.display()))?;
+    } else if ft.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(to)
+            .with_context(|| format!("creating {}", to.display()))?;
+        let mut names: Vec<_> = std::fs::read_dir(from)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            copy_tree(&from.join(&n), &to.join(&n), counts)?;
+        }
+    } else if ft.is_file() {
+        let mut input =
+            std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .with_context(|| format!("creating {}", to.display()))?;
+        counts.1 += std::io::copy(&mut input, &mut out)
+            .with_context(|| format!("writing {}", to.display()))?;
+        counts.0 += 1;
+        out.sync_all()?;
+    } else {
+        return Ok(());
+    }
+    if root {
+        std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("setting the owner of {}", to.display()))?;
+    }
+    if !ft.is_symlink() {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    set_mtime(to, meta.mtime(), meta.mtime_nsec())?;
+    Ok(())
+}
+
+fn set_mtime(path: &Path, secs: i64, nsec: i64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: nsec as _,
+        },
+    ];
+    // SAFETY: valid C string and a two-element timespec array.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the mtime of {}", path.display()));
+    }
+    Ok(())
+}
+
+// ---- health checks ----
+
+/// Run every configured health check, printing one line each; returns how many failed.
+pub fn run_health_checks(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    private: &Path,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let mut failed = 0;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("pronto-offsite/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client for health checks")?;
+    for c in &cfg.health_checks {
+        let start = Instant::now();
+        let res = loop {
+            let r: Result<String> = match &c.kind {
+                CheckKind::Http { url } => rt.block_on(async {
+                    let resp = http
+                        .get(url)
+                        .send()
+                        .await
+                        .map_err(|e| anyhow!("{}", without_url(&e)))?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        Ok(format!("HTTP {status}"))
+                    } else {
+                        Err(anyhow!("HTTP {status}"))
+                    }
+                }),
+                CheckKind::Sql {
+                    sql,
+                    source,
+                    database,
+                } => (|| {
+                    let src = cfg
+                        .sources
+                        .iter()
+                        .find(|s| &s.name == source)
+                        .and_then(|s| s.postgres.as_ref())
+                        .ok_or_else(|| anyhow!("no postgres source {source}"))?;
+                    let client = PgClient::new(src, private)?;
+                    let v = client.query(database, sql)?;
+                    let first = v.lines().next().unwrap_or("").to_string();
+                    Ok(if first.is_empty() {
+                        "ok (no rows)".to_string()
+                    } else {
+                        format!("ok: {first}")
+                    })
+                })(),
+            };
+            match r {
+                Ok(v) => break Ok(v),
+                Err(e) if start.elapsed() >= c.timeout => break Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        match res {
+            Ok(v) => writeln!(out, "      pass  {}: {v}", c.name)?,
+            Err(e) => {
+                failed += 1;
+                writeln!(
+                    out,
+                    "      FAIL  {}: {e:#} (for {}s)",
+                    c.name,
+                    c.timeout.as_secs()
+                )?;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_values() {
+        let k = parse_only(&["postgres,redis".to_string(), "configs".to_string()]).unwrap();
+        assert_eq!(k.len(), 3);
+        assert!(parse_only(&["postgre".to_string()]).is_err());
+        assert!(parse_only(&[",".to_string()]).is_err());
+    }
+
+    #[test]
+    fn copy_tree_keeps_modes_links_and_mtimes() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        std::fs::create_dir_all(a.join("sub")).unwrap();
+        std::fs::write(a.join("sub/f"), "hello").unwrap();
+        std::fs::set_permissions(a.join("sub/f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("sub/f", a.join("l")).unwrap();
+        set_mtime(&a.join("sub/f"), 1_000_000, 5).unwrap();
+        let target = t.path().join("b");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("old"), "x").unwrap();
+        let (files, bytes) = replace_dir(&a, &target).unwrap();
+        assert_eq!((files, bytes), (1, 5));
+        assert!(!target.join("old").exists());
+        let m = std::fs::metadata(target.join("sub/f")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o640);
+        assert_eq!(m.mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::read_link(target.join("l")).unwrap(),
+            Path::new("sub/f")
+        );
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+}

@@ -1,0 +1,964 @@
+//! PostgreSQL: `pg_dump -Fc` per database and `pg_dumpall --globals-only`, with
+//! per-table row counts taken in the very snapshot the dump is made from; restore
+//! with `psql` (globals) and `pg_restore`.
+//!
+//! Consistency: a `psql` session is kept open with its stdin piped; it runs
+//! `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY` and `SELECT pg_export_snapshot()`,
+//! then `pg_dump --snapshot=ID` starts while that transaction stays open, and the
+//! session counts every table meanwhile. Dump and counts see the same data however
+//! much the application writes, so a restore can be checked exactly.
+//!
+//! Connection: a `url` (`postgresql://user@host:port/db?sslmode=…`) or `host`/`port`/`user`,
+//! turned into a libpq keyword/value string given with `--dbname=`. It never holds
+//! a password: that comes from `PGPASSWORD`, `.pgpass`, or `password_file` (handed to
+//! the tools as a 0600 pgpass file named by `PGPASSFILE`, or as `PGPASSWORD` in the
+//! environment of a `command_prefix` such as `docker compose exec -T -e PGPASSWORD postgres`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{collect, describe_status, run, spawn, tail, EnvVar, RawKeys};
+use crate::config::Locator;
+use crate::manifest::{PgDatabase, PgSummary, TableRows};
+
+/// The default database to connect to for listing databases and for globals.
+pub const DEFAULT_MAINTENANCE_DB: &str = "postgres";
+/// File name of the globals dump inside a source's folder.
+pub const GLOBALS_FILE: &str = "globals.sql";
+/// Tables counted per query.
+const COUNT_BATCH: usize = 200;
+
+/// How to reach a PostgreSQL server, and what to dump from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSource {
+    /// libpq connection keywords other than `dbname` (`host`, `port`, `user`, `sslmode`, ...).
+    pub params: ConnParams,
+    /// Database used for listing databases, for globals and to create databases.
+    pub maintenance_db: String,
+    /// Databases to dump; `None`: every database that is not a template and allows connections.
+    pub databases: Option<Vec<String>>,
+    pub password_file: Option<PathBuf>,
+    /// Runs the client tools through this (e.g. `docker compose exec -T postgres`).
+    pub command_prefix: Vec<String>,
+    /// Dump roles and tablespaces with `pg_dumpall --globals-only` (default true).
+    pub globals: bool,
+}
+
+pub(crate) fn from_raw(
+    keys: &RawKeys,
+    password_file: Option<PathBuf>,
+    at: &Locator,
+    key: &str,
+) -> Result<PgSource> {
+    let mut params: ConnParams = Vec::new();
+    let mut maintenance_db = DEFAULT_MAINTENANCE_DB.to_string();
+    if let Some(url) = keys.url {
+        if let Some((name, off)) = [
+            ("host", keys.host.map(|s| s.span().start)),
+            ("port", keys.port.map(|s| s.span().start)),
+            ("user", keys.user.map(|s| s.span().start)),
+        ]
+        .into_iter()
+        .find_map(|(n, o)| o.map(|o| (n, o)))
+        {
+            return Err(at.err(
+                off,
+                &format!("{key}.{name}"),
+                "either `url` or `host`/`port`/`user`, not both",
+            ));
+        }
+        let (p, db) = parse_url(url.get_ref())
+            .map_err(|msg| at.err(url.span().start, &format!("{key}.url"), &msg))?;
+        params = p;
+        if let Some(db) = db {
+            maintenance_db = db;
+        }
+    } else {
+        if let Some(h) = keys.host {
+            params.push((
+                "host".into(),
+                at.nonempty(h, &format!("{key}.host"), "a host name or socket folder")?
+                    .to_string(),
+            ));
+        }
+        if let Some(p) = keys.port {
+            if *p.get_ref() == 0 {
+                return Err(at.err(
+                    p.span().start,
+                    &format!("{key}.port"),
+                    "a port from 1 to 65535",
+                ));
+            }
+            params.push(("port".into(), p.get_ref().to_string()));
+        }
+        if let Some(u) = keys.user {
+            params.push((
+                "user".into(),
+                at.nonempty(u, &format!("{key}.user"), "a role name")?
+                    .to_string(),
+            ));
+        }
+    }
+    let databases = match keys.databases {
+        Some(d) => {
+            if d.get_ref().is_empty()
+                || d.get_ref().iter().any(|n| n.is_empty() || n.contains('\0'))
+            {
+                return Err(at.err(
+                    d.span().start,
+                    &format!("{key}.databases"),
+                    "a list of database names like [\"pronto\"] (leave it out to dump every database)",
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = d.get_ref().iter().find(|n| !seen.insert(n.as_str())) {
+                return Err(at.err(
+                    d.span().start,
+                    &format!("{key}.databases"),
+                    &format!("each database once; '{dup}' is listed twice"),
+                ));
+            }
+            Some(d.get_ref().clone())
+        }
+        None => None,
+    };
+    let command_prefix = match keys.command_prefix {
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+            return Err(at.err(
+                c.span().start,
+                &format!("{key}.command_prefix"),
+                "a command to run the client tools through, like [\"docker\", \"compose\", \"exec\", \"-T\", \"postgres\"]",
+            ));
+        }
+        Some(c) => c.get_ref().clone(),
+        None => Vec::new(),
+    };
+    Ok(PgSource {
+        params,
+        maintenance_db,
+        databases,
+        password_file,
+        command_prefix,
+        globals: keys.globals.map(|g| *g.get_ref()).unwrap_or(true),
+    })
+}
+
+/// libpq connection keywords and values.
+pub type ConnParams = Vec<(String, String)>;
+
+/// Split a `postgresql://` URL into libpq keywords and the database. Refuses a password.
+pub fn parse_url(s: &str) -> std::result::Result<(ConnParams, Option<String>), String> {
+    let u = url::Url::parse(s)
+        .map_err(|e| format!("a URL like postgresql://user@host:5432/postgres ({e})"))?;
+    if !matches!(u.scheme(), "postgresql" | "postgres") {
+        return Err(format!(
+            "a postgresql:// URL, not {}:// (like postgresql://user@host:5432/postgres)",
+            u.scheme()
+        ));
+    }
+    if u.password().is_some() {
+        return Err("a URL without a password: put it in password_file, PGPASSWORD or ~/.pgpass (a password in the URL would end up in argv)".into());
+    }
+    let dec = |v: &str| percent_decode(v).ok_or_else(|| format!("valid percent-encoding in {v:?}"));
+    let mut params = Vec::new();
+    if let Some(h) = u.host_str().filter(|h| !h.is_empty()) {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        params.push(("host".to_string(), dec(h)?));
+    }
+    if let Some(p) = u.port() {
+        params.push(("port".to_string(), p.to_string()));
+    }
+    if !u.username().is_empty() {
+        params.push(("user".to_string(), dec(u.username())?));
+    }
+    let path = u.path().trim_start_matches('/');
+    let db = if path.is_empty() {
+        None
+    } else {
+        Some(dec(path)?)
+    };
+    for (k, v) in u.query_pairs() {
+        if k == "password" {
+            return Err(
+                "a URL without a password: put it in password_file, PGPASSWORD or ~/.pgpass".into(),
+            );
+        }
+        if k == "dbname" {
+            return Err("the database in the URL's path, not as ?dbname=".into());
+        }
+        params.retain(|(pk, _)| pk != &*k);
+        params.push((k.into_owned(), v.into_owned()));
+    }
+    Ok((params, db))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `"name"` with inner quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A SQL string literal, safe whatever `standard_conforming_strings` says.
+pub fn quote_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+fn conn_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The file name a database's dump gets: the name with anything but letters, digits,
+/// `_`, `-` and inner `.` percent-encoded, plus `.dump`.
+pub fn dump_file_name(db: &str) -> String {
+    let mut s = String::new();
+    for (i, b) in db.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{s}.dump")
+}
+
+impl PgSource {
+    /// A connection to a server given by URL alone (scratch servers, private instances).
+    pub fn from_url(url: &str) -> std::result::Result<PgSource, String> {
+        let (params, db) = parse_url(url)?;
+        Ok(PgSource {
+            params,
+            maintenance_db: db.unwrap_or_else(|| DEFAULT_MAINTENANCE_DB.to_string()),
+            databases: None,
+            password_file: None,
+            command_prefix: Vec::new(),
+            globals: true,
+        })
+    }
+
+    /// `postgresql://user@host:port/db` for messages; never a password (there is none).
+    pub fn describe(&self) -> String {
+        let get = |k: &str| {
+            self.params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let mut s = "postgresql://".to_string();
+        if let Some(u) = get("user") {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(get("host").unwrap_or("(default host)"));
+        if let Some(p) = get("port") {
+            s.push(':');
+            s.push_str(p);
+        }
+        s.push('/');
+        s.push_str(&self.maintenance_db);
+        if !self.command_prefix.is_empty() {
+            s.push_str(&format!(" via `{}`", self.command_prefix.join(" ")));
+        }
+        s
+    }
+
+    /// The libpq keyword/value connection string for database `db`.
+    pub fn conninfo(&self, db: &str) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in &self.params {
+            parts.push(format!("{k}={}", conn_value(v)));
+        }
+        parts.push(format!("dbname={}", conn_value(db)));
+        if !self.params.iter().any(|(k, _)| k == "application_name") {
+            parts.push("application_name='pronto-offsite'".into());
+        }
+        if !self.params.iter().any(|(k, _)| k == "connect_timeout") {
+            parts.push("connect_timeout='15'".into());
+        }
+        parts.join(" ")
+    }
+}
+
+/// A ready-to-use client for one [`PgSource`]: knows the password (if any) and how to
+/// run each tool.
+pub struct PgClient<'a> {
+    pub src: &'a PgSource,
+    env: Vec<EnvVar>,
+    secrets: Vec<String>,
+    bin_dir: Option<PathBuf>,
+}
+
+impl<'a> PgClient<'a> {
+    /// `private_dir` is a 0700 folder that lives as long as the client is used: a
+    /// pgpass file is written there when the source has a `password_file`.
+    pub fn new(src: &'a PgSource, private_dir: &Path) -> Result<PgClient<'a>> {
+        let mut env: Vec<EnvVar> = vec![("PGCLIENTENCODING".into(), "UTF8".into())];
+        let mut secrets = Vec::new();
+        if let Some(pf) = &src.password_file {
+            let pw = super::read_password_file(pf)?;
+            if src.command_prefix.is_empty() {
+                let esc = pw.replace('\\', "\\\\").replace(':', "\\:");
+                let pgpass = private_dir.join(format!(
+                    ".pgpass-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                ));
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&pgpass)
+                    .with_context(|| format!("creating {}", pgpass.display()))?;
+                writeln!(f, "*:*:*:*:{esc}")
+                    .with_context(|| format!("writing {}", pgpass.display()))?;
+                env.push(("PGPASSFILE".into(), pgpass.into_os_string()));
+            } else {
+                env.push(("PGPASSWORD".into(), pw.clone().into()));
+            }
+            secrets.push(pw);
+        }
+        if let Ok(pw) = std::env::var("PGPASSWORD") {
+            secrets.push(pw);
+        }
+        Ok(PgClient {
+            src,
+            env,
+            secrets,
+            bin_dir: None,
+        })
+    }
+
+    /// Use the tools in this folder rather than those on PATH.
+    pub fn with_bin_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.bin_dir = dir;
+        self
+    }
+
+    /// Secrets to mask in messages.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// A command for tool `name` (through the prefix if any), with `-w` and `--dbname`.
+    fn tool(&self, name: &str, db: &str) -> Command {
+        let mut c = if let Some((first, rest)) = self.src.command_prefix.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg(name);
+            c
+        } else if let Some(dir) = &self.bin_dir {
+            Command::new(dir.join(name))
+        } else {
+            Command::new(name)
+        };
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null());
+        c.arg("-w")
+            .arg(format!("--dbname={}", self.src.conninfo(db)));
+        c
+    }
+
+    fn psql(&self, db: &str) -> Command {
+        let mut c = self.tool("psql", db);
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        c
+    }
+
+    fn err(&self, tool: &str, what: &str, f: &super::Finished) -> anyhow::Error {
+        anyhow!(
+            "{what}: {tool} failed ({}): {}",
+            describe_status(f.status),
+            tail(&f.stderr, &self.secrets, 12)
+        )
+    }
+
+    /// Run one SQL command in `db`; returns its output (unaligned, tuples only).
+    pub fn query(&self, db: &str, sql: &str) -> Result<String> {
+        let mut c = self.psql(db);
+        c.arg("-c").arg(sql);
+        let f = run(&mut c, "psql", true)?;
+        if !f.status.success() {
+            return Err(self.err(
+                "psql",
+                &format!("on {} database {db}", self.src.describe()),
+                &f,
+            ));
+        }
+        Ok(f.stdout)
+    }
+
+    /// `SHOW server_version`.
+    pub fn server_version(&self) -> Result<String> {
+        Ok(self
+            .query(&self.src.maintenance_db, "SHOW server_version")?
+            .trim()
+            .to_string())
+    }
+
+    /// Every database that is not a template and accepts connections, sorted.
+    pub fn list_databases(&self) -> Result<Vec<String>> {
+        let mut c = self.psql(&self.src.maintenance_db);
+        c.arg("-0").arg("-c").arg(
+            "SELECT datname FROM pg_catalog.pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname",
+        );
+        let f = run(&mut c, "psql", true)?;
+        if !f.status.success() {
+            return Err(self.err(
+                "psql",
+                &format!("listing the databases of {}", self.src.describe()),
+                &f,
+            ));
+        }
+        let mut v: Vec<String> = f
+            .stdout
+            .split('\0')
+            .map(|s| s.trim_matches('\n').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    pub fn database_exists(&self, db: &str) -> Result<bool> {
+        let out = self.query(
+            &self.src.maintenance_db,
+            &format!(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = {}",
+                quote_literal(db)
+            ),
+        )?;
+        Ok(out.trim() == "1")
+    }
+
+    pub fn create_database(&self, db: &str) -> Result<()> {
+        self.query(
+            &self.src.maintenance_db,
+            &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(db)),
+        )?;
+        Ok(())
+    }
+
+    pub fn drop_database(&self, db: &str) -> Result<()> {
+        self.query(
+            &self.src.maintenance_db,
+            &format!("DROP DATABASE IF EXISTS {}", quote_ident(db)),
+        )?;
+        Ok(())
+    }
+
+    /// Dump the source into `dir`: globals (unless off) and each database.
+    /// `skip_missing`: configured databases that do not exist are left out with a warning
+    /// (a safety backup before a restore) instead of failing.
+    pub fn dump(&self, name: &str, dir: &Path, skip_missing: bool) -> Result<PgSummary> {
+        let server_version = self
+            .server_version()
+            .with_context(|| format!("postgres source '{name}': connecting"))?;
+        let databases = match &self.src.databases {
+            Some(list) if skip_missing => {
+                let existing = self.list_databases()?;
+                let mut keep = Vec::new();
+                for d in list {
+                    if existing.contains(d) {
+                        keep.push(d.clone());
+                    } else {
+                        tracing::warn!("postgres source '{name}': database {d} does not exist now; nothing of it to save");
+                    }
+                }
+                keep
+            }
+            Some(list) => list.clone(),
+            None => self.list_databases()?,
+        };
+        let globals = if self.src.globals {
+            let path = dir.join(GLOBALS_FILE);
+            let file = create_private(&path)?;
+            let mut c = self.tool("pg_dumpall", &self.src.maintenance_db);
+            c.arg("--globals-only").stdout(Stdio::from(file));
+            let f = run(&mut c, "pg_dumpall", false)?;
+            if !f.status.success() {
+                return Err(self.err(
+                    "pg_dumpall --globals-only",
+                    &format!("postgres source '{name}': dumping roles and tablespaces"),
+                    &f,
+                ));
+            }
+            tracing::debug!("postgres source '{name}': globals dumped");
+            Some(GLOBALS_FILE.to_string())
+        } else {
+            None
+        };
+        let mut dbs = Vec::new();
+        for db in &databases {
+            let file = dump_file_name(db);
+            let path = dir.join(&file);
+            let started = std::time::Instant::now();
+            let tables = self
+                .dump_database(db, &path)
+                .with_context(|| format!("postgres source '{name}': database {db}"))?;
+            let bytes = std::fs::metadata(&path)?.len();
+            self.check_dump(&path).with_context(|| {
+                format!("postgres source '{name}': database {db}: the dump does not read back")
+            })?;
+            let d = PgDatabase {
+                name: db.clone(),
+                file,
+                bytes,
+                tables,
+            };
+            tracing::info!(
+                "postgres source '{name}': dumped {db}: {} tables, {} rows, {} in {:.1}s",
+                d.tables.len(),
+                d.total_rows(),
+                crate::fsutil::human_bytes(bytes),
+                started.elapsed().as_secs_f64()
+            );
+            dbs.push(d);
+        }
+        Ok(PgSummary {
+            source: name.to_string(),
+            server_version,
+            globals,
+            databases: dbs,
+        })
+    }
+
+    /// `pg_dump -Fc --snapshot` of `db` into `out`, and the row counts of the same snapshot.
+    fn dump_database(&self, db: &str, out: &Path) -> Result<Vec<TableRows>> {
+        let mut s = Session::open(self, db)?;
+        s.exec("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        let snapshot = s
+            .query("SELECT pg_catalog.pg_export_snapshot()")?
+            .trim()
+            .to_string();
+        if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("unexpected snapshot id {snapshot:?} from pg_export_snapshot()");
+        }
+        let file = create_private(out)?;
+        let mut c = self.tool("pg_dump", db);
+        c.arg("-Fc")
+            .arg(format!("--snapshot={snapshot}"))
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::piped());
+        let mut dump = spawn(&mut c, "pg_dump")?;
+        let dump_err = collect(dump.stderr.take());
+        // Count while pg_dump runs: both read the exported snapshot.
+        let counted = s.count_tables();
+        if counted.is_err() {
+            let _ = dump.kill();
+        }
+        let status = dump.wait().context("waiting for pg_dump")?;
+        let stderr = dump_err.join().unwrap_or_default();
+        let tables = counted?;
+        if !status.success() {
+            bail!(
+                "pg_dump failed ({}): {}",
+                describe_status(status),
+                tail(&stderr, &self.secrets, 12)
+            );
+        }
+        s.exec("COMMIT")?;
+        s.close()?;
+        Ok(tables)
+    }
+
+    /// `pg_restore --list` reads the dump's table of contents.
+    pub fn check_dump(&self, path: &Path) -> Result<()> {
+        let mut c = self.restore_tool();
+        c.arg("--list").stdin(Stdio::from(open(path)?));
+        let f = run(&mut c, "pg_restore", true)?;
+        if !f.status.success() || !f.stdout.contains("Format: CUSTOM") {
+            bail!(
+                "pg_restore --list failed ({}): {}",
+                describe_status(f.status),
+                tail(&f.stderr, &self.secrets, 12)
+            );
+        }
+        Ok(())
+    }
+
+    /// `pg_restore` without a connection (for `--list`).
+    fn restore_tool(&self) -> Command {
+        let mut c = if let Some((first, rest)) = self.src.command_prefix.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg("pg_restore");
+            c
+        } else if let Some(dir) = &self.bin_dir {
+            Command::new(dir.join("pg_restore"))
+        } else {
+            Command::new("pg_restore")
+        };
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Row counts of every table of `db`, in one repeatable-read snapshot.
+    pub fn count_tables(&self, db: &str) -> Result<Vec<TableRows>> {
+        let mut s = Session::open(self, db)?;
+        s.exec("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        let t = s.count_tables()?;
+        s.exec("COMMIT")?;
+        s.close()?;
+        Ok(t)
+    }
+
+    /// Run `globals.sql` with psql; "already exists" errors (roles that are there) are
+    /// expected and counted, any other error fails. Returns how many were tolerated.
+    pub fn restore_globals(&self, path: &Path) -> Result<usize> {
+        let mut c = self.tool("psql", &self.src.maintenance_db);
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=0"])
+            .stdin(Stdio::from(open(path)?));
+        let f = run(&mut c, "psql", true)?;
+        if !f.status.success() {
+            return Err(self.err("psql", "restoring roles and tablespaces", &f));
+        }
+        let errors: Vec<&str> = f.stderr.lines().filter(|l| l.contains("ERROR:")).collect();
+        let (tolerated, bad): (Vec<&str>, Vec<&str>) = errors
+            .into_iter()
+            .partition(|l| l.contains("already exists"));
+        if !bad.is_empty() {
+            bail!(
+                "restoring roles and tablespaces: {}",
+                super::mask(&bad.join("\n"), &self.secrets)
+            );
+        }
+        Ok(tolerated.len())
+    }
+
+    /// Restore a dump into database `target`.
+    ///
+    /// - `target` exists: `pg_restore --clean --if-exists --single-transaction` into it
+    ///   (all or nothing: a failure leaves it as it was).
+    /// - `target` is missing and is the dump's own database: `pg_restore --create`
+    ///   (the database comes back with its owner, encoding and settings).
+    /// - `target` is missing and is another name: created from template0, then restored.
+    ///
+    /// `plain`: `--no-owner --no-privileges` (a scratch server without the roles).
+    pub fn restore_database(
+        &self,
+        dump: &Path,
+        dump_db: &str,
+        target: &str,
+        plain: bool,
+    ) -> Result<RestoreMode> {
+        let exists = self.database_exists(target)?;
+        let mode = if exists {
+            RestoreMode::Clean
+        } else if target == dump_db && !plain {
+            RestoreMode::Create
+        } else {
+            self.create_database(target)?;
+            RestoreMode::Created
+        };
+        let mut c = match mode {
+            RestoreMode::Create => {
+                let mut c = self.tool("pg_restore", &self.src.maintenance_db);
+                c.args(["--create", "--exit-on-error"]);
+                c
+            }
+            RestoreMode::Clean => {
+                let mut c = self.tool("pg_restore", target);
+                c.args([
+                    "--clean",
+                    "--if-exists",
+                    "--single-transaction",
+                    "--exit-on-error",
+                ]);
+                c
+            }
+            RestoreMode::Created => {
+                let mut c = self.tool("pg_restore", target);
+                c.args(["--single-transaction", "--exit-on-error"]);
+                c
+            }
+        };
+        if plain {
+            c.args(["--no-owner", "--no-privileges"]);
+        }
+        c.stdin(Stdio::from(open(dump)?));
+        let f = run(&mut c, "pg_restore", true)?;
+        if !f.status.success() {
+            return Err(self.err("pg_restore", &format!("restoring database {target}"), &f));
+        }
+        Ok(mode)
+    }
+}
+
+/// How [`PgClient::restore_database`] went about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    Clean,
+    Create,
+    Created,
+}
+
+impl RestoreMode {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RestoreMode::Clean => {
+                "into the existing database (pg_restore --clean --if-exists --single-transaction)"
+            }
+            RestoreMode::Create => "created from the dump (pg_restore --create)",
+            RestoreMode::Created => "into a new database (pg_restore --single-transaction)",
+        }
+    }
+}
+
+fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// A `psql` child kept open, fed statements on stdin; each answer ends at a marker line.
+struct Session<'c> {
+    client: &'c PgClient<'c>,
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    marker: String,
+    what: String,
+}
+
+impl<'c> Session<'c> {
+    fn open(client: &'c PgClient<'c>, db: &str) -> Result<Session<'c>> {
+        let mut c = client.psql(db);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut c, "psql")?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let stderr = Some(collect(child.stderr.take()));
+        let marker = format!(
+            "--pronto-offsite-{}-{}--",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        Ok(Session {
+            client,
+            child,
+            stdin,
+            stdout,
+            stderr,
+            marker,
+            what: format!("database {db} on {}", client.src.describe()),
+        })
+    }
+
+    /// The session ended early: its stderr says why.
+    fn failed(&mut self) -> anyhow::Error {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        anyhow!(
+            "psql on {} failed ({}): {}",
+            self.what,
+            status.map_or("failed".into(), describe_status),
+            tail(&stderr, &self.client.secrets, 12)
+        )
+    }
+
+    /// Send one statement and return the lines it printed.
+    fn query(&mut self, sql: &str) -> Result<String> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("psql session closed"))?;
+        let sent = writeln!(stdin, "{sql};\n\\echo {}", self.marker).and_then(|_| stdin.flush());
+        if sent.is_err() {
+            return Err(self.failed());
+        }
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => return Err(self.failed()),
+                Ok(_) => {}
+            }
+            if line.trim_end_matches(['\n', '\r']) == self.marker {
+                return Ok(out);
+            }
+            out.push_str(&line);
+        }
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<()> {
+        self.query(sql).map(|_| ())
+    }
+
+    /// Every user table and its row count, in this session's snapshot.
+    fn count_tables(&mut self) -> Result<Vec<TableRows>> {
+        let list = self.query(
+            "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname::text, c.relname::text)), '[]'::jsonb)::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
+        )?;
+        let mut names: Vec<(String, String)> = serde_json::from_str(list.trim())
+            .with_context(|| format!("reading the table list of {}", self.what))?;
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(COUNT_BATCH) {
+            let parts: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (s, t))| {
+                    format!(
+                        "SELECT {i} AS i, count(*) AS c FROM ONLY {}.{}",
+                        quote_ident(s),
+                        quote_ident(t)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT coalesce(jsonb_agg(q.c ORDER BY q.i), '[]'::jsonb)::text FROM ({}) q",
+                parts.join(" UNION ALL ")
+            );
+            let counts: Vec<u64> = serde_json::from_str(self.query(&sql)?.trim())
+                .with_context(|| format!("reading row counts of {}", self.what))?;
+            if counts.len() != chunk.len() {
+                bail!(
+                    "expected {} row counts from {}, got {}",
+                    chunk.len(),
+                    self.what,
+                    counts.len()
+                );
+            }
+            for ((schema, table), rows) in chunk.iter().zip(counts) {
+                out.push(TableRows {
+                    schema: schema.clone(),
+                    table: table.clone(),
+                    rows,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn close(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait().context("waiting for psql")?;
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        if !status.success() {
+            bail!(
+                "psql on {} failed ({}): {}",
+                self.what,
+                describe_status(status),
+                tail(&stderr, &self.client.secrets, 12)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            drop(self.stdin.take());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_becomes_keywords_without_a_password() {
+        let (p, db) =
+            parse_url("postgresql://pronto@127.0.0.1:5432/postgres?sslmode=require").unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("host".to_string(), "127.0.0.1".to_string()),
+                ("port".to_string(), "5432".to_string()),
+                ("user".to_string(), "pronto".to_string()),
+                ("sslmode".to_string(), "require".to_string()),
+            ]
+        );
+        assert_eq!(db.as_deref(), Some("postgres"));
+        assert!(parse_url("postgresql://pronto:secret@h/db")
+            .unwrap_err()
+            .contains("without a password"));
+        assert!(parse_url("postgresql://h/db?password=x").is_err());
+        assert!(parse_url("mysql://h/db").is_err());
+        let (p, db) = parse_url("postgresql://%2Fvar%2Frun%2Fpostgresql/my%20db").unwrap();
+        assert_eq!(
+            p,
+            vec![("host".to_string(), "/var/run/postgresql".to_string())]
+        );
+        assert_eq!(db.as_deref(), Some("my db"));
+    }
+
+    #[test]
+    fn conninfo_quotes_values() {
+        let src = PgSource::from_url("postgresql://o'neil@host/db").unwrap();
+        let ci = src.conninfo("we'ird \\ db");
+        assert!(ci.contains(r"user='o\'neil'"), "{ci}");
+        assert!(ci.contains(r"dbname='we\'ird \\ db'"), "{ci}");
+        assert!(!src.describe().contains("password"));
+    }
+
+    #[test]
+    fn dump_file_names_are_plain() {
+        assert_eq!(dump_file_name("pronto"), "pronto.dump");
+        assert_eq!(dump_file_name("a/b c"), "a%2Fb%20c.dump");
+        assert_eq!(dump_file_name(".hidden"), "%2Ehidden.dump");
+        assert_eq!(dump_file_name("café"), "caf%C3%A9.dump");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+}

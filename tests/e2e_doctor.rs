@@ -1,0 +1,87 @@
+//! `doctor` through the binary: all green on a good setup, one FAIL line with a fix for a
+//! broken config, an unreachable remote and a missing source.
+
+mod support;
+
+use support::{text, Env};
+
+#[test]
+fn doctor_passes_on_a_good_setup_and_leaves_no_probe() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a"), "a").unwrap();
+    env.write_config("\n[log]\nfile = \"log/p.log\"\n[metrics]\ntextfile = \"m/p.prom\"\n");
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for check in [
+        "config",
+        "backup folder",
+        "disk space",
+        "source site",
+        "remote nas",
+        "remote nas write",
+        "log file",
+        "metrics",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("ok    {check}:"))),
+            "{check}: {out}"
+        );
+    }
+    assert!(out.contains("checks passed"));
+    // The write probe was deleted again.
+    assert!(
+        support::names_in(&env.remote())
+            .iter()
+            .all(|n| n.starts_with('.')),
+        "{:?}",
+        support::names_in(&env.remote())
+    );
+}
+
+#[test]
+fn doctor_on_a_broken_config_exits_2_with_a_fix() {
+    let env = Env::new();
+    std::fs::write(env.config(), "[local]\ndir = \"b\"\nlevel = 12\n").unwrap();
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("FAIL  config:") && out.contains("local.level"),
+        "{out}"
+    );
+    assert!(out.contains("      fix: "), "{out}");
+}
+
+#[test]
+fn doctor_names_an_unreachable_remote_and_a_missing_source() {
+    let env = Env::new();
+    env.write_config("");
+    std::fs::write(env.remote(), "a file where the remote folder should be").unwrap();
+    let o = env.run(&["doctor", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let checks = v["checks"].as_array().unwrap();
+    let get = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+    };
+    assert_eq!(get("config")["ok"], true);
+    assert_eq!(get("remote nas")["ok"], false);
+    assert!(
+        get("remote nas")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a folder"),
+        "{v}"
+    );
+    assert!(get("remote nas")["fix"].is_string());
+    assert_eq!(get("source site")["ok"], false);
+    assert!(get("source site")["fix"].as_str().unwrap().contains("path"));
+    assert_eq!(v["failed"], 2);
+}

@@ -1,0 +1,554 @@
+//! End to end through the binary with `s3://` remotes on LocalStack (started by
+//! `backends/tests/support/localstack.rs`, one server for this test binary, a bucket per
+//! test): backup → push → list → pull with credentials from the AWS chain (environment,
+//! then a profile), keys in the config file (warned about), a push killed after N parts
+//! that resumes sending only the missing parts (counted by a proxy), and no access key or
+//! secret in any output, listing, manifest or journal.
+
+mod support;
+
+#[path = "../backends/tests/support/localstack.rs"]
+mod localstack;
+#[path = "../backends/tests/support/proxy.rs"]
+mod proxy;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{file_digest, text, Env};
+
+const KEY_ID: &str = "AKIAPRONTOE2EKEY0042";
+const SECRET: &str = "e2e-secret-must-never-be-printed-9876543210";
+
+/// Incompressible bytes (xorshift), so the archive is as big as the data.
+fn random_file(path: &Path, len: usize, seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A workspace whose config has one s3:// remote named `s3` at `endpoint`.
+fn s3_env(endpoint: &str, bucket: &str, extra: &str, data_mib: usize) -> Env {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("hello.txt"), "hello from s3 e2e\n").unwrap();
+    std::fs::write(src.join("sub/notes.md"), "# notes\n").unwrap();
+    if data_mib > 0 {
+        random_file(&src.join("data.bin"), data_mib << 20, 7);
+    }
+    let cfg = format!(
+        r#"[local]
+dir = "backups"
+
+[[sources]]
+name = "site"
+kind = "static_content"
+path = "src"
+
+[[remotes]]
+name = "s3"
+url = "s3://{bucket}/prod/host-1"
+region = "us-east-1"
+endpoint = "{endpoint}"
+allow_http = true
+{extra}
+"#
+    );
+    std::fs::write(env.config(), cfg).unwrap();
+    env
+}
+
+/// The binary with a clean AWS environment: only what the test gives, no config files
+/// from the machine, no instance metadata lookups.
+fn isolate(c: &mut Command, env: &Env) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            env.path("no-aws-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("PRONTO_OFFSITE_CONFIG");
+}
+
+fn bin(env: &Env) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
+    c.arg("--config").arg(env.config());
+    isolate(&mut c, env);
+    c
+}
+
+fn with_env_keys(mut c: Command) -> Command {
+    c.env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET);
+    c
+}
+
+fn run(mut c: Command, args: &[&str]) -> Output {
+    c.args(args).output().unwrap()
+}
+
+/// Every output of the tool is checked for the key and secret.
+fn no_secrets(o: &Output, what: &str) {
+    let t = text(o);
+    assert!(!t.contains(KEY_ID), "{what}: access key id in output:\n{t}");
+    assert!(!t.contains(SECRET), "{what}: secret in output:\n{t}");
+}
+
+fn backup(env: &Env) -> String {
+    let o = run(bin(env), &["backup"]);
+    assert!(o.status.success(), "backup: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Where the local copy of `file` is (the backup folder or one of its tiers).
+fn find_archive(env: &Env, file: &str) -> std::path::PathBuf {
+    walk_all(&env.backups())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == file))
+        .unwrap_or_else(|| panic!("{file} not found under {}", env.backups().display()))
+}
+
+fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_all(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn no_secrets_in_tree(dir: &Path) {
+    for e in walk(dir) {
+        let bytes = std::fs::read(&e).unwrap_or_default();
+        let s = String::from_utf8_lossy(&bytes);
+        assert!(
+            !s.contains(KEY_ID) && !s.contains(SECRET),
+            "secret in {}",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if !p.to_string_lossy().ends_with(".tar.gz") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn push_list_pull_with_credentials_from_the_environment() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("e2e");
+    // 20 MiB of incompressible data: a three-part multipart upload at 8 MiB parts.
+    let env = s3_env(&ls.endpoint, &bucket, "", 20);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let archive = find_archive(&env, &file);
+    let digest = file_digest(&archive);
+
+    let o = run(with_env_keys(bin(&env)), &["push"]);
+    no_secrets(&o, "push");
+    assert!(o.status.success(), "push: {}", text(&o));
+    let keys = ls.keys(&bucket);
+    assert!(keys.contains(&format!("prod/host-1/{file}")), "{keys:?}");
+    assert!(
+        keys.contains(&format!("prod/host-1/{file}.manifest.json")),
+        "{keys:?}"
+    );
+    assert!(ls.uploads(&bucket).is_empty(), "no upload left in progress");
+
+    // The manifest on S3 carries the archive's sha256 and no secret.
+    let (status, manifest) = localstack::http(
+        "GET",
+        ls.port,
+        &format!("/{bucket}/prod/host-1/{file}.manifest.json"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        manifest.contains(&digest),
+        "manifest lacks the sha256: {manifest}"
+    );
+    assert!(!manifest.contains(KEY_ID) && !manifest.contains(SECRET));
+
+    // A second push sends nothing.
+    let o = run(with_env_keys(bin(&env)), &["push"]);
+    no_secrets(&o, "second push");
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("uploaded 0"),
+        "{}",
+        text(&o)
+    );
+
+    for args in [&["list"][..], &["list", "--json"][..]] {
+        let o = run(with_env_keys(bin(&env)), args);
+        no_secrets(&o, "list");
+        assert!(o.status.success(), "list: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&id),
+            "{}",
+            text(&o)
+        );
+    }
+
+    // Lose the local copy; pull it back and extract it.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::remove_file(archive.with_file_name(format!("{file}.manifest.json"))).unwrap();
+    let dest = env.path("restored");
+    let o = run(
+        with_env_keys(bin(&env)),
+        &["pull", &id, "--to", dest.to_str().unwrap()],
+    );
+    no_secrets(&o, "pull");
+    assert!(o.status.success(), "pull: {}", text(&o));
+    assert_eq!(
+        file_digest(&find_archive(&env, &file)),
+        digest,
+        "pulled archive differs"
+    );
+    let restored = dest.join(format!("pronto-app-backup-{id}/static_content/site"));
+    assert_eq!(
+        file_digest(&restored.join("data.bin")),
+        file_digest(&env.path("src/data.bin"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(restored.join("hello.txt")).unwrap(),
+        "hello from s3 e2e\n"
+    );
+    no_secrets_in_tree(&env.backups());
+
+    // Without credentials anywhere, push fails fast with an access error that says where
+    // credentials are looked for.
+    let o = run(bin(&env), &["list"]);
+    assert!(
+        !o.status.success(),
+        "list without credentials succeeded: {}",
+        text(&o)
+    );
+    let t = text(&o);
+    assert!(t.contains("credentials"), "{t}");
+}
+
+#[test]
+fn profile_credentials_and_keys_in_the_config_file() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("e2e-profile");
+
+    // A named profile from a shared credentials file.
+    let env = s3_env(&ls.endpoint, &bucket, "profile = \"pronto-e2e\"", 0);
+    std::fs::write(
+        env.path("aws-credentials"),
+        format!("[pronto-e2e]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    backup(&env);
+    let mut c = bin(&env);
+    c.env("AWS_SHARED_CREDENTIALS_FILE", env.path("aws-credentials"));
+    let o = run(c, &["push"]);
+    no_secrets(&o, "push with a profile");
+    assert!(o.status.success(), "push with a profile: {}", text(&o));
+    assert_eq!(ls.keys(&bucket).len(), 2, "{:?}", ls.keys(&bucket));
+
+    // Keys in the config file work, with a warning that never shows them.
+    let bucket2 = ls.new_bucket("e2e-keys");
+    let extra = format!(
+        "access_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\nchecksum = \"md5\""
+    );
+    let env2 = s3_env(&ls.endpoint, &bucket2, &extra, 0);
+    backup(&env2);
+    let o = run(bin(&env2), &["push"]);
+    no_secrets(&o, "push with keys in the config");
+    assert!(
+        o.status.success(),
+        "push with keys in the config: {}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("discouraged"),
+        "{}",
+        text(&o)
+    );
+    let o = run(bin(&env2), &["list", "--json"]);
+    no_secrets(&o, "list with keys in the config");
+    assert!(o.status.success());
+
+    // A plain http endpoint without allow_http is a config error (exit 2) naming the key.
+    let env3 = Env::new();
+    std::fs::write(
+        env3.config(),
+        format!("[local]\ndir = \"b\"\n\n[[remotes]]\nname = \"s3\"\nurl = \"s3://{bucket}/p\"\nendpoint = \"{}\"\n", ls.endpoint),
+    )
+    .unwrap();
+    let o = run(bin(&env3), &["list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("endpoint") && text(&o).contains("allow_http"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Kill `push` once two parts went through (the proxy holds the rest), then push again:
+/// the upload resumes with the journaled id and sends exactly the parts the journal lacks.
+#[test]
+fn killed_push_resumes_sending_only_the_missing_parts() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("e2e-resume");
+    let proxy = proxy::Proxy::start(ls.port);
+    // ~40 MiB incompressible: six parts of 8 MiB (the last one short).
+    let env = s3_env(&proxy.endpoint(), &bucket, "", 40);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let size = std::fs::metadata(find_archive(&env, &file)).unwrap().len();
+    let part = 8u64 << 20;
+    let n_parts = size.div_ceil(part) as u32;
+    assert!(
+        n_parts >= 5,
+        "archive of {size} bytes gives only {n_parts} parts"
+    );
+
+    // Run 1: two parts through, the others held; kill once the journal has two.
+    proxy.hold_after(2, |r| r.part_number().is_some());
+    let mut child = with_env_keys(bin(&env))
+        .arg("push")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = env
+        .backups()
+        .join(".journal/s3")
+        .join(format!("{file}.json"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let journaled: Vec<(u32, u64)> = loop {
+        if let Ok(bytes) = std::fs::read(&journal) {
+            if let Ok(j) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                let parts: Vec<(u32, u64)> = j["parts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["number"].as_u64().unwrap() as u32,
+                            p["size"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                if parts.len() >= 2 {
+                    break parts;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the journal never got two parts");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "push ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run1 = proxy.seen();
+    assert_eq!(journaled.len(), 2, "journal: {journaled:?}");
+    let uploads_started = |seen: &[proxy::Seen]| {
+        seen.iter()
+            .filter(|r| r.method == "POST" && r.target.contains("uploads"))
+            .count()
+    };
+    assert_eq!(uploads_started(&run1), 1);
+    // Nothing is visible: no archive, no manifest.
+    let keys = ls.keys(&bucket);
+    assert!(keys.is_empty(), "a killed push left objects: {keys:?}");
+    let journal_text = std::fs::read_to_string(&journal).unwrap();
+    assert!(!journal_text.contains(KEY_ID) && !journal_text.contains(SECRET));
+
+    // Run 2, unhindered.
+    proxy.reset();
+    proxy.clear();
+    let o = run(with_env_keys(bin(&env)), &["push"]);
+    no_secrets(&o, "resumed push");
+    assert!(o.status.success(), "resumed push: {}", text(&o));
+    let run2 = proxy.seen();
+    assert_eq!(
+        uploads_started(&run2),
+        0,
+        "the resumed push started a new upload"
+    );
+    let sent: Vec<(u32, u64)> = run2
+        .iter()
+        .filter_map(|r| r.part_number().map(|n| (n, r.len)))
+        .collect();
+    let sent_numbers: BTreeSet<u32> = sent.iter().map(|(n, _)| *n).collect();
+    let done: BTreeSet<u32> = journaled.iter().map(|(n, _)| *n).collect();
+    let missing: BTreeSet<u32> = (1..=n_parts).filter(|n| !done.contains(n)).collect();
+    assert_eq!(
+        sent.len(),
+        missing.len(),
+        "each missing part sent once: {sent:?}"
+    );
+    assert_eq!(
+        sent_numbers, missing,
+        "the resumed push sent other parts than the missing ones"
+    );
+    let bytes_sent: u64 = sent.iter().map(|(_, l)| l).sum();
+    let bytes_journaled: u64 = journaled.iter().map(|(_, l)| l).sum();
+    assert_eq!(
+        bytes_sent + bytes_journaled,
+        size,
+        "part bytes add up to the archive"
+    );
+    assert!(
+        !journal.exists(),
+        "the journal is removed after the upload completes"
+    );
+    assert!(ls.uploads(&bucket).is_empty());
+
+    // The object is whole: pull it back and compare.
+    let archive = find_archive(&env, &file);
+    let digest = file_digest(&archive);
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::remove_file(archive.with_file_name(format!("{file}.manifest.json"))).unwrap();
+    let o = run(with_env_keys(bin(&env)), &["pull", &id]);
+    assert!(o.status.success(), "pull: {}", text(&o));
+    assert_eq!(file_digest(&find_archive(&env, &file)), digest);
+}
+
+/// examples/s3.toml and examples/gcs.toml parse, with the options they show.
+#[test]
+fn s3_and_gcs_examples_parse() {
+    use pronto_offsite::config::{load, RemoteLocation};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = load(&root.join("examples/s3.toml")).expect("examples/s3.toml");
+    let kinds: Vec<String> = cfg
+        .remotes
+        .iter()
+        .map(|r| match &r.location {
+            RemoteLocation::S3(c) => format!("{} {:?} {}", c.url(), c.endpoint, c.checksum),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "s3://pronto-backups/prod None sha256".to_string(),
+            "s3://pronto/host-1 Some(\"https://minio.example.com:9000\") md5".to_string(),
+        ]
+    );
+    let cfg = load(&root.join("examples/gcs.toml")).expect("examples/gcs.toml");
+    match &cfg.remotes[0].location {
+        RemoteLocation::Gcs(c) => {
+            assert_eq!(c.url(), "gs://pronto-backups/prod");
+            assert_eq!(c.storage_class.as_deref(), Some("NEARLINE"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Kill `push` at ten random moments; after each kill no manifest exists for an archive
+/// that is not complete on the remote; then one more push finishes the job.
+#[test]
+fn random_kills_never_leave_a_manifest_for_an_incomplete_archive() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("e2e-kills");
+    // ~24 MiB: three parts of 8 MiB.
+    let env = s3_env(&ls.endpoint, &bucket, "", 24);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let archive = find_archive(&env, &file);
+    let size = std::fs::metadata(&archive).unwrap().len();
+    let object = format!("/{bucket}/prod/host-1/{file}");
+    let manifest = format!("prod/host-1/{file}.manifest.json");
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut delays = Vec::new();
+    for round in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 1500);
+        delays.push(delay);
+        let mut child = with_env_keys(bin(&env))
+            .arg("push")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        child.wait().unwrap();
+        if ls.keys(&bucket).contains(&manifest) {
+            // A manifest is there only for the complete archive.
+            let got = object_size(ls.port, &object);
+            assert_eq!(
+                got, size,
+                "round {round} ({delays:?}): manifest for a partial archive"
+            );
+            if finished {
+                break;
+            }
+        }
+    }
+    let o = run(with_env_keys(bin(&env)), &["push"]);
+    assert!(
+        o.status.success(),
+        "final push after kills {delays:?}: {}",
+        text(&o)
+    );
+    assert!(ls.keys(&bucket).contains(&manifest));
+    assert_eq!(object_size(ls.port, &object), size);
+}
+
+/// Content-Length of a HEAD.
+fn object_size(port: u16, path: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}

@@ -1,10 +1,11 @@
-//! The one streaming pass that makes an archive: tar → gzip → sha256 → file.
+//! The one streaming pass that makes an archive: tar → gzip → [age] → sha256 → file.
 //!
 //! [`write_archive`] walks every source folder (sorted names, symlinks stored as
 //! symlinks and never followed except at a source's root), feeds the tar stream
 //! into a parallel gzip compressor (pigz style: one gzip member that plain
-//! `gunzip` reads), and hashes and counts the compressed bytes as they are
-//! written. Memory stays bounded whatever the archive size: files are read
+//! `gunzip` reads), optionally encrypts the compressed stream with age
+//! ([`write_archive_with`]), and hashes and counts the bytes as they are
+//! written to the file, so that size and sha256 are those of the file. Memory stays bounded whatever the archive size: files are read
 //! through a 1 MiB buffer and the compressor holds a few blocks per thread.
 //!
 //! Layout inside the archive (the seed's):
@@ -122,6 +123,19 @@ pub fn write_archive(
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
 ) -> Result<Written> {
+    write_archive_with(out, opts, None, inputs, info)
+}
+
+/// [`write_archive`], encrypting the gzip stream to `recipients` (age) when given: the
+/// file is then `age -d` away from a plain `.tar.gz`, and [`Written`]'s size and sha256
+/// are those of the encrypted file.
+pub fn write_archive_with(
+    out: &Path,
+    opts: &WriteOptions,
+    recipients: Option<&crate::crypto::Recipients>,
+    inputs: &[ArchiveInput],
+    info: &dyn Fn(&[SourceSummary]) -> String,
+) -> Result<Written> {
     check_component(&opts.top).with_context(|| format!("archive top folder {:?}", opts.top))?;
     if opts.level > 9 {
         bail!("gzip level {} is out of range (0-9)", opts.level);
@@ -138,7 +152,7 @@ pub fn write_archive(
         // The umask can only remove bits; make the mode exactly 0600 anyway.
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
         let meta = file.metadata()?;
-        write_into(out, file, (meta.dev(), meta.ino()), opts, inputs, info)
+        write_into(out, file, (meta.dev(), meta.ino()), opts, recipients, inputs, info)
     })();
     match result {
         Ok(w) => Ok(w),
@@ -231,13 +245,46 @@ impl Write for HashingWriter {
     }
 }
 
-type Gz = ParCompress<'static, Gzip, HashingWriter>;
+/// Where the gzip stream goes: straight to the file, or through age first.
+enum Sink {
+    Plain(HashingWriter),
+    Age(age::stream::StreamWriter<HashingWriter>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Age(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    /// Ends the age stream (its last chunk), if any; returns the file writer.
+    fn finish(self) -> io::Result<HashingWriter> {
+        match self {
+            Sink::Plain(w) => Ok(w),
+            Sink::Age(w) => w.finish(),
+        }
+    }
+}
+
+type Gz = ParCompress<'static, Gzip, Sink>;
 
 fn write_into(
     out: &Path,
     file: File,
     out_id: (u64, u64),
     opts: &WriteOptions,
+    recipients: Option<&crate::crypto::Recipients>,
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
 ) -> Result<Written> {
@@ -249,6 +296,13 @@ fn write_into(
         inner: BufWriter::with_capacity(IO_BUF, file),
         hasher: Sha256::new(),
         count: 0,
+    };
+    let sink = match recipients {
+        None => Sink::Plain(sink),
+        Some(r) => Sink::Age(
+            r.wrap(sink)
+                .with_context(|| format!("writing {}: age header", out.display()))?,
+        ),
     };
     let gz: Gz = ParCompressBuilder::<Gzip>::new()
         .num_threads(threads)
@@ -289,7 +343,9 @@ fn write_into(
         .with_context(|| format!("writing {what}: finishing the tar stream"))?;
     let sink = gz
         .finish()
-        .map_err(|e| anyhow!("writing {what}: finishing the gzip stream: {e}"))?;
+        .map_err(|e| anyhow!("writing {what}: finishing the gzip stream: {e}"))?
+        .finish()
+        .with_context(|| format!("writing {what}: finishing the age stream"))?;
     let HashingWriter {
         inner,
         hasher,

@@ -2,6 +2,7 @@
 //!
 //! One streaming pass into `NAME.tar.gz.partial` (0600), fsync, rename to the final
 //! name, then the manifest beside it (written last: it marks the archive complete).
+//! With `[encryption] recipients`, the same pass encrypts with age: `NAME.tar.gz.age`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{SubsecRound, Utc};
 
-use crate::archive::{write_archive, ArchiveInput, WriteOptions};
+use crate::archive::{write_archive_with, ArchiveInput, WriteOptions};
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
 use crate::fsutil::{self, FolderLock};
@@ -60,6 +61,9 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
             "none of the configured sources was selected: nothing to back up",
         ));
     }
+    // Encryption: checked before anything is dumped or written.
+    let recipients = cfg.encryption.recipients_for_backup()?;
+    let ext = if recipients.is_some() { ".tar.gz.age" } else { ".tar.gz" };
     let dir = &cfg.local.dir;
     let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
     remove_stale_partials(cfg)?;
@@ -67,7 +71,7 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
     // A name no other archive has: two backups in the same second wait for the next one.
     let (created, file) = loop {
         let now = Utc::now().trunc_subsecs(0);
-        let file = catalog::file_name(&cfg.local.prefix, now, ".tar.gz");
+        let file = catalog::file_name(&cfg.local.prefix, now, ext);
         let taken = catalog::scan(&cfg.local)?
             .iter()
             .any(|a| a.name.id == catalog::id_for(now));
@@ -109,7 +113,7 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
         services.describe(&mut text);
         text
     };
-    let written = match write_archive(&partial, &opts, &inputs, &info) {
+    let written = match write_archive_with(&partial, &opts, recipients.as_ref(), &inputs, &info) {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
@@ -127,7 +131,11 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
         size: written.size,
         sha256: hex::encode(written.sha256),
         compression: "gzip".into(),
-        encryption: "none".into(),
+        encryption: match &recipients {
+            Some(_) => crate::crypto::SCHEME_AGE.into(),
+            None => crate::crypto::SCHEME_NONE.into(),
+        },
+        recipient_fingerprints: recipients.as_ref().map(|r| r.fingerprints()).unwrap_or_default(),
         host,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         sources: written_sources,

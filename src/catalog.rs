@@ -223,7 +223,12 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
             manifest_elsewhere,
         });
     }
-    out.sort_by(|a, b| a.name.time.cmp(&b.name.time).then(a.name.file.cmp(&b.name.file)));
+    out.sort_by(|a, b| {
+        a.name
+            .time
+            .cmp(&b.name.time)
+            .then(a.name.file.cmp(&b.name.file))
+    });
     Ok(out)
 }
 
@@ -267,11 +272,7 @@ pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathB
             );
         }
         std::fs::rename(&old_manifest, &new_manifest).with_context(|| {
-            format!(
-                "moving {} to {}",
-                old_manifest.display(),
-                to_dir.display()
-            )
+            format!("moving {} to {}", old_manifest.display(), to_dir.display())
         })?;
     }
     crate::fsutil::sync_dir(&to_dir)?;
@@ -286,8 +287,7 @@ pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathB
 
 /// Find one complete local archive by id.
 pub fn find_complete<'a>(all: &'a [LocalArchive], id: &str) -> Option<&'a LocalArchive> {
-    all.iter()
-        .find(|a| a.name.id == id && a.manifest.is_some())
+    all.iter().find(|a| a.name.id == id && a.manifest.is_some())
 }
 
 #[cfg(test)]
@@ -296,7 +296,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        let n = parse_name("pronto-app-backup", "pronto-app-backup-20260201-170521.tar.gz").unwrap();
+        let n = parse_name(
+            "pronto-app-backup",
+            "pronto-app-backup-20260201-170521.tar.gz",
+        )
+        .unwrap();
         assert_eq!(n.id, "20260201-170521");
         assert_eq!(n.stem(), "pronto-app-backup-20260201-170521");
         assert_eq!(file_name("pronto-app-backup", n.time, ".tar.gz"), n.file);
@@ -325,7 +329,11 @@ mod tests {
             "pronto-app-backup-20260201-170521",
             "pronto-app-backup-20260201-170521.tar.gz",
         ] {
-            assert_eq!(id_from_user(p, s).as_deref(), Some("20260201-170521"), "{s}");
+            assert_eq!(
+                id_from_user(p, s).as_deref(),
+                Some("20260201-170521"),
+                "{s}"
+            );
         }
         assert_eq!(id_from_user(p, "yesterday"), None);
     }

@@ -124,6 +124,9 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         /// With --target-db: which database of the archive (when it holds several)
         #[arg(long, value_name = "NAME", requires = "target_db")]
         database: Option<String>,
+        /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
+        #[arg(long, short = 'i', value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Check an archive by restoring it: `verify <id> --restore-test` (a drill for a weekly cron job)
     #[command(after_help = "Restores the PostgreSQL dumps into throwaway databases (on [drill] postgres_url, or a private\n\
@@ -143,6 +146,19 @@ Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill 
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+        /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
+        #[arg(long, short = 'i', value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Write a new age identity (secret key, mode 0600) and print its public key (recipient)
+    #[command(after_help = "Example:\n  pronto-offsite keygen --output /etc/pronto-offsite/age-key.txt\n  \
+# then, in the config:\n  [encryption]\n  recipients = [\"age1...\"]   # the printed public key\n\n\
+Keep a copy of the key file off this host: without it no encrypted archive can be restored.\n\
+The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` works without pronto-offsite.")]
+    Keygen {
+        /// Where to write the identity (never overwritten; `-` = stdout). Default: [encryption] identity_file
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Apply a retention policy to archive names or timestamps read from stdin
     Policy(crate::policy_cmd::PolicyArgs),
@@ -225,6 +241,23 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     let cfg = config::load(&file)?;
     crate::logging::attach_file(cfg.log.as_ref());
     Ok(cfg)
+}
+
+/// `--identity FILE` replaces `[encryption] identity_file`.
+fn override_identity(cfg: &mut Config, identity: Option<PathBuf>) {
+    if let Some(i) = identity {
+        cfg.encryption.identity_file = Some(std::path::absolute(&i).unwrap_or(i));
+    }
+}
+
+/// `keygen` without `--output`: the config's `[encryption] identity_file`, if it names one.
+fn keygen_default_output(config: Option<&Path>) -> Result<PathBuf> {
+    let cfg = config::locate(config).and_then(|f| config::load(&f)).ok();
+    cfg.and_then(|c| c.encryption.identity_file).ok_or_else(|| {
+        crate::error::usage(
+            "keygen: give --output FILE (or `--output -` for stdout), or set [encryption] identity_file in the config",
+        )
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -319,9 +352,11 @@ fn run(cli: Cli) -> Result<i32> {
             no_safety_backup,
             target_db,
             database,
+            identity,
             ..
         } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            override_identity(&mut cfg, identity);
             let opts = crate::restore::RestoreOptions {
                 id,
                 remote,
@@ -337,18 +372,27 @@ fn run(cli: Cli) -> Result<i32> {
             remote,
             restore_test,
             json,
+            identity,
         } => {
             if !restore_test {
                 return Err(crate::error::usage(
                     "verify: only `verify <id> --restore-test` is available in this version (add --restore-test)",
                 ));
             }
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            override_identity(&mut cfg, identity);
             let opts = crate::drill::DrillOptions { id, remote, json };
             crate::drill::run(&cfg, &opts, &mut out)
         }
-        Command::Pull { id, remote, to, .. } => {
-            let cfg = load_config(cli.config.as_deref())?;
+        Command::Pull {
+            id,
+            remote,
+            to,
+            identity,
+            ..
+        } => {
+            let mut cfg = load_config(cli.config.as_deref())?;
+            override_identity(&mut cfg, identity);
             runtime()?.block_on(crate::pull::run(
                 &cfg,
                 &id,
@@ -392,6 +436,14 @@ fn run(cli: Cli) -> Result<i32> {
                 json,
             };
             runtime()?.block_on(crate::status::run(&cfg, &opts, &mut out))
+        }
+        Command::Keygen { output } => {
+            let output = match output {
+                Some(o) => o,
+                None => keygen_default_output(cli.config.as_deref())?,
+            };
+            crate::crypto::keygen(&output, &mut out)?;
+            Ok(EXIT_OK)
         }
         Command::Doctor { json } => crate::doctor::run(cli.config.as_deref(), json, &mut out),
         Command::Completions { shell } => {

@@ -45,6 +45,8 @@ pub struct Config {
     pub health_checks: Vec<crate::restore::HealthCheck>,
     /// `[drill]`: where `verify --restore-test` restores (a scratch server or a private instance).
     pub drill: crate::drill::DrillConfig,
+    /// `[encryption]`: age recipients archives are encrypted to, and the identity to decrypt.
+    pub encryption: crate::crypto::EncryptionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +142,7 @@ struct RawConfig {
     #[serde(default)]
     health_checks: Vec<crate::restore::RawHealthCheck>,
     drill: Option<crate::drill::RawDrill>,
+    encryption: Option<Spanned<crate::crypto::RawEncryption>>,
 }
 
 /// `[retention]`: the [`Policy`] keys plus prune's own `max_delete_fraction`. The
@@ -286,7 +289,9 @@ pub fn load(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    parse(&text, &abs)
+    let cfg = parse(&text, &abs)?;
+    crate::secrets::warn_if_exposed(path, &text);
+    Ok(cfg)
 }
 
 /// Parse config text; `file` is used for messages and to resolve relative paths.
@@ -474,6 +479,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     // [[health_checks]] [drill]
     let health_checks = crate::restore::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
     let drill = crate::drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
+    // [encryption]
+    let encryption = crate::crypto::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
 
     Ok(Config {
         file: file.to_path_buf(),
@@ -489,6 +496,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         status,
         health_checks,
         drill,
+        encryption,
     })
 }
 
@@ -514,7 +522,7 @@ pub fn parse_remote_url(url: &str, base: &Path) -> std::result::Result<RemoteLoc
         "s3" | "gs" | "sftp" => Err(format!(
             "a file:// URL: {scheme}:// remotes are not supported by this version yet"
         )),
-        _ => Err("a URL of the form file:///path (s3://, gs:// and sftp:// are planned)".into()),
+        _ => Err("a URL of the form file:///path, s3://bucket/prefix, gs://bucket/prefix or sftp://user@host/path".into()),
     }
 }
 

@@ -73,6 +73,7 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
         checks.extend(rt.block_on(remote_checks(cfg)));
         checks.extend(tool_checks(cfg));
         checks.extend(ops_checks(cfg));
+        checks.extend(encryption_checks(cfg));
     }
     print(&checks, json, out)?;
     Ok(if cfg.is_none() {
@@ -110,9 +111,62 @@ fn print(checks: &[Check], json: bool, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// `[encryption]`: what archives are encrypted to, and whether the identity file (when
+/// set) opens them. Never prints a key: fingerprints only.
+fn encryption_checks(cfg: &Config) -> Vec<Check> {
+    let enc = &cfg.encryption;
+    let mut v = Vec::new();
+    if enc.enabled() {
+        v.push(ok(
+            "encryption",
+            format!(
+                "archives are age-encrypted to {} recipient(s): {}",
+                enc.recipients.len(),
+                enc.fingerprints().join(", ")
+            ),
+        ));
+    } else if enc.configured && enc.identity_file.is_some() {
+        v.push(fail(
+            "encryption",
+            "[encryption] names an identity_file but no recipients: backup refuses to run",
+            "add recipients = [\"age1...\"] (the public key: `age-keygen -y KEY_FILE` prints it)",
+        ));
+    } else {
+        v.push(ok(
+            "encryption",
+            "off: archives are stored unencrypted (run `pronto-offsite keygen` and set [encryption] recipients to encrypt them)",
+        ));
+    }
+    if let Some(file) = &enc.identity_file {
+        match crate::crypto::Identities::load(file) {
+            Err(e) => v.push(fail(
+                "encryption identity",
+                format!("{e:#}"),
+                "point [encryption] identity_file at the age key file (`pronto-offsite keygen` writes one)",
+            )),
+            Ok(ids) if enc.enabled() && !ids.recipients().iter().any(|r| enc.recipients.contains(r)) => {
+                v.push(fail(
+                    "encryption identity",
+                    format!(
+                        "{} ({}) matches none of the recipients: archives made now could not be restored with it",
+                        file.display(),
+                        ids.fingerprints().join(", ")
+                    ),
+                    "set identity_file to the key whose public key is in recipients, or add its public key to recipients",
+                ))
+            }
+            Ok(ids) => v.push(ok(
+                "encryption identity",
+                format!("{} holds {}", file.display(), ids.fingerprints().join(", ")),
+            )),
+        }
+    }
+    v
+}
+
 /// Create and remove a small file in `dir` (created if missing).
 fn probe_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
     let p = crate::fsutil::temp_name(&dir.join("doctor-probe"));
     std::fs::write(&p, b"pronto-offsite doctor probe\n")?;
     std::fs::remove_file(&p)

@@ -26,6 +26,7 @@ use toml::Spanned;
 use crate::config::{resolve, Config, Locator};
 use crate::error::{EXIT_OK, EXIT_VERIFY};
 use crate::manifest::{Manifest, Section};
+use crate::restore::top_folder;
 use crate::source::postgres::{PgClient, PgSource};
 use crate::source::rdb;
 use crate::source::redis::RedisClient;
@@ -179,10 +180,19 @@ pub struct RedisDbResult {
 pub struct FolderResult {
     pub source: String,
     pub section: String,
-    pub files: (u64, u64),
-    pub symlinks: (u64, u64),
-    pub bytes: (u64, u64),
+    /// What the manifest says the archive holds.
+    pub expected: TreeCounts,
+    /// What the extracted archive holds.
+    pub found: TreeCounts,
     pub passed: bool,
+}
+
+/// Files, symlinks and bytes of a folder source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TreeCounts {
+    pub files: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
 }
 
 /// Run the drill; returns the exit code (0 pass, 4 mismatch).
@@ -192,14 +202,15 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         .build()?;
     let mut sink = std::io::sink();
     let pull_out: &mut dyn Write = if opts.json { &mut sink } else { out };
-    let path = rt.block_on(crate::pull::run(
+    let path = rt.block_on(crate::pull::run_for_extract(
         cfg,
         &opts.id,
         opts.remote.as_deref(),
-        None,
         pull_out,
     ))?;
     drop(rt);
+    // An encrypted archive: its identity is checked here, before anything is written.
+    let xopts = crate::extract::ExtractOptions::for_archive(cfg, &path)?;
     let file = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -213,10 +224,10 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         std::process::id()
     )))?;
     let unpacked = work.path().join("archive");
-    crate::extract::extract(&path, &unpacked)
+    crate::extract::extract_with(&path, &unpacked, &xopts)
         .map_err(|e| crate::error::verification(format!("{e:#}")))
         .with_context(|| format!("extracting {}", path.display()))?;
-    let top = unpacked.join(manifest.file.split(".tar").next().unwrap_or(&manifest.file));
+    let top = unpacked.join(top_folder(&cfg.local.prefix, &manifest.file));
 
     let mut report = Report {
         archive: manifest.file.clone(),
@@ -256,9 +267,16 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         let res = FolderResult {
             source: s.name.clone(),
             section: s.section.dir_name().to_string(),
-            files: (s.files, c.0),
-            symlinks: (s.symlinks, c.1),
-            bytes: (s.bytes, c.2),
+            expected: TreeCounts {
+                files: s.files,
+                symlinks: s.symlinks,
+                bytes: s.bytes,
+            },
+            found: TreeCounts {
+                files: c.0,
+                symlinks: c.1,
+                bytes: c.2,
+            },
             passed: s.files == c.0 && s.symlinks == c.1 && s.bytes == c.2,
         };
         if !opts.json {

@@ -10,13 +10,20 @@
 //! staging folder is removed and nothing is left behind.
 //!
 //! [`check_readable`] decompresses and reads every entry (`gunzip -t` + `tar -t`).
+//!
+//! An age-encrypted archive (`.tar.gz.age`, recognised by its first bytes) is decrypted
+//! in the same pass ([`extract_with`], [`check_readable_with`]) and goes through exactly
+//! the same checks. Its header is opened before anything is created: a missing or wrong
+//! identity fails (exit 2) with nothing written. [`ExtractOptions::max_bytes`] bounds the
+//! file content written (a decompression bomb stops at the first entry that would cross
+//! it, before that entry is written).
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -44,13 +51,92 @@ pub struct ExtractStats {
 /// Prefix of the staging folder (inside `dest` when it exists, beside it otherwise).
 pub const STAGING_PREFIX: &str = ".pronto-extract-";
 
-type Reader = BufReader<MultiGzDecoder<BufReader<File>>>;
+/// How to read (and bound) an archive.
+#[derive(Debug, Default)]
+pub struct ExtractOptions {
+    /// The age identities for an encrypted archive (without them an encrypted archive is
+    /// refused before anything is written).
+    pub identities: Option<crate::crypto::Identities>,
+    /// The recipient fingerprints its manifest records, for a precise wrong-key message.
+    pub expected_recipients: Vec<String>,
+    /// At most this many bytes of file content are written; an entry that would cross the
+    /// limit is refused before it is written (decompression-bomb guard).
+    pub max_bytes: Option<u64>,
+}
 
-fn open(archive: &Path) -> Result<Archive<Reader>> {
+impl ExtractOptions {
+    /// For an archive in the backup folder: the identity from `[encryption]` (or
+    /// `--identity`) when the archive is encrypted, and from the manifest beside it (when
+    /// there is one) the recipients and a size limit of its content plus a margin
+    /// ([`content_limit`]). For an encrypted archive the identity is required and checked
+    /// against its header here (exit 2 when missing or wrong), before anything is written.
+    pub fn for_archive(cfg: &crate::config::Config, archive: &Path) -> Result<ExtractOptions> {
+        let mut opts = ExtractOptions::default();
+        let name = archive
+            .file_name()
+            .map_or_else(|| archive.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let mpath = archive.with_file_name(crate::manifest::Manifest::file_name_for(&name));
+        if let Ok(m) = crate::manifest::Manifest::read(&mpath) {
+            opts.expected_recipients = m.recipient_fingerprints.clone();
+            opts.max_bytes = Some(content_limit(&m));
+        }
+        let head = crate::crypto::read_head(archive, crate::crypto::HEADER_PROBE as usize)?;
+        if crate::crypto::is_age(&head) {
+            let Some(ids) = cfg.encryption.identities()? else {
+                return Err(crate::crypto::missing_identity(&name, &opts.expected_recipients));
+            };
+            ids.check_header(&head, &name, &opts.expected_recipients)?;
+            opts.identities = Some(ids);
+        }
+        Ok(opts)
+    }
+}
+
+/// The most file content an archive may hold given its manifest: what its sources
+/// summed to, plus 1/16 and 16 MiB for `backup_info.txt` and slack.
+pub fn content_limit(m: &crate::manifest::Manifest) -> u64 {
+    let total: u64 = m.sources.iter().map(|s| s.bytes).sum();
+    total.saturating_add(total / 16).saturating_add(16 << 20)
+}
+
+/// The archive's bytes: the file, or the plaintext of an age file.
+type Raw = Box<dyn Read>;
+type Reader = BufReader<MultiGzDecoder<BufReader<Raw>>>;
+
+/// Maps age's payload errors (a flipped bit, a cut-off file) to one clear message.
+struct Decrypting<R: Read>(age::stream::StreamReader<R>);
+
+impl<R: Read> Read for Decrypting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the age-encrypted stream is damaged or truncated ({e})"),
+            )
+        })
+    }
+}
+
+fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut r = BufReader::with_capacity(IO_BUF, file);
+    let head = r
+        .fill_buf()
+        .with_context(|| format!("reading {}", archive.display()))?;
+    let raw: Raw = if crate::crypto::is_age(head) {
+        let what = archive
+            .file_name()
+            .map_or_else(|| archive.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let Some(ids) = &opts.identities else {
+            return Err(crate::crypto::missing_identity(&what, &opts.expected_recipients));
+        };
+        Box::new(Decrypting(ids.decrypt(r, &what, &opts.expected_recipients)?))
+    } else {
+        Box::new(r)
+    };
     Ok(Archive::new(BufReader::with_capacity(
         256 << 10,
-        MultiGzDecoder::new(BufReader::with_capacity(IO_BUF, file)),
+        MultiGzDecoder::new(BufReader::with_capacity(IO_BUF, raw)),
     )))
 }
 
@@ -74,7 +160,12 @@ fn shown(bytes: &[u8]) -> String {
 /// Decompresses the archive and reads every entry, like `gunzip -t` and `tar -t`
 /// together. Writes nothing.
 pub fn check_readable(archive: &Path) -> Result<ExtractStats> {
-    let mut ar = open(archive)?;
+    check_readable_with(archive, &ExtractOptions::default())
+}
+
+/// [`check_readable`] of a possibly encrypted archive.
+pub fn check_readable_with(archive: &Path, opts: &ExtractOptions) -> Result<ExtractStats> {
+    let mut ar = open(archive, opts)?;
     let mut stats = ExtractStats::default();
     let mut buf = vec![0u8; IO_BUF];
     let what = archive.display();
@@ -117,7 +208,13 @@ pub fn check_readable(archive: &Path) -> Result<ExtractStats> {
 /// (as `tar` does), before the mode so that set-uid bits are applied to the
 /// archived owner and never to root.
 pub fn extract(archive: &Path, dest: &Path) -> Result<ExtractStats> {
-    let mut ar = open(archive)?;
+    extract_with(archive, dest, &ExtractOptions::default())
+}
+
+/// [`extract`] of a possibly encrypted archive, with a bound on what it writes. The age
+/// header is opened (the identity checked) before the destination is touched.
+pub fn extract_with(archive: &Path, dest: &Path, opts: &ExtractOptions) -> Result<ExtractStats> {
+    let mut ar = open(archive, opts)?;
     let staging = Staging::new(dest)?;
     let stats = (|| {
         let mut u = Unpacker {
@@ -127,6 +224,7 @@ pub fn extract(archive: &Path, dest: &Path) -> Result<ExtractStats> {
             stats: ExtractStats::default(),
             as_root: unsafe { libc::geteuid() } == 0,
             buf: vec![0u8; IO_BUF],
+            max_bytes: opts.max_bytes,
         };
         let what = archive.display();
         for (i, entry) in ar
@@ -440,6 +538,8 @@ struct Unpacker {
     stats: ExtractStats,
     as_root: bool,
     buf: Vec<u8>,
+    /// [`ExtractOptions::max_bytes`].
+    max_bytes: Option<u64>,
 }
 
 /// Permission bits and mtime of an entry.
@@ -556,6 +656,16 @@ impl Unpacker {
         let (mode, mtime) = mode_mtime(entry, name)?;
         let owner = self.owner(entry)?;
         let size = entry.size();
+        if let Some(max) = self.max_bytes {
+            if self.stats.bytes.saturating_add(size) > max {
+                return refuse(
+                    name,
+                    format!(
+                        "it would take the extracted data past {max} bytes, more than the archive's manifest declares (a decompression bomb?)"
+                    ),
+                );
+            }
+        }
         // create_new = O_EXCL: never opens through a symlink.
         let file = OpenOptions::new()
             .write(true)

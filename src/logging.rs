@@ -141,11 +141,12 @@ pub struct RotatingFile {
 }
 
 impl RotatingFile {
-    /// Open (create, mode 0640) `cfg.file` for appending; creates its folder.
+    /// Open (create, mode 0600) `cfg.file` for appending; creates its folder (0700).
     pub fn open(cfg: &LogConfig) -> io::Result<RotatingFile> {
         if let Some(dir) = cfg.file.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
+                std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                    .create(dir)?;
             }
         }
         Ok(RotatingFile {
@@ -160,7 +161,7 @@ impl RotatingFile {
         OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o640)
+            .mode(0o600)
             .open(path)
     }
 

@@ -81,6 +81,10 @@ pub struct Manifest {
     pub compression: String,
     /// `none` or an encryption scheme (`age`).
     pub encryption: String,
+    /// For `age`: a fingerprint of each recipient (public key) the archive is encrypted
+    /// to (`sha256:` + 16 hex digits, see `crypto::fingerprint`); never a key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipient_fingerprints: Vec<String>,
     /// Host that made the archive.
     pub host: String,
     /// pronto-offsite version that wrote it.

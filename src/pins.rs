@@ -61,8 +61,8 @@ struct Doc {
 /// Parse a pins document; `what` names it in errors. A document that cannot be read
 /// is an error, never "no pins".
 pub fn parse(bytes: &[u8], prefix: &str, what: &str) -> Result<BTreeSet<String>> {
-    let doc: Doc = serde_json::from_slice(bytes)
-        .with_context(|| format!("{what}: not a valid pins file"))?;
+    let doc: Doc =
+        serde_json::from_slice(bytes).with_context(|| format!("{what}: not a valid pins file"))?;
     if doc.format > FORMAT {
         bail!(
             "{what}: pins format {} is newer than this pronto-offsite understands ({FORMAT}); upgrade pronto-offsite",
@@ -127,9 +127,11 @@ pub fn write_local(local: &Local, pins: &BTreeSet<String>) -> Result<()> {
 /// but cannot be read: a prune must not run on a location whose pins it does not know.
 pub async fn read_remote(r: &RemoteHandle, prefix: &str) -> Result<BTreeSet<String>> {
     let key = file_name(prefix);
-    let res = retry(r.retry, &format!("download of {key} from {}", r.name), || async {
-        pronto_backends::collect(r.backend.get(&key, None).await?).await
-    })
+    let res = retry(
+        r.retry,
+        &format!("download of {key} from {}", r.name),
+        || async { pronto_backends::collect(r.backend.get(&key, None).await?).await },
+    )
     .await;
     match res {
         Ok(bytes) => parse(&bytes, prefix, &format!("{}:{key}", r.name)),
@@ -252,13 +254,22 @@ mod tests {
         let set: BTreeSet<String> = ["20260201-170521".to_string()].into();
         let json = to_json("p", &set);
         assert_eq!(parse(&json, "p", "x").unwrap(), set);
-        assert!(parse(&json, "q", "x").unwrap_err().to_string().contains("prefix"));
+        assert!(parse(&json, "q", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("prefix"));
         assert!(parse(b"{}", "p", "x").is_err());
         assert!(parse(b"not json", "p", "x").is_err());
         let bad = br#"{"format":1,"prefix":"p","pins":["yesterday"]}"#;
-        assert!(parse(bad, "p", "x").unwrap_err().to_string().contains("yesterday"));
+        assert!(parse(bad, "p", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("yesterday"));
         let newer = br#"{"format":9,"prefix":"p","pins":[]}"#;
-        assert!(parse(newer, "p", "x").unwrap_err().to_string().contains("newer"));
+        assert!(parse(newer, "p", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("newer"));
     }
 
     #[test]

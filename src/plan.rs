@@ -81,7 +81,9 @@ pub enum UploadReason {
     /// The remote has the archive but no manifest: an interrupted upload.
     Incomplete,
     /// The remote's object has another size than ours.
-    SizeDiffers { remote: u64 },
+    SizeDiffers {
+        remote: u64,
+    },
 }
 
 impl std::fmt::Display for UploadReason {
@@ -751,10 +753,7 @@ mod tests {
         }
         input[1].tier = Some(Tier::Yearly);
         let plan = plan_prune(&rules(&p, &pins), &input);
-        let moves: Vec<(&str, Tier)> = plan
-            .moves()
-            .map(|(e, t)| (e.held.id.as_str(), t))
-            .collect();
+        let moves: Vec<(&str, Tier)> = plan.moves().map(|(e, t)| (e.held.id.as_str(), t)).collect();
         assert_eq!(
             moves,
             vec![
@@ -801,5 +800,4 @@ mod tests {
             .without(["20260101-000000"])
             .holds_copy("20260101-000000", &m("20260101-000000", 10, [7; 32])));
     }
-
 }

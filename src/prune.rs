@@ -175,17 +175,9 @@ pub async fn run_reports(
                 Ok((r, state, remote_pins)) => {
                     let all_pins: BTreeSet<String> =
                         local_pins.union(remote_pins).cloned().collect();
-                    let rep = prune_remote(
-                        cfg,
-                        r,
-                        state,
-                        &all_pins,
-                        now,
-                        opts.force,
-                        opts.dry_run,
-                        out,
-                    )
-                    .await;
+                    let rep =
+                        prune_remote(cfg, r, state, &all_pins, now, opts.force, opts.dry_run, out)
+                            .await;
                     // What this run deleted there is no longer a copy, but it was off-site
                     // and the policy removed it (recorded on disk too, unless a dry run).
                     let gone: Vec<String> = rep
@@ -597,7 +589,8 @@ fn record_offsite_pruned(local: &crate::config::Local, file: &str) {
     }
     let dir = local.dir.join(OFFSITE_PRUNED_DIR);
     let res = fsutil::create_private_dir(&dir).and_then(|()| {
-        std::fs::write(dir.join(file), b"").with_context(|| format!("writing {}", dir.join(file).display()))
+        std::fs::write(dir.join(file), b"")
+            .with_context(|| format!("writing {}", dir.join(file).display()))
     });
     if let Err(e) = res {
         tracing::warn!(

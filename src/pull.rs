@@ -1,5 +1,11 @@
 //! `pull <id|latest>`: fetch an archive from a remote, verify it against its
 //! manifest before anything is extracted, then extract it safely.
+//!
+//! An age-encrypted archive is checked against the identity (`--identity FILE` or
+//! `[encryption] identity_file`) from its first bytes on the remote before anything is
+//! downloaded: a missing identity (when the archive is to be extracted) or a wrong one
+//! fails with exit 2 and nothing written. Without `--to`, an encrypted archive may be
+//! pulled without an identity (it stays encrypted on disk).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,28 @@ pub async fn run(
     what: &str,
     only: Option<&str>,
     to: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<PathBuf> {
+    run_inner(cfg, what, only, to, to.is_some(), out).await
+}
+
+/// Pull an archive that the caller will extract (restore, verify): an encrypted one
+/// needs an identity, checked before anything is downloaded. Returns the local path.
+pub async fn run_for_extract(
+    cfg: &Config,
+    what: &str,
+    only: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<PathBuf> {
+    run_inner(cfg, what, only, None, true, out).await
+}
+
+async fn run_inner(
+    cfg: &Config,
+    what: &str,
+    only: Option<&str>,
+    to: Option<&Path>,
+    need_key: bool,
     out: &mut dyn Write,
 ) -> Result<PathBuf> {
     let wanted = if what == "latest" {
@@ -107,6 +135,41 @@ pub async fn run(
     }
     let expected = manifest.sha256_bytes()?;
 
+    // Encrypted: the identity must open its header, checked before anything is written.
+    let encrypted = manifest.encryption == crate::crypto::SCHEME_AGE || file.ends_with(".age");
+    let identities = if encrypted {
+        cfg.encryption.identities()?
+    } else {
+        None
+    };
+    if encrypted {
+        let fps = &manifest.recipient_fingerprints;
+        match &identities {
+            None if need_key => return Err(crate::crypto::missing_identity(&file, fps)),
+            None => {}
+            Some(ids) => {
+                let n = archive
+                    .size
+                    .unwrap_or(crate::crypto::HEADER_PROBE)
+                    .min(crate::crypto::HEADER_PROBE);
+                let head = retry(r.retry, &format!("download of the start of {file}"), || async {
+                    pronto_backends::collect(r.backend.get(&file, Some(0..n)).await?).await
+                })
+                .await;
+                match head {
+                    Ok(head) => match ids.check_header(&head, &file, fps) {
+                        Ok(_) => {}
+                        Err(e) if need_key => return Err(e),
+                        Err(e) => tracing::warn!("{e:#}"),
+                    },
+                    Err(e) => tracing::debug!(
+                        "could not read the start of {file} to check the identity early ({e:#}); it is checked before extraction"
+                    ),
+                }
+            }
+        }
+    }
+
     let dir = &cfg.local.dir;
     let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
     // Already here and intact? Use the local copy.
@@ -156,7 +219,12 @@ pub async fn run(
     };
 
     if let Some(to) = to {
-        let stats = crate::extract::extract(&path, to)
+        let opts = crate::extract::ExtractOptions {
+            identities,
+            expected_recipients: manifest.recipient_fingerprints.clone(),
+            max_bytes: Some(crate::extract::content_limit(&manifest)),
+        };
+        let stats = crate::extract::extract_with(&path, to, &opts)
             .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
         writeln!(
             out,

@@ -92,7 +92,9 @@ pub async fn run_with(
             let uploads = push_one(cfg, &r, &local, dry_run, &mut rep, out).await?;
             if prune && remote.prune {
                 // Every upload of this run to this remote succeeded: prune it.
-                let local_pins = local_pins.as_ref().map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
+                let local_pins = local_pins
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
                 prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, out).await?;
             }
             anyhow::Ok(())
@@ -175,7 +177,9 @@ fn relocate(cfg: &Config, up: &plan::Upload) -> Result<Option<plan::Upload>> {
         .find(|a| {
             a.name.id == up.archive.name.id
                 && a.path != up.archive.path
-                && a.manifest.as_ref().is_some_and(|m| m.sha256 == up.manifest.sha256)
+                && a.manifest
+                    .as_ref()
+                    .is_some_and(|m| m.sha256 == up.manifest.sha256)
         })
         .map(|a| plan::Upload {
             archive: a,
@@ -192,9 +196,11 @@ async fn push_one(
     rep: &mut RemoteReport,
     out: &mut dyn Write,
 ) -> Result<Vec<plan::Upload>> {
-    let listing = retry(r.retry, &format!("listing of {}", r.name), || r.backend.list(""))
-        .await
-        .with_context(|| format!("listing {}", r.backend.describe()))?;
+    let listing = retry(r.retry, &format!("listing of {}", r.name), || {
+        r.backend.list("")
+    })
+    .await
+    .with_context(|| format!("listing {}", r.backend.describe()))?;
     let state = plan::remote_state(&cfg.local.prefix, &listing);
     let uploads = plan::uploads(local, &state);
     rep.skipped = local.iter().filter(|a| a.manifest.is_some()).count() - uploads.len();

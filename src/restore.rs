@@ -383,17 +383,21 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         )));
     }
 
-    // 1. Pull and extract.
+    // 1. Pull (or take the intact local copy of an id: a safety backup lives only here) and extract.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let path = rt.block_on(crate::pull::run(
-        cfg,
-        &opts.id,
-        opts.remote.as_deref(),
-        None,
-        out,
-    ))?;
+    let path = match local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
+        Some(p) => p,
+        None => rt.block_on(crate::pull::run_for_extract(
+            cfg,
+            &opts.id,
+            opts.remote.as_deref(),
+            out,
+        ))?,
+    };
+    // An encrypted archive: its identity is checked here, before anything is written.
+    let xopts = crate::extract::ExtractOptions::for_archive(cfg, &path)?;
     let manifest_path = path.with_file_name(Manifest::file_name_for(
         &path
             .file_name()
@@ -408,9 +412,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         std::process::id()
     )))?;
     let unpacked = staging.path().join("archive");
-    crate::extract::extract(&path, &unpacked)
+    crate::extract::extract_with(&path, &unpacked, &xopts)
         .with_context(|| format!("extracting {} into {}", path.display(), unpacked.display()))?;
-    let top = unpacked.join(manifest.file.split(".tar").next().unwrap_or(&manifest.file));
+    let top = unpacked.join(top_folder(&cfg.local.prefix, &manifest.file));
     writeln!(
         out,
         "restoring {} (made {} on {}) into this host",
@@ -679,6 +683,52 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         writeln!(out, "safety backup: {id}")?;
     }
     Ok(crate::error::EXIT_OK)
+}
+
+/// The one top folder inside an archive: its name without the extension.
+pub fn top_folder(prefix: &str, file: &str) -> String {
+    match crate::catalog::parse_name(prefix, file) {
+        Some(n) => n.stem().to_string(),
+        None => file.split(".tar").next().unwrap_or(file).to_string(),
+    }
+}
+
+/// The local copy of archive `what` when it is complete and its SHA-256 and size match
+/// its manifest. Not for `latest` (that is the newest on the remotes, not a safety backup
+/// made here), nor when `--remote` asks for a remote's copy.
+fn local_intact(
+    cfg: &Config,
+    what: &str,
+    remote_given: bool,
+    out: &mut dyn Write,
+) -> Result<Option<PathBuf>> {
+    if what == "latest" || remote_given {
+        return Ok(None);
+    }
+    let Some(id) = crate::catalog::id_from_user(&cfg.local.prefix, what) else {
+        return Ok(None);
+    };
+    let all = crate::catalog::scan(&cfg.local)?;
+    let Some(a) = crate::catalog::find_complete(&all, &id) else {
+        return Ok(None);
+    };
+    let m = a.manifest.as_ref().expect("complete");
+    let (sha, size) = crate::archive::sha256_file(&a.path)?;
+    if hex::encode(sha) != m.sha256 || size != m.size {
+        writeln!(
+            out,
+            "the local copy {} does not match its manifest; fetching it from a remote",
+            a.path.display()
+        )?;
+        return Ok(None);
+    }
+    writeln!(
+        out,
+        "using the local copy {} (sha256 {} verified)",
+        a.path.display(),
+        m.sha256
+    )?;
+    Ok(Some(a.path.clone()))
 }
 
 fn restore_globals(src: &Source, file: &Path, private: &Path) -> Result<String> {

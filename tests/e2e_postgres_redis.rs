@@ -848,20 +848,37 @@ fn a_failing_restore_step_is_named_with_the_safety_backup_that_undoes_it() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("appendonly is on"), "{t}");
-    assert_eq!(local_ids(&env), vec![id.clone()], "no safety backup was needed yet");
+    assert_eq!(
+        local_ids(&env),
+        vec![id.clone()],
+        "no safety backup was needed yet"
+    );
     r.cli(&["CONFIG", "SET", "appendonly", "no"]);
 
     // The start fails after the snapshot was put in place: the step is named, with the way back.
     let good = std::fs::read_to_string(env.config()).unwrap();
-    let start = format!("start_command = \"{}\"", r.start_command().replace('"', "\\\""));
+    let start = format!(
+        "start_command = \"{}\"",
+        r.start_command().replace('"', "\\\"")
+    );
     assert!(good.contains(&start));
-    std::fs::write(env.config(), good.replace(&start, "start_command = \"echo cannot start >&2; exit 3\"")).unwrap();
+    std::fs::write(
+        env.config(),
+        good.replace(&start, "start_command = \"echo cannot start >&2; exit 3\""),
+    )
+    .unwrap();
     let o = env.run(&["pull", &id, "--restore"]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("restore stopped at step 2/2 (redis cache): start: start_command"), "{t}");
+    assert!(
+        t.contains("restore stopped at step 2/2 (redis cache): start: start_command"),
+        "{t}"
+    );
     assert!(t.contains("cannot start"), "{t}");
-    let safety = local_ids(&env).into_iter().find(|i| *i != id).expect("a safety backup");
+    let safety = local_ids(&env)
+        .into_iter()
+        .find(|i| *i != id)
+        .expect("a safety backup");
     assert!(t.contains(&format!("safety backup {safety}")), "{t}");
     assert!(!t.contains(REDIS_PASSWORD), "{t}");
     assert!(r.try_cli(&["PING"]).is_err(), "redis stays stopped");

@@ -185,7 +185,10 @@ fn prune_dry_run_prints_the_plan_per_location_and_changes_nothing_then_prune_doe
     assert!(real.contains("nas: deleted 2, kept 2"), "{real}");
     for dir in [env.backups(), env.path("nas")] {
         assert_eq!(archives_in(&dir), vec![file_of(IDS4[2]), file_of(IDS4[3])]);
-        assert!(!names_in(&dir).contains(&manifest_of(IDS4[0])), "manifest went too");
+        assert!(
+            !names_in(&dir).contains(&manifest_of(IDS4[0])),
+            "manifest went too"
+        );
         assert!(names_in(&dir).contains(&manifest_of(IDS4[3])));
     }
 }
@@ -210,8 +213,16 @@ fn prune_skips_a_location_whose_listing_failed_exit_3_and_1() {
     assert_eq!(o.status.code(), Some(3), "others succeeded: {}", text(&o));
     let out = stdout(&o);
     assert!(out.contains("broken: FAILED: not pruned"), "{out}");
-    assert_eq!(snapshot(&env.path("broken")), broken_before, "nothing deleted there");
-    assert_eq!(archives_in(&env.path("nas")), vec![file_of(IDS4[3])], "{out}");
+    assert_eq!(
+        snapshot(&env.path("broken")),
+        broken_before,
+        "nothing deleted there"
+    );
+    assert_eq!(
+        archives_in(&env.path("nas")),
+        vec![file_of(IDS4[3])],
+        "{out}"
+    );
     // Local: `nas` held copies of everything (its prune removed the forgotten ones by the
     // policy), so the local folder is pruned too.
     assert_eq!(archives_in(&env.backups()), vec![file_of(IDS4[3])], "{out}");
@@ -239,7 +250,12 @@ fn local_prune_keeps_archives_no_remote_holds_unless_forced_or_no_remotes() {
     copy(&env.backups(), &env.path("nas"), IDS4[0]);
     let f = env.path("nas").join(file_of(IDS4[0]));
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 1).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
 
     let o = env.run(&["prune", "--local"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -251,7 +267,11 @@ fn local_prune_keeps_archives_no_remote_holds_unless_forced_or_no_remotes() {
         );
     }
     assert_eq!(archives_in(&env.backups()).len(), 3, "nothing deleted");
-    assert_eq!(archives_in(&env.path("nas")).len(), 2, "--local leaves remotes alone");
+    assert_eq!(
+        archives_in(&env.path("nas")).len(),
+        2,
+        "--local leaves remotes alone"
+    );
 
     let o = env.run(&["prune", "--local", "--force"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -259,7 +279,11 @@ fn local_prune_keeps_archives_no_remote_holds_unless_forced_or_no_remotes() {
 
     // No remotes configured: nothing to wait for.
     let env = Env::new();
-    config(&env, &[], "[retention]\nlast = 1\nmax_delete_fraction = 1\n");
+    config(
+        &env,
+        &[],
+        "[retention]\nlast = 1\nmax_delete_fraction = 1\n",
+    );
     for id in &IDS4[..3] {
         fabricate(&env.backups(), id);
     }
@@ -279,7 +303,10 @@ fn prune_refuses_to_delete_more_than_max_delete_fraction_unless_forced() {
     let o = env.run(&["prune"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = stdout(&o);
-    assert!(out.contains("  refused: would delete 3 of 4 archives (75%)"), "{out}");
+    assert!(
+        out.contains("  refused: would delete 3 of 4 archives (75%)"),
+        "{out}"
+    );
     assert!(out.contains("max_delete_fraction = 0.5"), "{out}");
     assert!(out.contains("--force"), "{out}");
     assert_eq!(tree(&env), before);
@@ -361,7 +388,11 @@ fn prune_never_touches_files_that_are_not_ours() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for dir in [env.backups(), env.path("nas")] {
         for id in &IDS4[..3] {
-            assert!(!dir.join(file_of(id)).exists(), "{id} was not pruned\n{}", text(&o));
+            assert!(
+                !dir.join(file_of(id)).exists(),
+                "{id} was not pruned\n{}",
+                text(&o)
+            );
         }
         assert!(dir.join(file_of(IDS4[3])).exists());
         for f in foreign {
@@ -386,12 +417,19 @@ fn remote_incomplete_uploads_are_left_alone() {
     let o = env.run(&["prune", "--remote", "nas"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = stdout(&o);
-    assert!(plan_line(&out, "remote nas", &file_of(IDS4[0])).contains("leave"), "{out}");
+    assert!(
+        plan_line(&out, "remote nas", &file_of(IDS4[0])).contains("leave"),
+        "{out}"
+    );
     assert_eq!(
         archives_in(&env.path("nas")),
         vec![file_of(IDS4[0]), file_of(IDS4[3])]
     );
-    assert_eq!(archives_in(&env.backups()).len(), 4, "--remote leaves local alone");
+    assert_eq!(
+        archives_in(&env.backups()).len(),
+        4,
+        "--remote leaves local alone"
+    );
 }
 
 #[test]
@@ -405,8 +443,16 @@ fn pin_keeps_an_archive_on_every_location_and_unpin_releases_it() {
     four_everywhere(&env);
     let o = env.run(&["pin", &file_of(IDS4[0])]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains(&format!("local: pinned {}", IDS4[0])), "{}", text(&o));
-    assert!(stdout(&o).contains(&format!("nas: pinned {}", IDS4[0])), "{}", text(&o));
+    assert!(
+        stdout(&o).contains(&format!("local: pinned {}", IDS4[0])),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        stdout(&o).contains(&format!("nas: pinned {}", IDS4[0])),
+        "{}",
+        text(&o)
+    );
     let local_pins = env.backups().join(format!("{P}.pins.json"));
     let remote_pins = env.path("nas").join(format!("{P}.pins.json"));
     assert!(local_pins.exists() && remote_pins.exists());
@@ -438,7 +484,11 @@ fn pin_keeps_an_archive_on_every_location_and_unpin_releases_it() {
 
     let o = env.run(&["unpin", IDS4[0]]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains(&format!("local: unpinned {}", IDS4[0])), "{}", text(&o));
+    assert!(
+        stdout(&o).contains(&format!("local: unpinned {}", IDS4[0])),
+        "{}",
+        text(&o)
+    );
     assert!(!local_pins.exists() && !remote_pins.exists());
     let o = env.run(&["prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -472,17 +522,31 @@ fn prune_files_local_keepers_into_tiers_by_their_strongest_reason() {
         "{}",
         text(&o)
     );
-    assert_eq!(archives_in(&env.backups()).len(), 6, "dry run moves nothing");
+    assert_eq!(
+        archives_in(&env.backups()).len(),
+        6,
+        "dry run moves nothing"
+    );
 
     let o = env.run(&["prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let at = |tier: &str| archives_in(&env.backups().join(tier));
-    assert_eq!(at("archive/yearly"), vec![file_of(ids[0]), file_of(ids[1]), file_of(ids[5])]);
+    assert_eq!(
+        at("archive/yearly"),
+        vec![file_of(ids[0]), file_of(ids[1]), file_of(ids[5])]
+    );
     assert_eq!(at("archive/monthly"), vec![file_of(ids[2])]);
     assert_eq!(at("archive/weekly"), vec![file_of(ids[3])]);
     assert_eq!(archives_in(&env.backups()), vec![file_of(ids[4])]);
-    for (tier, id) in [("archive/yearly", ids[0]), ("archive/monthly", ids[2]), ("", ids[4])] {
-        assert!(env.backups().join(tier).join(manifest_of(id)).exists(), "{id}'s manifest moved with it");
+    for (tier, id) in [
+        ("archive/yearly", ids[0]),
+        ("archive/monthly", ids[2]),
+        ("", ids[4]),
+    ] {
+        assert!(
+            env.backups().join(tier).join(manifest_of(id)).exists(),
+            "{id}'s manifest moved with it"
+        );
     }
     let o = env.run(&["list"]);
     assert!(stdout(&o).contains("complete (monthly)"), "{}", text(&o));
@@ -491,7 +555,11 @@ fn prune_files_local_keepers_into_tiers_by_their_strongest_reason() {
 #[test]
 fn an_interrupted_tier_move_still_counts_as_complete_and_is_finished_later() {
     let env = Env::new();
-    config(&env, &[("nas", "")], "[retention]\nlast = 3\nmax_delete_fraction = 1\n");
+    config(
+        &env,
+        &[("nas", "")],
+        "[retention]\nlast = 3\nmax_delete_fraction = 1\n",
+    );
     let id = IDS4[0];
     fabricate(&env.backups(), id);
     // The state a crash between the two renames leaves: archive moved, manifest not yet.
@@ -503,12 +571,19 @@ fn an_interrupted_tier_move_still_counts_as_complete_and_is_finished_later() {
     .unwrap();
 
     let o = env.run(&["list"]);
-    let line = stdout(&o).lines().find(|l| l.starts_with(id)).map(String::from).unwrap_or_else(|| panic!("{}", text(&o)));
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with(id))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("{}", text(&o)));
     assert!(line.contains("complete"), "{line}");
     assert!(!line.contains("incomplete"), "{line}");
     let o = env.run(&["push", "--no-prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(env.path("nas").join(manifest_of(id)).exists(), "pushed as complete");
+    assert!(
+        env.path("nas").join(manifest_of(id)).exists(),
+        "pushed as complete"
+    );
 
     // The next prune files it (last#1 → top folder) with its manifest beside it.
     let o = env.run(&["prune", "--local"]);
@@ -552,8 +627,14 @@ fn backup_files_archives_into_tiers_and_a_tier_move_never_causes_a_reupload() {
     let o = env.run(&["push"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = stdout(&o);
-    assert!(out.contains("uploaded 1") && out.contains("1 already there"), "{out}");
-    assert!(!out.contains(&format!("upload {}", file_of(&first))), "{out}");
+    assert!(
+        out.contains("uploaded 1") && out.contains("1 already there"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("upload {}", file_of(&first))),
+        "{out}"
+    );
 }
 
 #[test]
@@ -575,11 +656,22 @@ fn push_prunes_each_remote_after_its_uploads_unless_told_not_to() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = stdout(&o);
     // The plan prunes over what the remote will hold after the uploads.
-    assert!(plan_line(&out, "remote nas", &file_of(IDS4[2])).ends_with("last#1"), "{out}");
-    assert!(plan_line(&out, "remote nas", &file_of(IDS4[0])).trim_start().starts_with("delete"));
-    assert!(!out.contains("remote keep"), "prune = false: no plan for keep\n{out}");
+    assert!(
+        plan_line(&out, "remote nas", &file_of(IDS4[2])).ends_with("last#1"),
+        "{out}"
+    );
+    assert!(plan_line(&out, "remote nas", &file_of(IDS4[0]))
+        .trim_start()
+        .starts_with("delete"));
+    assert!(
+        !out.contains("remote keep"),
+        "prune = false: no plan for keep\n{out}"
+    );
     assert!(out.contains("prune would delete 2"), "{out}");
-    assert_eq!((snapshot(&env.path("nas")), snapshot(&env.path("keep"))), before);
+    assert_eq!(
+        (snapshot(&env.path("nas")), snapshot(&env.path("keep"))),
+        before
+    );
 
     let o = env.run(&["push", "--no-prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -591,12 +683,24 @@ fn push_prunes_each_remote_after_its_uploads_unless_told_not_to() {
     assert!(stdout(&o).contains("pruned 2"), "{}", text(&o));
     assert_eq!(archives_in(&env.path("nas")), vec![file_of(IDS4[2])]);
     assert_eq!(archives_in(&env.path("keep")).len(), 3, "prune = false");
-    assert_eq!(archives_in(&env.backups()).len(), 3, "push never prunes local");
+    assert_eq!(
+        archives_in(&env.backups()).len(),
+        3,
+        "push never prunes local"
+    );
 
     // The archives nas's prune removed were off-site until the policy removed them there:
     // a later local prune may delete them (no --force needed; `keep` is left alone).
     let o = env.run(&["prune", "--local"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(archives_in(&env.backups()), vec![file_of(IDS4[2])], "{}", text(&o));
-    assert!(names_in(&env.backups().join(".offsite-pruned")).is_empty(), "markers cleaned up");
+    assert_eq!(
+        archives_in(&env.backups()),
+        vec![file_of(IDS4[2])],
+        "{}",
+        text(&o)
+    );
+    assert!(
+        names_in(&env.backups().join(".offsite-pruned")).is_empty(),
+        "markers cleaned up"
+    );
 }

@@ -30,7 +30,8 @@ fn max_delete_fraction_defaults_to_half_and_sits_in_retention() {
     assert_eq!(c.max_delete_fraction, 0.5);
     assert_eq!(c.retention, Policy::seed_default());
 
-    let c = parse("[local]\ndir = \"b\"\n[retention]\nlast = 3\nmax_delete_fraction = 0.25\n").unwrap();
+    let c =
+        parse("[local]\ndir = \"b\"\n[retention]\nlast = 3\nmax_delete_fraction = 0.25\n").unwrap();
     assert_eq!(c.max_delete_fraction, 0.25);
     assert_eq!(
         c.retention,
@@ -40,7 +41,8 @@ fn max_delete_fraction_defaults_to_half_and_sits_in_retention() {
         }
     );
     // Whole numbers are fractions too.
-    let c = parse("[local]\ndir = \"b\"\n[retention]\ndaily = 1\nmax_delete_fraction = 1\n").unwrap();
+    let c =
+        parse("[local]\ndir = \"b\"\n[retention]\ndaily = 1\nmax_delete_fraction = 1\n").unwrap();
     assert_eq!(c.max_delete_fraction, 1.0);
     // Only the cap: the seed's policy still applies.
     let c = parse("[local]\ndir = \"b\"\n[retention]\nmax_delete_fraction = 0.3\n").unwrap();
@@ -51,14 +53,32 @@ fn max_delete_fraction_defaults_to_half_and_sits_in_retention() {
 #[test]
 fn bad_retention_tables_are_still_config_errors() {
     for (text, needle) in [
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = 1.5\n", "test.toml:5: retention.max_delete_fraction"),
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = -0.1\n", "max_delete_fraction"),
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = \"half\"\n", "fraction"),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = 1.5\n",
+            "test.toml:5: retention.max_delete_fraction",
+        ),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = -0.1\n",
+            "max_delete_fraction",
+        ),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = 3\nmax_delete_fraction = \"half\"\n",
+            "fraction",
+        ),
         // The policy's own errors keep their exact line and the list of keys.
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = 3\nkeep_daily = 3\n", "test.toml:5: unknown field `keep_daily`, expected one of `last`"),
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = \"lots\"\n", "test.toml:4: invalid count \"lots\""),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = 3\nkeep_daily = 3\n",
+            "test.toml:5: unknown field `keep_daily`, expected one of `last`",
+        ),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = \"lots\"\n",
+            "test.toml:4: invalid count \"lots\"",
+        ),
         ("[local]\ndir = \"b\"\n[retention]\n", "keeps nothing"),
-        ("[local]\ndir = \"b\"\n[retention]\ndaily = 0\nmax_delete_fraction = 0.5\n", "keeps nothing"),
+        (
+            "[local]\ndir = \"b\"\n[retention]\ndaily = 0\nmax_delete_fraction = 0.5\n",
+            "keeps nothing",
+        ),
     ] {
         let err = format!("{:#}", parse(text).unwrap_err());
         assert!(err.contains(needle), "{text:?}: {err}");
@@ -87,10 +107,19 @@ impl Backend for Recording {
     async fn head(&self, key: &str) -> pronto_backends::Result<ObjectMeta> {
         self.inner.head(key).await
     }
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> pronto_backends::Result<ByteStream> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> pronto_backends::Result<ByteStream> {
         self.inner.get(key, range).await
     }
-    async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> pronto_backends::Result<ObjectMeta> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> pronto_backends::Result<ObjectMeta> {
         self.inner.put(key, body, sha256).await
     }
     async fn create_upload(&self, key: &str) -> pronto_backends::Result<UploadId> {
@@ -176,12 +205,27 @@ async fn remote_prune_deletes_the_manifest_first_then_the_archive() {
     let r = handle(&remote, &log, None);
     let state = prune::list_state(&cfg, &r).await.unwrap();
     let mut out = Vec::new();
-    let rep = prune::prune_remote(&cfg, &r, &state, &BTreeSet::new(), chrono::Utc::now(), false, false, &mut out).await;
+    let rep = prune::prune_remote(
+        &cfg,
+        &r,
+        &state,
+        &BTreeSet::new(),
+        chrono::Utc::now(),
+        false,
+        false,
+        &mut out,
+    )
+    .await;
     assert_eq!(rep.error, None);
     assert_eq!(rep.deleted, vec![archive(IDS[0]), archive(IDS[1])]);
     assert_eq!(
         *log.lock().unwrap(),
-        vec![manifest(IDS[0]), archive(IDS[0]), manifest(IDS[1]), archive(IDS[1])]
+        vec![
+            manifest(IDS[0]),
+            archive(IDS[0]),
+            manifest(IDS[1]),
+            archive(IDS[1])
+        ]
     );
     assert!(remote.join(archive(IDS[2])).exists() && remote.join(manifest(IDS[2])).exists());
 }
@@ -201,11 +245,25 @@ async fn a_failed_remote_delete_stops_that_remote_and_leaves_no_restorable_half(
     let r = handle(&remote, &log, Some(archive(IDS[0])));
     let state = prune::list_state(&cfg, &r).await.unwrap();
     let mut out = Vec::new();
-    let rep = prune::prune_remote(&cfg, &r, &state, &BTreeSet::new(), chrono::Utc::now(), false, false, &mut out).await;
+    let rep = prune::prune_remote(
+        &cfg,
+        &r,
+        &state,
+        &BTreeSet::new(),
+        chrono::Utc::now(),
+        false,
+        false,
+        &mut out,
+    )
+    .await;
     let err = rep.error.expect("the failure is reported");
     assert!(err.contains("injected failure"), "{err}");
     assert!(rep.deleted.is_empty());
-    assert_eq!(*log.lock().unwrap(), vec![manifest(IDS[0])], "stopped at the first failure");
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![manifest(IDS[0])],
+        "stopped at the first failure"
+    );
     // The half-deleted archive has no manifest: never a restore candidate, and a later
     // prune leaves it alone as incomplete.
     assert!(remote.join(archive(IDS[0])).exists() && !remote.join(manifest(IDS[0])).exists());

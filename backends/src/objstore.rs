@@ -719,7 +719,7 @@ pub fn map_error(
                 key: ctx,
                 expected: "the checksum sent with the body".into(),
                 actual: format!(
-                    "what the server received ({})",
+                    "a different one computed by the server, which refused the body ({})",
                     redactor.redact(&code.clone().unwrap_or_default())
                 ),
             }
@@ -1004,6 +1004,9 @@ struct IdleTimeoutBody {
     inner: HttpResponseBody,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The last poll returned `Pending`: the clock is running. A consumer that is slow to
+    /// poll again (a slow disk) does not count as an idle server.
+    waiting: bool,
 }
 
 impl IdleTimeoutBody {
@@ -1012,6 +1015,7 @@ impl IdleTimeoutBody {
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
         }
     }
 }
@@ -1025,10 +1029,13 @@ impl http_body::Body for IdleTimeoutBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
+        if !this.waiting {
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.sleep.as_mut().reset(deadline);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.waiting = false;
                 Poll::Ready(r)
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
@@ -1039,7 +1046,10 @@ impl http_body::Body for IdleTimeoutBody {
                         this.idle.as_secs()
                     )),
                 )))),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    this.waiting = true;
+                    Poll::Pending
+                }
             },
         }
     }
@@ -1090,6 +1100,30 @@ mod tests {
             chrono_like_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(784_111_777)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_download_times_out_but_a_slow_reader_does_not() {
+        use http_body_util::BodyExt;
+        type Frame = std::result::Result<http_body::Frame<Bytes>, HttpError>;
+        let pending = futures::stream::pending::<Frame>();
+        let body = HttpResponseBody::new(http_body_util::StreamBody::new(pending));
+        let mut b = IdleTimeoutBody::new(body, Duration::from_secs(5));
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), HttpErrorKind::Timeout);
+
+        // Data that is there when asked for, however late, is no stall.
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, HttpError>(http_body::Frame::data(Bytes::from_static(b"a"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"b"))),
+        ]);
+        let body = HttpResponseBody::new(http_body_util::StreamBody::new(chunks));
+        let mut b = IdleTimeoutBody::new(body, Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        assert!(b.frame().await.is_none());
     }
 
     #[test]

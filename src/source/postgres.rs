@@ -553,6 +553,9 @@ impl<'a> PgClient<'a> {
     /// `pg_dump -Fc --snapshot` of `db` into `out`, and the row counts of the same snapshot.
     fn dump_database(&self, db: &str, out: &Path) -> Result<Vec<TableRows>> {
         let mut s = Session::open(self, db)?;
+        // The session idles in its transaction while pg_dump works: no server timeout may end it.
+        s.exec("SET idle_in_transaction_session_timeout = 0")?;
+        s.exec("SET statement_timeout = 0")?;
         s.exec("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
         let snapshot = s
             .query("SELECT pg_catalog.pg_export_snapshot()")?

@@ -56,14 +56,15 @@ impl Redis {
         self.dir.path().join("redis.pid")
     }
 
-    /// The shell command that starts it (daemonized, RDB in data/dump.rdb, no saves); the
-    /// settings (and the password) are in its config file, not in argv.
+    /// The shell command that starts it (daemonized, RDB in data/dump.rdb, no saves, no
+    /// 5 s wait for more replicas before a `--rdb` transfer); the settings (and the
+    /// password) are in its config file, not in argv.
     pub fn start_command(&self) -> String {
         let conf = self.dir.path().join("redis.conf");
         if !conf.exists() {
             let mut s = format!(
                 "bind 127.0.0.1\nport {}\ndir \"{}\"\ndbfilename dump.rdb\nsave \"\"\nappendonly no\n\
-                 daemonize yes\npidfile \"{}\"\nlogfile \"{}\"\n",
+                 daemonize yes\nrepl-diskless-sync-delay 0\npidfile \"{}\"\nlogfile \"{}\"\n",
                 self.port,
                 self.data_dir().display(),
                 self.pidfile().display(),

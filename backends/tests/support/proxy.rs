@@ -120,7 +120,9 @@ impl Proxy {
         self.shared.rules.lock().unwrap().hold_after = Some((Box::new(pred), n));
     }
 
-    /// Drop every rule and let held requests go on.
+    /// Drop every rule. Held requests are abandoned (both connections closed, nothing
+    /// forwarded): their client is usually gone, and a late, truncated copy must not
+    /// reach the server while the test goes on.
     pub fn reset(&self) {
         *self.shared.rules.lock().unwrap() = Rules::default();
         let (m, cv) = &self.shared.released;
@@ -234,6 +236,8 @@ fn serve_inner(
             while !*released {
                 released = cv.wait(released).unwrap();
             }
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(false);
         }
 
         let corrupt = s

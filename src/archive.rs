@@ -1,9 +1,10 @@
-//! The one streaming pass that makes an archive: tar → gzip → [age] → sha256 → file.
+//! The one streaming pass that makes an archive: tar → gzip|zstd → [age] → sha256 → file.
 //!
 //! [`write_archive`] walks every source folder (sorted names, symlinks stored as
 //! symlinks and never followed except at a source's root), feeds the tar stream
 //! into a parallel gzip compressor (pigz style: one gzip member that plain
-//! `gunzip` reads), optionally encrypts the compressed stream with age
+//! `gunzip` reads) or, with [`Codec::Zstd`], libzstd's multithreaded compressor
+//! (one frame that `zstd -d` reads), optionally encrypts the compressed stream with age
 //! ([`write_archive_with`]), and hashes and counts the bytes as they are
 //! written to the file, so that size and sha256 are those of the file. Memory stays bounded whatever the archive size: files are read
 //! through a 1 MiB buffer and the compressor holds a few blocks per thread.
@@ -76,22 +77,89 @@ pub struct ArchiveInput {
     pub allow_skip: bool,
 }
 
+/// The compression of an archive (`[local] compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// pigz-style parallel gzip: one gzip member, `.tar.gz`.
+    #[default]
+    Gzip,
+    /// Multithreaded zstd (one frame, with its content checksum), `.tar.zst`.
+    Zstd,
+}
+
+impl Codec {
+    /// The name in the config and in the manifest's `compression`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// `gzip` or `zstd`.
+    pub fn parse(name: &str) -> Option<Codec> {
+        match name {
+            "gzip" => Some(Codec::Gzip),
+            "zstd" => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The archive extension before any encryption suffix: `.tar.gz` or `.tar.zst`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Codec::Gzip => ".tar.gz",
+            Codec::Zstd => ".tar.zst",
+        }
+    }
+
+    /// The levels `[local] level` accepts: gzip 1-9, zstd 1-19.
+    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Codec::Gzip => 1..=9,
+            Codec::Zstd => 1..=19,
+        }
+    }
+
+    /// The default level: gzip 6 (gzip's own default), zstd 3 (zstd's own default).
+    pub fn default_level(self) -> u32 {
+        match self {
+            Codec::Gzip => 6,
+            Codec::Zstd => 3,
+        }
+    }
+
+    /// The codec a compressed stream starts with: gzip `1f 8b`, zstd `28 b5 2f fd`.
+    pub fn sniff(head: &[u8]) -> Option<Codec> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Codec::Gzip)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Codec::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
 /// How to write the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOptions {
     /// Name of the one top folder in the tar, e.g. `pronto-app-backup-20260201-170521`.
     pub top: String,
-    /// gzip level, 0-9 (6 is gzip's default).
+    /// gzip or zstd.
+    pub codec: Codec,
+    /// Compression level: gzip 0-9 (6 is gzip's default), zstd 1-19 (3 is zstd's default).
     pub level: u32,
     /// Compression threads; 0 means one per available core.
     pub threads: usize,
 }
 
 impl WriteOptions {
-    /// Level 6, all cores.
+    /// gzip level 6, all cores.
     pub fn new(top: impl Into<String>) -> WriteOptions {
         WriteOptions {
             top: top.into(),
+            codec: Codec::Gzip,
             level: 6,
             threads: 0,
         }
@@ -137,8 +205,14 @@ pub fn write_archive_with(
     info: &dyn Fn(&[SourceSummary]) -> String,
 ) -> Result<Written> {
     check_component(&opts.top).with_context(|| format!("archive top folder {:?}", opts.top))?;
-    if opts.level > 9 {
-        bail!("gzip level {} is out of range (0-9)", opts.level);
+    match opts.codec {
+        Codec::Gzip if opts.level > 9 => {
+            bail!("gzip level {} is out of range (0-9)", opts.level)
+        }
+        Codec::Zstd if !Codec::Zstd.levels().contains(&opts.level) => {
+            bail!("zstd level {} is out of range (1-19)", opts.level)
+        }
+        _ => {}
     }
     check_inputs(inputs)?;
 
@@ -279,6 +353,72 @@ impl Sink {
 
 type Gz = ParCompress<'static, Gzip, Sink>;
 
+/// The compressor the tar stream goes through.
+enum Compressor {
+    Gzip(Gz),
+    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(w) => w.write(buf),
+            Compressor::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(w) => w.write_all(buf),
+            Compressor::Zstd(w) => w.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(w) => w.flush(),
+            Compressor::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl Compressor {
+    fn new(opts: &WriteOptions, threads: usize, sink: Sink) -> Result<Compressor> {
+        Ok(match opts.codec {
+            Codec::Gzip => Compressor::Gzip(
+                ParCompressBuilder::<Gzip>::new()
+                    .num_threads(threads)
+                    .map_err(|e| anyhow!("gzip: {e}"))?
+                    .buffer_size(COMPRESS_BLOCK)
+                    .map_err(|e| anyhow!("gzip: {e}"))?
+                    .compression_level(Compression::new(opts.level))
+                    .from_writer(sink),
+            ),
+            Codec::Zstd => {
+                let mut z = zstd::stream::write::Encoder::new(sink, opts.level as i32)
+                    .context("zstd: creating the compressor")?;
+                z.include_checksum(true).context("zstd: checksum")?;
+                // Workers compress while the walk goes on (like `zstd -T0`); with one
+                // thread the stream stays single-threaded.
+                if threads > 1 {
+                    z.multithread(threads as u32).context("zstd: worker threads")?;
+                }
+                Compressor::Zstd(z)
+            }
+        })
+    }
+
+    /// Ends the compressed stream; returns the sink.
+    fn finish(self) -> Result<Sink> {
+        match self {
+            Compressor::Gzip(mut gz) => gz
+                .finish()
+                .map_err(|e| anyhow!("finishing the gzip stream: {e}")),
+            Compressor::Zstd(z) => z.finish().context("finishing the zstd stream"),
+        }
+    }
+}
+
 fn write_into(
     out: &Path,
     file: File,
@@ -304,14 +444,7 @@ fn write_into(
                 .with_context(|| format!("writing {}: age header", out.display()))?,
         ),
     };
-    let gz: Gz = ParCompressBuilder::<Gzip>::new()
-        .num_threads(threads)
-        .map_err(|e| anyhow!("gzip: {e}"))?
-        .buffer_size(COMPRESS_BLOCK)
-        .map_err(|e| anyhow!("gzip: {e}"))?
-        .compression_level(Compression::new(opts.level))
-        .from_writer(sink);
-    let mut tar = tar::Builder::new(gz);
+    let mut tar = tar::Builder::new(Compressor::new(opts, threads, sink)?);
     tar.mode(HeaderMode::Complete);
     tar.follow_symlinks(false);
 
@@ -331,19 +464,19 @@ fn write_into(
         Ok(s) => s,
         Err(e) => {
             // Shut the compressor down explicitly (its Drop would panic on a late I/O error).
-            if let Ok(mut gz) = tar.into_inner() {
-                let _ = gz.finish();
+            if let Ok(c) = tar.into_inner() {
+                let _ = c.finish();
             }
             return Err(e);
         }
     };
     let what = out.display();
-    let mut gz = tar
+    let compressor = tar
         .into_inner()
         .with_context(|| format!("writing {what}: finishing the tar stream"))?;
-    let sink = gz
+    let sink = compressor
         .finish()
-        .map_err(|e| anyhow!("writing {what}: finishing the gzip stream: {e}"))?
+        .with_context(|| format!("writing {what}"))?
         .finish()
         .with_context(|| format!("writing {what}: finishing the age stream"))?;
     let HashingWriter {
@@ -369,7 +502,7 @@ fn write_into(
 }
 
 struct Walker<'a> {
-    tar: &'a mut tar::Builder<Gz>,
+    tar: &'a mut tar::Builder<Compressor>,
     /// The archive's path, for error messages.
     out: &'a Path,
     /// (dev, ino) of the archive being written, never stored in itself.
@@ -924,6 +1057,7 @@ mod tests {
             &out,
             &WriteOptions {
                 top: "T".into(),
+                codec: Codec::Gzip,
                 level: 1,
                 threads: 1,
             },

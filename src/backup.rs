@@ -1,6 +1,7 @@
 //! `backup`: archive the configured sources into the local backup folder.
 //!
-//! One streaming pass into `NAME.tar.gz.partial` (0600), fsync, rename to the final
+//! One streaming pass into `NAME.tar.gz.partial` (`.tar.zst` with `[local] compression =
+//! "zstd"`; 0600), fsync, rename to the final
 //! name, then the manifest beside it (written last: it marks the archive complete).
 //! With `[encryption] recipients`, the same pass encrypts with age: `NAME.tar.gz.age`.
 
@@ -63,7 +64,13 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
     }
     // Encryption: checked before anything is dumped or written.
     let recipients = cfg.encryption.recipients_for_backup()?;
-    let ext = if recipients.is_some() { ".tar.gz.age" } else { ".tar.gz" };
+    let codec = cfg.local.compression;
+    // `.tar.gz` / `.tar.zst`, then `.age` when encrypted (catalog::EXTENSIONS lists all four).
+    let ext = format!(
+        "{}{}",
+        codec.extension(),
+        if recipients.is_some() { ".age" } else { "" }
+    );
     let dir = &cfg.local.dir;
     let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
     remove_stale_partials(cfg)?;
@@ -71,7 +78,7 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
     // A name no other archive has: two backups in the same second wait for the next one.
     let (created, file) = loop {
         let now = Utc::now().trunc_subsecs(0);
-        let file = catalog::file_name(&cfg.local.prefix, now, ext);
+        let file = catalog::file_name(&cfg.local.prefix, now, &ext);
         let taken = catalog::scan(&cfg.local)?
             .iter()
             .any(|a| a.name.id == catalog::id_for(now));
@@ -104,6 +111,7 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
     let host = hostname();
     let opts = WriteOptions {
         top: name.stem().to_string(),
+        codec,
         level: cfg.local.level,
         threads: cfg.local.threads,
     };
@@ -130,7 +138,7 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
         created,
         size: written.size,
         sha256: hex::encode(written.sha256),
-        compression: "gzip".into(),
+        compression: codec.name().into(),
         encryption: match &recipients {
             Some(_) => crate::crypto::SCHEME_AGE.into(),
             None => crate::crypto::SCHEME_NONE.into(),

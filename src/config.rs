@@ -55,7 +55,9 @@ pub struct Local {
     pub dir: PathBuf,
     /// Archive name prefix, default `pronto-app-backup`.
     pub prefix: String,
-    /// gzip level 1..=9 (default 6).
+    /// `compression`: "gzip" (default, `.tar.gz`) or "zstd" (`.tar.zst`).
+    pub compression: crate::archive::Codec,
+    /// Compression level: gzip 1..=9 (default 6), zstd 1..=19 (default 3).
     pub level: u32,
     /// Compression threads, 0 = all cores.
     pub threads: usize,
@@ -121,6 +123,11 @@ pub struct Remote {
     pub part_concurrency: usize,
     /// Prune this remote after a successful push (default true).
     pub prune: bool,
+    /// `retry_budget`: total time this remote's retries may wait in one run (default 10m).
+    pub retry_budget: std::time::Duration,
+    /// `host_id`: this host's namespace under the remote (`<url>/<host_id>/`); `None`
+    /// (the default) keeps the flat layout.
+    pub host_id: Option<String>,
 }
 
 // ---- raw, as written in the file ----
@@ -209,6 +216,7 @@ impl<'de> Deserialize<'de> for Fraction {
 struct RawLocal {
     dir: Spanned<String>,
     prefix: Option<Spanned<String>>,
+    compression: Option<Spanned<String>>,
     level: Option<Spanned<u32>>,
     threads: Option<usize>,
 }
@@ -242,6 +250,8 @@ struct RawRemote {
     url: Spanned<String>,
     part_concurrency: Option<Spanned<usize>>,
     prune: Option<bool>,
+    retry_budget: Option<Spanned<String>>,
+    host_id: Option<Spanned<String>>,
     // sftp:// remotes
     identity_file: Option<Spanned<String>>,
     known_hosts_file: Option<Spanned<String>>,
@@ -323,16 +333,27 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         }
         None => DEFAULT_PREFIX.to_string(),
     };
+    let compression = match &raw.local.compression {
+        Some(c) => crate::archive::Codec::parse(c.get_ref()).ok_or_else(|| {
+            at.err(c.span().start, "local.compression", "\"gzip\" (the default) or \"zstd\"")
+        })?,
+        None => crate::archive::Codec::Gzip,
+    };
     let level = match &raw.local.level {
-        Some(l) if !(1..=9).contains(l.get_ref()) => {
-            return Err(at.err(l.span().start, "local.level", "a gzip level from 1 to 9"));
+        Some(l) if !compression.levels().contains(l.get_ref()) => {
+            let expected = match compression {
+                crate::archive::Codec::Gzip => "a gzip level from 1 to 9 (default 6)",
+                crate::archive::Codec::Zstd => "a zstd level from 1 to 19 (default 3)",
+            };
+            return Err(at.err(l.span().start, "local.level", expected));
         }
         Some(l) => *l.get_ref(),
-        None => 6,
+        None => compression.default_level(),
     };
     let local = Local {
         dir: resolve(&base, dir),
         prefix,
+        compression,
         level,
         threads: raw.local.threads.unwrap_or(0),
     };
@@ -461,12 +482,35 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             Some(c) => *c.get_ref(),
             None => 4,
         };
+        let retry_budget = match &r.retry_budget {
+            None => crate::retry::DEFAULT_BUDGET,
+            Some(b) => humantime::parse_duration(b.get_ref().trim()).map_err(|_| {
+                at.err(
+                    b.span().start,
+                    &format!("{key}.retry_budget"),
+                    "a duration like \"10m\", \"1h\" or \"0s\" (no retries)",
+                )
+            })?,
+        };
+        let host_id = match &r.host_id {
+            None => None,
+            Some(h) if crate::namespace::valid_host_id(h.get_ref()) => Some(h.get_ref().clone()),
+            Some(h) => {
+                return Err(at.err(
+                    h.span().start,
+                    &format!("{key}.host_id"),
+                    "a host name of letters, digits, '.', '-' and '_' (no '/'), like \"web1\"",
+                ))
+            }
+        };
         remotes.push(Remote {
             name,
             url,
             location,
             part_concurrency,
             prune: r.prune.unwrap_or(true),
+            retry_budget,
+            host_id,
         });
     }
 

@@ -1,4 +1,5 @@
-//! Safe extraction and checking of `.tar.gz` archives.
+//! Safe extraction and checking of `.tar.gz` and `.tar.zst` archives (the compression is
+//! recognised by its magic bytes, gzip `1f 8b` or zstd `28 b5 2f fd`, not by the name).
 //!
 //! [`extract`] validates every entry before writing it and refuses hostile
 //! archives: `..` components, absolute paths, symlinks and hardlinks that
@@ -101,7 +102,24 @@ pub fn content_limit(m: &crate::manifest::Manifest) -> u64 {
 
 /// The archive's bytes: the file, or the plaintext of an age file.
 type Raw = Box<dyn Read>;
-type Reader = BufReader<MultiGzDecoder<BufReader<Raw>>>;
+type Reader = BufReader<Decompress>;
+
+/// The decompressor, chosen by the stream's first bytes (never by the file name).
+enum Decompress {
+    /// Every gzip member in turn (pigz and `cat a.gz b.gz` write several).
+    Gzip(MultiGzDecoder<BufReader<Raw>>),
+    /// Every zstd frame in turn, each frame's checksum checked.
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<Raw>>),
+}
+
+impl Read for Decompress {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decompress::Gzip(r) => r.read(buf),
+            Decompress::Zstd(r) => r.read(buf),
+        }
+    }
+}
 
 /// Maps age's payload errors (a flipped bit, a cut-off file) to one clear message.
 struct Decrypting<R: Read>(age::stream::StreamReader<R>);
@@ -134,10 +152,24 @@ fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
     } else {
         Box::new(r)
     };
-    Ok(Archive::new(BufReader::with_capacity(
-        256 << 10,
-        MultiGzDecoder::new(BufReader::with_capacity(IO_BUF, raw)),
-    )))
+    let mut raw = BufReader::with_capacity(IO_BUF, raw);
+    let head = raw
+        .fill_buf()
+        .with_context(|| format!("reading {}", archive.display()))?;
+    let dec = match crate::archive::Codec::sniff(head) {
+        Some(crate::archive::Codec::Gzip) => Decompress::Gzip(MultiGzDecoder::new(raw)),
+        Some(crate::archive::Codec::Zstd) => Decompress::Zstd(
+            zstd::stream::read::Decoder::with_buffer(raw)
+                .with_context(|| format!("{}: zstd decoder", archive.display()))?,
+        ),
+        None if head.is_empty() => bail!("{}: empty, not an archive", archive.display()),
+        None => bail!(
+            "{}: neither gzip nor zstd (it starts with {})",
+            archive.display(),
+            hex::encode(&head[..head.len().min(4)])
+        ),
+    };
+    Ok(Archive::new(BufReader::with_capacity(256 << 10, dec)))
 }
 
 /// Reads the rest of the gzip stream after the tar end marker, so that the
@@ -157,7 +189,7 @@ fn shown(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Decompresses the archive and reads every entry, like `gunzip -t` and `tar -t`
+/// Decompresses the archive and reads every entry, like `gunzip -t` (or `zstd -t`) and `tar -t`
 /// together. Writes nothing.
 pub fn check_readable(archive: &Path) -> Result<ExtractStats> {
     check_readable_with(archive, &ExtractOptions::default())

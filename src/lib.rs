@@ -21,6 +21,7 @@ pub mod list;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod namespace;
 pub mod notify;
 pub mod pins;
 pub mod plan;

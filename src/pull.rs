@@ -191,7 +191,8 @@ async fn run_inner(
         None => {
             let partial = dir.join(format!("{file}{PARTIAL}"));
             let _ = std::fs::remove_file(&partial);
-            let res = replicate::download(&r, &file, &partial).await;
+            // Big archives come in concurrent ranges (the listing gave the size).
+            let res = replicate::download_sized(&r, &file, &partial, archive.size).await;
             let (got, size) = match res {
                 Ok(v) => v,
                 Err(e) => {

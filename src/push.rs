@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 
 use crate::catalog;
 use crate::config::Config;
@@ -13,6 +14,34 @@ use crate::plan;
 use crate::remotes;
 use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
+
+/// How many remotes one push works on at once.
+pub const REMOTE_CONCURRENCY: usize = 4;
+
+/// One remote's share of the output: whole lines only, so that remotes pushed at
+/// once interleave by line and never mid-line.
+struct LineOut<'a, 'w> {
+    shared: &'a std::cell::RefCell<&'w mut dyn Write>,
+    buf: Vec<u8>,
+}
+
+impl Write for LineOut<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') {
+            let mut out = self.shared.borrow_mut();
+            out.write_all(&self.buf[..=end])?;
+            self.buf.drain(..=end);
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut out = self.shared.borrow_mut();
+        out.write_all(&self.buf)?;
+        self.buf.clear();
+        out.flush()
+    }
+}
 
 /// What happened on one remote.
 #[derive(Debug, Default, Clone)]
@@ -81,31 +110,50 @@ pub async fn run_with(
     }
     // Read once; an unreadable pins file fails only the prunes, never the uploads.
     let local_pins = crate::pins::read_local(&cfg.local).map_err(|e| format!("{e:#}"));
-    let mut reports = Vec::new();
-    for remote in selected {
+    // Every remote at once (at most REMOTE_CONCURRENCY), each with its own part
+    // concurrency: a slow or failing remote never holds up the others. Each remote's
+    // progress lines go to `out` whole, so they interleave but never mix.
+    let cell: std::cell::RefCell<&mut dyn Write> = std::cell::RefCell::new(&mut *out);
+    let shared = &cell;
+    let local = &local;
+    let local_pins = &local_pins;
+    let jobs = selected.into_iter().enumerate().map(|(i, remote)| async move {
+        let mut rout = LineOut {
+            shared,
+            buf: Vec::new(),
+        };
         let mut rep = RemoteReport {
             name: remote.name.clone(),
             ..Default::default()
         };
         let res = async {
             let r = remotes::open(remote)?;
-            let uploads = push_one(cfg, &r, &local, dry_run, &mut rep, out).await?;
+            let uploads = push_one(cfg, &r, local, dry_run, &mut rep, &mut rout).await?;
             if prune && remote.prune {
                 // Every upload of this run to this remote succeeded: prune it.
                 let local_pins = local_pins
                     .as_ref()
                     .map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
-                prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, out).await?;
+                prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, &mut rout)
+                    .await?;
             }
             anyhow::Ok(())
         }
         .await;
+        let _ = rout.flush();
         if let Err(e) = res {
             tracing::error!("remote {}: {e:#}", remote.name);
             rep.error = Some(format!("{e:#}"));
         }
-        reports.push(rep);
-    }
+        (i, rep)
+    });
+    let mut indexed: Vec<(usize, RemoteReport)> = futures::stream::iter(jobs)
+        .buffer_unordered(REMOTE_CONCURRENCY)
+        .collect()
+        .await;
+    drop(cell);
+    indexed.sort_by_key(|(i, _)| *i);
+    let reports: Vec<RemoteReport> = indexed.into_iter().map(|(_, r)| r).collect();
 
     writeln!(out)?;
     for r in &reports {

@@ -7,6 +7,7 @@ use pronto_backends::local::LocalBackend;
 
 use crate::config::{Config, Remote, RemoteLocation};
 use crate::error::usage;
+use crate::namespace::NamespacedBackend;
 use crate::replicate::RemoteHandle;
 use crate::retry::RetryPolicy;
 
@@ -30,11 +31,16 @@ pub fn open(remote: &Remote) -> Result<RemoteHandle> {
                 .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url()))?,
         ),
     };
+    // Many hosts, one bucket: this host's keys live under `<host_id>/`.
+    let backend: Arc<dyn pronto_backends::Backend> = match &remote.host_id {
+        Some(h) => Arc::new(NamespacedBackend::new(backend, h)),
+        None => backend,
+    };
     Ok(RemoteHandle {
         name: remote.name.clone(),
         backend,
         part_concurrency: remote.part_concurrency,
-        retry: RetryPolicy::default(),
+        retry: RetryPolicy::with_budget(remote.retry_budget),
     })
 }
 

@@ -328,3 +328,145 @@ pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 
     out.get_mut().sync_all().await?;
     Ok((hasher.finalize().into(), n))
 }
+
+/// Objects larger than this are downloaded in concurrent ranges of this size.
+pub const RANGE_SIZE: u64 = 16 << 20;
+/// Ranges in flight at once. Memory stays bounded: at most this many ranges are held
+/// (fetched, written, waiting for their turn to be hashed) plus the one being hashed.
+pub const RANGE_CONCURRENCY: usize = 4;
+
+/// [`download`] of an object whose size is known (from the listing): one larger than
+/// [`RANGE_SIZE`] is fetched in [`RANGE_CONCURRENCY`] concurrent ranges, each written at
+/// its offset as it completes and hashed in order; a smaller one (or an unknown size) is
+/// one sequential stream. Returns the sha256 and size of what was written.
+pub async fn download_sized(
+    r: &RemoteHandle,
+    key: &str,
+    dest: &Path,
+    size: Option<u64>,
+) -> Result<([u8; 32], u64)> {
+    match size {
+        Some(size) if size > RANGE_SIZE => {
+            download_ranges(r, key, dest, size, RANGE_SIZE, RANGE_CONCURRENCY).await
+        }
+        _ => download(r, key, dest).await,
+    }
+}
+
+/// A spawned task that is aborted when dropped (an error in one range stops the others).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Download `key` (`size` bytes) into `dest` (created 0600, must not exist) in ranges of
+/// `range_size`, `concurrency` at a time: each range is fetched (with retries) on its own
+/// task and written at its offset (`pwrite`); ranges are hashed strictly in order on a
+/// blocking thread while the next ones download.
+pub async fn download_ranges(
+    r: &RemoteHandle,
+    key: &str,
+    dest: &Path,
+    size: u64,
+    range_size: u64,
+    concurrency: usize,
+) -> Result<([u8; 32], u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
+    let file = Arc::new(file);
+    let range_size = range_size.max(1);
+    let count = size.div_ceil(range_size);
+    let mut ranges = futures::stream::iter((0..count).map(|i| {
+        let start = i * range_size;
+        let end = (start + range_size).min(size);
+        let r = r.clone();
+        let key = key.to_string();
+        let file = file.clone();
+        let dest = dest.to_path_buf();
+        AbortOnDrop(tokio::spawn(async move {
+            fetch_range(&r, &key, start, end, &file, &dest).await
+        }))
+    }))
+    .buffered(concurrency.max(1));
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    while let Some(joined) = ranges.next().await {
+        let chunks = joined.context("a download task failed")??;
+        total += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        hasher = tokio::task::spawn_blocking(move || {
+            for c in &chunks {
+                hasher.update(c);
+            }
+            hasher
+        })
+        .await?;
+    }
+    drop(ranges);
+    let what = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await?
+        .with_context(|| format!("fsync of {}", what.display()))?;
+    Ok((hasher.finalize().into(), total))
+}
+
+/// Fetch bytes `start..end` of `key` (retrying the whole range), write them at `start`.
+async fn fetch_range(
+    r: &RemoteHandle,
+    key: &str,
+    start: u64,
+    end: u64,
+    file: &Arc<std::fs::File>,
+    dest: &Path,
+) -> Result<Vec<Bytes>> {
+    let what = format!("download of {key} bytes {start}..{end} from {}", r.name);
+    let chunks = retry(r.retry, &what, || async {
+        let mut stream = r.backend.get(key, Some(start..end)).await?;
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            chunks.push(chunk?);
+        }
+        Ok(chunks)
+    })
+    .await
+    .with_context(|| format!("{}: downloading {key} (bytes {start}..{end})", r.name))?;
+    let got: u64 = chunks.iter().map(|c: &Bytes| c.len() as u64).sum();
+    if got != end - start {
+        bail!(
+            "{}: {key}: bytes {start}..{end} came back as {got} bytes (did the object change during the download?)",
+            r.name
+        );
+    }
+    let file = file.clone();
+    let dest = dest.to_path_buf();
+    let to_write = chunks.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut at = start;
+        for c in &to_write {
+            file.write_all_at(c, at)
+                .with_context(|| format!("writing {} at {at}", dest.display()))?;
+            at += c.len() as u64;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    Ok(chunks)
+}

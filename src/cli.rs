@@ -89,6 +89,9 @@ Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refus
         /// JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// Every host's archives on the remotes (each `host_id` namespace, and the flat layout)
+        #[arg(long)]
+        all_hosts: bool,
     },
     /// Fetch an archive from a remote, verify it, and optionally extract it
     #[command(after_help = "Examples:\n  pronto-offsite pull latest --to /tmp/inspect\n  \
@@ -127,19 +130,37 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
         #[arg(long, short = 'i', value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Another host's archive: read the remotes under this `host_id` (see `list --all-hosts`)
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
     },
-    /// Check an archive by restoring it: `verify <id> --restore-test` (a drill for a weekly cron job)
-    #[command(after_help = "Restores the PostgreSQL dumps into throwaway databases (on [drill] postgres_url, or a private\n\
+    /// Check archives against their manifests, locally and on every remote; or restore one: `verify <id> --restore-test`
+    #[command(after_help = "Without --restore-test: each local archive's size and sha256 against its manifest, then every tar\n\
+entry decompressed and read; on each remote every manifest against its archive object's size and recorded sha256\n\
+(and the local manifest); incomplete uploads, manifests without archives and orphans are reported. --deep downloads\n\
+and re-hashes remote archives; --sample 10% limits the expensive checks to a random tenth (at least one archive).\n\
+Example (cron, Saturdays at 3 AM; over a few weeks every archive is read back):\n  \
+0 3 * * 6 /usr/local/bin/pronto-offsite -q verify --deep --sample 25%\n\n\
+With --restore-test: restores the PostgreSQL dumps into throwaway databases (on [drill] postgres_url, or a private\n\
 instance started for the drill) and compares every table's row count with the manifest, loads each\n\
 Redis snapshot into a throwaway redis-server and compares key counts, and counts each folder's files.\n\n\
 Example (cron, Sundays at 4 AM):\n  0 4 * * 0 /usr/local/bin/pronto-offsite -q verify latest --restore-test\n\n\
 Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill could not run.")]
     Verify {
-        /// Archive id (20260201-170521), name, or `latest`
-        id: String,
+        /// Archive id (20260201-170521), name, or `latest` (default: every archive; required with --restore-test)
+        id: Option<String>,
         /// Only this remote
         #[arg(long, value_name = "NAME")]
         remote: Option<String>,
+        /// Only the local folder
+        #[arg(long, conflicts_with_all = ["remote", "restore_test"])]
+        local: bool,
+        /// Download remote archives and re-hash them
+        #[arg(long, conflicts_with = "restore_test")]
+        deep: bool,
+        /// Hash, read and (--deep) download only a random share of the archives, e.g. 10%
+        #[arg(long, value_name = "SHARE", value_parser = crate::verify::parse_sample, conflicts_with = "restore_test")]
+        sample: Option<f64>,
         /// Restore into throwaway servers and compare with the manifest (required: the only mode so far)
         #[arg(long)]
         restore_test: bool,
@@ -340,7 +361,20 @@ fn run(cli: Cli) -> Result<i32> {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::pins::run(&cfg, &id, false, &mut out))
         }
-        Command::List { remote, json } => {
+        Command::List {
+            remote,
+            json,
+            all_hosts: true,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            runtime()?.block_on(crate::namespace::list_all_hosts(
+                &cfg,
+                remote.as_deref(),
+                json,
+                &mut out,
+            ))
+        }
+        Command::List { remote, json, .. } => {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::list::run(&cfg, remote.as_deref(), json, &mut out))
         }
@@ -353,9 +387,13 @@ fn run(cli: Cli) -> Result<i32> {
             target_db,
             database,
             identity,
+            host,
             ..
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
+            if let Some(h) = host {
+                cfg = crate::namespace::as_host(&cfg, &h)?;
+            }
             override_identity(&mut cfg, identity);
             let opts = crate::restore::RestoreOptions {
                 id,
@@ -370,15 +408,38 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify {
             id,
             remote,
-            restore_test,
+            local,
+            deep,
+            sample,
+            restore_test: false,
             json,
             identity,
         } => {
-            if !restore_test {
+            let mut cfg = load_config(cli.config.as_deref())?;
+            override_identity(&mut cfg, identity);
+            let opts = crate::verify::VerifyOptions {
+                id,
+                local,
+                remote,
+                sample,
+                deep,
+                json,
+            };
+            runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out))
+        }
+        Command::Verify {
+            id,
+            remote,
+            restore_test: true,
+            json,
+            identity,
+            ..
+        } => {
+            let Some(id) = id else {
                 return Err(crate::error::usage(
-                    "verify: only `verify <id> --restore-test` is available in this version (add --restore-test)",
+                    "verify --restore-test: name the archive to restore: an id, a name, or `latest`",
                 ));
-            }
+            };
             let mut cfg = load_config(cli.config.as_deref())?;
             override_identity(&mut cfg, identity);
             let opts = crate::drill::DrillOptions { id, remote, json };
@@ -389,9 +450,13 @@ fn run(cli: Cli) -> Result<i32> {
             remote,
             to,
             identity,
+            host,
             ..
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
+            if let Some(h) = host {
+                cfg = crate::namespace::as_host(&cfg, &h)?;
+            }
             override_identity(&mut cfg, identity);
             runtime()?.block_on(crate::pull::run(
                 &cfg,

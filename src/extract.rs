@@ -107,7 +107,7 @@ type Reader = BufReader<Decompress>;
 /// The decompressor, chosen by the stream's first bytes (never by the file name).
 enum Decompress {
     /// Every gzip member in turn (pigz and `cat a.gz b.gz` write several).
-    Gzip(MultiGzDecoder<BufReader<Raw>>),
+    Gzip(Box<MultiGzDecoder<BufReader<Raw>>>),
     /// Every zstd frame in turn, each frame's checksum checked.
     Zstd(zstd::stream::read::Decoder<'static, BufReader<Raw>>),
 }
@@ -157,7 +157,7 @@ fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
     let dec = match crate::archive::Codec::sniff(head) {
-        Some(crate::archive::Codec::Gzip) => Decompress::Gzip(MultiGzDecoder::new(raw)),
+        Some(crate::archive::Codec::Gzip) => Decompress::Gzip(Box::new(MultiGzDecoder::new(raw))),
         Some(crate::archive::Codec::Zstd) => Decompress::Zstd(
             zstd::stream::read::Decoder::with_buffer(raw)
                 .with_context(|| format!("{}: zstd decoder", archive.display()))?,

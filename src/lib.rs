@@ -37,3 +37,4 @@ pub mod retry;
 pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod verify;

@@ -90,7 +90,11 @@ pub fn hosts_in(listing: &[ObjectMeta]) -> Vec<String> {
 #[async_trait]
 impl Backend for NamespacedBackend {
     fn describe(&self) -> String {
-        format!("{}/{}", self.inner.describe().trim_end_matches('/'), self.host)
+        format!(
+            "{}/{}",
+            self.inner.describe().trim_end_matches('/'),
+            self.host
+        )
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -115,6 +119,9 @@ impl Backend for NamespacedBackend {
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         self.inner.create_upload(&self.key(key)).await
     }
+    async fn create_upload_for(&self, key: &str, sha256: [u8; 32]) -> Result<UploadId> {
+        self.inner.create_upload_for(&self.key(key), sha256).await
+    }
     async fn put_part(
         &self,
         key: &str,
@@ -123,7 +130,9 @@ impl Backend for NamespacedBackend {
         body: Bytes,
         sha256: [u8; 32],
     ) -> Result<PartReceipt> {
-        self.inner.put_part(&self.key(key), up, n, body, sha256).await
+        self.inner
+            .put_part(&self.key(key), up, n, body, sha256)
+            .await
     }
     async fn complete_upload(
         &self,
@@ -144,6 +153,139 @@ impl Backend for NamespacedBackend {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(&self.key(key)).await
     }
+}
+
+/// `list --all-hosts`: every host's archives on each remote (read from the whole root,
+/// not only this host's namespace), with `-` for archives in the flat layout.
+pub async fn list_all_hosts(
+    cfg: &crate::config::Config,
+    only: Option<&str>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<i32> {
+    use crate::fsutil::human_bytes;
+
+    #[derive(serde::Serialize)]
+    struct Row {
+        remote: String,
+        host: String,
+        id: String,
+        file: String,
+        size: Option<u64>,
+        status: &'static str,
+    }
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for remote in crate::remotes::selected(cfg, only)? {
+        let mut whole = remote.clone();
+        whole.host_id = None;
+        let listing = match crate::remotes::open(&whole) {
+            Ok(r) => crate::retry::retry(r.retry, &format!("listing of {}", r.name), || {
+                r.backend.list("")
+            })
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push((remote.name.clone(), e));
+                continue;
+            }
+        };
+        // The flat layout first, then each host's namespace.
+        let mut groups: Vec<(String, Vec<ObjectMeta>)> = vec![(
+            "-".into(),
+            listing
+                .iter()
+                .filter(|o| !o.key.contains('/'))
+                .cloned()
+                .collect(),
+        )];
+        for h in hosts_in(&listing) {
+            let ns = format!("{h}/");
+            let mine = listing
+                .iter()
+                .filter_map(|o| {
+                    let k = o.key.strip_prefix(&ns)?;
+                    Some(ObjectMeta {
+                        key: k.to_string(),
+                        ..o.clone()
+                    })
+                })
+                .collect();
+            groups.push((h, mine));
+        }
+        for (host, objs) in groups {
+            let st = crate::plan::remote_state(&cfg.local.prefix, &objs);
+            for a in st.archives.values() {
+                rows.push(Row {
+                    remote: remote.name.clone(),
+                    host: host.clone(),
+                    id: a.name.id.clone(),
+                    file: a.name.file.clone(),
+                    size: a.size,
+                    status: if a.complete() {
+                        "complete"
+                    } else {
+                        "incomplete"
+                    },
+                });
+            }
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "archives": rows,
+            "errors": errors.iter().map(|(n, e)| serde_json::json!({"remote": n, "error": e})).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:<12} {:<20} {:<16} {:>10}  STATUS",
+            "REMOTE", "HOST", "ID", "SIZE"
+        )?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:<12} {:<20} {:<16} {:>10}  {}",
+                r.remote,
+                r.host,
+                r.id,
+                r.size.map(human_bytes).unwrap_or_else(|| "?".into()),
+                r.status
+            )?;
+        }
+        writeln!(
+            out,
+            "{} archive(s); restore another host's with `pull --host HOST ID`",
+            rows.len()
+        )?;
+        for (name, e) in &errors {
+            writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;
+        }
+    }
+    Ok(if errors.is_empty() {
+        crate::error::EXIT_OK
+    } else {
+        crate::error::EXIT_PARTIAL
+    })
+}
+
+/// `pull --host H`: read every remote through host `H`'s namespace.
+pub fn as_host(cfg: &crate::config::Config, host: &str) -> anyhow::Result<crate::config::Config> {
+    if !valid_host_id(host) {
+        return Err(crate::error::usage(format!(
+            "--host '{host}': a host id is letters, digits, '.', '-' and '_' (see `list --all-hosts`)"
+        )));
+    }
+    let mut cfg = cfg.clone();
+    for r in &mut cfg.remotes {
+        r.host_id = Some(host.to_string());
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -169,10 +311,17 @@ mod tests {
         let web1 = NamespacedBackend::new(root.clone(), "web1");
         let web2 = NamespacedBackend::new(root.clone(), "web2");
         let body = Bytes::from_static(b"hello");
-        let m = web1.put("a.tar.gz", body.clone(), sha256_of(&body)).await.unwrap();
+        let m = web1
+            .put("a.tar.gz", body.clone(), sha256_of(&body))
+            .await
+            .unwrap();
         assert_eq!(m.key, "a.tar.gz");
-        web2.put("b.tar.gz", body.clone(), sha256_of(&body)).await.unwrap();
-        root.put("flat.tar.gz", body.clone(), sha256_of(&body)).await.unwrap();
+        web2.put("b.tar.gz", body.clone(), sha256_of(&body))
+            .await
+            .unwrap();
+        root.put("flat.tar.gz", body.clone(), sha256_of(&body))
+            .await
+            .unwrap();
         assert!(dir.path().join("web1/a.tar.gz").exists());
 
         let keys = |v: Vec<ObjectMeta>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
@@ -180,7 +329,9 @@ mod tests {
         assert_eq!(keys(web2.list("").await.unwrap()), ["b.tar.gz"]);
         assert_eq!(web1.head("a.tar.gz").await.unwrap().key, "a.tar.gz");
         assert!(web1.head("b.tar.gz").await.is_err());
-        let got = collect(web1.get("a.tar.gz", None).await.unwrap()).await.unwrap();
+        let got = collect(web1.get("a.tar.gz", None).await.unwrap())
+            .await
+            .unwrap();
         assert_eq!(got, b"hello");
         assert!(web1.describe().ends_with("/web1"));
 

@@ -117,41 +117,43 @@ pub async fn run_with(
     let shared = &cell;
     let local = &local;
     let local_pins = &local_pins;
-    let jobs = selected.into_iter().enumerate().map(|(i, remote)| async move {
-        let mut rout = LineOut {
-            shared,
-            buf: Vec::new(),
-        };
-        let mut rep = RemoteReport {
-            name: remote.name.clone(),
-            ..Default::default()
-        };
-        let res = async {
-            let r = remotes::open(remote)?;
-            let uploads = push_one(cfg, &r, local, dry_run, &mut rep, &mut rout).await?;
-            if prune && remote.prune {
-                // Every upload of this run to this remote succeeded: prune it.
-                let local_pins = local_pins
-                    .as_ref()
-                    .map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
-                prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, &mut rout)
-                    .await?;
+    let jobs = selected
+        .into_iter()
+        .enumerate()
+        .map(|(i, remote)| async move {
+            let mut rout = LineOut {
+                shared,
+                buf: Vec::new(),
+            };
+            let mut rep = RemoteReport {
+                name: remote.name.clone(),
+                ..Default::default()
+            };
+            let res = async {
+                let r = remotes::open(remote)?;
+                let uploads = push_one(cfg, &r, local, dry_run, &mut rep, &mut rout).await?;
+                if prune && remote.prune {
+                    // Every upload of this run to this remote succeeded: prune it.
+                    let local_pins = local_pins
+                        .as_ref()
+                        .map_err(|e| anyhow::anyhow!("not pruned: {e}"))?;
+                    prune_after_push(cfg, &r, &uploads, local_pins, dry_run, &mut rep, &mut rout)
+                        .await?;
+                }
+                anyhow::Ok(())
             }
-            anyhow::Ok(())
-        }
-        .await;
-        let _ = rout.flush();
-        if let Err(e) = res {
-            tracing::error!("remote {}: {e:#}", remote.name);
-            rep.error = Some(format!("{e:#}"));
-        }
-        (i, rep)
-    });
+            .await;
+            let _ = rout.flush();
+            if let Err(e) = res {
+                tracing::error!("remote {}: {e:#}", remote.name);
+                rep.error = Some(format!("{e:#}"));
+            }
+            (i, rep)
+        });
     let mut indexed: Vec<(usize, RemoteReport)> = futures::stream::iter(jobs)
         .buffer_unordered(REMOTE_CONCURRENCY)
         .collect()
         .await;
-    drop(cell);
     indexed.sort_by_key(|(i, _)| *i);
     let reports: Vec<RemoteReport> = indexed.into_iter().map(|(_, r)| r).collect();
 

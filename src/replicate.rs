@@ -175,7 +175,7 @@ async fn multipart(
                 let _ = r.backend.abort_upload(&old.key, &old.upload_id).await;
             }
             let id = retry(r.retry, &format!("start of upload {key} to {}", r.name), || {
-                r.backend.create_upload(key)
+                r.backend.create_upload_for(key, sha)
             })
             .await
             .with_context(|| format!("{}: starting upload of {key}", r.name))?;
@@ -199,7 +199,7 @@ async fn multipart(
             Journal::remove(&jpath)?;
             let id = r
                 .backend
-                .create_upload(key)
+                .create_upload_for(key, sha)
                 .await
                 .with_context(|| format!("{}: restarting upload of {key}", r.name))?;
             let j = Journal {
@@ -394,6 +394,7 @@ pub async fn download_ranges(
     let file = Arc::new(file);
     let range_size = range_size.max(1);
     let count = size.div_ceil(range_size);
+    tracing::debug!("{}: downloading {key} ({size} bytes) in {count} ranges, {concurrency} at a time", r.name);
     let mut ranges = futures::stream::iter((0..count).map(|i| {
         let start = i * range_size;
         let end = (start + range_size).min(size);

@@ -252,7 +252,10 @@ mod tests {
         };
         let err = retry(p, "test", op).await.unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        assert!(err.to_string().contains("gave up after 3 attempts"), "{err}");
+        assert!(
+            err.to_string().contains("gave up after 3 attempts"),
+            "{err}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -276,8 +279,14 @@ mod tests {
         let err = retry(p, "second", op).await.unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
-        assert!(err.to_string().contains("retry budget of 30s spent"), "{err}");
-        assert!(err.is_retryable(), "still the transient error, with a reason");
+        assert!(
+            err.to_string().contains("retry budget of 30s spent"),
+            "{err}"
+        );
+        assert!(
+            err.is_retryable(),
+            "still the transient error, with a reason"
+        );
     }
 
     #[test]

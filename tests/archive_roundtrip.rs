@@ -638,6 +638,7 @@ fn bench_against_system_tar() {
             &out,
             &WriteOptions {
                 top: TOP.into(),
+                codec: pronto_offsite::archive::Codec::Gzip,
                 level: 6,
                 threads,
             },

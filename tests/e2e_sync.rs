@@ -53,7 +53,11 @@ fn one_broken_remote_others_complete_exit_3() {
     assert!(out.contains("nas: uploaded 1"), "{}", text(&o));
     assert!(out.contains("usb: uploaded 1"), "{}", text(&o));
     assert!(out.contains("broken: FAILED:"), "{}", text(&o));
-    assert!(out.contains("is not a folder"), "the reason is named: {}", text(&o));
+    assert!(
+        out.contains("is not a folder"),
+        "the reason is named: {}",
+        text(&o)
+    );
     // The report lists remotes in config order, whatever order they finished in.
     let nas = out.find("nas: uploaded").unwrap();
     let broken = out.find("broken: FAILED").unwrap();
@@ -108,4 +112,242 @@ fn many_remotes_all_complete() {
         assert!(dir.join(format!("{file}.manifest.json")).exists(), "r{i}");
     }
     assert!(env.remote().join(format!("{file}.manifest.json")).exists());
+}
+
+// ---- many hosts, one bucket ---------------------------------------------------------
+
+const P: &str = "pronto-app-backup";
+const IDS: [&str; 4] = [
+    "20260101-010000",
+    "20260102-010000",
+    "20260103-010000",
+    "20260104-010000",
+];
+
+/// A small real archive `P-<id>.tar.gz` whose backup_info.txt names `host`, and its manifest.
+fn fabricate(dir: &std::path::Path, id: &str, host: &str) {
+    use sha2::Digest;
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let stem = format!("{P}-{id}");
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let info = format!("Pronto backup {id} of {host}\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_size(info.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    tar.append_data(&mut h, format!("{stem}/backup_info.txt"), info.as_bytes())
+        .unwrap();
+    let mut gz = tar.into_inner().unwrap();
+    gz.flush().unwrap();
+    let bytes = gz.finish().unwrap();
+    let file = format!("{stem}.tar.gz");
+    std::fs::write(dir.join(&file), &bytes).unwrap();
+    let created = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &id[0..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11],
+        &id[11..13],
+        &id[13..15]
+    );
+    let manifest = serde_json::json!({
+        "format": 1, "id": id, "file": file, "created": created, "size": bytes.len(),
+        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "compression": "gzip",
+        "encryption": "none", "host": host, "tool_version": "test", "sources": [],
+    });
+    std::fs::write(
+        dir.join(format!("{file}.manifest.json")),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+/// `<tmp>/<host>.toml`: backups in `<tmp>/backups-<host>`, keep the last 2, one remote
+/// `shared` at `<tmp>/bucket` under `host_id = <host>`.
+fn host_config(env: &Env, host: &str) -> std::path::PathBuf {
+    let p = env.path(&format!("{host}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[local]\ndir = \"backups-{host}\"\n\n[retention]\nlast = 2\nmax_delete_fraction = 1\n\n\
+             [[remotes]]\nname = \"shared\"\nurl = \"file://{}\"\nhost_id = \"{host}\"\nretry_budget = \"1m\"\n",
+            env.path("bucket").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn as_host(cfg: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
+    c.arg("--config").arg(cfg).args(args);
+    c.env_remove("PRONTO_OFFSITE_CONFIG");
+    c
+}
+
+fn archives_in(dir: &std::path::Path) -> Vec<String> {
+    support::names_in(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(P) && n.ends_with(".tar.gz"))
+        .collect()
+}
+
+#[test]
+fn two_hosts_push_and_prune_one_bucket_at_once_and_keep_to_their_namespaces() {
+    let env = Env::new();
+    let cfg1 = host_config(&env, "web1");
+    let cfg2 = host_config(&env, "web2");
+    // Same names on both hosts, different contents.
+    for id in IDS {
+        fabricate(&env.path("backups-web1"), id, "web1");
+        fabricate(&env.path("backups-web2"), id, "web2");
+    }
+    // A legacy flat-layout archive at the bucket's root: no host's namespace holds it.
+    fabricate(&env.path("bucket"), "20250101-000000", "old");
+
+    // Both push (and prune their namespace) at the same time.
+    let mut a = as_host(&cfg1, &["push"]);
+    let b = as_host(&cfg2, &["push"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a = a.output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0));
+
+    let newest2: Vec<String> = IDS[2..]
+        .iter()
+        .map(|id| format!("{P}-{id}.tar.gz"))
+        .collect();
+    for h in ["web1", "web2"] {
+        assert_eq!(
+            archives_in(&env.path(&format!("bucket/{h}"))),
+            newest2,
+            "{h}"
+        );
+        // The right host's bytes: the copy matches this host's local archive.
+        let f = &newest2[1];
+        assert_eq!(
+            std::fs::read(env.path(&format!("bucket/{h}/{f}"))).unwrap(),
+            std::fs::read(env.path(&format!("backups-{h}/archive/yearly/{f}")))
+                .or_else(|_| std::fs::read(env.path(&format!("backups-{h}/{f}"))))
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        archives_in(&env.path("bucket")),
+        [format!("{P}-20250101-000000.tar.gz")]
+    );
+
+    // A prune of one host (forced) never touches the other's or the flat archive.
+    let o = as_host(&cfg1, &["prune", "--force"]).output().unwrap();
+    assert!(o.status.code() == Some(0), "{}", text(&o));
+    assert_eq!(archives_in(&env.path("bucket/web2")), newest2);
+    assert_eq!(archives_in(&env.path("bucket")).len(), 1);
+
+    // `list` shows this host's archives only; `list --all-hosts` everyone's.
+    let o = as_host(&cfg1, &["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let remote_ids: Vec<&str> = v["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["remotes"]["shared"] == "complete")
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(remote_ids, IDS[2..], "{v}");
+
+    let o = as_host(&cfg1, &["list", "--all-hosts", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut hosts: Vec<(String, String)> = v["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().into(),
+                r["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    hosts.sort();
+    let want: Vec<(String, String)> =
+        std::iter::once(("-".to_string(), "20250101-000000".to_string()))
+            .chain(["web1", "web2"].iter().flat_map(|h| {
+                IDS[2..]
+                    .iter()
+                    .map(move |id| (h.to_string(), id.to_string()))
+            }))
+            .collect();
+    assert_eq!(hosts, want);
+    let o = as_host(&cfg1, &["list", "--all-hosts"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("web2"),
+        "{}",
+        text(&o)
+    );
+
+    // Disaster recovery: a new machine (web3) restores web2's newest archive.
+    let cfg3 = host_config(&env, "web3");
+    let dest = env.path("restored");
+    let o = as_host(
+        &cfg3,
+        &[
+            "pull",
+            "--host",
+            "web2",
+            "latest",
+            "--to",
+            dest.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let info =
+        std::fs::read_to_string(dest.join(format!("{P}-{}/backup_info.txt", IDS[3]))).unwrap();
+    assert!(info.contains("of web2"), "{info}");
+    // Without --host, web3's own (empty) namespace has nothing.
+    let o = as_host(
+        &cfg3,
+        &["pull", "latest", "--to", env.path("r2").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let o = as_host(&cfg3, &["pull", "--host", "../etc", "latest"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn host_id_and_retry_budget_are_validated() {
+    let env = Env::new();
+    source(&env);
+    env.write_config("host_id = \"a/b\"\n");
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("host_id"),
+        "{}",
+        text(&o)
+    );
+    env.write_config("retry_budget = \"soon\"\n");
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("retry_budget"),
+        "{}",
+        text(&o)
+    );
 }

@@ -10,9 +10,9 @@ pub mod conformance;
 pub mod error;
 pub mod gcs;
 pub mod local;
-pub mod sftp;
 pub mod objstore;
 pub mod s3;
+pub mod sftp;
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -101,6 +101,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta>;
     /// Start a multipart upload to `key`.
     async fn create_upload(&self, key: &str) -> Result<UploadId>;
+    /// Start a multipart upload to `key` whose whole object will hash to `sha256`.
+    /// Stores that cannot take metadata at completion (S3, GCS) record it now, so that
+    /// [`head`](Backend::head) reports it later without a download. The default ignores it.
+    async fn create_upload_for(&self, key: &str, sha256: [u8; 32]) -> Result<UploadId> {
+        let _ = sha256;
+        self.create_upload(key).await
+    }
     /// Store part `n` (1-based) of an upload. Every part but the last has the same size,
     /// which the caller chooses within [`Capabilities`].
     async fn put_part(

@@ -371,6 +371,10 @@ impl Backend for ObjectStoreBackend {
         self.create_upload_with_sha256(key, None).await
     }
 
+    async fn create_upload_for(&self, key: &str, sha256: [u8; 32]) -> Result<UploadId> {
+        self.create_upload_with_sha256(key, Some(sha256)).await
+    }
+
     async fn put_part(
         &self,
         key: &str,
@@ -523,6 +527,13 @@ macro_rules! delegate_backend {
             }
             async fn create_upload(&self, key: &str) -> $crate::Result<$crate::UploadId> {
                 self.inner.create_upload(key).await
+            }
+            async fn create_upload_for(
+                &self,
+                key: &str,
+                sha256: [u8; 32],
+            ) -> $crate::Result<$crate::UploadId> {
+                self.inner.create_upload_for(key, sha256).await
             }
             async fn put_part(
                 &self,

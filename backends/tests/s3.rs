@@ -221,11 +221,10 @@ async fn metadata_storage_class_and_layout() {
         "{head}"
     );
 
-    // A multipart upload started with the hash carries it too.
+    // A multipart upload started through the trait with the hash carries it too.
     let s3 = S3Backend::new(config(&ls.endpoint, &bucket, "backups/host-1")).unwrap();
     let body = Bytes::from(test_data(1000, 4));
-    let up = s3
-        .create_upload_with_sha256("m.tar.gz", Some(sha256_of(&body)))
+    let up = Backend::create_upload_for(&s3, "m.tar.gz", sha256_of(&body))
         .await
         .unwrap();
     let r = s3

@@ -226,7 +226,15 @@ pub fn write_archive_with(
         // The umask can only remove bits; make the mode exactly 0600 anyway.
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
         let meta = file.metadata()?;
-        write_into(out, file, (meta.dev(), meta.ino()), opts, recipients, inputs, info)
+        write_into(
+            out,
+            file,
+            (meta.dev(), meta.ino()),
+            opts,
+            recipients,
+            inputs,
+            info,
+        )
     })();
     match result {
         Ok(w) => Ok(w),
@@ -401,7 +409,8 @@ impl Compressor {
                 // Workers compress while the walk goes on (like `zstd -T0`); with one
                 // thread the stream stays single-threaded.
                 if threads > 1 {
-                    z.multithread(threads as u32).context("zstd: worker threads")?;
+                    z.multithread(threads as u32)
+                        .context("zstd: worker threads")?;
                 }
                 Compressor::Zstd(z)
             }

@@ -143,7 +143,10 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
             Some(_) => crate::crypto::SCHEME_AGE.into(),
             None => crate::crypto::SCHEME_NONE.into(),
         },
-        recipient_fingerprints: recipients.as_ref().map(|r| r.fingerprints()).unwrap_or_default(),
+        recipient_fingerprints: recipients
+            .as_ref()
+            .map(|r| r.fingerprints())
+            .unwrap_or_default(),
         host,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         sources: written_sources,

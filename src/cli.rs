@@ -52,6 +52,10 @@ pub enum Command {
         /// Print what happened per remote as JSON (and no progress lines)
         #[arg(long)]
         json: bool,
+        /// Limit each remote's transfers: a rate (10MiB, 512KiB, off) or a timetable
+        /// ("08:00-18:00 2MiB, 18:00-08:00 off"); replaces the remotes' `bwlimit`
+        #[arg(long, value_name = "RATE", value_parser = crate::bwlimit::Schedule::parse)]
+        bwlimit: Option<crate::bwlimit::Schedule>,
     },
     /// Apply the retention policy to the local folder and every remote, each over what it
     /// holds; file local keepers under archive/{yearly,monthly,weekly}
@@ -308,8 +312,12 @@ fn run(cli: Cli) -> Result<i32> {
             dry_run,
             no_prune,
             json: true,
+            bwlimit,
         } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            if let Some(b) = bwlimit {
+                cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
+            }
             let reports = runtime()?.block_on(crate::push::run_with(
                 &cfg,
                 remote.as_deref(),
@@ -324,8 +332,12 @@ fn run(cli: Cli) -> Result<i32> {
             dry_run,
             no_prune,
             json: false,
+            bwlimit,
         } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            if let Some(b) = bwlimit {
+                cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
+            }
             runtime()?.block_on(crate::push::run(
                 &cfg,
                 remote.as_deref(),

@@ -128,6 +128,8 @@ pub struct Remote {
     /// `host_id`: this host's namespace under the remote (`<url>/<host_id>/`); `None`
     /// (the default) keeps the flat layout.
     pub host_id: Option<String>,
+    /// `bwlimit`: a rate or a timetable for this remote's transfers (`None`: unlimited).
+    pub bwlimit: Option<crate::bwlimit::Schedule>,
 }
 
 // ---- raw, as written in the file ----
@@ -252,6 +254,7 @@ struct RawRemote {
     prune: Option<bool>,
     retry_budget: Option<Spanned<String>>,
     host_id: Option<Spanned<String>>,
+    bwlimit: Option<Spanned<String>>,
     // sftp:// remotes
     identity_file: Option<Spanned<String>>,
     known_hosts_file: Option<Spanned<String>>,
@@ -335,7 +338,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     };
     let compression = match &raw.local.compression {
         Some(c) => crate::archive::Codec::parse(c.get_ref()).ok_or_else(|| {
-            at.err(c.span().start, "local.compression", "\"gzip\" (the default) or \"zstd\"")
+            at.err(
+                c.span().start,
+                "local.compression",
+                "\"gzip\" (the default) or \"zstd\"",
+            )
         })?,
         None => crate::archive::Codec::Gzip,
     };
@@ -503,6 +510,16 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 ))
             }
         };
+        let bwlimit = match &r.bwlimit {
+            None => None,
+            Some(b) => Some(crate::bwlimit::Schedule::parse(b.get_ref()).map_err(|e| {
+                at.err(
+                    b.span().start,
+                    &format!("{key}.bwlimit"),
+                    &format!("a rate like \"10MiB\" or a timetable like \"08:00-18:00 2MiB, 18:00-08:00 off\" ({e})"),
+                )
+            })?),
+        };
         remotes.push(Remote {
             name,
             url,
@@ -511,6 +528,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             prune: r.prune.unwrap_or(true),
             retry_budget,
             host_id,
+            bwlimit,
         });
     }
 
@@ -524,7 +542,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     let health_checks = crate::restore::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
     let drill = crate::drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
     // [encryption]
-    let encryption = crate::crypto::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
+    let encryption =
+        crate::crypto::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
 
     Ok(Config {
         file: file.to_path_buf(),

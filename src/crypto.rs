@@ -87,24 +87,33 @@ fn parse_recipient(s: &str) -> std::result::Result<age::x25519::Recipient, Strin
 
 /// Recipients in an age recipients file: one per line, `#` comments and blank lines ignored.
 fn read_recipients_file(path: &Path) -> std::result::Result<Vec<String>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("a readable recipients file ({}: {e})", path.display()))?;
+    let text = fs::read_to_string(path)
+        .map_err(|e| format!("a readable recipients file ({}: {e})", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        let r = parse_recipient(l).map_err(|exp| format!("{} line {}: {exp}", path.display(), i + 1))?;
+        let r = parse_recipient(l)
+            .map_err(|exp| format!("{} line {}: {exp}", path.display(), i + 1))?;
         out.push(r.to_string());
     }
     if out.is_empty() {
-        return Err(format!("at least one recipient (age1…) in {}", path.display()));
+        return Err(format!(
+            "at least one recipient (age1…) in {}",
+            path.display()
+        ));
     }
     Ok(out)
 }
 
 impl EncryptionConfig {
-    pub(crate) fn from_raw(raw: Option<&Spanned<RawEncryption>>, at: &Locator, base: &Path) -> Result<EncryptionConfig> {
+    pub(crate) fn from_raw(
+        raw: Option<&Spanned<RawEncryption>>,
+        at: &Locator,
+        base: &Path,
+    ) -> Result<EncryptionConfig> {
         let Some(raw) = raw else {
             return Ok(EncryptionConfig::default());
         };
@@ -118,13 +127,16 @@ impl EncryptionConfig {
         };
         for (i, r) in raw.recipients.iter().flatten().enumerate() {
             let key = format!("encryption.recipients[{i}]");
-            let parsed = parse_recipient(r.get_ref()).map_err(|exp| at.err(r.span().start, &key, &exp))?;
+            let parsed =
+                parse_recipient(r.get_ref()).map_err(|exp| at.err(r.span().start, &key, &exp))?;
             push(parsed.to_string());
         }
         if let Some(f) = &raw.recipients_file {
             let p = at.nonempty(f, "encryption.recipients_file", "a file path")?;
             let path = expand(base, p);
-            for r in read_recipients_file(&path).map_err(|exp| at.err(f.span().start, "encryption.recipients_file", &exp))? {
+            for r in read_recipients_file(&path)
+                .map_err(|exp| at.err(f.span().start, "encryption.recipients_file", &exp))?
+            {
                 push(r);
             }
         }
@@ -136,7 +148,10 @@ impl EncryptionConfig {
             ));
         }
         let identity_file = match &raw.identity_file {
-            Some(f) => Some(expand(base, at.nonempty(f, "encryption.identity_file", "a file path")?)),
+            Some(f) => Some(expand(
+                base,
+                at.nonempty(f, "encryption.identity_file", "a file path")?,
+            )),
             None => None,
         };
         Ok(EncryptionConfig {
@@ -199,7 +214,11 @@ impl Recipients {
         let keys = recipients
             .iter()
             .enumerate()
-            .map(|(i, r)| parse_recipient(r).map_err(|exp| usage(format!("encryption recipient #{}: expected {exp}", i + 1))))
+            .map(|(i, r)| {
+                parse_recipient(r).map_err(|exp| {
+                    usage(format!("encryption recipient #{}: expected {exp}", i + 1))
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         if keys.is_empty() {
             return Err(usage("no encryption recipient"));
@@ -209,14 +228,18 @@ impl Recipients {
 
     /// Fingerprints, in order.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.keys.iter().map(|k| fingerprint(&k.to_string())).collect()
+        self.keys
+            .iter()
+            .map(|k| fingerprint(&k.to_string()))
+            .collect()
     }
 
     /// Wrap `w`: what is written to the result is encrypted into `w`. Call
     /// [`age::stream::StreamWriter::finish`] at the end.
     pub fn wrap<W: Write>(&self, w: W) -> io::Result<age::stream::StreamWriter<W>> {
-        let enc = age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
-            .map_err(|e| io::Error::other(format!("age: {e}")))?;
+        let enc =
+            age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
+                .map_err(|e| io::Error::other(format!("age: {e}")))?;
         enc.wrap_output(w)
     }
 }
@@ -264,7 +287,10 @@ impl Identities {
             ))
         })?;
         if !meta.is_file() {
-            return Err(usage(format!("identity file {} is not a file", path.display())));
+            return Err(usage(format!(
+                "identity file {} is not a file",
+                path.display()
+            )));
         }
         if meta.mode() & 0o077 != 0 {
             tracing::warn!(
@@ -274,7 +300,8 @@ impl Identities {
                 path.display()
             );
         }
-        let f = File::open(path).map_err(|e| usage(format!("cannot read identity file {}: {e}", path.display())))?;
+        let f = File::open(path)
+            .map_err(|e| usage(format!("cannot read identity file {}: {e}", path.display())))?;
         let mut r = BufReader::new(f);
         if r.fill_buf().map(|b| b.starts_with(MAGIC)).unwrap_or(false) {
             return Err(usage(format!(
@@ -345,7 +372,10 @@ impl Identities {
 
     /// The public keys (recipients) of these identities.
     pub fn recipients(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.to_public().to_string()).collect()
+        self.keys
+            .iter()
+            .map(|k| k.to_public().to_string())
+            .collect()
     }
 
     /// Fingerprints of [`Identities::recipients`].
@@ -356,8 +386,14 @@ impl Identities {
     /// Open an age stream: reads the header and unwraps the file key. `what` names the
     /// archive in messages; `expected` (the manifest's recipient fingerprints, when known)
     /// makes the wrong-key message precise.
-    pub fn decrypt<R: BufRead>(&self, input: R, what: &str, expected: &[String]) -> Result<age::stream::StreamReader<R>> {
-        let dec = age::Decryptor::new_buffered(input).map_err(|e| header_error(e, what, self, expected))?;
+    pub fn decrypt<R: BufRead>(
+        &self,
+        input: R,
+        what: &str,
+        expected: &[String],
+    ) -> Result<age::stream::StreamReader<R>> {
+        let dec = age::Decryptor::new_buffered(input)
+            .map_err(|e| header_error(e, what, self, expected))?;
         if dec.is_scrypt() {
             return Err(usage(format!(
                 "{what} is encrypted with a passphrase, not to a recipient: decrypt it with `age -d`"
@@ -371,12 +407,19 @@ impl Identities {
     /// when they open it; an error (exit 2) when none does; `NotAge` for a plain archive;
     /// a verification error (exit 4) for a damaged header. A header cut short by `head`
     /// being too small is `Ok` (the real check happens when the archive is read).
-    pub fn check_header(&self, head: &[u8], what: &str, expected: &[String]) -> Result<HeaderCheck> {
+    pub fn check_header(
+        &self,
+        head: &[u8],
+        what: &str,
+        expected: &[String],
+    ) -> Result<HeaderCheck> {
         if !head.starts_with(MAGIC) {
             return Ok(HeaderCheck::NotAge);
         }
         match age::Decryptor::new_buffered(head) {
-            Err(age::DecryptError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(HeaderCheck::Ok),
+            Err(age::DecryptError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Ok(HeaderCheck::Ok)
+            }
             Err(e) => Err(header_error(e, what, self, expected)),
             Ok(dec) => match dec.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity)) {
                 Ok(_) => Ok(HeaderCheck::Ok),
@@ -387,7 +430,12 @@ impl Identities {
 }
 
 /// The message for an age header that did not open.
-fn header_error(e: age::DecryptError, what: &str, ids: &Identities, expected: &[String]) -> anyhow::Error {
+fn header_error(
+    e: age::DecryptError,
+    what: &str,
+    ids: &Identities,
+    expected: &[String],
+) -> anyhow::Error {
     match e {
         age::DecryptError::NoMatchingKeys => {
             let to = if expected.is_empty() {
@@ -535,17 +583,28 @@ mod tests {
 
         let ids = Identities::from_key(&tmp.path().join("k"), k);
         assert_eq!(ids.check_header(&ct, "x", &[]).unwrap(), HeaderCheck::Ok);
-        assert_eq!(ids.check_header(&ct[..20], "x", &[]).unwrap(), HeaderCheck::Ok);
+        assert_eq!(
+            ids.check_header(&ct[..20], "x", &[]).unwrap(),
+            HeaderCheck::Ok
+        );
         let mut pt = String::new();
-        ids.decrypt(&ct[..], "x", &[]).unwrap().read_to_string(&mut pt).unwrap();
+        ids.decrypt(&ct[..], "x", &[])
+            .unwrap()
+            .read_to_string(&mut pt)
+            .unwrap();
         assert_eq!(pt, "hello");
 
         let other = Identities::from_key(&tmp.path().join("o"), age::x25519::Identity::generate());
-        let e = other.check_header(&ct, "x", &["sha256:1".into()]).unwrap_err();
+        let e = other
+            .check_header(&ct, "x", &["sha256:1".into()])
+            .unwrap_err();
         assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
         assert!(e.to_string().contains("wrong identity"), "{e}");
         assert!(e.to_string().contains("sha256:1"), "{e}");
-        assert_eq!(other.check_header(b"\x1f\x8b", "x", &[]).unwrap(), HeaderCheck::NotAge);
+        assert_eq!(
+            other.check_header(b"\x1f\x8b", "x", &[]).unwrap(),
+            HeaderCheck::NotAge
+        );
     }
 
     #[test]

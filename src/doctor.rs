@@ -166,7 +166,8 @@ fn encryption_checks(cfg: &Config) -> Vec<Check> {
 
 /// Create and remove a small file in `dir` (created if missing).
 fn probe_dir(dir: &Path) -> std::io::Result<()> {
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)?;
     let p = crate::fsutil::temp_name(&dir.join("doctor-probe"));
     std::fs::write(&p, b"pronto-offsite doctor probe\n")?;
     std::fs::remove_file(&p)

@@ -73,9 +73,10 @@ impl ExtractOptions {
     /// against its header here (exit 2 when missing or wrong), before anything is written.
     pub fn for_archive(cfg: &crate::config::Config, archive: &Path) -> Result<ExtractOptions> {
         let mut opts = ExtractOptions::default();
-        let name = archive
-            .file_name()
-            .map_or_else(|| archive.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = archive.file_name().map_or_else(
+            || archive.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let mpath = archive.with_file_name(crate::manifest::Manifest::file_name_for(&name));
         if let Ok(m) = crate::manifest::Manifest::read(&mpath) {
             opts.expected_recipients = m.recipient_fingerprints.clone();
@@ -84,7 +85,10 @@ impl ExtractOptions {
         let head = crate::crypto::read_head(archive, crate::crypto::HEADER_PROBE as usize)?;
         if crate::crypto::is_age(&head) {
             let Some(ids) = cfg.encryption.identities()? else {
-                return Err(crate::crypto::missing_identity(&name, &opts.expected_recipients));
+                return Err(crate::crypto::missing_identity(
+                    &name,
+                    &opts.expected_recipients,
+                ));
             };
             ids.check_header(&head, &name, &opts.expected_recipients)?;
             opts.identities = Some(ids);
@@ -142,13 +146,21 @@ fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
     let raw: Raw = if crate::crypto::is_age(head) {
-        let what = archive
-            .file_name()
-            .map_or_else(|| archive.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let what = archive.file_name().map_or_else(
+            || archive.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let Some(ids) = &opts.identities else {
-            return Err(crate::crypto::missing_identity(&what, &opts.expected_recipients));
+            return Err(crate::crypto::missing_identity(
+                &what,
+                &opts.expected_recipients,
+            ));
         };
-        Box::new(Decrypting(ids.decrypt(r, &what, &opts.expected_recipients)?))
+        Box::new(Decrypting(ids.decrypt(
+            r,
+            &what,
+            &opts.expected_recipients,
+        )?))
     } else {
         Box::new(r)
     };

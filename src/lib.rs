@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod bwlimit;
 pub mod catalog;
 pub mod cli;
 pub mod config;

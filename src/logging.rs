@@ -145,8 +145,11 @@ impl RotatingFile {
     pub fn open(cfg: &LogConfig) -> io::Result<RotatingFile> {
         if let Some(dir) = cfg.file.parent() {
             if !dir.as_os_str().is_empty() {
-                std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                    .create(dir)?;
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(dir)?;
             }
         }
         Ok(RotatingFile {

@@ -152,9 +152,13 @@ async fn run_inner(
                     .size
                     .unwrap_or(crate::crypto::HEADER_PROBE)
                     .min(crate::crypto::HEADER_PROBE);
-                let head = retry(r.retry, &format!("download of the start of {file}"), || async {
-                    pronto_backends::collect(r.backend.get(&file, Some(0..n)).await?).await
-                })
+                let head = retry(
+                    r.retry,
+                    &format!("download of the start of {file}"),
+                    || async {
+                        pronto_backends::collect(r.backend.get(&file, Some(0..n)).await?).await
+                    },
+                )
                 .await;
                 match head {
                     Ok(head) => match ids.check_header(&head, &file, fps) {

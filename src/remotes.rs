@@ -31,6 +31,10 @@ pub fn open(remote: &Remote) -> Result<RemoteHandle> {
                 .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url()))?,
         ),
     };
+    let backend: Arc<dyn pronto_backends::Backend> = match &remote.bwlimit {
+        Some(s) => Arc::new(crate::bwlimit::ThrottledBackend::new(backend, s.clone())),
+        None => backend,
+    };
     // Many hosts, one bucket: this host's keys live under `<host_id>/`.
     let backend: Arc<dyn pronto_backends::Backend> = match &remote.host_id {
         Some(h) => Arc::new(NamespacedBackend::new(backend, h)),

@@ -394,7 +394,10 @@ pub async fn download_ranges(
     let file = Arc::new(file);
     let range_size = range_size.max(1);
     let count = size.div_ceil(range_size);
-    tracing::debug!("{}: downloading {key} ({size} bytes) in {count} ranges, {concurrency} at a time", r.name);
+    tracing::debug!(
+        "{}: downloading {key} ({size} bytes) in {count} ranges, {concurrency} at a time",
+        r.name
+    );
     let mut ranges = futures::stream::iter((0..count).map(|i| {
         let start = i * range_size;
         let end = (start + range_size).min(size);

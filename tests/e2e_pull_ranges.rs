@@ -35,7 +35,11 @@ fn pull_of_an_archive_larger_than_two_ranges_is_byte_identical() {
     let src = env.path("src");
     std::fs::create_dir_all(src.join("docs")).unwrap();
     // Incompressible, so that the archive spans more than 3 ranges (16 MiB each).
-    std::fs::write(src.join("blob.bin"), noise((3 * RANGE_SIZE + RANGE_SIZE / 3) as usize, 42)).unwrap();
+    std::fs::write(
+        src.join("blob.bin"),
+        noise((3 * RANGE_SIZE + RANGE_SIZE / 3) as usize, 42),
+    )
+    .unwrap();
     std::fs::write(src.join("docs/readme.txt"), "hello\n".repeat(1000)).unwrap();
     env.write_config("");
     let before = snapshot(&src);
@@ -47,7 +51,11 @@ fn pull_of_an_archive_larger_than_two_ranges_is_byte_identical() {
     assert!(o.status.success(), "push: {}", text(&o));
     let file = format!("pronto-app-backup-{id}.tar.gz");
     let remote_bytes = std::fs::read(env.remote().join(&file)).unwrap();
-    assert!(remote_bytes.len() as u64 > 3 * RANGE_SIZE, "{} bytes", remote_bytes.len());
+    assert!(
+        remote_bytes.len() as u64 > 3 * RANGE_SIZE,
+        "{} bytes",
+        remote_bytes.len()
+    );
 
     // Lose every local copy, pull it back.
     for d in ["", "archive/weekly", "archive/monthly", "archive/yearly"] {
@@ -63,8 +71,14 @@ fn pull_of_an_archive_larger_than_two_ranges_is_byte_identical() {
         .find(|p| p.exists())
         .expect("the pulled archive");
     let pulled_bytes = std::fs::read(&pulled).unwrap();
-    assert!(pulled_bytes == remote_bytes, "the pulled archive differs from the remote copy");
-    assert_eq!(snapshot(&dest.join(format!("pronto-app-backup-{id}/static_content/site"))), before);
+    assert!(
+        pulled_bytes == remote_bytes,
+        "the pulled archive differs from the remote copy"
+    );
+    assert_eq!(
+        snapshot(&dest.join(format!("pronto-app-backup-{id}/static_content/site"))),
+        before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,11 +106,16 @@ async fn ranged_download_of_odd_sizes_matches_the_object() {
         let body = noise(size as usize, i as u64 + 1);
         std::fs::write(root.join(format!("obj{i}")), &body).unwrap();
         let dest = tmp.path().join(format!("out{i}"));
-        let (sha, n) = replicate::download_ranges(&handle, &format!("obj{i}"), &dest, size, range, conc)
-            .await
-            .unwrap();
+        let (sha, n) =
+            replicate::download_ranges(&handle, &format!("obj{i}"), &dest, size, range, conc)
+                .await
+                .unwrap();
         assert_eq!(n, size);
-        assert_eq!(sha, sha256(&body), "sha256 of obj{i} (size {size}, range {range})");
+        assert_eq!(
+            sha,
+            sha256(&body),
+            "sha256 of obj{i} (size {size}, range {range})"
+        );
         assert!(std::fs::read(&dest).unwrap() == body, "obj{i} differs");
     }
 
@@ -106,12 +125,17 @@ async fn ranged_download_of_odd_sizes_matches_the_object() {
     let e = replicate::download_ranges(&handle, "short", &dest, 9000, 4096, 2)
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("short") || format!("{e:#}").contains("bytes"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("short") || format!("{e:#}").contains("bytes"),
+        "{e:#}"
+    );
 
     // download_sized: the size decides (small objects stay one stream).
     let body = noise(12345, 3);
     std::fs::write(root.join("small"), &body).unwrap();
     let dest = tmp.path().join("small-out");
-    let (sha, n) = replicate::download_sized(&handle, "small", &dest, Some(12345)).await.unwrap();
+    let (sha, n) = replicate::download_sized(&handle, "small", &dest, Some(12345))
+        .await
+        .unwrap();
     assert_eq!((sha, n), (sha256(&body), 12345));
 }

@@ -351,3 +351,88 @@ fn host_id_and_retry_budget_are_validated() {
         text(&o)
     );
 }
+
+// ---- bandwidth limits ---------------------------------------------------------------
+
+/// 400 KiB that gzip cannot shrink.
+fn incompressible(env: &Env) {
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let bytes: Vec<u8> = (0..400 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(env.path("src/noise.bin"), bytes).unwrap();
+}
+
+#[test]
+fn bwlimit_flag_and_key_slow_the_push_down() {
+    let env = Env::new();
+    incompressible(&env);
+    // A timetable that is off all day: no limit.
+    env.write_config("bwlimit = \"00:00-24:00 off\"\n");
+    backup_id(&env);
+    let t0 = std::time::Instant::now();
+    let o = env.run(&["push", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // ~400 KiB at 100 KiB/s: about 4 s (the manifest waits for the archive's bytes).
+    let o = env.run(&["push", "--bwlimit", "100KiB", "--no-prune"]);
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+
+    // The key, a rate: a second remote gets the same archive, as slowly.
+    env.write_config(&format!(
+        "\n[[remotes]]\nname = \"slow\"\nurl = \"file://{}\"\nbwlimit = \"200KiB\"\n",
+        env.path("slow").display()
+    ));
+    let t0 = std::time::Instant::now();
+    let o = env.run(&["push", "--no-prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    env.write_config("bwlimit = \"fast\"\n");
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = env.run(&["push", "--bwlimit", "08:00-18:00"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn a_slow_remote_does_not_hold_up_the_others() {
+    let env = Env::new();
+    incompressible(&env);
+    // `nas` (first in the config) crawls at 1 KiB/s; `usb` after it is unlimited.
+    env.write_config(&format!(
+        "bwlimit = \"1KiB\"\n\n[[remotes]]\nname = \"usb\"\nurl = \"file://{}\"\n",
+        env.path("usb").display()
+    ));
+    let id = backup_id(&env);
+    let manifest = format!("pronto-app-backup-{id}.tar.gz.manifest.json");
+    let mut child = as_host(&env.config(), &["push"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !env.path("usb").join(&manifest).exists() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "usb waited for nas"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "nas is still going");
+    assert!(!env.remote().join(&manifest).exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

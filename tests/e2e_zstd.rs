@@ -28,10 +28,17 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn build_tree(root: &Path) {
     std::fs::create_dir_all(root.join("css")).unwrap();
     std::fs::create_dir_all(root.join("empty")).unwrap();
-    std::fs::write(root.join("css/app.css"), "body { margin: 0 }\n".repeat(5000)).unwrap();
+    std::fs::write(
+        root.join("css/app.css"),
+        "body { margin: 0 }\n".repeat(5000),
+    )
+    .unwrap();
     for i in 0..200 {
-        std::fs::write(root.join(format!("page-{i:03}.html")), format!("<p>{i}</p>\n").repeat(i + 1))
-            .unwrap();
+        std::fs::write(
+            root.join(format!("page-{i:03}.html")),
+            format!("<p>{i}</p>\n").repeat(i + 1),
+        )
+        .unwrap();
     }
     std::fs::write(root.join("noise.bin"), noise(3 << 20, 7)).unwrap();
     std::os::unix::fs::symlink("css/app.css", root.join("style.css")).unwrap();
@@ -88,10 +95,21 @@ fn zstd_round_trip_backup_push_pull_extract() {
 
     // Plain tools read it: zstd -t (frame checksum included) and tar -I zstd -tf.
     ok(Command::new("zstd").arg("-q").arg("-t").arg(&archive));
-    let listing = ok(Command::new("tar").arg("-I").arg("zstd").arg("-tf").arg(&archive));
+    let listing = ok(Command::new("tar")
+        .arg("-I")
+        .arg("zstd")
+        .arg("-tf")
+        .arg(&archive));
     let top = format!("pronto-app-backup-{id}/");
-    for entry in ["static_content/site/css/app.css", "static_content/site/noise.bin", "backup_info.txt"] {
-        assert!(listing.contains(&format!("{top}{entry}")), "{entry} missing from:\n{listing}");
+    for entry in [
+        "static_content/site/css/app.css",
+        "static_content/site/noise.bin",
+        "backup_info.txt",
+    ] {
+        assert!(
+            listing.contains(&format!("{top}{entry}")),
+            "{entry} missing from:\n{listing}"
+        );
     }
     // Our own reader agrees (`gunzip -t` + `tar -t` equivalent).
     let stats = pronto_offsite::extract::check_readable(&archive).unwrap();
@@ -107,8 +125,15 @@ fn zstd_round_trip_backup_push_pull_extract() {
     let dest = env.path("restored");
     let o = env.run(&["pull", &id, "--to", dest.to_str().unwrap()]);
     assert!(o.status.success(), "pull: {}", text(&o));
-    assert_eq!(std::fs::read(find_local(&env, &file)).unwrap(), bytes, "pulled copy is identical");
-    assert_eq!(snapshot(&dest.join(format!("{top}static_content/site"))), before);
+    assert_eq!(
+        std::fs::read(find_local(&env, &file)).unwrap(),
+        bytes,
+        "pulled copy is identical"
+    );
+    assert_eq!(
+        snapshot(&dest.join(format!("{top}static_content/site"))),
+        before
+    );
 }
 
 #[test]
@@ -123,7 +148,10 @@ fn zstd_with_encryption_is_tar_zst_age() {
     config(
         &env,
         "compression = \"zstd\"",
-        &format!("\n[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n", key.display()),
+        &format!(
+            "\n[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n",
+            key.display()
+        ),
     );
     let before = snapshot(&env.path("src"));
     let id = backup_id(&env);
@@ -148,17 +176,29 @@ fn level_is_validated_per_compression() {
     let env = Env::new();
     std::fs::create_dir_all(env.path("src")).unwrap();
     for (local, expected) in [
-        ("compression = \"zstd\"\nlevel = 20", "a zstd level from 1 to 19"),
-        ("compression = \"zstd\"\nlevel = 0", "a zstd level from 1 to 19"),
+        (
+            "compression = \"zstd\"\nlevel = 20",
+            "a zstd level from 1 to 19",
+        ),
+        (
+            "compression = \"zstd\"\nlevel = 0",
+            "a zstd level from 1 to 19",
+        ),
         ("level = 10", "a gzip level from 1 to 9"),
-        ("compression = \"gzip\"\nlevel = 0", "a gzip level from 1 to 9"),
+        (
+            "compression = \"gzip\"\nlevel = 0",
+            "a gzip level from 1 to 9",
+        ),
         ("compression = \"lz4\"", "local.compression"),
     ] {
         config(&env, local, "");
         let o = env.run(&["backup"]);
         assert_eq!(o.status.code(), Some(2), "{local}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(expected), "{local}: expected {expected:?} in {err}");
+        assert!(
+            err.contains(expected),
+            "{local}: expected {expected:?} in {err}"
+        );
     }
     // Level 19 is a valid zstd level (and not a gzip one).
     config(&env, "compression = \"zstd\"\nlevel = 19", "");
@@ -196,7 +236,10 @@ fn format_is_detected_by_magic_bytes_and_multi_member_gzip_is_read() {
     let out = tmp.path().join("out1");
     let got = pronto_offsite::extract::extract(&mislabeled, &out).unwrap();
     assert_eq!(got, stats);
-    assert_eq!(snapshot(&out.join("TOP/static_content/site")), snapshot(&src));
+    assert_eq!(
+        snapshot(&out.join("TOP/static_content/site")),
+        snapshot(&src)
+    );
 
     // A multi-member gzip (the tar cut in two, each half gzipped, concatenated).
     let plain = tmp.path().join("y.tar.gz");
@@ -223,7 +266,10 @@ fn format_is_detected_by_magic_bytes_and_multi_member_gzip_is_read() {
     let out = tmp.path().join("out2");
     let got = pronto_offsite::extract::extract(&multi_path, &out).unwrap();
     assert_eq!(got, stats);
-    assert_eq!(snapshot(&out.join("TOP/static_content/site")), snapshot(&src));
+    assert_eq!(
+        snapshot(&out.join("TOP/static_content/site")),
+        snapshot(&src)
+    );
 
     // A truncated zstd archive is refused (the frame never ends).
     let bytes = std::fs::read(&mislabeled).unwrap();

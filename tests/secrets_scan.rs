@@ -150,13 +150,17 @@ fn scan_bytes(what: &str, bytes: &[u8], secrets: &[String], leaks: &mut Vec<Stri
 
 /// Every regular file under `root`, except those in `skip` (where the secrets live on purpose).
 fn files_under(root: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if skip.iter().any(|s| p.starts_with(s)) {
             continue;
         }
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if m.is_dir() {
             files_under(&p, skip, out);
         } else if m.is_file() {
@@ -194,8 +198,10 @@ impl Scan {
             c.write_stdin(s.to_string());
         }
         let o = c.args(args).output().unwrap();
-        self.outputs.push((format!("{args:?}: stdout"), o.stdout.clone()));
-        self.outputs.push((format!("{args:?}: stderr"), o.stderr.clone()));
+        self.outputs
+            .push((format!("{args:?}: stdout"), o.stdout.clone()));
+        self.outputs
+            .push((format!("{args:?}: stderr"), o.stderr.clone()));
         o
     }
 
@@ -212,7 +218,10 @@ impl Scan {
         }
         let mut files = Vec::new();
         files_under(env.dir.path(), skip, &mut files);
-        assert!(files.len() > 10, "the scan must see the written files: {files:?}");
+        assert!(
+            files.len() > 10,
+            "the scan must see the written files: {files:?}"
+        );
         for f in &files {
             let bytes = std::fs::read(f).unwrap_or_default();
             scan_bytes(&f.display().to_string(), &bytes, &self.secrets, &mut leaks);
@@ -231,9 +240,18 @@ fn shim_path(env: &Env) -> String {
         let pg_bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|_| std::panic::catch_unwind(pg::bin_dir).ok());
-        for tool in ["pg_dump", "pg_dumpall", "pg_restore", "psql", "redis-cli", "ssh"] {
+        for tool in [
+            "pg_dump",
+            "pg_dumpall",
+            "pg_restore",
+            "psql",
+            "redis-cli",
+            "ssh",
+        ] {
             let real = match (&pg_bin, tool) {
-                (Some(b), t) if t.starts_with("pg_") || t == "psql" => b.join(t).display().to_string(),
+                (Some(b), t) if t.starts_with("pg_") || t == "psql" => {
+                    b.join(t).display().to_string()
+                }
                 _ => {
                     let o = std::process::Command::new("sh")
                         .arg("-c")
@@ -337,12 +355,19 @@ fn the_scan_finds_a_planted_secret() {
     let env = Env::new();
     source_tree(&env);
     std::fs::create_dir_all(env.path("backups/deep/er")).unwrap();
-    std::fs::write(env.path("backups/deep/er/x.json"), format!("{{\"t\": \"{S3_TOKEN}\"}}")).unwrap();
+    std::fs::write(
+        env.path("backups/deep/er/x.json"),
+        format!("{{\"t\": \"{S3_TOKEN}\"}}"),
+    )
+    .unwrap();
     for i in 0..10 {
         std::fs::write(env.path(&format!("src/f{i}")), "x").unwrap();
     }
     let scan = Scan {
-        secrets: vec![S3_TOKEN.to_string(), "AGE-SECRET-KEY-1ABCDEFGHIJ".to_string()],
+        secrets: vec![
+            S3_TOKEN.to_string(),
+            "AGE-SECRET-KEY-1ABCDEFGHIJ".to_string(),
+        ],
         outputs: vec![("stderr".into(), b"key: 1abcdefghij".to_vec())],
     };
     let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan.check(&env, &[])))
@@ -391,7 +416,15 @@ fn every_command_with_secrets_configured_leaks_none() {
     scan.run(&env, &["unpin", &id]);
     let o = scan.run(
         &env,
-        &["-v", "pull", "latest", "--remote", "nas", "--to", env.path("out1").to_str().unwrap()],
+        &[
+            "-v",
+            "pull",
+            "latest",
+            "--remote",
+            "nas",
+            "--to",
+            env.path("out1").to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = scan.run(
@@ -411,9 +444,27 @@ fn every_command_with_secrets_configured_leaks_none() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     scan.run(
         &env,
-        &["-v", "pull", "latest", "--remote", "s3", "--to", env.path("out3").to_str().unwrap()],
+        &[
+            "-v",
+            "pull",
+            "latest",
+            "--remote",
+            "s3",
+            "--to",
+            env.path("out3").to_str().unwrap(),
+        ],
     );
-    let o = scan.run(&env, &["-v", "verify", "latest", "--remote", "nas", "--restore-test"]);
+    let o = scan.run(
+        &env,
+        &[
+            "-v",
+            "verify",
+            "latest",
+            "--remote",
+            "nas",
+            "--restore-test",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     scan.run_with(
         &env,
@@ -421,17 +472,38 @@ fn every_command_with_secrets_configured_leaks_none() {
         Some("pronto-app-backup-20260201-170521.tar.gz.age\npronto-app-backup-20260202-170521.tar.gz.age\n"),
     );
     scan.run(&env, &["completions", "bash"]);
-    let o = scan.run(&env, &["keygen", "--output", env.path("keys/third.txt").to_str().unwrap()]);
+    let o = scan.run(
+        &env,
+        &[
+            "keygen",
+            "--output",
+            env.path("keys/third.txt").to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success());
     let third = std::fs::read_to_string(env.path("keys/third.txt")).unwrap();
-    scan.secrets
-        .push(third.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_string());
+    scan.secrets.push(
+        third
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap()
+            .to_string(),
+    );
 
     // The secrets were used: the S3 remote was asked (and signed with the key), the
     // webhook and the ping were called.
-    assert!(http.seen(S3_KEY_ID), "no signed S3 request reached the fake server");
-    assert!(http.seen(&format!("/hooks/{HOOK_TOKEN}")), "the webhook was not called");
-    assert!(http.seen(&format!("/ping/{PING_TOKEN}")), "the ping was not called");
+    assert!(
+        http.seen(S3_KEY_ID),
+        "no signed S3 request reached the fake server"
+    );
+    assert!(
+        http.seen(&format!("/hooks/{HOOK_TOKEN}")),
+        "the webhook was not called"
+    );
+    assert!(
+        http.seen(&format!("/ping/{PING_TOKEN}")),
+        "the ping was not called"
+    );
     // The S3 secret key never goes on the wire (SigV4).
     assert!(!http.seen(S3_SECRET), "the S3 secret key was sent");
     // What the scan covers exists: logs, metrics, the extraction (backup_info.txt), the remote.
@@ -452,9 +524,15 @@ fn every_command_with_secrets_configured_leaks_none() {
 #[test]
 fn database_passwords_reach_no_argv_output_or_file() {
     let pg = pg::Pg::start();
-    pg.psql("postgres", &format!("CREATE ROLE pronto LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}'"));
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE pronto LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}'"),
+    );
     pg.psql("postgres", "CREATE DATABASE shop OWNER pronto");
-    pg.psql("shop", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100);");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100);",
+    );
     let r = redis::Redis::start(Some(REDIS_PASSWORD));
     r.cli(&["SET", "k", "v"]);
 
@@ -475,11 +553,19 @@ fn database_passwords_reach_no_argv_output_or_file() {
     );
     secrets_config(&env, &http, &recipient, &services);
     let mut scan = Scan {
-        secrets: [PG_PASSWORD, REDIS_PASSWORD, S3_SECRET, S3_TOKEN, HOOK_TOKEN, QUERY_TOKEN, PING_TOKEN]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([age_secret])
-            .collect(),
+        secrets: [
+            PG_PASSWORD,
+            REDIS_PASSWORD,
+            S3_SECRET,
+            S3_TOKEN,
+            HOOK_TOKEN,
+            QUERY_TOKEN,
+            PING_TOKEN,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([age_secret])
+        .collect(),
         outputs: Vec::new(),
     };
 
@@ -490,7 +576,15 @@ fn database_passwords_reach_no_argv_output_or_file() {
     scan.run(&env, &["-v", "hook"]);
     let o = scan.run(
         &env,
-        &["-v", "pull", "latest", "--remote", "nas", "--to", env.path("out").to_str().unwrap()],
+        &[
+            "-v",
+            "pull",
+            "latest",
+            "--remote",
+            "nas",
+            "--to",
+            env.path("out").to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     // A wrong password: the failure message must not carry it either.
@@ -501,9 +595,17 @@ fn database_passwords_reach_no_argv_output_or_file() {
 
     // The tools ran (through the shims) and their command lines hold no password.
     let argv = std::fs::read_to_string(env.path("argv.log")).unwrap_or_default();
-    assert!(argv.contains("pg_dump") && argv.contains("redis-cli"), "shims not used: {argv}");
+    assert!(
+        argv.contains("pg_dump") && argv.contains("redis-cli"),
+        "shims not used: {argv}"
+    );
     // The dumps are in the archive (extracted), and backup_info.txt and the manifest are scanned.
-    let top = std::fs::read_dir(env.path("out")).unwrap().flatten().next().unwrap().path();
+    let top = std::fs::read_dir(env.path("out"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     assert!(top.join("postgres_data/db").exists() && top.join("redis_data/cache").exists());
     scan.check(&env, &skip(&env));
 }
@@ -524,8 +626,14 @@ fn a_config_others_can_read_that_holds_a_secret_is_warned_about() {
         .lines()
         .find(|l| l.contains("WARN") && l.contains("can be read by other users"))
         .unwrap_or_else(|| panic!("no warning: {err}"));
-    assert!(line.contains(&cfg) && line.contains(&format!("chmod 600 {cfg}")), "{line}");
-    assert!(line.contains("remotes[1].secret_access_key") && line.contains("notify.webhook_url"), "{line}");
+    assert!(
+        line.contains(&cfg) && line.contains(&format!("chmod 600 {cfg}")),
+        "{line}"
+    );
+    assert!(
+        line.contains("remotes[1].secret_access_key") && line.contains("notify.webhook_url"),
+        "{line}"
+    );
     for s in [S3_SECRET, S3_TOKEN, HOOK_TOKEN] {
         assert!(!err.contains(s), "{err}");
     }
@@ -539,13 +647,21 @@ fn a_config_others_can_read_that_holds_a_secret_is_warned_about() {
     assert!(!String::from_utf8_lossy(&env.run(&["list"]).stderr).contains("chmod 600"));
 
     // An identity file others can read is warned about when it is used.
-    std::fs::set_permissions(env.path("keys/age.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        env.path("keys/age.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     env.write_config(&format!(
         "\n[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"keys/age.txt\"\n"
     ));
     let o = env.run(&["doctor"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("identity file") && err.contains("chmod 600"), "{}", text(&o));
+    assert!(
+        err.contains("identity file") && err.contains("chmod 600"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -556,9 +672,19 @@ fn archives_manifests_journals_and_logs_are_0600_in_0700_folders() {
     env.write_config(&format!(
         "\n[log]\nfile = \"log/sub/pronto.log\"\n\n[metrics]\ntextfile = \"metrics/pronto.prom\"\n\n[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"keys/age.txt\"\n"
     ));
-    for args in [&["backup"][..], &["backup"], &["push"], &["hook"], &["pin", "latest"]] {
+    for args in [
+        &["backup"][..],
+        &["backup"],
+        &["push"],
+        &["hook"],
+        &["pin", "latest"],
+    ] {
         let o = env.run(args);
-        assert!(o.status.success() || args[0] == "pin", "{args:?}: {}", text(&o));
+        assert!(
+            o.status.success() || args[0] == "pin",
+            "{args:?}: {}",
+            text(&o)
+        );
     }
     let o = env.run(&["pull", "latest", "--to", env.path("out").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
@@ -587,7 +713,10 @@ fn archives_manifests_journals_and_logs_are_0600_in_0700_folders() {
     assert!(bad.is_empty(), "not private:\n{}", bad.join("\n"));
     // The one deliberate exception: the metrics textfile, read by node_exporter.
     assert_eq!(
-        std::fs::metadata(env.path("metrics/pronto.prom")).unwrap().mode() & 0o777,
+        std::fs::metadata(env.path("metrics/pronto.prom"))
+            .unwrap()
+            .mode()
+            & 0o777,
         0o644
     );
 }

@@ -199,6 +199,9 @@ impl Backend for ThrottledBackend {
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         self.inner.create_upload(key).await
     }
+    async fn create_upload_for(&self, key: &str, sha256: [u8; 32]) -> Result<UploadId> {
+        self.inner.create_upload_for(key, sha256).await
+    }
     async fn put_part(
         &self,
         key: &str,
@@ -221,6 +224,12 @@ impl Backend for ThrottledBackend {
     }
     async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()> {
         self.inner.abort_upload(key, up).await
+    }
+    fn supports_put_if_absent(&self) -> bool {
+        self.inner.supports_put_if_absent()
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        self.inner.put_if_absent(key, body, sha256).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await

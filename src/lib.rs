@@ -18,6 +18,7 @@ pub mod extract;
 pub mod fsutil;
 pub mod hook;
 pub mod journal;
+pub mod lease;
 pub mod list;
 pub mod logging;
 pub mod manifest;

@@ -150,6 +150,15 @@ impl Backend for NamespacedBackend {
     async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()> {
         self.inner.abort_upload(&self.key(key), up).await
     }
+    fn supports_put_if_absent(&self) -> bool {
+        self.inner.supports_put_if_absent()
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        self.inner
+            .put_if_absent(&self.key(key), body, sha256)
+            .await
+            .map(|m| self.strip(m))
+    }
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(&self.key(key)).await
     }

@@ -320,8 +320,47 @@ fn warn_future(location: &str, plan: &PrunePlan) {
 /// Prune one remote over `state` (its listing). The pins are already the union of the
 /// local ones and the remote's. Deletes each archive's manifest first, then the
 /// archive; stops at the first failure. Errors end up in the report.
+///
+/// Unless a dry run, under the remote's prune lease ([`crate::lease`]) and over a listing
+/// taken under it (another prune may have changed the remote since `state` was read).
 #[allow(clippy::too_many_arguments)]
 pub async fn prune_remote(
+    cfg: &Config,
+    r: &RemoteHandle,
+    state: &RemoteState,
+    pins: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    force: bool,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> LocationReport {
+    if dry_run {
+        return prune_remote_over(cfg, r, state, pins, now, force, dry_run, out).await;
+    }
+    let failed = |e: anyhow::Error| LocationReport {
+        location: r.name.clone(),
+        error: Some(format!("not pruned: {e:#}")),
+        ..Default::default()
+    };
+    let lease = match crate::lease::acquire(r, &cfg.local.prefix).await {
+        Ok(l) => l,
+        Err(e) => return failed(e),
+    };
+    let rep = match &lease {
+        None => prune_remote_over(cfg, r, state, pins, now, force, dry_run, out).await,
+        Some(_) => match list_state(cfg, r).await {
+            Ok(fresh) => prune_remote_over(cfg, r, &fresh, pins, now, force, dry_run, out).await,
+            Err(e) => failed(e),
+        },
+    };
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    rep
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn prune_remote_over(
     cfg: &Config,
     r: &RemoteHandle,
     state: &RemoteState,

@@ -436,3 +436,41 @@ fn a_slow_remote_does_not_hold_up_the_others() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+// ---- the prune lease ----------------------------------------------------------------
+
+#[test]
+fn a_held_prune_lease_stops_a_second_prune_and_a_stale_one_is_taken_over() {
+    let env = Env::new();
+    env.write_config("\n[retention]\nlast = 2\nmax_delete_fraction = 1\n");
+    for id in IDS {
+        fabricate(&env.backups(), id, "h");
+        fabricate(&env.remote(), id, "h");
+    }
+    let lease = env.remote().join("pronto-app-backup.prune-lease.json");
+    let now = chrono::Utc::now();
+    let held = |expires: chrono::DateTime<chrono::Utc>| {
+        serde_json::json!({"host": "web9", "pid": 4242, "started": now.to_rfc3339(), "expires": expires.to_rfc3339()})
+            .to_string()
+    };
+    std::fs::write(&lease, held(now + chrono::TimeDelta::minutes(10))).unwrap();
+
+    let o = env.run(&["prune", "--remote", "nas"]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let all = text(&o);
+    assert!(all.contains("another prune holds the lease"), "{all}");
+    assert!(all.contains("web9") && all.contains("4242"), "{all}");
+    assert_eq!(archives_in(&env.remote()).len(), 4, "nothing deleted");
+    assert!(lease.exists(), "someone else's lease is left alone");
+    // Uploads never take it.
+    let o = env.run(&["push", "--no-prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Expired (that prune was killed): taken over, the prune runs, the lease is gone.
+    std::fs::write(&lease, held(now - chrono::TimeDelta::minutes(1))).unwrap();
+    let o = env.run(&["prune", "--remote", "nas"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("stale prune lease"), "{}", text(&o));
+    assert_eq!(archives_in(&env.remote()).len(), 2);
+    assert!(!lease.exists());
+}

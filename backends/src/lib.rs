@@ -131,6 +131,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()>;
     /// Remove one object. Idempotent.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Whether [`put_if_absent`](Backend::put_if_absent) is implemented (prune leases use it).
+    fn supports_put_if_absent(&self) -> bool {
+        false
+    }
+    /// Store `body` under `key` only when nothing is there, atomically (a conditional
+    /// create, for lock objects): [`BackendError::AlreadyExists`] when something is.
+    /// The default: not supported ([`BackendError::Permanent`]).
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        let _ = (body, sha256);
+        Err(BackendError::Permanent(format!(
+            "{}: conditional create of {key} is not supported by this backend",
+            self.describe()
+        )))
+    }
 }
 
 /// SHA-256 of a byte slice.

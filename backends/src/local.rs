@@ -296,6 +296,18 @@ impl Backend for LocalBackend {
         let key = key.to_string();
         self.blocking(move |i| i.delete(&key)).await
     }
+
+    fn supports_put_if_absent(&self) -> bool {
+        true
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        check_key(key)?;
+        check_sha(key, &body, &sha256)?;
+        let key = key.to_string();
+        self.blocking(move |i| i.put_if_absent(&key, &body, sha256))
+            .await
+    }
 }
 
 impl Inner {
@@ -431,6 +443,32 @@ impl Inner {
             key: key.to_string(),
             size: meta.len(),
             sha256: read_sha_xattr(&path, &meta),
+        })
+    }
+
+    /// [`put`](Inner::put), but the final rename is a link that fails when `key` exists.
+    fn put_if_absent(&self, key: &str, body: &[u8], sha256: [u8; 32]) -> Result<ObjectMeta> {
+        self.check_root()?;
+        let (dir, name) = self.split_key(key);
+        let mut tmp = self.temp_beside(&dir, &name, true)?;
+        let tmp_ctx = tmp.path().display().to_string();
+        tmp.as_file_mut()
+            .write_all(body)
+            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        if let Ok(meta) = tmp.as_file().metadata() {
+            write_sha_xattr(tmp.as_file(), &sha256, &meta);
+        }
+        let dest = dir.join(&name);
+        tmp.persist_noclobber(&dest)
+            .map_err(|e| BackendError::from_io(key, e.error))?;
+        fsync_dir(&dir)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: body.len() as u64,
+            sha256: Some(sha256),
         })
     }
 

@@ -1,0 +1,231 @@
+//! The prune lease: a lock object `PREFIX.prune-lease.json` in a remote's namespace,
+//! created with a conditional write (`put_if_absent`), holding host, pid, start and
+//! expiry; refreshed while the prune runs, deleted after it, and taken over once it has
+//! expired (a prune that was killed). Two prunes never run at once on one namespace;
+//! uploads never take it.
+//!
+//! Backends without a conditional create yet prune without a lease (with a warning).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use pronto_backends::{sha256_of, BackendError};
+use serde::{Deserialize, Serialize};
+
+use crate::replicate::RemoteHandle;
+use crate::retry::retry;
+
+/// How long a lease lasts without a refresh.
+pub const TTL: Duration = Duration::from_secs(600);
+
+/// The lease object's key.
+pub fn key(prefix: &str) -> String {
+    format!("{prefix}.prune-lease.json")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Body {
+    host: String,
+    pid: u32,
+    started: DateTime<Utc>,
+    expires: DateTime<Utc>,
+}
+
+impl Body {
+    fn bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+}
+
+/// A lease held on one remote; [`release`](Lease::release) it when done.
+pub struct Lease {
+    r: RemoteHandle,
+    key: String,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+/// Take the prune lease of `r` (`None`: the backend cannot, prune without it).
+pub async fn acquire(r: &RemoteHandle, prefix: &str) -> Result<Option<Lease>> {
+    acquire_with(r, prefix, TTL).await
+}
+
+/// [`acquire`] with a given time to live.
+pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Result<Option<Lease>> {
+    if !r.backend.supports_put_if_absent() {
+        tracing::warn!(
+            "{}: pruning without a lease ({} has no conditional create yet): do not prune this namespace from two places at once",
+            r.name,
+            r.backend.describe()
+        );
+        return Ok(None);
+    }
+    let key = key(prefix);
+    let started = Utc::now();
+    let body = Body {
+        host: crate::namespace::default_host_id(),
+        pid: std::process::id(),
+        started,
+        expires: started + ttl,
+    };
+    let mut took_over = false;
+    loop {
+        let bytes = body.bytes();
+        let sha = sha256_of(&bytes);
+        let res = retry(r.retry, &format!("prune lease on {}", r.name), || {
+            r.backend.put_if_absent(&key, bytes.clone(), sha)
+        })
+        .await;
+        match res {
+            Ok(_) => break,
+            Err(BackendError::AlreadyExists(_)) if !took_over => {
+                let held = read(r, &key).await;
+                match held {
+                    Some(h) if h.expires > Utc::now() => {
+                        return Err(anyhow::anyhow!(
+                            "another prune holds the lease {key} on {}: host {}, pid {}, since {}, until {} (wait for it; remove {key} only if that prune is gone)",
+                            r.name,
+                            h.host,
+                            h.pid,
+                            h.started.to_rfc3339(),
+                            h.expires.to_rfc3339()
+                        ));
+                    }
+                    stale => {
+                        tracing::warn!(
+                            "{}: taking over a stale prune lease ({})",
+                            r.name,
+                            match stale {
+                                Some(h) => format!(
+                                    "host {}, pid {}, expired at {}",
+                                    h.host,
+                                    h.pid,
+                                    h.expires.to_rfc3339()
+                                ),
+                                None => "unreadable".into(),
+                            }
+                        );
+                        retry(r.retry, &format!("removal of stale {key}"), || {
+                            r.backend.delete(&key)
+                        })
+                        .await
+                        .with_context(|| format!("{}: removing stale {key}", r.name))?;
+                        took_over = true;
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("{}: taking the prune lease {key}", r.name))
+            }
+        }
+    }
+    // Refresh at a third of the time to live, for as long as the prune runs.
+    let refresher = {
+        let r = r.clone();
+        let key = key.clone();
+        let mut body = body.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                body.expires = Utc::now() + ttl;
+                let bytes = body.bytes();
+                let sha = sha256_of(&bytes);
+                if let Err(e) = r.backend.put(&key, bytes, sha).await {
+                    tracing::warn!("{}: refreshing the prune lease: {e}", r.name);
+                }
+            }
+        })
+    };
+    Ok(Some(Lease {
+        r: r.clone(),
+        key,
+        refresher,
+    }))
+}
+
+async fn read(r: &RemoteHandle, key: &str) -> Option<Body> {
+    let bytes = pronto_backends::collect(r.backend.get(key, None).await.ok()?)
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+impl Lease {
+    /// Stop refreshing and delete the lease object.
+    pub async fn release(self) {
+        self.refresher.abort();
+        let _ = self.refresher.await;
+        let r = &self.r;
+        if let Err(e) = retry(r.retry, &format!("release of {}", self.key), || {
+            r.backend.delete(&self.key)
+        })
+        .await
+        {
+            tracing::warn!(
+                "{}: could not remove the prune lease {} (it expires by itself): {e}",
+                r.name,
+                self.key
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pronto_backends::local::LocalBackend;
+    use std::sync::Arc;
+
+    fn handle(dir: &std::path::Path) -> RemoteHandle {
+        RemoteHandle {
+            name: "nas".into(),
+            backend: Arc::new(LocalBackend::new(dir.to_path_buf()).unwrap()),
+            part_concurrency: 1,
+            retry: crate::retry::RetryPolicy::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_released_and_stale_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(dir.path());
+        let lease = acquire(&r, "p").await.unwrap().unwrap();
+        let held: Body =
+            serde_json::from_slice(&std::fs::read(dir.path().join("p.prune-lease.json")).unwrap())
+                .unwrap();
+        assert_eq!(held.pid, std::process::id());
+        let err = acquire(&r, "p").await.err().unwrap().to_string();
+        assert!(err.contains("another prune holds the lease"), "{err}");
+        lease.release().await;
+        assert!(!dir.path().join("p.prune-lease.json").exists());
+
+        // A lease that expired (its prune was killed) is taken over.
+        let stale = Body {
+            host: "gone".into(),
+            pid: 1,
+            started: Utc::now() - chrono::TimeDelta::hours(2),
+            expires: Utc::now() - chrono::TimeDelta::hours(1),
+        };
+        std::fs::write(dir.path().join("p.prune-lease.json"), stale.bytes()).unwrap();
+        let lease = acquire(&r, "p").await.unwrap().unwrap();
+        lease.release().await;
+        // So is an unreadable one.
+        std::fs::write(dir.path().join("p.prune-lease.json"), "garbage").unwrap();
+        acquire(&r, "p").await.unwrap().unwrap().release().await;
+    }
+
+    #[tokio::test]
+    async fn a_long_prune_keeps_its_lease_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(dir.path());
+        let ttl = Duration::from_millis(600);
+        let lease = acquire_with(&r, "p", ttl).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Well past the first expiry, still held (refreshed).
+        let err = acquire_with(&r, "p", ttl).await.err().unwrap().to_string();
+        assert!(err.contains("another prune holds the lease"), "{err}");
+        lease.release().await;
+    }
+}

@@ -52,6 +52,10 @@ pub enum Command {
         /// Print what happened per remote as JSON (and no progress lines)
         #[arg(long)]
         json: bool,
+        /// Afterwards, abort journaled uploads that are no longer needed (their archive
+        /// left the local folder, or the remote holds it complete)
+        #[arg(long)]
+        cleanup: bool,
         /// Limit each remote's transfers: a rate (10MiB, 512KiB, off) or a timetable
         /// ("08:00-18:00 2MiB, 18:00-08:00 off"); replaces the remotes' `bwlimit`
         #[arg(long, value_name = "RATE", value_parser = crate::bwlimit::Schedule::parse)]
@@ -313,18 +317,28 @@ fn run(cli: Cli) -> Result<i32> {
             no_prune,
             json: true,
             bwlimit,
+            cleanup,
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(b) = bwlimit {
                 cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
             }
-            let reports = runtime()?.block_on(crate::push::run_with(
+            let rt = runtime()?;
+            let reports = rt.block_on(crate::push::run_with(
                 &cfg,
                 remote.as_deref(),
                 dry_run,
                 !no_prune,
                 &mut std::io::sink(),
             ))?;
+            if cleanup {
+                rt.block_on(crate::cleanup::run(
+                    &cfg,
+                    remote.as_deref(),
+                    dry_run,
+                    &mut std::io::stderr(),
+                ))?;
+            }
             crate::hook::print_push_json(&reports, dry_run, &mut out)
         }
         Command::Push {
@@ -333,18 +347,24 @@ fn run(cli: Cli) -> Result<i32> {
             no_prune,
             json: false,
             bwlimit,
+            cleanup,
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(b) = bwlimit {
                 cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
             }
-            runtime()?.block_on(crate::push::run(
+            let rt = runtime()?;
+            let code = rt.block_on(crate::push::run(
                 &cfg,
                 remote.as_deref(),
                 dry_run,
                 !no_prune,
                 &mut out,
-            ))
+            ))?;
+            if cleanup {
+                rt.block_on(crate::cleanup::run(&cfg, remote.as_deref(), dry_run, &mut out))?;
+            }
+            Ok(code)
         }
         Command::Prune {
             dry_run,

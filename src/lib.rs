@@ -8,6 +8,7 @@ pub mod archive;
 pub mod backup;
 pub mod bwlimit;
 pub mod catalog;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod crypto;

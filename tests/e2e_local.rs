@@ -300,3 +300,82 @@ fn a_missing_source_fails_and_leaves_no_archive() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("src"), "{}", text(&o));
     assert!(!names_in(&env.backups()).iter().any(|n| n.contains(".tar.gz")));
 }
+
+#[test]
+fn push_cleanup_aborts_uploads_no_longer_needed() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(env.path("src/noise.bin")).unwrap();
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..40 {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    env.write_config("");
+    let id = backup_id(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let journal = env.backups().join(".journal/nas").join(format!("{file}.json"));
+
+    // A push slowed to 4 MiB/s, killed once its journal records a part.
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(env.config())
+        .args(["push", "--bwlimit", "4MiB"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let parts = std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|j| j["parts"].as_array().map(|a| a.len()).unwrap_or(0))
+            .unwrap_or(0);
+        if parts >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no journaled part within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let staged = |env: &Env| names_in(&env.remote().join(".uploads")).len();
+    assert!(journal.exists());
+    assert_eq!(staged(&env), 1, "the killed push left its upload on the remote");
+
+    // Still needed (the archive is here and not on the remote): cleanup keeps it.
+    let o = env.run(&["push", "--cleanup", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(journal.exists());
+
+    // The archive leaves the local folder (whichever tier it is filed in): the upload is
+    // no longer needed.
+    for dir in ["", "archive/weekly", "archive/monthly", "archive/yearly"] {
+        for n in names_in(&env.backups().join(dir)) {
+            if n.starts_with(&file) {
+                std::fs::remove_file(env.backups().join(dir).join(n)).unwrap();
+            }
+        }
+    }
+    let o = env.run(&["push", "--cleanup", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("would abort"), "{}", text(&o));
+    assert!(journal.exists(), "a dry run changes nothing");
+    assert_eq!(staged(&env), 1);
+
+    let o = env.run(&["push", "--cleanup"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("abort the unfinished upload"), "{}", text(&o));
+    assert!(!journal.exists(), "journal removed");
+    assert_eq!(staged(&env), 0, "no incomplete upload left on the remote");
+}

@@ -1,0 +1,106 @@
+//! `push --cleanup`: abort journaled multipart uploads that are no longer needed.
+//!
+//! A killed `push` leaves a journal in `<backup folder>/.journal/<remote>/` and an
+//! unfinished upload on the remote, so that the next push resumes it. An upload is no
+//! longer needed when its archive has left the local catalog (pruned, deleted) or the
+//! remote already holds the archive complete; those are aborted on the remote and their
+//! journals removed. Uploads that a later push would still resume are left alone.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+
+use crate::catalog;
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::plan;
+use crate::remotes;
+use crate::retry::retry;
+
+/// Abort the unneeded uploads of the selected remotes; returns how many were (or, with
+/// `dry_run`, would be) aborted.
+pub async fn run(
+    cfg: &Config,
+    only: Option<&str>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let local = catalog::scan(&cfg.local)?;
+    let mut aborted = 0;
+    for remote in remotes::selected(cfg, only)? {
+        let dir = cfg.local.dir.join(".journal").join(&remote.name);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let journals: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        if journals.is_empty() {
+            continue;
+        }
+        let r = remotes::open(remote)?;
+        let listing = retry(r.retry, &format!("listing of {}", r.name), || {
+            r.backend.list("")
+        })
+        .await
+        .with_context(|| format!("listing {}", r.backend.describe()))?;
+        let state = plan::remote_state(&cfg.local.prefix, &listing);
+        for path in journals {
+            let Some(j) = Journal::load(&path) else {
+                writeln!(
+                    out,
+                    "{}: removing unreadable journal {}",
+                    r.name,
+                    path.display()
+                )?;
+                if !dry_run {
+                    Journal::remove(&path)?;
+                }
+                continue;
+            };
+            let name = catalog::parse_name(&cfg.local.prefix, &j.key);
+            let still_local = local.iter().any(|a| {
+                a.name.file == j.key && a.manifest.as_ref().is_some_and(|m| m.sha256 == j.sha256)
+            });
+            let complete_on_remote = name
+                .as_ref()
+                .and_then(|n| state.archives.get(&n.id))
+                .is_some_and(|a| a.complete() && a.size == Some(j.size));
+            let why = if !still_local {
+                "its archive is no longer in the local folder"
+            } else if complete_on_remote {
+                "the remote already holds the archive complete"
+            } else {
+                tracing::info!(
+                    "{}: keeping the unfinished upload of {} ({} parts sent): the next push resumes it",
+                    r.name,
+                    j.key,
+                    j.parts.len()
+                );
+                continue;
+            };
+            writeln!(
+                out,
+                "{}: {} the unfinished upload of {} ({} parts sent): {why}",
+                r.name,
+                if dry_run { "would abort" } else { "abort" },
+                j.key,
+                j.parts.len()
+            )?;
+            if !dry_run {
+                retry(
+                    r.retry,
+                    &format!("abort of {} on {}", j.key, r.name),
+                    || r.backend.abort_upload(&j.key, &j.upload_id),
+                )
+                .await
+                .with_context(|| format!("{}: aborting the upload of {}", r.name, j.key))?;
+                Journal::remove(&path)?;
+            }
+            aborted += 1;
+        }
+    }
+    Ok(aborted)
+}

@@ -155,7 +155,10 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
-    fsutil::write_atomic(&dir.join(Manifest::file_name_for(&file)), &manifest.to_json())?;
+    fsutil::write_atomic(
+        &dir.join(Manifest::file_name_for(&file)),
+        &manifest.to_json(),
+    )?;
     // Still under the lock: file every keeper (the new archive too) under its tier. The
     // archive is complete either way, so a failure here is a warning, not a failed backup.
     let final_path = match crate::prune::file_after_backup(cfg, &manifest.id) {

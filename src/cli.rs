@@ -63,8 +63,10 @@ pub enum Command {
     },
     /// Apply the retention policy to the local folder and every remote, each over what it
     /// holds; file local keepers under archive/{yearly,monthly,weekly}
-    #[command(after_help = "Safety rails: the newest archive of a location is never deleted; a location whose listing failed is skipped; a local archive that no remote holds complete is kept (unless --force, or no remotes are configured); a run that would delete more than [retention] max_delete_fraction (default 0.5) of a location's archives is refused (unless --force); archives named in the future are kept; pinned archives are kept; only files named PREFIX-YYYYMMDD-HHMMSS.tar.gz (and their manifests) are ever touched.\n\n\
-Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refused.")]
+    #[command(
+        after_help = "Safety rails: the newest archive of a location is never deleted; a location whose listing failed is skipped; a local archive that no remote holds complete is kept (unless --force, or no remotes are configured); a run that would delete more than [retention] max_delete_fraction (default 0.5) of a location's archives is refused (unless --force); archives named in the future are kept; pinned archives are kept; only files named PREFIX-YYYYMMDD-HHMMSS.tar.gz (and their manifests) are ever touched.\n\n\
+Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refused."
+    )]
     Prune {
         /// Print the plan per location (what goes, and why everything else stays) and change nothing
         #[arg(long)]
@@ -102,10 +104,12 @@ Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refus
         all_hosts: bool,
     },
     /// Fetch an archive from a remote, verify it, and optionally extract it
-    #[command(after_help = "Examples:\n  pronto-offsite pull latest --to /tmp/inspect\n  \
+    #[command(
+        after_help = "Examples:\n  pronto-offsite pull latest --to /tmp/inspect\n  \
 pronto-offsite pull 20260201-170521 --restore                 # everything, after a safety backup\n  \
 pronto-offsite pull latest --restore --only postgres          # the databases only\n  \
-pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live database")]
+pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live database"
+    )]
     Pull {
         /// Archive id (20260201-170521), name, or `latest`
         id: String,
@@ -143,7 +147,8 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         host: Option<String>,
     },
     /// Check archives against their manifests, locally and on every remote; or restore one: `verify <id> --restore-test`
-    #[command(after_help = "Without --restore-test: each local archive's size and sha256 against its manifest, then every tar\n\
+    #[command(
+        after_help = "Without --restore-test: each local archive's size and sha256 against its manifest, then every tar\n\
 entry decompressed and read; on each remote every manifest against its archive object's size and recorded sha256\n\
 (and the local manifest); incomplete uploads, manifests without archives and orphans are reported. --deep downloads\n\
 and re-hashes remote archives; --sample 10% limits the expensive checks to a random tenth (at least one archive).\n\
@@ -153,7 +158,8 @@ With --restore-test: restores the PostgreSQL dumps into throwaway databases (on 
 instance started for the drill) and compares every table's row count with the manifest, loads each\n\
 Redis snapshot into a throwaway redis-server and compares key counts, and counts each folder's files.\n\n\
 Example (cron, Sundays at 4 AM):\n  0 4 * * 0 /usr/local/bin/pronto-offsite -q verify latest --restore-test\n\n\
-Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill could not run.")]
+Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill could not run."
+    )]
     Verify {
         /// Archive id (20260201-170521), name, or `latest` (default: every archive; required with --restore-test)
         id: Option<String>,
@@ -180,10 +186,12 @@ Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill 
         identity: Option<PathBuf>,
     },
     /// Write a new age identity (secret key, mode 0600) and print its public key (recipient)
-    #[command(after_help = "Example:\n  pronto-offsite keygen --output /etc/pronto-offsite/age-key.txt\n  \
+    #[command(
+        after_help = "Example:\n  pronto-offsite keygen --output /etc/pronto-offsite/age-key.txt\n  \
 # then, in the config:\n  [encryption]\n  recipients = [\"age1...\"]   # the printed public key\n\n\
 Keep a copy of the key file off this host: without it no encrypted archive can be restored.\n\
-The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` works without pronto-offsite.")]
+The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` works without pronto-offsite."
+    )]
     Keygen {
         /// Where to write the identity (never overwritten; `-` = stdout). Default: [encryption] identity_file
         #[arg(long, short = 'o', value_name = "FILE")]
@@ -192,8 +200,10 @@ The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` w
     /// Apply a retention policy to archive names or timestamps read from stdin
     Policy(crate::policy_cmd::PolicyArgs),
     /// For cron or a systemd timer: backup, push to every remote, prune, report and notify
-    #[command(after_help = "Example (cron, daily at 2 AM):\n  0 2 * * * /usr/local/bin/pronto-offsite -q hook\n\n\
-Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune failed), 6 another hook held the lock past lock_wait.")]
+    #[command(
+        after_help = "Example (cron, daily at 2 AM):\n  0 2 * * * /usr/local/bin/pronto-offsite -q hook\n\n\
+Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune failed), 6 another hook held the lock past lock_wait."
+    )]
     Hook {
         /// Skip the backup (an external script made the archive); push, prune and report only
         #[arg(long)]
@@ -206,7 +216,9 @@ Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune faile
         json: bool,
     },
     /// For monitoring: newest archive's age locally and per remote, tiers, disk, storage needed
-    #[command(after_help = "Example (exit 5 when the newest archive is older than 26 hours or a remote lags):\n  pronto-offsite status --max-age 26h --json")]
+    #[command(
+        after_help = "Example (exit 5 when the newest archive is older than 26 hours or a remote lags):\n  pronto-offsite status --max-age 26h --json"
+    )]
     Status {
         /// The newest archive may be this old (default: [status] max_age, 26h)
         #[arg(long, value_name = "DURATION", value_parser = parse_max_age)]
@@ -219,20 +231,26 @@ Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune faile
         json: bool,
     },
     /// Check the config, the backup folder, disk space, each remote (reachable, credentials, write) and needed tools
-    #[command(after_help = "Example (one line per check, with a fix for each failure; exit 1 when one fails, 2 on a broken config):\n  pronto-offsite doctor")]
+    #[command(
+        after_help = "Example (one line per check, with a fix for each failure; exit 1 when one fails, 2 on a broken config):\n  pronto-offsite doctor"
+    )]
     Doctor {
         /// JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Print a shell completion script
-    #[command(after_help = "Example:\n  pronto-offsite completions bash > /etc/bash_completion.d/pronto-offsite")]
+    #[command(
+        after_help = "Example:\n  pronto-offsite completions bash > /etc/bash_completion.d/pronto-offsite"
+    )]
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff)
-    #[command(after_help = "Example:\n  pronto-offsite man > /usr/local/share/man/man1/pronto-offsite.1")]
+    #[command(
+        after_help = "Example:\n  pronto-offsite man > /usr/local/share/man/man1/pronto-offsite.1"
+    )]
     Man,
 }
 
@@ -290,7 +308,9 @@ fn keygen_default_output(config: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -321,7 +341,9 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(b) = bwlimit {
-                cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
+                cfg.remotes
+                    .iter_mut()
+                    .for_each(|r| r.bwlimit = Some(b.clone()));
             }
             let rt = runtime()?;
             let reports = rt.block_on(crate::push::run_with(
@@ -351,7 +373,9 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(b) = bwlimit {
-                cfg.remotes.iter_mut().for_each(|r| r.bwlimit = Some(b.clone()));
+                cfg.remotes
+                    .iter_mut()
+                    .for_each(|r| r.bwlimit = Some(b.clone()));
             }
             let rt = runtime()?;
             let code = rt.block_on(crate::push::run(
@@ -362,7 +386,12 @@ fn run(cli: Cli) -> Result<i32> {
                 &mut out,
             ))?;
             if cleanup {
-                rt.block_on(crate::cleanup::run(&cfg, remote.as_deref(), dry_run, &mut out))?;
+                rt.block_on(crate::cleanup::run(
+                    &cfg,
+                    remote.as_deref(),
+                    dry_run,
+                    &mut out,
+                ))?;
             }
             Ok(code)
         }

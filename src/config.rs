@@ -422,7 +422,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                     "no `path` for a postgres or redis source: it is reached by `url` (the dumps are taken over the network)",
                 ));
             }
-            (Some(p), _) => Some(resolve(&base, at.nonempty(p, &format!("{key}.path"), "a folder path")?)),
+            (Some(p), _) => Some(resolve(
+                &base,
+                at.nonempty(p, &format!("{key}.path"), "a folder path")?,
+            )),
             (None, SourceKind::Postgres | SourceKind::Redis) => None,
             (None, _) => {
                 return Err(at.err(
@@ -606,7 +609,10 @@ pub(crate) struct Locator<'a> {
 
 impl Locator<'_> {
     pub(crate) fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     pub(crate) fn err(&self, offset: usize, key: &str, expected: &str) -> anyhow::Error {
@@ -617,7 +623,12 @@ impl Locator<'_> {
         ))
     }
 
-    pub(crate) fn nonempty<'s>(&self, v: &'s Spanned<String>, key: &str, what: &str) -> Result<&'s str> {
+    pub(crate) fn nonempty<'s>(
+        &self,
+        v: &'s Spanned<String>,
+        key: &str,
+        what: &str,
+    ) -> Result<&'s str> {
         if v.get_ref().trim().is_empty() {
             return Err(self.err(v.span().start, key, &format!("{what}, not an empty string")));
         }

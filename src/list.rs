@@ -31,10 +31,12 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
     let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
     for remote in &selected {
         let st = match remotes::open(remote) {
-            Ok(r) => retry(r.retry, &format!("listing of {}", r.name), || r.backend.list(""))
-                .await
-                .map(|l| plan::remote_state(&cfg.local.prefix, &l))
-                .map_err(|e| e.to_string()),
+            Ok(r) => retry(r.retry, &format!("listing of {}", r.name), || {
+                r.backend.list("")
+            })
+            .await
+            .map(|l| plan::remote_state(&cfg.local.prefix, &l))
+            .map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
         };
         states.push((remote.name.clone(), st));
@@ -48,7 +50,12 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 id: a.name.id.clone(),
                 file: a.name.file.clone(),
                 size: a.manifest.as_ref().map(|m| m.size),
-                local: if a.manifest.is_some() { "complete" } else { "incomplete" }.into(),
+                local: if a.manifest.is_some() {
+                    "complete"
+                } else {
+                    "incomplete"
+                }
+                .into(),
                 tier: Some(a.tier.label().into()),
                 remotes: BTreeMap::new(),
             },
@@ -65,7 +72,11 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 tier: None,
                 remotes: BTreeMap::new(),
             });
-            let status = if ra.complete() { "complete" } else { "incomplete" };
+            let status = if ra.complete() {
+                "complete"
+            } else {
+                "incomplete"
+            };
             row.remotes.insert(name.clone(), status.into());
         }
     }
@@ -106,7 +117,12 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
             }
             writeln!(out, "{}", line.trim_end())?;
         }
-        writeln!(out, "{} archive(s); local folder {}", rows.len(), cfg.local.dir.display())?;
+        writeln!(
+            out,
+            "{} archive(s); local folder {}",
+            rows.len(),
+            cfg.local.dir.display()
+        )?;
         for (name, st) in &states {
             if let Err(e) = st {
                 writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;

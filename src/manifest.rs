@@ -200,8 +200,8 @@ impl Manifest {
     }
 
     pub fn from_json(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).with_context(|| format!("{what}: not a valid manifest"))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .with_context(|| format!("{what}: not a valid manifest"))?;
         if m.format > FORMAT {
             anyhow::bail!(
                 "{what}: manifest format {} is newer than this pronto-offsite understands ({FORMAT}); upgrade pronto-offsite",

@@ -82,7 +82,11 @@ async fn run_inner(
                 continue;
             }
         };
-        let listing = match retry(r.retry, &format!("listing of {}", r.name), || r.backend.list("")).await {
+        let listing = match retry(r.retry, &format!("listing of {}", r.name), || {
+            r.backend.list("")
+        })
+        .await
+        {
             Ok(l) => l,
             Err(e) => {
                 errors.push(format!("{}: {e}", remote.name));
@@ -92,7 +96,12 @@ async fn run_inner(
         let state = plan::remote_state(&cfg.local.prefix, &listing);
         let candidate = match &wanted {
             Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
-            None => state.archives.values().rev().find(|a| a.complete()).cloned(),
+            None => state
+                .archives
+                .values()
+                .rev()
+                .find(|a| a.complete())
+                .cloned(),
         };
         if let Some(a) = candidate {
             let newer = match (&found, &wanted) {
@@ -118,7 +127,12 @@ async fn run_inner(
         bail!(msg);
     };
     let file = archive.name.file.clone();
-    writeln!(out, "pulling {file} from {} ({})", r.name, r.backend.describe())?;
+    writeln!(
+        out,
+        "pulling {file} from {} ({})",
+        r.name,
+        r.backend.describe()
+    )?;
 
     let mkey = Manifest::file_name_for(&file);
     let mbytes = retry(r.retry, &format!("download of {mkey}"), || async {
@@ -178,7 +192,9 @@ async fn run_inner(
     let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
     // Already here and intact? Use the local copy.
     let local = catalog::scan(&cfg.local)?;
-    let existing = local.iter().find(|a| a.name.id == archive.name.id && a.name.file == file);
+    let existing = local
+        .iter()
+        .find(|a| a.name.id == archive.name.id && a.name.file == file);
     let path = match existing {
         Some(a) if crate::archive::sha256_file(&a.path)?.0 == expected => {
             writeln!(out, "local copy {} is intact; not downloading", a.path.display())?;

@@ -50,7 +50,11 @@ pub fn part_size_for(size: u64, caps: &Capabilities) -> u64 {
 
 /// Upload one archive and then its manifest (the commit marker, last), verifying the
 /// remote copy's SHA-256 in between.
-pub async fn upload_archive(r: &RemoteHandle, backup_dir: &Path, up: &Upload) -> Result<UploadStats> {
+pub async fn upload_archive(
+    r: &RemoteHandle,
+    backup_dir: &Path,
+    up: &Upload,
+) -> Result<UploadStats> {
     let file = &up.archive.name.file;
     let sha = up.manifest.sha256_bytes()?;
     let size = up.manifest.size;
@@ -133,9 +137,11 @@ async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) ->
 
 /// Stream an object and hash it.
 pub async fn hash_remote(r: &RemoteHandle, key: &str) -> Result<([u8; 32], u64)> {
-    let stream = retry(r.retry, &format!("download of {key} from {}", r.name), || {
-        r.backend.get(key, None)
-    })
+    let stream = retry(
+        r.retry,
+        &format!("download of {key} from {}", r.name),
+        || r.backend.get(key, None),
+    )
     .await
     .with_context(|| format!("{}: reading {key}", r.name))?;
     let mut hasher = Sha256::new();
@@ -162,7 +168,12 @@ async fn multipart(
     let jpath = Journal::path(backup_dir, &r.name, key);
     let sha_hex = hex::encode(sha);
     let journal = match Journal::load(&jpath) {
-        Some(j) if j.key == key && j.size == size && j.sha256 == sha_hex && j.part_size == part_size => {
+        Some(j)
+            if j.key == key
+                && j.size == size
+                && j.sha256 == sha_hex
+                && j.part_size == part_size =>
+        {
             tracing::info!(
                 "{}: resuming upload of {key}: {} parts already sent",
                 r.name,
@@ -174,9 +185,11 @@ async fn multipart(
             if let Some(old) = other {
                 let _ = r.backend.abort_upload(&old.key, &old.upload_id).await;
             }
-            let id = retry(r.retry, &format!("start of upload {key} to {}", r.name), || {
-                r.backend.create_upload_for(key, sha)
-            })
+            let id = retry(
+                r.retry,
+                &format!("start of upload {key} to {}", r.name),
+                || r.backend.create_upload_for(key, sha),
+            )
             .await
             .with_context(|| format!("{}: starting upload of {key}", r.name))?;
             let j = Journal {
@@ -195,7 +208,10 @@ async fn multipart(
     match send_parts(r, &jpath, path, journal.clone()).await {
         Ok(stats) => Ok(stats),
         Err(e) if is_upload_gone(&e) => {
-            tracing::warn!("{}: the server forgot upload of {key}; starting it over", r.name);
+            tracing::warn!(
+                "{}: the server forgot upload of {key}; starting it over",
+                r.name
+            );
             Journal::remove(&jpath)?;
             let id = r
                 .backend
@@ -251,13 +267,12 @@ async fn send_parts(
             let len = part_size.min(size - offset);
             let body = read_part(path, offset, len).await?;
             let psha = sha256_of(&body);
-            let receipt: PartReceipt = retry(
-                r.retry,
-                &format!("part {n} of {key} to {}", r.name),
-                || r.backend.put_part(&key, &upload_id, n, body.clone(), psha),
-            )
-            .await
-            .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
+            let receipt: PartReceipt =
+                retry(r.retry, &format!("part {n} of {key} to {}", r.name), || {
+                    r.backend.put_part(&key, &upload_id, n, body.clone(), psha)
+                })
+                .await
+                .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
             let mut j = journal.lock().await;
             j.parts.retain(|p| p.number != n);
             j.parts.push(receipt);
@@ -274,9 +289,11 @@ async fn send_parts(
     let sha: [u8; 32] = hex::decode(&journal.lock().await.sha256)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("journal sha256 is not 32 bytes"))?;
-    retry(r.retry, &format!("completion of {key} on {}", r.name), || {
-        r.backend.complete_upload(&key, &upload_id, &parts, sha)
-    })
+    retry(
+        r.retry,
+        &format!("completion of {key} on {}", r.name),
+        || r.backend.complete_upload(&key, &upload_id, &parts, sha),
+    )
     .await
     .with_context(|| format!("{}: completing upload of {key}", r.name))?;
     Journal::remove(jpath)?;
@@ -289,7 +306,8 @@ async fn send_parts(
 async fn read_part(path: PathBuf, offset: u64, len: u64) -> Result<Bytes> {
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)
             .with_context(|| format!("reading {} at {offset}", path.display()))?;
@@ -309,9 +327,11 @@ pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 
         .open(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
-    let mut stream = retry(r.retry, &format!("download of {key} from {}", r.name), || {
-        r.backend.get(key, None)
-    })
+    let mut stream = retry(
+        r.retry,
+        &format!("download of {key} from {}", r.name),
+        || r.backend.get(key, None),
+    )
     .await
     .with_context(|| format!("{}: downloading {key}", r.name))?;
     let mut hasher = Sha256::new();

@@ -17,8 +17,11 @@ fn build_tree(root: &std::path::Path, big: bool) {
         let dir = root.join(format!("d{d:03}"));
         std::fs::create_dir(&dir).unwrap();
         for f in 0..100 {
-            std::fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d}/{f}\n").repeat(f % 7 + 1))
-                .unwrap();
+            std::fs::write(
+                dir.join(format!("f{f:03}.txt")),
+                format!("file {d}/{f}\n").repeat(f % 7 + 1),
+            )
+            .unwrap();
         }
     }
     std::fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
@@ -82,16 +85,37 @@ fn round_trip_10000_files_symlinks_and_a_1gib_file() {
     let archive = find_local(&env, &file);
     let mode = std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "archives are created 0600");
-    assert!(archive.with_file_name(format!("{file}.manifest.json")).exists());
+    assert!(archive
+        .with_file_name(format!("{file}.manifest.json"))
+        .exists());
 
     // Plain tools can read it: gunzip -t and tar -tzf.
-    assert!(std::process::Command::new("gunzip").arg("-t").arg(&archive).status().unwrap().success());
-    let listing = std::process::Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    assert!(std::process::Command::new("gunzip")
+        .arg("-t")
+        .arg(&archive)
+        .status()
+        .unwrap()
+        .success());
+    let listing = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
     assert!(listing.status.success());
     let listing = String::from_utf8_lossy(&listing.stdout);
     let top = format!("pronto-app-backup-{id}/");
-    for section in ["postgres_data/", "redis_data/", "static_content/", "configs/", "docker_volumes/", "backup_info.txt"] {
-        assert!(listing.contains(&format!("{top}{section}")), "missing {section} in tar listing");
+    for section in [
+        "postgres_data/",
+        "redis_data/",
+        "static_content/",
+        "configs/",
+        "docker_volumes/",
+        "backup_info.txt",
+    ] {
+        assert!(
+            listing.contains(&format!("{top}{section}")),
+            "missing {section} in tar listing"
+        );
     }
 
     let o = env.run(&["push"]);
@@ -102,7 +126,11 @@ fn round_trip_10000_files_symlinks_and_a_1gib_file() {
     // A second push uploads nothing.
     let o = env.run(&["push"]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("uploaded 0"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("uploaded 0"),
+        "{}",
+        text(&o)
+    );
 
     // Lose the local copy, pull it back, extract.
     std::fs::remove_file(&archive).unwrap();
@@ -140,9 +168,16 @@ fn corrupt_remote_copy_makes_pull_exit_4_and_write_nothing() {
     let dest = env.path("restored");
     let o = env.run(&["pull", &id, "--to", dest.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("corrupt"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("corrupt"),
+        "{}",
+        text(&o)
+    );
     assert!(!dest.exists(), "nothing extracted");
-    let after: Vec<String> = names_in(&env.backups()).into_iter().filter(|n| !n.starts_with('.')).collect();
+    let after: Vec<String> = names_in(&env.backups())
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     let before: Vec<String> = before.into_iter().filter(|n| !n.starts_with('.')).collect();
     assert_eq!(before, after, "no archive left in the backup folder");
 }
@@ -155,13 +190,27 @@ fn dry_run_changes_nothing_and_list_shows_both_sides() {
     let id = backup_id(&env);
     let o = env.run(&["push", "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("would upload"), "{}", text(&o));
-    assert!(names_in(&env.remote()).iter().all(|n| n.starts_with('.')), "dry run wrote {:?}", names_in(&env.remote()));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("would upload"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        names_in(&env.remote()).iter().all(|n| n.starts_with('.')),
+        "dry run wrote {:?}",
+        names_in(&env.remote())
+    );
 
     let o = env.run(&["list"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let line = out.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("complete") && line.contains("absent"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("complete") && line.contains("absent"),
+        "{line}"
+    );
 
     assert!(env.run(&["push"]).status.success());
     let o = env.run(&["list", "--json"]);
@@ -180,7 +229,10 @@ fn two_backups_in_one_second_get_distinct_names() {
     let b = env.cmd().arg("backup").output().unwrap();
     assert!(a.status.success() && b.status.success());
     assert_ne!(a.stdout, b.stdout);
-    let archives = names_in_tiers(&env).into_iter().filter(|n| n.ends_with(".tar.gz")).count();
+    let archives = names_in_tiers(&env)
+        .into_iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+        .count();
     assert_eq!(archives, 2);
 }
 
@@ -232,7 +284,12 @@ fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
         }
     }
     let id = backup_id(&env);
-    assert!(!names_in(&env.backups()).iter().any(|n| n.ends_with(".partial")), "stale partials removed");
+    assert!(
+        !names_in(&env.backups())
+            .iter()
+            .any(|n| n.ends_with(".partial")),
+        "stale partials removed"
+    );
 
     for delay_ms in [50u64, 200, 600] {
         let mut child = std::process::Command::new(&bin)
@@ -282,7 +339,10 @@ fn config_errors_name_file_line_key_and_exit_2() {
         let o = env.run(&["list"]);
         assert_eq!(o.status.code(), Some(2), "{cfg}\n{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("pronto-offsite.toml:"), "names the file: {err}");
+        assert!(
+            err.contains("pronto-offsite.toml:"),
+            "names the file: {err}"
+        );
         assert!(err.contains(key), "names {key}: {err}");
     }
     // Duplicate remote names: the message points at the second one's line.
@@ -297,8 +357,14 @@ fn a_missing_source_fails_and_leaves_no_archive() {
     env.write_config("");
     let o = env.run(&["backup"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("src"), "{}", text(&o));
-    assert!(!names_in(&env.backups()).iter().any(|n| n.contains(".tar.gz")));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("src"),
+        "{}",
+        text(&o)
+    );
+    assert!(!names_in(&env.backups())
+        .iter()
+        .any(|n| n.contains(".tar.gz")));
 }
 
 #[test]
@@ -323,7 +389,10 @@ fn push_cleanup_aborts_uploads_no_longer_needed() {
     env.write_config("");
     let id = backup_id(&env);
     let file = format!("pronto-app-backup-{id}.tar.gz");
-    let journal = env.backups().join(".journal/nas").join(format!("{file}.json"));
+    let journal = env
+        .backups()
+        .join(".journal/nas")
+        .join(format!("{file}.json"));
 
     // A push slowed to 4 MiB/s, killed once its journal records a part.
     let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
@@ -345,14 +414,21 @@ fn push_cleanup_aborts_uploads_no_longer_needed() {
         if parts >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no journaled part within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journaled part within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let staged = |env: &Env| names_in(&env.remote().join(".uploads")).len();
     assert!(journal.exists());
-    assert_eq!(staged(&env), 1, "the killed push left its upload on the remote");
+    assert_eq!(
+        staged(&env),
+        1,
+        "the killed push left its upload on the remote"
+    );
 
     // Still needed (the archive is here and not on the remote): cleanup keeps it.
     let o = env.run(&["push", "--cleanup", "--dry-run"]);
@@ -369,13 +445,21 @@ fn push_cleanup_aborts_uploads_no_longer_needed() {
         }
     }
     let o = env.run(&["push", "--cleanup", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("would abort"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("would abort"),
+        "{}",
+        text(&o)
+    );
     assert!(journal.exists(), "a dry run changes nothing");
     assert_eq!(staged(&env), 1);
 
     let o = env.run(&["push", "--cleanup"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("abort the unfinished upload"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("abort the unfinished upload"),
+        "{}",
+        text(&o)
+    );
     assert!(!journal.exists(), "journal removed");
     assert_eq!(staged(&env), 0, "no incomplete upload left on the remote");
 }

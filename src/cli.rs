@@ -335,7 +335,7 @@ fn run(cli: Cli) -> Result<i32> {
             remote,
             dry_run,
             no_prune,
-            json: true,
+            json,
             bwlimit,
             cleanup,
         } => {
@@ -346,54 +346,27 @@ fn run(cli: Cli) -> Result<i32> {
                     .for_each(|r| r.bwlimit = Some(b.clone()));
             }
             let rt = runtime()?;
+            // With --json, stdout carries only the JSON report: no progress lines, and
+            // the cleanup's lines go to stderr.
+            let mut quiet = std::io::sink();
+            let progress: &mut dyn Write = if json { &mut quiet } else { &mut out };
             let reports = rt.block_on(crate::push::run_with(
                 &cfg,
                 remote.as_deref(),
                 dry_run,
                 !no_prune,
-                &mut std::io::sink(),
+                progress,
             ))?;
             if cleanup {
-                rt.block_on(crate::cleanup::run(
-                    &cfg,
-                    remote.as_deref(),
-                    dry_run,
-                    &mut std::io::stderr(),
-                ))?;
+                let mut stderr = std::io::stderr();
+                let notes: &mut dyn Write = if json { &mut stderr } else { progress };
+                rt.block_on(crate::cleanup::run(&cfg, remote.as_deref(), dry_run, notes))?;
             }
-            crate::hook::print_push_json(&reports, dry_run, &mut out)
-        }
-        Command::Push {
-            remote,
-            dry_run,
-            no_prune,
-            json: false,
-            bwlimit,
-            cleanup,
-        } => {
-            let mut cfg = load_config(cli.config.as_deref())?;
-            if let Some(b) = bwlimit {
-                cfg.remotes
-                    .iter_mut()
-                    .for_each(|r| r.bwlimit = Some(b.clone()));
+            if json {
+                crate::hook::print_push_json(&reports, dry_run, &mut out)
+            } else {
+                Ok(crate::push::exit_code(&reports))
             }
-            let rt = runtime()?;
-            let code = rt.block_on(crate::push::run(
-                &cfg,
-                remote.as_deref(),
-                dry_run,
-                !no_prune,
-                &mut out,
-            ))?;
-            if cleanup {
-                rt.block_on(crate::cleanup::run(
-                    &cfg,
-                    remote.as_deref(),
-                    dry_run,
-                    &mut out,
-                ))?;
-            }
-            Ok(code)
         }
         Command::Prune {
             dry_run,

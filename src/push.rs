@@ -67,12 +67,17 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let reports = run_with(cfg, only, dry_run, prune, out).await?;
+    Ok(exit_code(&reports))
+}
+
+/// 0 when every remote succeeded, 1 when all failed, 3 when some did.
+pub fn exit_code(reports: &[RemoteReport]) -> i32 {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    Ok(match failed {
+    match failed {
         0 => EXIT_OK,
         n if n == reports.len() => EXIT_ERROR,
         _ => EXIT_PARTIAL,
-    })
+    }
 }
 
 /// Push and return what happened on each remote (`hook` builds its report from these).

@@ -241,21 +241,7 @@ fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
     let env = Env::new();
     build_tree(&env.path("src"), false);
     // Make the run long enough to be killed in the middle: a 256 MiB file of noise.
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(env.path("src/noise.bin")).unwrap();
-        let mut x: u64 = 0x9E3779B97F4A7C15;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..256 {
-            for b in buf.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            f.write_all(&buf).unwrap();
-        }
-    }
+    support::write_noise(&env.path("src/noise.bin"), 256 << 20, 1);
     env.write_config("");
     let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
     for delay_ms in [50u64, 300, 800] {
@@ -371,21 +357,7 @@ fn a_missing_source_fails_and_leaves_no_archive() {
 fn push_cleanup_aborts_uploads_no_longer_needed() {
     let env = Env::new();
     std::fs::create_dir_all(env.path("src")).unwrap();
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(env.path("src/noise.bin")).unwrap();
-        let mut x: u64 = 0x2545F4914F6CDD1D;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..40 {
-            for b in buf.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            f.write_all(&buf).unwrap();
-        }
-    }
+    support::write_noise(&env.path("src/noise.bin"), 40 << 20, 2);
     env.write_config("");
     let id = backup_id(&env);
     let file = format!("pronto-app-backup-{id}.tar.gz");

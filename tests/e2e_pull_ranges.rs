@@ -10,19 +10,7 @@ use pronto_offsite::replicate::{self, RemoteHandle, RANGE_SIZE};
 use pronto_offsite::retry::RetryPolicy;
 use support::{snapshot, text, Env};
 
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
+use support::noise;
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -22,17 +22,9 @@ use support::{file_digest, text, Env};
 const KEY_ID: &str = "AKIAPRONTOE2EKEY0042";
 const SECRET: &str = "e2e-secret-must-never-be-printed-9876543210";
 
-/// Incompressible bytes (xorshift), so the archive is as big as the data.
+/// Incompressible bytes, so the archive is as big as the data.
 fn random_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = vec![0u8; len];
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(path, out).unwrap();
+    std::fs::write(path, support::noise(len, seed)).unwrap();
 }
 
 /// A workspace whose config has one s3:// remote named `s3` at `endpoint`.

@@ -18,15 +18,7 @@ const REMOTE: &str = "offsite";
 
 /// Write `len` bytes of incompressible noise.
 fn noise(path: &Path, len: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut buf = vec![0u8; len];
-    for chunk in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(path, buf).unwrap();
+    std::fs::write(path, support::noise(len, seed)).unwrap();
 }
 
 /// A source tree with a few small files and `big` bytes of noise.

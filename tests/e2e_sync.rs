@@ -357,16 +357,7 @@ fn host_id_and_retry_budget_are_validated() {
 /// 400 KiB that gzip cannot shrink.
 fn incompressible(env: &Env) {
     std::fs::create_dir_all(env.path("src")).unwrap();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let bytes: Vec<u8> = (0..400 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(env.path("src/noise.bin"), bytes).unwrap();
+    std::fs::write(env.path("src/noise.bin"), support::noise(400 * 1024, 3)).unwrap();
 }
 
 #[test]

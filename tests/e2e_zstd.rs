@@ -12,18 +12,7 @@ use pronto_offsite::archive::{write_archive, ArchiveInput, Codec, WriteOptions};
 use pronto_offsite::manifest::Section;
 use support::{snapshot, text, Env};
 
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use support::noise;
 
 fn build_tree(root: &Path) {
     std::fs::create_dir_all(root.join("css")).unwrap();

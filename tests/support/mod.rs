@@ -126,3 +126,31 @@ pub fn file_digest(p: &Path) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// `len` deterministic bytes that gzip and zstd cannot shrink (xorshift64), so an
+/// archive of them is as big as the data.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// Write [`noise`] to `path`, 1 MiB at a time (for files of hundreds of MiB).
+pub fn write_noise(path: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut left = len;
+    let mut n = 0;
+    while left > 0 {
+        let chunk = noise(left.min(1 << 20), seed.wrapping_add(n));
+        f.write_all(&chunk).unwrap();
+        left -= chunk.len();
+        n += 1;
+    }
+}

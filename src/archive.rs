@@ -204,6 +204,18 @@ pub fn write_archive_with(
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
 ) -> Result<Written> {
+    write_archive_progress(out, opts, recipients, inputs, info, None)
+}
+
+/// [`write_archive_with`], counting the source bytes read on `progress`.
+pub fn write_archive_progress(
+    out: &Path,
+    opts: &WriteOptions,
+    recipients: Option<&crate::crypto::Recipients>,
+    inputs: &[ArchiveInput],
+    info: &dyn Fn(&[SourceSummary]) -> String,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<Written> {
     check_component(&opts.top).with_context(|| format!("archive top folder {:?}", opts.top))?;
     match opts.codec {
         Codec::Gzip if opts.level > 9 => {
@@ -234,6 +246,7 @@ pub fn write_archive_with(
             recipients,
             inputs,
             info,
+            progress,
         )
     })();
     match result {
@@ -428,6 +441,7 @@ impl Compressor {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_into(
     out: &Path,
     file: File,
@@ -436,6 +450,7 @@ fn write_into(
     recipients: Option<&crate::crypto::Recipients>,
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
+    progress: Option<&crate::progress::Progress>,
 ) -> Result<Written> {
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -466,6 +481,7 @@ fn write_into(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             buf: Vec::new(),
+            progress,
         };
         w.write_all(&opts.top, inputs, info)
     };
@@ -518,6 +534,8 @@ struct Walker<'a> {
     out_id: (u64, u64),
     now: u64,
     buf: Vec<u8>,
+    /// Counts the source bytes read (a bar on a terminal).
+    progress: Option<&'a crate::progress::Progress>,
 }
 
 /// One folder being walked: its remaining children, sorted, last one first.
@@ -609,6 +627,7 @@ struct ExactReader<'a> {
     pad: bool,
     padding: bool,
     problem: Option<String>,
+    progress: Option<&'a crate::progress::Progress>,
 }
 
 impl Read for ExactReader<'_> {
@@ -633,6 +652,9 @@ impl Read for ExactReader<'_> {
                 }
                 Ok(n) => {
                     self.remaining -= n as u64;
+                    if let Some(p) = self.progress {
+                        p.inc(n as u64);
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -877,6 +899,7 @@ impl Walker<'_> {
             pad: input.allow_skip,
             padding: false,
             problem: None,
+            progress: self.progress,
         };
         if let Err(e) = self.tar.append_data(&mut h, ar_path, &mut reader) {
             if let Some(why) = reader.problem.take() {
@@ -1101,6 +1124,7 @@ mod tests {
             pad: true,
             padding: false,
             problem: None,
+            progress: None,
         };
         let mut v = Vec::new();
         r.read_to_end(&mut v).unwrap();
@@ -1115,6 +1139,7 @@ mod tests {
             pad: false,
             padding: false,
             problem: None,
+            progress: None,
         };
         let mut v = Vec::new();
         assert!(r.read_to_end(&mut v).is_err());

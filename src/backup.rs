@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{SubsecRound, Utc};
 
-use crate::archive::{write_archive_with, ArchiveInput, WriteOptions};
+use crate::archive::{write_archive_progress, ArchiveInput, WriteOptions};
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
 use crate::fsutil::{self, FolderLock};
@@ -121,8 +121,19 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
         services.describe(&mut text);
         text
     };
-    let written = match write_archive_with(&partial, &opts, recipients.as_ref(), &inputs, &info) {
-        Ok(w) => w,
+    let progress = crate::progress::Progress::bytes(format!("backup {}", name.id), None);
+    let written = match write_archive_progress(
+        &partial,
+        &opts,
+        recipients.as_ref(),
+        &inputs,
+        &info,
+        Some(&progress),
+    ) {
+        Ok(w) => {
+            progress.finish();
+            w
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             return Err(e.context(format!("backup failed; no archive was written ({})", file)));

@@ -36,9 +36,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Archive the configured sources into the local backup folder; prints the new id
+    #[command(
+        after_help = "Example (a progress bar on a terminal; the new id on stdout):\n  pronto-offsite backup"
+    )]
     Backup,
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
+    #[command(
+        after_help = "Examples:\n  pronto-offsite push                          # every remote, a progress bar per upload on a terminal\n  \
+pronto-offsite push --remote b2 --dry-run    # what would be uploaded and pruned\n  \
+pronto-offsite push --bwlimit 10MiB --json"
+    )]
     Push {
         /// Only this remote
         #[arg(long, value_name = "NAME")]
@@ -65,7 +73,8 @@ pub enum Command {
     /// holds; file local keepers under archive/{yearly,monthly,weekly}
     #[command(
         after_help = "Safety rails: the newest archive of a location is never deleted; a location whose listing failed is skipped; a local archive that no remote holds complete is kept (unless --force, or no remotes are configured); a run that would delete more than [retention] max_delete_fraction (default 0.5) of a location's archives is refused (unless --force); archives named in the future are kept; pinned archives are kept; only files named PREFIX-YYYYMMDD-HHMMSS.tar.gz (and their manifests) are ever touched.\n\n\
-Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refused."
+Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refused.\n\n\
+Example (the plan first, then for real):\n  pronto-offsite prune --dry-run && pronto-offsite prune"
     )]
     Prune {
         /// Print the plan per location (what goes, and why everything else stays) and change nothing
@@ -82,16 +91,21 @@ Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refus
         force: bool,
     },
     /// Keep an archive regardless of the policy, on every location
+    #[command(after_help = "Example:\n  pronto-offsite pin 20260201-170521")]
     Pin {
         /// Archive id (20260201-170521) or name
         id: String,
     },
     /// Let the policy decide about a pinned archive again
+    #[command(after_help = "Example:\n  pronto-offsite unpin 20260201-170521")]
     Unpin {
         /// Archive id (20260201-170521) or name
         id: String,
     },
     /// Local and remote archives side by side
+    #[command(
+        after_help = "Examples:\n  pronto-offsite list\n  pronto-offsite list --remote b2 --json"
+    )]
     List {
         /// Only this remote
         #[arg(long, value_name = "NAME")]
@@ -106,6 +120,7 @@ Exit codes: 0 ok, 1 every location failed, 3 some locations failed or were refus
     /// Fetch an archive from a remote, verify it, and optionally extract it
     #[command(
         after_help = "Examples:\n  pronto-offsite pull latest --to /tmp/inspect\n  \
+pronto-offsite pull latest --json                             # one JSON object on stdout\n  \
 pronto-offsite pull 20260201-170521 --restore                 # everything, after a safety backup\n  \
 pronto-offsite pull latest --restore --only postgres          # the databases only\n  \
 pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live database"
@@ -145,6 +160,10 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         /// Another host's archive: read the remotes under this `host_id` (see `list --all-hosts`)
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
+        /// Print one JSON object (id, file, remote, path, sha256, size, verified, extracted_to)
+        /// instead of the text lines (and no progress bar)
+        #[arg(long, conflicts_with = "restore")]
+        json: bool,
     },
     /// Check archives against their manifests, locally and on every remote; or restore one: `verify <id> --restore-test`
     #[command(
@@ -198,6 +217,9 @@ The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` w
         output: Option<PathBuf>,
     },
     /// Apply a retention policy to archive names or timestamps read from stdin
+    #[command(
+        after_help = "Example (which of these the configured policy keeps):\n  ls /var/backups/pronto | pronto-offsite policy --json"
+    )]
     Policy(crate::policy_cmd::PolicyArgs),
     /// For cron or a systemd timer: backup, push to every remote, prune, report and notify
     #[command(
@@ -316,8 +338,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
+    let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
     match cli.command {
         Command::Backup => {
+            crate::progress::enable(bars);
             let cfg = load_config(cli.config.as_deref())?;
             let started = std::time::Instant::now();
             let (m, path) = crate::backup::run(&cfg)?;
@@ -346,10 +371,12 @@ fn run(cli: Cli) -> Result<i32> {
                     .for_each(|r| r.bwlimit = Some(b.clone()));
             }
             let rt = runtime()?;
+            crate::progress::enable(bars && !json && !dry_run);
             // With --json, stdout carries only the JSON report: no progress lines, and
-            // the cleanup's lines go to stderr.
+            // the cleanup's lines go to stderr. On a terminal, lines never garble the bars.
             let mut quiet = std::io::sink();
-            let progress: &mut dyn Write = if json { &mut quiet } else { &mut out };
+            let mut lines = crate::progress::Suspending(&mut out);
+            let progress: &mut dyn Write = if json { &mut quiet } else { &mut lines };
             let reports = rt.block_on(crate::push::run_with(
                 &cfg,
                 remote.as_deref(),
@@ -485,20 +512,28 @@ fn run(cli: Cli) -> Result<i32> {
             to,
             identity,
             host,
+            json,
             ..
         } => {
+            crate::progress::enable(bars && !json);
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(h) = host {
                 cfg = crate::namespace::as_host(&cfg, &h)?;
             }
             override_identity(&mut cfg, identity);
-            runtime()?.block_on(crate::pull::run(
+            let mut sink = std::io::sink();
+            let mut lines = crate::progress::Suspending(&mut out);
+            let text: &mut dyn Write = if json { &mut sink } else { &mut lines };
+            let pulled = runtime()?.block_on(crate::pull::run_report(
                 &cfg,
                 &id,
                 remote.as_deref(),
                 to.as_deref(),
-                &mut out,
+                text,
             ))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&pulled)?)?;
+            }
             Ok(EXIT_OK)
         }
         Command::Policy(args) => {

@@ -29,6 +29,7 @@ pub mod notify;
 pub mod pins;
 pub mod plan;
 pub mod policy_cmd;
+pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod push;

@@ -307,7 +307,7 @@ pub fn init(quiet: bool, verbose: bool, format: LogFormat) {
         LogFormat::Text => tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(io::stderr)
+                    .with_writer(crate::progress::stderr)
                     .with_target(false)
                     .with_ansi(ansi)
                     .without_time()
@@ -326,7 +326,7 @@ pub fn init(quiet: bool, verbose: bool, format: LogFormat) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
-                    .with_writer(io::stderr)
+                    .with_writer(crate::progress::stderr)
                     .with_timer(UtcSeconds)
                     .with_filter(stderr_filter),
             )

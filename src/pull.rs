@@ -23,6 +23,36 @@ use crate::remotes;
 use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
 
+/// What a pull did (`pull --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pulled {
+    pub id: String,
+    pub file: String,
+    pub remote: String,
+    /// The local archive.
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// Always true: a copy that does not match its manifest is an error.
+    pub verified: bool,
+    /// False when an intact local copy was used.
+    pub downloaded: bool,
+    /// `--to`: where it was extracted, and what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extracted_to: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extracted: Option<ExtractedCounts>,
+}
+
+/// Entries extracted by `pull --to`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtractedCounts {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
 /// Pull and optionally extract into `to`. Returns the local archive path.
 pub async fn run(
     cfg: &Config,
@@ -31,6 +61,17 @@ pub async fn run(
     to: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<PathBuf> {
+    Ok(run_report(cfg, what, only, to, out).await?.path)
+}
+
+/// [`run`], returning what was done (for `--json`).
+pub async fn run_report(
+    cfg: &Config,
+    what: &str,
+    only: Option<&str>,
+    to: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<Pulled> {
     run_inner(cfg, what, only, to, to.is_some(), out).await
 }
 
@@ -42,7 +83,7 @@ pub async fn run_for_extract(
     only: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<PathBuf> {
-    run_inner(cfg, what, only, None, true, out).await
+    Ok(run_inner(cfg, what, only, None, true, out).await?.path)
 }
 
 async fn run_inner(
@@ -52,7 +93,7 @@ async fn run_inner(
     to: Option<&Path>,
     need_key: bool,
     out: &mut dyn Write,
-) -> Result<PathBuf> {
+) -> Result<Pulled> {
     let wanted = if what == "latest" {
         None
     } else {
@@ -195,6 +236,7 @@ async fn run_inner(
     let existing = local
         .iter()
         .find(|a| a.name.id == archive.name.id && a.name.file == file);
+    let mut downloaded = false;
     let path = match existing {
         Some(a) if crate::archive::sha256_file(&a.path)?.0 == expected => {
             writeln!(out, "local copy {} is intact; not downloading", a.path.display())?;
@@ -212,7 +254,14 @@ async fn run_inner(
             let partial = dir.join(format!("{file}{PARTIAL}"));
             let _ = std::fs::remove_file(&partial);
             // Big archives come in concurrent ranges (the listing gave the size).
-            let res = replicate::download_sized(&r, &file, &partial, archive.size).await;
+            let bar = crate::progress::Progress::bytes(
+                format!("{}: {}", r.name, archive.name.id),
+                archive.size.or(Some(manifest.size)),
+            );
+            let res =
+                replicate::download_sized_with(&r, &file, &partial, archive.size, Some(&bar))
+                    .await;
+            bar.finish();
             let (got, size) = match res {
                 Ok(v) => v,
                 Err(e) => {
@@ -235,10 +284,12 @@ async fn run_inner(
                 .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
             fsutil::write_atomic(&dir.join(&mkey), &manifest.to_json())?;
             writeln!(out, "verified sha256 {} ({size} bytes)", manifest.sha256)?;
+            downloaded = true;
             final_path
         }
     };
 
+    let mut extracted = None;
     if let Some(to) = to {
         let opts = crate::extract::ExtractOptions {
             identities,
@@ -255,9 +306,26 @@ async fn run_inner(
             stats.symlinks,
             to.display()
         )?;
+        extracted = Some(ExtractedCounts {
+            files: stats.files,
+            dirs: stats.dirs,
+            symlinks: stats.symlinks,
+            bytes: stats.bytes,
+        });
     }
     writeln!(out, "{}", path.display())?;
-    Ok(path)
+    Ok(Pulled {
+        id: manifest.id.clone(),
+        file,
+        remote: r.name.clone(),
+        path,
+        sha256: manifest.sha256.clone(),
+        size: manifest.size,
+        verified: true,
+        downloaded,
+        extracted_to: to.map(Path::to_path_buf),
+        extracted,
+    })
 }
 
 fn names(remotes: &[&crate::config::Remote]) -> String {

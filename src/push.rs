@@ -280,7 +280,11 @@ async fn push_one(
             continue;
         }
         let started = std::time::Instant::now();
-        let stats = match replicate::upload_archive(r, &cfg.local.dir, up).await {
+        let bar = crate::progress::Progress::bytes(
+            format!("{}: {}", r.name, up.archive.name.id),
+            Some(size),
+        );
+        let stats = match replicate::upload_archive_with(r, &cfg.local.dir, up, Some(&bar)).await {
             Ok(s) => s,
             // Moved to another tier meanwhile: upload it from where it is now (a multipart
             // upload resumes from its journal, which is keyed by name, not path).
@@ -290,6 +294,7 @@ async fn push_one(
             },
             Err(e) => return Err(e),
         };
+        bar.finish();
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         tracing::info!(
             "{}: {} uploaded and verified: {} sent in {:.1}s ({}/s){}",

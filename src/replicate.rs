@@ -55,6 +55,16 @@ pub async fn upload_archive(
     backup_dir: &Path,
     up: &Upload,
 ) -> Result<UploadStats> {
+    upload_archive_with(r, backup_dir, up, None).await
+}
+
+/// [`upload_archive`], counting the bytes sent on `progress` (per request or part).
+pub async fn upload_archive_with(
+    r: &RemoteHandle,
+    backup_dir: &Path,
+    up: &Upload,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<UploadStats> {
     let file = &up.archive.name.file;
     let sha = up.manifest.sha256_bytes()?;
     let size = up.manifest.size;
@@ -85,12 +95,25 @@ pub async fn upload_archive(
         })
         .await
         .with_context(|| format!("{}: uploading {file}", r.name))?;
+        if let Some(p) = progress {
+            p.inc(size);
+        }
         UploadStats {
             bytes_sent: size,
             parts_resumed: 0,
         }
     } else {
-        multipart(r, backup_dir, &up.archive.path, file, size, sha, part_size).await?
+        multipart(
+            r,
+            backup_dir,
+            &up.archive.path,
+            file,
+            size,
+            sha,
+            part_size,
+            progress,
+        )
+        .await?
     };
 
     verify_remote(r, file, size, sha).await?;
@@ -164,6 +187,7 @@ async fn multipart(
     size: u64,
     sha: [u8; 32],
     part_size: u64,
+    progress: Option<&crate::progress::Progress>,
 ) -> Result<UploadStats> {
     let jpath = Journal::path(backup_dir, &r.name, key);
     let sha_hex = hex::encode(sha);
@@ -205,7 +229,7 @@ async fn multipart(
         }
     };
 
-    match send_parts(r, &jpath, path, journal.clone()).await {
+    match send_parts(r, &jpath, path, journal.clone(), progress).await {
         Ok(stats) => Ok(stats),
         Err(e) if is_upload_gone(&e) => {
             tracing::warn!(
@@ -224,7 +248,7 @@ async fn multipart(
                 ..journal
             };
             j.save(&jpath)?;
-            send_parts(r, &jpath, path, j).await
+            send_parts(r, &jpath, path, j, progress).await
         }
         Err(e) => Err(e),
     }
@@ -245,12 +269,17 @@ async fn send_parts(
     jpath: &Path,
     path: &Path,
     journal: Journal,
+    progress: Option<&crate::progress::Progress>,
 ) -> Result<UploadStats> {
     let key = journal.key.clone();
     let n_parts = journal.size.div_ceil(journal.part_size) as u32;
     let have: std::collections::HashSet<u32> = journal.parts.iter().map(|p| p.number).collect();
     let todo: Vec<u32> = (1..=n_parts).filter(|n| !have.contains(n)).collect();
     let resumed = n_parts - todo.len() as u32;
+    if let Some(p) = progress {
+        // Parts a journal says are there already.
+        p.inc(journal.size.min(resumed as u64 * journal.part_size));
+    }
     let upload_id = journal.upload_id.clone();
     let part_size = journal.part_size;
     let size = journal.size;
@@ -277,6 +306,9 @@ async fn send_parts(
             j.parts.retain(|p| p.number != n);
             j.parts.push(receipt);
             j.save(jpath)?;
+            if let Some(p) = progress {
+                p.inc(len);
+            }
             anyhow::Ok(len)
         }
     }))
@@ -319,6 +351,15 @@ async fn read_part(path: PathBuf, offset: u64, len: u64) -> Result<Bytes> {
 /// Download `key` into `dest` (created 0600, must not exist), hashing as it goes.
 /// Returns the sha256 and size of what was written; the caller compares.
 pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 32], u64)> {
+    download_progress(r, key, dest, None).await
+}
+
+async fn download_progress(
+    r: &RemoteHandle,
+    key: &str,
+    dest: &Path,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<([u8; 32], u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let std_file = std::fs::OpenOptions::new()
         .write(true)
@@ -340,6 +381,9 @@ pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 
         let chunk = chunk.with_context(|| format!("{}: downloading {key}", r.name))?;
         hasher.update(&chunk);
         n += chunk.len() as u64;
+        if let Some(p) = progress {
+            p.inc(chunk.len() as u64);
+        }
         out.write_all(&chunk)
             .await
             .with_context(|| format!("writing {}", dest.display()))?;
@@ -365,11 +409,23 @@ pub async fn download_sized(
     dest: &Path,
     size: Option<u64>,
 ) -> Result<([u8; 32], u64)> {
+    download_sized_with(r, key, dest, size, None).await
+}
+
+/// [`download_sized`], counting the bytes received on `progress`.
+pub async fn download_sized_with(
+    r: &RemoteHandle,
+    key: &str,
+    dest: &Path,
+    size: Option<u64>,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<([u8; 32], u64)> {
     match size {
         Some(size) if size > RANGE_SIZE => {
-            download_ranges(r, key, dest, size, RANGE_SIZE, RANGE_CONCURRENCY).await
+            download_ranges_progress(r, key, dest, size, RANGE_SIZE, RANGE_CONCURRENCY, progress)
+                .await
         }
-        _ => download(r, key, dest).await,
+        _ => download_progress(r, key, dest, progress).await,
     }
 }
 
@@ -404,6 +460,18 @@ pub async fn download_ranges(
     range_size: u64,
     concurrency: usize,
 ) -> Result<([u8; 32], u64)> {
+    download_ranges_progress(r, key, dest, size, range_size, concurrency, None).await
+}
+
+async fn download_ranges_progress(
+    r: &RemoteHandle,
+    key: &str,
+    dest: &Path,
+    size: u64,
+    range_size: u64,
+    concurrency: usize,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<([u8; 32], u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -434,7 +502,11 @@ pub async fn download_ranges(
     let mut total = 0u64;
     while let Some(joined) = ranges.next().await {
         let chunks = joined.context("a download task failed")??;
-        total += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        let got = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        total += got;
+        if let Some(p) = progress {
+            p.inc(got);
+        }
         hasher = tokio::task::spawn_blocking(move || {
             for c in &chunks {
                 hasher.update(c);

@@ -147,6 +147,57 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Check `body` against the SHA-256 it was sent with: [`BackendError::ChecksumMismatch`]
+/// naming `what` when it differs. Every backend calls this before storing anything.
+pub fn check_sha256(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
+    let actual = sha256_of(body);
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(BackendError::ChecksumMismatch {
+            key: what.to_string(),
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        })
+    }
+}
+
+/// The `(start, len)` to read for `range` of an object of `size` bytes: a range past the
+/// end is cut at the end, an empty range reads nothing, a reversed range or one that
+/// starts beyond the end is an error.
+pub fn byte_range(key: &str, range: Option<Range<u64>>, size: u64) -> Result<(u64, u64)> {
+    match range {
+        None => Ok((0, size)),
+        Some(r) if r.start > r.end => Err(BackendError::Permanent(format!(
+            "{key}: invalid range {}..{}",
+            r.start, r.end
+        ))),
+        Some(r) if r.start == r.end => Ok((r.start.min(size), 0)),
+        Some(r) if r.start >= size => Err(BackendError::Permanent(format!(
+            "{key}: range {}..{} starts beyond the object's {size} bytes",
+            r.start, r.end
+        ))),
+        Some(r) => Ok((r.start, r.end.min(size) - r.start)),
+    }
+}
+
+/// Refuse a part number or part size outside the backend's [`Capabilities`].
+pub fn check_part(key: &str, n: u32, len: usize, caps: &Capabilities) -> Result<()> {
+    if n == 0 || n > caps.max_parts {
+        return Err(BackendError::Permanent(format!(
+            "{key}: part number {n} outside 1..={}",
+            caps.max_parts
+        )));
+    }
+    if len as u64 > caps.max_part_size {
+        return Err(BackendError::Permanent(format!(
+            "{key}: part {n} has {len} bytes, more than the {} allowed",
+            caps.max_part_size
+        )));
+    }
+    Ok(())
+}
+
 /// SHA-256 of a byte slice.
 pub fn sha256_of(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -53,8 +53,8 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{
-    sha256_of, Backend, BackendError, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result,
-    UploadId,
+    check_sha256 as check_sha, Backend, BackendError, ByteStream, Capabilities, ObjectMeta,
+    PartReceipt, Result, UploadId,
 };
 
 /// Folder under the root that holds multipart staging folders.
@@ -182,23 +182,7 @@ impl Backend for LocalBackend {
             return Err(BackendError::NotFound(key.to_string()));
         }
         let size = meta.len();
-        let (start, len) = match range {
-            None => (0, size),
-            Some(r) if r.start > r.end => {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: invalid range {}..{}",
-                    r.start, r.end
-                )))
-            }
-            Some(r) if r.start == r.end => (r.start.min(size), 0),
-            Some(r) if r.start >= size => {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: range {}..{} starts beyond the object's {size} bytes",
-                    r.start, r.end
-                )))
-            }
-            Some(r) => (r.start, r.end.min(size) - r.start),
-        };
+        let (start, len) = crate::byte_range(key, range, size)?;
         if start > 0 {
             file.seek(io::SeekFrom::Start(start))
                 .await
@@ -251,20 +235,7 @@ impl Backend for LocalBackend {
         sha256: [u8; 32],
     ) -> Result<PartReceipt> {
         check_key(key)?;
-        let caps = self.capabilities();
-        if n == 0 || n > caps.max_parts {
-            return Err(BackendError::Permanent(format!(
-                "{key}: part number {n} outside 1..={}",
-                caps.max_parts
-            )));
-        }
-        if body.len() as u64 > caps.max_part_size {
-            return Err(BackendError::Permanent(format!(
-                "{key}: part {n} has {} bytes, more than the {} allowed",
-                body.len(),
-                caps.max_part_size
-            )));
-        }
+        crate::check_part(key, n, body.len(), &self.capabilities())?;
         check_sha(&format!("{key} part {n}"), &body, &sha256)?;
         let (key, up) = (key.to_string(), up.clone());
         self.blocking(move |i| i.put_part(&key, &up, n, &body, sha256))
@@ -950,19 +921,6 @@ fn is_missing(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
-}
-
-fn check_sha(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
-    let actual = sha256_of(body);
-    if &actual == expected {
-        Ok(())
-    } else {
-        Err(BackendError::ChecksumMismatch {
-            key: what.to_string(),
-            expected: hex::encode(expected),
-            actual: hex::encode(actual),
-        })
-    }
 }
 
 /// fsync a folder so a rename or create in it is durable. Filesystems that cannot fsync

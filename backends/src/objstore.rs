@@ -61,8 +61,8 @@ use object_store::{
 use tokio::sync::OnceCell;
 
 use crate::{
-    sha256_of, Backend, BackendError, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result,
-    UploadId,
+    check_sha256 as check_sha, Backend, BackendError, ByteStream, Capabilities, ObjectMeta,
+    PartReceipt, Result, UploadId,
 };
 
 /// User-metadata name of the SHA-256 (`x-amz-meta-sha256`, `x-goog-meta-sha256`).
@@ -384,20 +384,7 @@ impl Backend for ObjectStoreBackend {
         sha256: [u8; 32],
     ) -> Result<PartReceipt> {
         let path = self.path(key)?;
-        let caps = self.capabilities();
-        if n == 0 || n > caps.max_parts {
-            return Err(BackendError::Permanent(format!(
-                "{key}: part number {n} outside 1..={}",
-                caps.max_parts
-            )));
-        }
-        if body.len() as u64 > caps.max_part_size {
-            return Err(BackendError::Permanent(format!(
-                "{key}: part {n} has {} bytes, more than the {} allowed",
-                body.len(),
-                caps.max_part_size
-            )));
-        }
+        crate::check_part(key, n, body.len(), &self.capabilities())?;
         check_sha(&format!("{key} part {n}"), &body, &sha256)?;
         let size = body.len() as u64;
         let part = self
@@ -622,19 +609,6 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn check_sha(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
-    let actual = sha256_of(body);
-    if &actual == expected {
-        Ok(())
-    } else {
-        Err(BackendError::ChecksumMismatch {
-            key: what.to_string(),
-            expected: hex::encode(expected),
-            actual: hex::encode(actual),
-        })
-    }
 }
 
 fn parse_sha_hex(s: &str) -> Option<[u8; 32]> {

@@ -101,8 +101,8 @@ use sha2::Digest;
 use tokio::io::AsyncSeek;
 
 use crate::{
-    sha256_of, Backend, BackendError, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result,
-    UploadId,
+    check_sha256 as check_sha, Backend, BackendError, ByteStream, Capabilities, ObjectMeta,
+    PartReceipt, Result, UploadId,
 };
 
 type SftpError = openssh_sftp_client::Error;
@@ -1361,19 +1361,6 @@ fn check_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_sha(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
-    let actual = sha256_of(body);
-    if &actual == expected {
-        Ok(())
-    } else {
-        Err(BackendError::ChecksumMismatch {
-            key: what.to_string(),
-            expected: hex::encode(expected),
-            actual: hex::encode(actual),
-        })
-    }
-}
-
 #[async_trait]
 impl Backend for SftpBackend {
     fn describe(&self) -> String {
@@ -1513,23 +1500,7 @@ impl Backend for SftpBackend {
             return Err(BackendError::NotFound(key.to_string()));
         }
         let size = meta.len().unwrap_or(0);
-        let (start, len) = match range {
-            None => (0, size),
-            Some(r) if r.start > r.end => {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: invalid range {}..{}",
-                    r.start, r.end
-                )))
-            }
-            Some(r) if r.start == r.end => (r.start.min(size), 0),
-            Some(r) if r.start >= size => {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: range {}..{} starts beyond the object's {size} bytes",
-                    r.start, r.end
-                )))
-            }
-            Some(r) => (r.start, r.end.min(size) - r.start),
-        };
+        let (start, len) = crate::byte_range(key, range, size)?;
         let chunks = (0..len.div_ceil(IO_CHUNK as u64)).map(move |i| {
             let off = i * IO_CHUNK as u64;
             (start + off, (len - off).min(IO_CHUNK as u64) as usize)
@@ -1917,7 +1888,7 @@ mod tests {
 
     #[test]
     fn sidecar_lines_roundtrip_like_sha256sum() {
-        let sha = sha256_of(b"x");
+        let sha = crate::sha256_of(b"x");
         let line = sha256sum_line(&sha, "pronto-app-backup-20260101-000000.tar.gz");
         assert_eq!(
             line,

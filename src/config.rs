@@ -583,13 +583,10 @@ pub fn parse_remote_url(url: &str, base: &Path) -> std::result::Result<RemoteLoc
     if url.starts_with("gs://") {
         return pronto_backends::gcs::GcsConfig::from_url(url).map(RemoteLocation::Gcs);
     }
-    let scheme = url.split("://").next().unwrap_or("");
-    match scheme {
-        "s3" | "gs" | "sftp" => Err(format!(
-            "a file:// URL: {scheme}:// remotes are not supported by this version yet"
-        )),
-        _ => Err("a URL of the form file:///path, s3://bucket/prefix, gs://bucket/prefix or sftp://user@host/path".into()),
-    }
+    Err(
+        "a URL of the form file:///path, s3://bucket/prefix, gs://bucket/prefix or sftp://user@host/path"
+            .into(),
+    )
 }
 
 pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {

@@ -28,7 +28,7 @@ use crate::objstore::{
     Stores,
 };
 use crate::s3::{check_bucket_name, check_storage_class, join_url, split_bucket_url, ConfigError};
-use crate::{BackendError, Result, UploadId};
+use crate::{BackendError, Result};
 
 /// Which checksum travels with every PUT and part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,15 +200,6 @@ impl GcsBackend {
                 open,
             ),
         })
-    }
-
-    /// See [`ObjectStoreBackend::create_upload_with_sha256`].
-    pub async fn create_upload_with_sha256(
-        &self,
-        key: &str,
-        sha256: Option<[u8; 32]>,
-    ) -> Result<UploadId> {
-        self.inner.create_upload_with_sha256(key, sha256).await
     }
 }
 

@@ -198,6 +198,26 @@ pub fn check_part(key: &str, n: u32, len: usize, caps: &Capabilities) -> Result<
     Ok(())
 }
 
+/// Check a key's shape: not empty, not starting with `/`, and every `/`-separated
+/// component accepted by `component(index, text)` (each backend's own rules: which
+/// characters, which reserved names). Errors are [`BackendError::Permanent`] naming the key.
+pub fn check_key_with(
+    key: &str,
+    component: impl Fn(usize, &str) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let bad = |why: &str| BackendError::Permanent(format!("invalid key {key:?}: {why}"));
+    if key.is_empty() {
+        return Err(bad("empty"));
+    }
+    if key.starts_with('/') {
+        return Err(bad("must not start with '/'"));
+    }
+    for (i, comp) in key.split('/').enumerate() {
+        component(i, comp).map_err(|why| bad(&why))?;
+    }
+    Ok(())
+}
+
 /// SHA-256 of a byte slice.
 pub fn sha256_of(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -850,21 +850,7 @@ impl Inner {
 /// Keys are `/`-separated relative paths with no empty, `.` or `..` components and no
 /// names this backend reserves (temp names, the top-level `.uploads`).
 fn check_key(key: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(BackendError::Permanent(format!(
-            "invalid key {key:?}: {why}"
-        )))
-    };
-    if key.is_empty() {
-        return bad("empty");
-    }
-    if key.starts_with('/') {
-        return bad("must not start with '/'");
-    }
-    for (i, comp) in key.split('/').enumerate() {
-        check_component(comp, i == 0).or_else(|why| bad(&why))?;
-    }
-    Ok(())
+    crate::check_key_with(key, |i, comp| check_component(comp, i == 0))
 }
 
 fn check_component(comp: &str, first: bool) -> std::result::Result<(), String> {

@@ -18,9 +18,10 @@
 //!   or `Content-MD5`; GCS: `Content-MD5`), so corruption in transit is refused by the
 //!   server (`BadDigest`), which maps to `ChecksumMismatch` too.
 //! - `put` stores the SHA-256 as user metadata (`x-amz-meta-sha256` / `x-goog-meta-sha256`);
-//!   `head` reports it. `list` reports none (listings carry no user metadata). A multipart
-//!   upload cannot carry it: the trait's `create_upload` does not know the hash yet, and
-//!   neither S3 nor GCS take metadata at completion; see [`ObjectStoreBackend::create_upload_with_sha256`].
+//!   `head` reports it. `list` reports none (listings carry no user metadata). Neither S3
+//!   nor GCS take metadata at multipart completion, so a multipart upload records it when
+//!   it starts: the replicator calls [`Backend::create_upload_for`] with the archive's hash
+//!   (plain `create_upload` records none).
 //!
 //! # Timeouts
 //! object_store's own overall timeout is off; this layer gives each request
@@ -204,8 +205,8 @@ impl ObjectStoreBackend {
     }
 
     /// Start a multipart upload whose object will carry `sha256` in its metadata (so that
-    /// `head` reports it without a download). The [`Backend`] trait's `create_upload` does
-    /// not know the hash and calls this with `None`.
+    /// `head` reports it without a download). [`Backend::create_upload_for`] calls this with
+    /// the hash, [`Backend::create_upload`] with `None`.
     pub async fn create_upload_with_sha256(
         &self,
         key: &str,
@@ -559,21 +560,7 @@ pub(crate) use delegate_backend;
 /// Keys are `/`-separated, with no empty, `.` or `..` components and no control characters
 /// (object_store's rules; S3 itself would take more).
 pub fn check_key(key: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(BackendError::Permanent(format!(
-            "invalid key {key:?}: {why}"
-        )))
-    };
-    if key.is_empty() {
-        return bad("empty");
-    }
-    if key.starts_with('/') {
-        return bad("must not start with '/'");
-    }
-    for comp in key.split('/') {
-        check_component(comp).or_else(|why| bad(&why))?;
-    }
-    Ok(())
+    crate::check_key_with(key, |_, comp| check_component(comp))
 }
 
 fn check_component(comp: &str) -> std::result::Result<(), String> {

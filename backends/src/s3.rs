@@ -35,7 +35,7 @@ use crate::objstore::{
     self, client_options, delegate_backend, retry_config, Connector, CredentialsUnavailable,
     ObjectStoreBackend, Redactor, Stores,
 };
-use crate::{BackendError, Result, UploadId};
+use crate::{BackendError, Result};
 
 /// Which checksum travels with every PUT and part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,15 +244,6 @@ impl S3Backend {
                 open,
             ),
         })
-    }
-
-    /// See [`ObjectStoreBackend::create_upload_with_sha256`].
-    pub async fn create_upload_with_sha256(
-        &self,
-        key: &str,
-        sha256: Option<[u8; 32]>,
-    ) -> Result<UploadId> {
-        self.inner.create_upload_with_sha256(key, sha256).await
     }
 }
 

@@ -1310,24 +1310,11 @@ fn is_reserved_name(name: &str) -> bool {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(BackendError::Permanent(format!(
-            "invalid key {key:?}: {why}"
-        )))
-    };
-    if key.is_empty() {
-        return bad("empty");
-    }
-    if key.starts_with('/') {
-        return bad("must not start with '/'");
-    }
-    for comp in key.split('/') {
-        if let Err(why) = check_component(comp) {
-            return bad(&why);
-        }
-    }
+    crate::check_key_with(key, |_, comp| check_component(comp))?;
     if is_reserved_name(split_key(key).1) {
-        return bad("names ending in .partial or .sha256 are reserved on sftp remotes");
+        return Err(BackendError::Permanent(format!(
+            "invalid key {key:?}: names ending in .partial or .sha256 are reserved on sftp remotes"
+        )));
     }
     Ok(())
 }

@@ -341,12 +341,29 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 fn tool_checks(cfg: &Config) -> Vec<Check> {
     let mut needs: Vec<(&str, &str, &str)> = Vec::new();
-    if cfg.sources.iter().any(|s| s.kind == SourceKind::Postgres) {
+    let pg_prefixes: Vec<&str> = cfg
+        .sources
+        .iter()
+        .filter_map(|s| s.postgres.as_ref())
+        .map(|p| p.command_prefix.first().map(String::as_str).unwrap_or(""))
+        .collect();
+    // With a command_prefix (`docker compose exec -T postgres`), pg_dump runs inside the
+    // container: the host needs the prefix's program, not pg_dump.
+    if pg_prefixes.contains(&"") {
         needs.push((
             "pg_dump",
             "a postgres source",
             "apt-get install postgresql-client (the major version of the server or newer)",
         ));
+    }
+    for program in pg_prefixes.into_iter().filter(|p| !p.is_empty()) {
+        if !needs.iter().any(|(t, _, _)| *t == program) {
+            needs.push((
+                program,
+                "a postgres source's command_prefix",
+                "install it, or give its full path as the first word of command_prefix",
+            ));
+        }
     }
     if cfg.sources.iter().any(|s| s.kind == SourceKind::Redis) {
         needs.push(("redis-cli", "a redis source", "apt-get install redis-tools"));

@@ -85,3 +85,33 @@ fn doctor_names_an_unreachable_remote_and_a_missing_source() {
     assert!(get("source site")["fix"].as_str().unwrap().contains("path"));
     assert_eq!(v["failed"], 2);
 }
+
+/// With `command_prefix`, pg_dump runs inside the container: doctor checks the prefix's
+/// program on the host, not pg_dump.
+#[test]
+fn doctor_checks_the_command_prefix_program_not_host_pg_dump() {
+    let env = Env::new();
+    env.write_config(
+        "\n[[sources]]\nname = \"db\"\nkind = \"postgres\"\ndatabases = [\"app\"]\n\
+         command_prefix = [\"/nonexistent/docker\", \"compose\", \"exec\", \"-T\", \"postgres\"]\n",
+    );
+    let o = env.run(&["doctor", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(!names.contains(&"tool pg_dump"), "{v}");
+    let prefix = checks
+        .iter()
+        .find(|c| c["name"] == "tool /nonexistent/docker")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(prefix["ok"], false, "{v}");
+    assert!(
+        prefix["detail"]
+            .as_str()
+            .unwrap()
+            .contains("command_prefix"),
+        "{v}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

@@ -3,7 +3,8 @@
 //! [`write_archive`] walks every source folder (sorted names, symlinks stored as
 //! symlinks and never followed except at a source's root), feeds the tar stream
 //! into a parallel gzip compressor (pigz style: one gzip member that plain
-//! `gunzip` reads) or, with [`Codec::Zstd`], libzstd's multithreaded compressor
+//! `gunzip` reads; blocks that would not compress are stored, see `gzblock`)
+//! or, with [`Codec::Zstd`], libzstd's multithreaded compressor
 //! (one frame that `zstd -d` reads), optionally encrypts the compressed stream with age
 //! ([`write_archive_with`]), and hashes and counts the bytes as they are
 //! written to the file, so that size and sha256 are those of the file. Memory stays bounded whatever the archive size: files are read
@@ -32,13 +33,15 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gzp::deflate::Gzip;
 use gzp::par::compress::{ParCompress, ParCompressBuilder};
 use gzp::{Compression, ZWriter};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header, HeaderMode};
 
 use crate::manifest::{Section, SourceSummary};
+
+mod gzblock;
+use gzblock::ProbedGzip;
 
 /// Read and write buffer size used for file data (1 MiB).
 pub const IO_BUF: usize = 1 << 20;
@@ -216,6 +219,20 @@ pub fn write_archive_progress(
     info: &dyn Fn(&[SourceSummary]) -> String,
     progress: Option<&crate::progress::Progress>,
 ) -> Result<Written> {
+    write_archive_tapped(out, opts, recipients, inputs, info, progress, None)
+}
+
+/// [`write_archive_progress`], telling `tap` how far the file has been written as it grows
+/// (see [`WriteTap`]); [`Written`] then gives the final size and hash.
+pub fn write_archive_tapped(
+    out: &Path,
+    opts: &WriteOptions,
+    recipients: Option<&crate::crypto::Recipients>,
+    inputs: &[ArchiveInput],
+    info: &dyn Fn(&[SourceSummary]) -> String,
+    progress: Option<&crate::progress::Progress>,
+    tap: Option<WriteTap>,
+) -> Result<Written> {
     check_component(&opts.top).with_context(|| format!("archive top folder {:?}", opts.top))?;
     match opts.codec {
         Codec::Gzip if opts.level > 9 => {
@@ -247,6 +264,7 @@ pub fn write_archive_progress(
             inputs,
             info,
             progress,
+            tap,
         )
     })();
     match result {
@@ -320,11 +338,18 @@ fn source_root_meta(input: &ArchiveInput) -> Result<Metadata> {
     }
 }
 
+/// Told how many bytes of the archive have reached the file so far (written with
+/// `write(2)`, so readable by another handle on the same file), after each write into
+/// the file's buffer; used to upload parts of the archive while it is being written.
+pub type WriteTap = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Counts and hashes what goes to the file.
 struct HashingWriter {
     inner: BufWriter<File>,
     hasher: Sha256,
     count: u64,
+    /// Told the bytes in the file (those written, less those still in `inner`'s buffer).
+    tap: Option<WriteTap>,
 }
 
 impl Write for HashingWriter {
@@ -332,6 +357,9 @@ impl Write for HashingWriter {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        if let Some(tap) = &self.tap {
+            tap(self.count - self.inner.buffer().len() as u64);
+        }
         Ok(n)
     }
 
@@ -372,7 +400,7 @@ impl Sink {
     }
 }
 
-type Gz = ParCompress<'static, Gzip, Sink>;
+type Gz = ParCompress<'static, ProbedGzip, Sink>;
 
 /// The compressor the tar stream goes through.
 enum Compressor {
@@ -407,7 +435,7 @@ impl Compressor {
     fn new(opts: &WriteOptions, threads: usize, sink: Sink) -> Result<Compressor> {
         Ok(match opts.codec {
             Codec::Gzip => Compressor::Gzip(
-                ParCompressBuilder::<Gzip>::new()
+                ParCompressBuilder::<ProbedGzip>::new()
                     .num_threads(threads)
                     .map_err(|e| anyhow!("gzip: {e}"))?
                     .buffer_size(COMPRESS_BLOCK)
@@ -451,6 +479,7 @@ fn write_into(
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
     progress: Option<&crate::progress::Progress>,
+    tap: Option<WriteTap>,
 ) -> Result<Written> {
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -460,6 +489,7 @@ fn write_into(
         inner: BufWriter::with_capacity(IO_BUF, file),
         hasher: Sha256::new(),
         count: 0,
+        tap,
     };
     let sink = match recipients {
         None => Sink::Plain(sink),
@@ -508,6 +538,7 @@ fn write_into(
         inner,
         hasher,
         count,
+        ..
     } = sink;
     let file = inner
         .into_inner()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{SubsecRound, Utc};
 
-use crate::archive::{write_archive_progress, ArchiveInput, WriteOptions};
+use crate::archive::{write_archive_tapped, ArchiveInput, WriteOptions, WriteTap};
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
 use crate::fsutil::{self, FolderLock};
@@ -41,6 +41,35 @@ pub struct BackupOptions {
 /// PostgreSQL and Redis sources are dumped first into `<dir>/.spool-<id>/` (0700),
 /// which is removed afterwards whatever happens; a failing dump leaves no archive.
 pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBuf)> {
+    run_watched(cfg, bopts, &Watch::default())
+}
+
+/// The archive a backup is about to write, told to [`Watch::on_start`].
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The archive's file name (`PREFIX-YYYYMMDD-HHMMSS.tar.gz[.age]`): its key on a remote.
+    pub file: String,
+    /// Where it is being written (`<dir>/<file>.partial`, 0600) until it is complete.
+    pub partial: PathBuf,
+}
+
+/// How another part of the program follows a backup while it runs (`backup --push`
+/// uploads the archive as it grows).
+#[derive(Default)]
+pub struct Watch<'a> {
+    /// Called once, just before the archive's `.partial` file is created.
+    pub on_start: Option<&'a (dyn Fn(&Started) + Sync)>,
+    /// Told how many bytes of the `.partial` file are written, as it grows.
+    pub tap: Option<WriteTap>,
+}
+
+/// [`run_with`], telling `watch` what it writes. The result is told by the return value:
+/// `Ok` only once the archive is complete, fsynced, renamed and its manifest written.
+pub fn run_watched(
+    cfg: &Config,
+    bopts: &BackupOptions,
+    watch: &Watch<'_>,
+) -> Result<(Manifest, PathBuf)> {
     if cfg.sources.is_empty() {
         return Err(crate::error::usage(format!(
             "{}: no [[sources]] configured: nothing to back up",
@@ -122,13 +151,20 @@ pub fn run_with(cfg: &Config, bopts: &BackupOptions) -> Result<(Manifest, PathBu
         text
     };
     let progress = crate::progress::Progress::bytes(format!("backup {}", name.id), None);
-    let written = match write_archive_progress(
+    if let Some(f) = watch.on_start {
+        f(&Started {
+            file: file.clone(),
+            partial: partial.clone(),
+        });
+    }
+    let written = match write_archive_tapped(
         &partial,
         &opts,
         recipients.as_ref(),
         &inputs,
         &info,
         Some(&progress),
+        watch.tap.clone(),
     ) {
         Ok(w) => {
             progress.finish();

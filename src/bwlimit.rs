@@ -234,6 +234,9 @@ impl Backend for ThrottledBackend {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
     }
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        self.inner.list_uploads(prefix).await
+    }
 }
 
 #[cfg(test)]

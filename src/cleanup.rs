@@ -5,8 +5,15 @@
 //! longer needed when its archive has left the local catalog (pruned, deleted) or the
 //! remote already holds the archive complete; those are aborted on the remote and their
 //! journals removed. Uploads that a later push would still resume are left alone.
+//!
+//! A push killed after the remote started an upload but before its id reached the
+//! journal leaves an upload that no journal knows: each remote that can list its uploads
+//! in progress (S3, file://, sftp://; not GCS) is asked for them, and those no journal
+//! names are aborted too.
 
 use std::io::Write;
+
+use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 
@@ -29,18 +36,25 @@ pub async fn run(
     let mut aborted = 0;
     for remote in remotes::selected(cfg, only)? {
         let dir = cfg.local.dir.join(".journal").join(&remote.name);
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let journals: Vec<_> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        let journals: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let r = remotes::open(remote)?;
+        // Every upload a journal names, aborted below or kept for the next push.
+        let journaled: HashSet<String> = journals
+            .iter()
+            .filter_map(|p| Journal::load(p))
+            .map(|j| j.upload_id.0)
             .collect();
+        aborted += unjournaled(&r, &journaled, dry_run, out).await?;
         if journals.is_empty() {
             continue;
         }
-        let r = remotes::open(remote)?;
         let listing = retry(r.retry, &format!("listing of {}", r.name), || {
             r.backend.list("")
         })
@@ -103,4 +117,60 @@ pub async fn run(
         }
     }
     Ok(aborted)
+}
+
+/// Abort the uploads in progress on `r` that no journal names; returns how many. A remote
+/// that cannot list them is skipped (said at debug); one whose listing fails is warned
+/// about and skipped, so that the journaled cleanup still runs.
+async fn unjournaled(
+    r: &crate::replicate::RemoteHandle,
+    journaled: &HashSet<String>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let listed = retry(
+        r.retry,
+        &format!("listing of uploads in progress on {}", r.name),
+        || r.backend.list_uploads(""),
+    )
+    .await;
+    let uploads = match listed {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            tracing::debug!(
+                "{}: cannot list uploads in progress: only journaled ones are cleaned up",
+                r.name
+            );
+            return Ok(0);
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: uploads in progress not cleaned up: listing them failed: {e}",
+                r.name
+            );
+            return Ok(0);
+        }
+    };
+    let mut n = 0;
+    for (key, id) in uploads {
+        if journaled.contains(&id.0) {
+            continue;
+        }
+        writeln!(
+            out,
+            "{}: {} the unfinished upload of {key}: no journal knows it (a push was stopped \
+             before it could record it)",
+            r.name,
+            if dry_run { "would abort" } else { "abort" },
+        )?;
+        if !dry_run {
+            retry(r.retry, &format!("abort of {key} on {}", r.name), || {
+                r.backend.abort_upload(&key, &id)
+            })
+            .await
+            .with_context(|| format!("{}: aborting the upload of {key}", r.name))?;
+        }
+        n += 1;
+    }
+    Ok(n)
 }

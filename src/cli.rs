@@ -37,9 +37,16 @@ pub struct Cli {
 pub enum Command {
     /// Archive the configured sources into the local backup folder; prints the new id
     #[command(
-        after_help = "Example (a progress bar on a terminal; the new id on stdout):\n  pronto-offsite backup"
+        after_help = "Examples (a progress bar on a terminal; the new id on stdout):\n  pronto-offsite backup\n  \
+pronto-offsite backup --push    # upload to every remote while archiving, then push and prune as `push` does"
     )]
-    Backup,
+    Backup {
+        /// Upload the new archive to every remote while it is being written (manifests
+        /// only once it is complete and verified), then push as `push` does; the push's
+        /// lines go to stderr. Exit 3 when the archive was made but a remote failed
+        #[arg(long)]
+        push: bool,
+    },
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
     #[command(
@@ -160,6 +167,10 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         /// Another host's archive: read the remotes under this `host_id` (see `list --all-hosts`)
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
+        /// With --to or --restore: write at most this much file content, e.g. 200GiB
+        /// (a decompression-bomb guard; default: [restore] max_extract_size)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_extract_size: Option<u64>,
         /// Print one JSON object (id, file, remote, path, sha256, size, verified, extracted_to)
         /// instead of the text lines (and no progress bar)
         #[arg(long, conflicts_with = "restore")]
@@ -296,6 +307,13 @@ pub fn main() -> i32 {
     }
 }
 
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    match crate::logging::parse_size(s) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a size like 200GiB, 500GB or 1TiB (more than 0)".into()),
+    }
+}
+
 fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e}: expected e.g. 10m, 1h or 0s"))
 }
@@ -341,11 +359,19 @@ fn run(cli: Cli) -> Result<i32> {
     // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
     let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
     match cli.command {
-        Command::Backup => {
+        Command::Backup { push } => {
             crate::progress::enable(bars);
             let cfg = load_config(cli.config.as_deref())?;
             let started = std::time::Instant::now();
-            let (m, path) = crate::backup::run(&cfg)?;
+            let (m, path, code) = if push {
+                // The push's lines go to stderr (stdout carries the id), not with -q.
+                let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
+                let lines: &mut dyn Write = if cli.quiet { &mut quiet } else { &mut lines };
+                crate::stream_upload::run_backup_push(&cfg, lines)?
+            } else {
+                let (m, path) = crate::backup::run(&cfg)?;
+                (m, path, EXIT_OK)
+            };
             tracing::info!(
                 "wrote {} ({}, sha256 {}) in {:.1}s",
                 path.display(),
@@ -354,7 +380,7 @@ fn run(cli: Cli) -> Result<i32> {
                 started.elapsed().as_secs_f64()
             );
             writeln!(out, "{}", m.id)?;
-            Ok(EXIT_OK)
+            Ok(code)
         }
         Command::Push {
             remote,
@@ -449,6 +475,7 @@ fn run(cli: Cli) -> Result<i32> {
             database,
             identity,
             host,
+            max_extract_size,
             ..
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
@@ -456,6 +483,9 @@ fn run(cli: Cli) -> Result<i32> {
                 cfg = crate::namespace::as_host(&cfg, &h)?;
             }
             override_identity(&mut cfg, identity);
+            if max_extract_size.is_some() {
+                cfg.max_extract_size = max_extract_size;
+            }
             let opts = crate::restore::RestoreOptions {
                 id,
                 remote,
@@ -513,6 +543,7 @@ fn run(cli: Cli) -> Result<i32> {
             identity,
             host,
             json,
+            max_extract_size,
             ..
         } => {
             crate::progress::enable(bars && !json);
@@ -521,6 +552,9 @@ fn run(cli: Cli) -> Result<i32> {
                 cfg = crate::namespace::as_host(&cfg, &h)?;
             }
             override_identity(&mut cfg, identity);
+            if max_extract_size.is_some() {
+                cfg.max_extract_size = max_extract_size;
+            }
             let mut sink = std::io::sink();
             let mut lines = crate::progress::Suspending(&mut out);
             let text: &mut dyn Write = if json { &mut sink } else { &mut lines };

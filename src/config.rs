@@ -47,6 +47,10 @@ pub struct Config {
     pub drill: crate::drill::DrillConfig,
     /// `[encryption]`: age recipients archives are encrypted to, and the identity to decrypt.
     pub encryption: crate::crypto::EncryptionConfig,
+    /// `[restore] max_extract_size`: extraction (`pull --to`, restores, drills) refuses to
+    /// write more file content than this (a decompression-bomb guard on top of the limit
+    /// each archive's manifest implies). `None`: only the manifest's limit.
+    pub max_extract_size: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,10 @@ pub struct Local {
     pub level: u32,
     /// Compression threads, 0 = all cores.
     pub threads: usize,
+    /// Set by `pull --host H` (see `namespace::as_host`), where `dir` is then H's own
+    /// download folder `<backup folder>/hosts/H`: the backup folder proper, where this
+    /// host's own backups (a restore's safety backup) go. `None` otherwise.
+    pub home: Option<PathBuf>,
 }
 
 /// What kind of thing a source backs up.
@@ -152,6 +160,14 @@ struct RawConfig {
     health_checks: Vec<crate::restore::RawHealthCheck>,
     drill: Option<crate::drill::RawDrill>,
     encryption: Option<Spanned<crate::crypto::RawEncryption>>,
+    restore: Option<RawRestore>,
+}
+
+/// `[restore]`: limits on what extraction writes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestore {
+    max_extract_size: Option<Spanned<String>>,
 }
 
 /// `[retention]`: the [`Policy`] keys plus prune's own `max_delete_fraction`. The
@@ -269,6 +285,7 @@ struct RawRemote {
     storage_class: Option<Spanned<String>>,
     checksum: Option<Spanned<String>>,
     allow_http: Option<Spanned<bool>>,
+    ca_bundle: Option<Spanned<String>>,
     profile: Option<Spanned<String>>,
     access_key_id: Option<Spanned<String>>,
     secret_access_key: Option<Spanned<String>>,
@@ -363,6 +380,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         compression,
         level,
         threads: raw.local.threads.unwrap_or(0),
+        home: None,
     };
 
     // [retention]
@@ -548,6 +566,25 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     let encryption =
         crate::crypto::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
 
+    // [restore]
+    let max_extract_size = match raw
+        .restore
+        .as_ref()
+        .and_then(|r| r.max_extract_size.as_ref())
+    {
+        None => None,
+        Some(v) => match crate::logging::parse_size(v.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(at.err(
+                    v.span().start,
+                    "restore.max_extract_size",
+                    "a size like \"200GiB\", \"500GB\" or \"1TiB\" (more than 0)",
+                ))
+            }
+        },
+    };
+
     Ok(Config {
         file: file.to_path_buf(),
         local,
@@ -563,6 +600,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         health_checks,
         drill,
         encryption,
+        max_extract_size,
     })
 }
 
@@ -759,6 +797,7 @@ fn cloud_options(
         ("storage_class", span(&r.storage_class)),
         ("checksum", span(&r.checksum)),
         ("allow_http", bspan(&r.allow_http)),
+        ("ca_bundle", span(&r.ca_bundle)),
     ];
     let refuse = |keys: &[(&str, Option<usize>)], applies: &str| -> Result<()> {
         if let Some((k, Some(start))) = keys.iter().find(|(_, s)| s.is_some()) {
@@ -789,9 +828,32 @@ fn cloud_options(
             .unwrap_or(r.url.span().start);
         at.err(start, &format!("{key}.{k}"), &expected)
     };
+    // `ca_bundle`: a PEM file of CA certificates, read and checked now (exit 2 when bad).
+    let ca_bundle = || -> Result<Option<pronto_backends::objstore::CaBundle>> {
+        let Some(v) = &r.ca_bundle else {
+            return Ok(None);
+        };
+        {
+            let p = at.nonempty(v, &format!("{key}.ca_bundle"), "a PEM file path")?;
+            let p = match p.strip_prefix("~/").zip(std::env::var_os("HOME")) {
+                Some((rest, home)) => PathBuf::from(home).join(rest),
+                None => resolve(base, p),
+            };
+            Ok(Some(
+                pronto_backends::objstore::CaBundle::load(&p).map_err(|e| {
+                    at.err(
+                        v.span().start,
+                        &format!("{key}.ca_bundle"),
+                        &format!("a readable PEM file of one or more CA certificates ({e})"),
+                    )
+                })?,
+            ))
+        }
+    };
     match location {
         RemoteLocation::S3(mut cfg) => {
             refuse(&gs_only, "gs://")?;
+            cfg.ca_bundle = ca_bundle()?;
             cfg.region = text(&r.region, "region", "an AWS region")?;
             cfg.endpoint = text(&r.endpoint, "endpoint", "a URL")?;
             cfg.path_style = r.path_style.as_ref().map(|v| *v.get_ref());
@@ -821,6 +883,7 @@ fn cloud_options(
         }
         RemoteLocation::Gcs(mut cfg) => {
             refuse(&s3_only, "s3://")?;
+            cfg.ca_bundle = ca_bundle()?;
             if let (Some(_), Some(c)) = (&r.service_account_file, &r.credentials_file) {
                 return Err(at.err(
                     c.span().start,

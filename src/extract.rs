@@ -17,8 +17,15 @@
 //! the same checks. Its header is opened before anything is created: a missing or wrong
 //! identity fails (exit 2) with nothing written. [`ExtractOptions::max_bytes`] bounds the
 //! file content written (a decompression bomb stops at the first entry that would cross
-//! it, before that entry is written).
+//! it, before that entry is written): the manifest's size, or the configured
+//! `[restore] max_extract_size` when smaller ([`ExtractOptions::limit`]).
+//!
+//! A stream that does not decode — a truncated or corrupted gzip, zstd or age stream (its
+//! CRC, checksum or MAC fails, or it ends early), a file that is neither, or a tar that is
+//! damaged inside — is a verification failure (exit 4), told apart from a refused entry
+//! or a failed write (exit 1) by a flag the decompressor raises when its input fails.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -28,6 +35,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -63,6 +71,23 @@ pub struct ExtractOptions {
     /// At most this many bytes of file content are written; an entry that would cross the
     /// limit is refused before it is written (decompression-bomb guard).
     pub max_bytes: Option<u64>,
+    /// `max_bytes` is the configured `[restore] max_extract_size` (or `--max-extract-size`),
+    /// not the manifest's size (for the message).
+    pub max_bytes_configured: bool,
+}
+
+impl ExtractOptions {
+    /// Sets the bound: the smaller of the manifest's [`content_limit`] (when there is a
+    /// manifest) and the configured `max_extract_size` (when set).
+    pub fn limit(&mut self, manifest: Option<&crate::manifest::Manifest>, configured: Option<u64>) {
+        let from_manifest = manifest.map(content_limit);
+        (self.max_bytes, self.max_bytes_configured) = match (from_manifest, configured) {
+            (Some(m), Some(c)) if c < m => (Some(c), true),
+            (Some(m), _) => (Some(m), false),
+            (None, Some(c)) => (Some(c), true),
+            (None, None) => (None, false),
+        };
+    }
 }
 
 impl ExtractOptions {
@@ -78,10 +103,11 @@ impl ExtractOptions {
             |n| n.to_string_lossy().into_owned(),
         );
         let mpath = archive.with_file_name(crate::manifest::Manifest::file_name_for(&name));
-        if let Ok(m) = crate::manifest::Manifest::read(&mpath) {
+        let manifest = crate::manifest::Manifest::read(&mpath).ok();
+        if let Some(m) = &manifest {
             opts.expected_recipients = m.recipient_fingerprints.clone();
-            opts.max_bytes = Some(content_limit(&m));
         }
+        opts.limit(manifest.as_ref(), cfg.max_extract_size);
         let head = crate::crypto::read_head(archive, crate::crypto::HEADER_PROBE as usize)?;
         if crate::crypto::is_age(&head) {
             let Some(ids) = cfg.encryption.identities()? else {
@@ -109,7 +135,7 @@ type Raw = Box<dyn Read>;
 type Reader = BufReader<Decompress>;
 
 /// The decompressor, chosen by the stream's first bytes (never by the file name).
-enum Decompress {
+enum Codec {
     /// Every gzip member in turn (pigz and `cat a.gz b.gz` write several).
     Gzip(Box<MultiGzDecoder<BufReader<Raw>>>),
     /// Every zstd frame in turn, each frame's checksum checked.
@@ -118,9 +144,50 @@ enum Decompress {
 
 impl Read for Decompress {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Decompress::Gzip(r) => r.read(buf),
-            Decompress::Zstd(r) => r.read(buf),
+        let r = match &mut self.codec {
+            Codec::Gzip(r) => r.read(buf),
+            Codec::Zstd(r) => r.read(buf),
+        };
+        if let Err(e) = &r {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.damaged.set(true);
+            }
+        }
+        r
+    }
+}
+
+/// The decompressor, and a flag raised when the stream under it failed to decode (a
+/// damaged or truncated gzip, zstd or age stream): such errors are verification
+/// failures (exit 4), unlike a refused entry or a failed write.
+struct Decompress {
+    codec: Codec,
+    damaged: Rc<Cell<bool>>,
+}
+
+/// How an archive being read is encoded (for messages), and whether its stream failed.
+struct Stream {
+    damaged: Rc<Cell<bool>>,
+    what: String,
+}
+
+impl Stream {
+    /// A verification failure (exit 4): the archive's own bytes do not decode.
+    fn damaged(&self, archive: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+        crate::error::verification(format!(
+            "{}: the archive is damaged or truncated (its {} stream does not decode): {e}",
+            archive.display(),
+            self.what
+        ))
+    }
+
+    /// Classifies an error met while reading entries: one caused by the stream is a
+    /// verification failure; anything else (a refused entry, a failed write) is kept.
+    fn classify(&self, archive: &Path, e: anyhow::Error) -> anyhow::Error {
+        if self.damaged.get() && crate::error::exit_code(&e) != crate::error::EXIT_VERIFY {
+            self.damaged(archive, format!("{e:#}"))
+        } else {
+            e
         }
     }
 }
@@ -139,13 +206,14 @@ impl<R: Read> Read for Decrypting<R> {
     }
 }
 
-fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
+fn open(archive: &Path, opts: &ExtractOptions) -> Result<(Archive<Reader>, Stream)> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let mut r = BufReader::with_capacity(IO_BUF, file);
     let head = r
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
-    let raw: Raw = if crate::crypto::is_age(head) {
+    let encrypted = crate::crypto::is_age(head);
+    let raw: Raw = if encrypted {
         let what = archive.file_name().map_or_else(
             || archive.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -164,35 +232,69 @@ fn open(archive: &Path, opts: &ExtractOptions) -> Result<Archive<Reader>> {
     } else {
         Box::new(r)
     };
+    let age = if encrypted { "age-encrypted " } else { "" };
+    let bad = |what: String, e: &dyn std::fmt::Display| {
+        crate::error::verification(format!(
+            "{}: the archive is damaged or truncated (its {what} stream does not decode): {e}",
+            archive.display()
+        ))
+    };
     let mut raw = BufReader::with_capacity(IO_BUF, raw);
-    let head = raw
-        .fill_buf()
-        .with_context(|| format!("reading {}", archive.display()))?;
-    let dec = match crate::archive::Codec::sniff(head) {
-        Some(crate::archive::Codec::Gzip) => Decompress::Gzip(Box::new(MultiGzDecoder::new(raw))),
-        Some(crate::archive::Codec::Zstd) => Decompress::Zstd(
+    let head = match raw.fill_buf() {
+        Ok(h) => h,
+        Err(e) => return Err(bad(format!("{age}archive"), &e)),
+    };
+    let codec = match crate::archive::Codec::sniff(head) {
+        Some(crate::archive::Codec::Gzip) => Codec::Gzip(Box::new(MultiGzDecoder::new(raw))),
+        Some(crate::archive::Codec::Zstd) => Codec::Zstd(
             zstd::stream::read::Decoder::with_buffer(raw)
                 .with_context(|| format!("{}: zstd decoder", archive.display()))?,
         ),
-        None if head.is_empty() => bail!("{}: empty, not an archive", archive.display()),
-        None => bail!(
-            "{}: neither gzip nor zstd (it starts with {})",
-            archive.display(),
-            hex::encode(&head[..head.len().min(4)])
-        ),
+        None if head.is_empty() => {
+            return Err(crate::error::verification(format!(
+                "{}: empty, not an archive",
+                archive.display()
+            )))
+        }
+        None => {
+            return Err(crate::error::verification(format!(
+                "{}: neither gzip nor zstd (it starts with {}): not an archive, or a damaged one",
+                archive.display(),
+                hex::encode(&head[..head.len().min(4)])
+            )))
+        }
     };
-    Ok(Archive::new(BufReader::with_capacity(256 << 10, dec)))
+    let what = match codec {
+        Codec::Gzip(_) => format!("{age}gzip"),
+        Codec::Zstd(_) => format!("{age}zstd"),
+    };
+    let damaged = Rc::new(Cell::new(false));
+    let dec = Decompress {
+        codec,
+        damaged: damaged.clone(),
+    };
+    Ok((
+        Archive::new(BufReader::with_capacity(256 << 10, dec)),
+        Stream { damaged, what },
+    ))
 }
 
 /// Reads the rest of the gzip stream after the tar end marker, so that the
 /// gzip trailer (CRC-32 and length) of every member is checked.
-fn drain(archive: &Path, mut r: Reader, buf: &mut [u8]) -> Result<()> {
+fn drain(archive: &Path, ar: Archive<Reader>, o: &Stream, buf: &mut [u8]) -> Result<()> {
+    let mut r = ar.into_inner();
     loop {
         match r.read(buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("{}: damaged", archive.display())),
+            Err(e) => {
+                return Err(crate::error::verification(format!(
+                    "{}: the archive is damaged or truncated (its {} stream does not decode after the last entry): {e}",
+                    archive.display(),
+                    o.what
+                )))
+            }
         }
     }
 }
@@ -209,39 +311,50 @@ pub fn check_readable(archive: &Path) -> Result<ExtractStats> {
 
 /// [`check_readable`] of a possibly encrypted archive.
 pub fn check_readable_with(archive: &Path, opts: &ExtractOptions) -> Result<ExtractStats> {
-    let mut ar = open(archive, opts)?;
+    let (mut ar, o) = open(archive, opts)?;
     let mut stats = ExtractStats::default();
     let mut buf = vec![0u8; IO_BUF];
     let what = archive.display();
-    for (i, entry) in ar
-        .entries()
-        .with_context(|| format!("{what}: not a tar archive"))?
-        .enumerate()
-    {
-        let mut entry = entry.with_context(|| format!("{what}: cannot read entry #{}", i + 1))?;
-        let name = shown(&entry.path_bytes());
-        let n = copy_to(&mut entry, &mut io::sink(), &mut buf)
-            .with_context(|| format!("{what}: cannot read the data of '{name}'"))?;
-        if n != entry.size() {
-            bail!(
-                "{what}: '{name}' is truncated ({n} of {} bytes)",
-                entry.size()
-            );
-        }
-        match entry.header().entry_type() {
-            // "./" is the destination itself, as in `extract`.
-            EntryType::Directory if matches!(sanitize(name.as_bytes()), Ok(None)) => {}
-            EntryType::Directory => stats.dirs += 1,
-            EntryType::Symlink => stats.symlinks += 1,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                stats.files += 1;
-                stats.bytes += n;
+    let res = (|| {
+        let entries = match ar.entries() {
+            Ok(e) => e,
+            Err(e) => return Err(o.damaged(archive, format!("not a tar archive: {e}"))),
+        };
+        for (i, entry) in entries.enumerate() {
+            let mut entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    return Err(o.damaged(archive, format!("cannot read entry #{}: {e}", i + 1)))
+                }
+            };
+            let name = shown(&entry.path_bytes());
+            let n = copy_to(&mut entry, &mut io::sink(), &mut buf)
+                .with_context(|| format!("{what}: cannot read the data of '{name}'"))?;
+            if n != entry.size() {
+                return Err(o.damaged(
+                    archive,
+                    format!("'{name}' is truncated ({n} of {} bytes)", entry.size()),
+                ));
             }
-            EntryType::Link => stats.files += 1,
-            _ => {}
+            match entry.header().entry_type() {
+                // "./" is the destination itself, as in `extract`.
+                EntryType::Directory if matches!(sanitize(name.as_bytes()), Ok(None)) => {}
+                EntryType::Directory => stats.dirs += 1,
+                EntryType::Symlink => stats.symlinks += 1,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                    stats.files += 1;
+                    stats.bytes += n;
+                }
+                EntryType::Link => stats.files += 1,
+                _ => {}
+            }
         }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        return Err(o.classify(archive, e));
     }
-    drain(archive, ar.into_inner(), &mut buf)?;
+    drain(archive, ar, &o, &mut buf)?;
     Ok(stats)
 }
 
@@ -258,35 +371,44 @@ pub fn extract(archive: &Path, dest: &Path) -> Result<ExtractStats> {
 /// [`extract`] of a possibly encrypted archive, with a bound on what it writes. The age
 /// header is opened (the identity checked) before the destination is touched.
 pub fn extract_with(archive: &Path, dest: &Path, opts: &ExtractOptions) -> Result<ExtractStats> {
-    let mut ar = open(archive, opts)?;
+    let (mut ar, o) = open(archive, opts)?;
     let staging = Staging::new(dest)?;
-    let stats = (|| {
-        let mut u = Unpacker {
-            root: staging.temp.clone(),
-            known_dirs: HashSet::new(),
-            dirs: Vec::new(),
-            stats: ExtractStats::default(),
-            as_root: unsafe { libc::geteuid() } == 0,
-            buf: vec![0u8; IO_BUF],
-            max_bytes: opts.max_bytes,
+    let mut u = Unpacker {
+        root: staging.temp.clone(),
+        known_dirs: HashSet::new(),
+        dirs: Vec::new(),
+        stats: ExtractStats::default(),
+        as_root: unsafe { libc::geteuid() } == 0,
+        buf: vec![0u8; IO_BUF],
+        max_bytes: opts.max_bytes,
+        max_bytes_configured: opts.max_bytes_configured,
+    };
+    let what = archive.display();
+    let res = (|| {
+        let entries = match ar.entries() {
+            Ok(e) => e,
+            Err(e) => return Err(o.damaged(archive, format!("not a tar archive: {e}"))),
         };
-        let what = archive.display();
-        for (i, entry) in ar
-            .entries()
-            .with_context(|| format!("{what}: not a tar archive"))?
-            .enumerate()
-        {
-            let mut entry =
-                entry.with_context(|| format!("{what}: cannot read entry #{}", i + 1))?;
+        for (i, entry) in entries.enumerate() {
+            let mut entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    return Err(o.damaged(archive, format!("cannot read entry #{}: {e}", i + 1)))
+                }
+            };
             u.entry(&mut entry)
                 .with_context(|| format!("extracting {what}"))?;
         }
-        drain(archive, ar.into_inner(), &mut u.buf)?;
-        u.finish_dirs()?;
-        Ok::<_, anyhow::Error>(u.stats)
-    })()?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        // `staging` is dropped on the way out: nothing is left behind.
+        return Err(o.classify(archive, e));
+    }
+    drain(archive, ar, &o, &mut u.buf)?;
+    u.finish_dirs()?;
     staging.commit()?;
-    Ok(stats)
+    Ok(u.stats)
 }
 
 // ---------------------------------------------------------------------------
@@ -584,6 +706,7 @@ struct Unpacker {
     buf: Vec<u8>,
     /// [`ExtractOptions::max_bytes`].
     max_bytes: Option<u64>,
+    max_bytes_configured: bool,
 }
 
 /// Permission bits and mtime of an entry.
@@ -702,10 +825,15 @@ impl Unpacker {
         let size = entry.size();
         if let Some(max) = self.max_bytes {
             if self.stats.bytes.saturating_add(size) > max {
+                let why = if self.max_bytes_configured {
+                    "the extraction limit ([restore] max_extract_size or --max-extract-size)"
+                } else {
+                    "more than the archive's manifest declares"
+                };
                 return refuse(
                     name,
                     format!(
-                        "it would take the extracted data past {max} bytes, more than the archive's manifest declares (a decompression bomb?)"
+                        "it would take the extracted data past {max} bytes, {why} (a decompression bomb?)"
                     ),
                 );
             }
@@ -724,7 +852,9 @@ impl Unpacker {
         w.flush().with_context(|| format!("writing '{name}'"))?;
         drop(w);
         if n != size {
-            bail!("'{name}' is truncated in the archive ({n} of {size} bytes)");
+            return Err(crate::error::verification(format!(
+                "'{name}' is truncated in the archive ({n} of {size} bytes): the archive is damaged or truncated"
+            )));
         }
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32))

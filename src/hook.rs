@@ -1,7 +1,8 @@
 //! `hook`: the entry point for cron or a systemd timer. Backup (unless `--no-backup`),
 //! push to every remote (each remote is pruned right after its uploads succeed), prune
 //! the local folder, then report: stdout, the state file and metrics textfile, and the
-//! `[notify]` channels.
+//! `[notify]` channels. With `[hook] stream_upload` (the default) the new archive goes to
+//! the remotes while it is written ([`crate::stream_upload`]), and the push follows.
 //!
 //! Two hook runs never overlap: each holds `.pronto-offsite.hook.lock` in the backup
 //! folder for its whole run (a lock of its own, beside the one `backup` takes inside),
@@ -39,12 +40,16 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
 pub struct HookConfig {
     /// How long a hook waits for another one to finish (`lock_wait = "10m"`).
     pub lock_wait: Duration,
+    /// Upload the new archive to the remotes while it is written (`stream_upload`,
+    /// default true), as `backup --push` does; false: backup first, then push.
+    pub stream_upload: bool,
 }
 
 impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
             lock_wait: DEFAULT_LOCK_WAIT,
+            stream_upload: true,
         }
     }
 }
@@ -53,6 +58,7 @@ impl Default for HookConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHook {
     lock_wait: Option<Spanned<String>>,
+    stream_upload: Option<bool>,
 }
 
 impl HookConfig {
@@ -62,6 +68,9 @@ impl HookConfig {
         _base: &Path,
     ) -> Result<HookConfig> {
         let mut c = HookConfig::default();
+        if let Some(s) = raw.and_then(|r| r.stream_upload) {
+            c.stream_upload = s;
+        }
         if let Some(w) = raw.and_then(|r| r.lock_wait.as_ref()) {
             c.lock_wait = humantime::parse_duration(w.get_ref()).map_err(|_| {
                 at.err(
@@ -440,7 +449,12 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
     };
     rt.block_on(notifier.start());
 
-    // 1. backup
+    // 1. backup, and 2. push (every remote; even after a failed backup, older archives
+    // still go off-site). With `[hook] stream_upload` (the default) the new archive goes
+    // to the remotes while it is written, and the push then finds it there.
+    let mut sink = std::io::sink();
+    let push_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
+    let mut pushed = false;
     if opts.no_backup {
         report.backup = Some(BackupStep {
             skipped: true,
@@ -448,59 +462,30 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             error: None,
         });
         no_backup_warning(cfg, &mut report);
+    } else if cfg.hook.stream_upload && !cfg.remotes.is_empty() {
+        let streamed = crate::stream_upload::backup_and_push(
+            cfg,
+            &rt,
+            &crate::stream_upload::Options {
+                prune: true,
+                push_after_failed_backup: true,
+            },
+            push_out,
+        );
+        report.backup = Some(backup_step(streamed.backup, &mut report));
+        add_remote_steps(&mut report, streamed.remotes);
+        pushed = true;
     } else {
-        report.backup = Some(match crate::backup::run(cfg) {
-            Ok((m, path)) => {
-                tracing::info!("backup: wrote {} ({})", path.display(), human_bytes(m.size));
-                BackupStep {
-                    skipped: false,
-                    archive: Some(ArchiveInfo {
-                        id: m.id.clone(),
-                        file: m.file.clone(),
-                        size: m.size,
-                        sha256: m.sha256.clone(),
-                    }),
-                    error: None,
-                }
-            }
-            Err(e) => {
-                tracing::error!("backup failed: {e:#}");
-                report.errors.push(format!("backup: {e:#}"));
-                report.exit_code = exit_code(&e);
-                BackupStep {
-                    skipped: false,
-                    archive: None,
-                    error: Some(format!("{e:#}")),
-                }
-            }
-        });
+        report.backup = Some(backup_step(crate::backup::run(cfg), &mut report));
     }
-    let backup_failed = report.backup.as_ref().is_some_and(|b| b.error.is_some());
 
-    // 2. push (every remote; even after a failed backup, older archives still go off-site)
     if cfg.remotes.is_empty() {
         report
             .warnings
             .push("no [[remotes]] configured: nothing was pushed off-site".into());
-    } else {
-        let mut sink = std::io::sink();
-        let push_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
+    } else if !pushed {
         match rt.block_on(crate::push::run_reports(cfg, None, false, push_out)) {
-            Ok(reps) => {
-                for r in reps {
-                    if let Some(e) = &r.error {
-                        report.errors.push(format!("remote {}: {e}", r.name));
-                    }
-                    report.remotes.push(RemoteStep {
-                        name: r.name,
-                        uploaded: r.uploaded,
-                        bytes_uploaded: r.bytes_sent,
-                        already_there: r.skipped,
-                        pruned: r.pruned_files,
-                        error: r.error,
-                    });
-                }
-            }
+            Ok(reps) => add_remote_steps(&mut report, reps),
             Err(e) => {
                 tracing::error!("push failed: {e:#}");
                 for r in &cfg.remotes {
@@ -517,6 +502,7 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             }
         }
     }
+    let backup_failed = report.backup.as_ref().is_some_and(|b| b.error.is_some());
 
     // 3. prune
     report.prune = Some(if backup_failed {
@@ -556,6 +542,55 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
     print_report(&report, opts.json, out)?;
     rt.block_on(notifier.finish(&report));
     Ok(report.exit_code)
+}
+
+/// The backup step of the report from the backup's result.
+fn backup_step(
+    res: Result<(crate::manifest::Manifest, PathBuf)>,
+    report: &mut Report,
+) -> BackupStep {
+    match res {
+        Ok((m, path)) => {
+            tracing::info!("backup: wrote {} ({})", path.display(), human_bytes(m.size));
+            BackupStep {
+                skipped: false,
+                archive: Some(ArchiveInfo {
+                    id: m.id.clone(),
+                    file: m.file.clone(),
+                    size: m.size,
+                    sha256: m.sha256.clone(),
+                }),
+                error: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!("backup failed: {e:#}");
+            report.errors.push(format!("backup: {e:#}"));
+            report.exit_code = exit_code(&e);
+            BackupStep {
+                skipped: false,
+                archive: None,
+                error: Some(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+/// Each remote's step of the report from what the push did there.
+fn add_remote_steps(report: &mut Report, reps: Vec<crate::push::RemoteReport>) {
+    for r in reps {
+        if let Some(e) = &r.error {
+            report.errors.push(format!("remote {}: {e}", r.name));
+        }
+        report.remotes.push(RemoteStep {
+            name: r.name,
+            uploaded: r.uploaded,
+            bytes_uploaded: r.bytes_sent,
+            already_there: r.skipped,
+            pruned: r.pruned_files,
+            error: r.error,
+        });
+    }
 }
 
 /// `push --json`: what happened per remote; returns push's exit code (0, 3 some remotes

@@ -4,7 +4,14 @@
 //! expired (a prune that was killed). Two prunes never run at once on one namespace;
 //! uploads never take it.
 //!
-//! Backends without a conditional create yet prune without a lease (with a warning).
+//! Every backend here has the conditional create: `file://` (a no-clobber link), `s3://`
+//! (`If-None-Match: *`), `gs://` (`x-goog-if-generation-match: 0`) and `sftp://` (a
+//! no-overwrite hard link of a verified temp file). The lease lives in the remote's
+//! namespace: with `host_id`, each host has its own (`<host_id>/PREFIX.prune-lease.json`),
+//! since a prune only ever touches its own namespace.
+//!
+//! A backend without a conditional create (none today; a wrapper that forgot to pass it
+//! on) prunes without a lease, with a warning.
 
 use std::time::Duration;
 
@@ -46,7 +53,7 @@ pub struct Lease {
     refresher: tokio::task::JoinHandle<()>,
 }
 
-/// Take the prune lease of `r` (`None`: the backend cannot, prune without it).
+/// Take the prune lease of `r` (`None`: the backend has no conditional create).
 pub async fn acquire(r: &RemoteHandle, prefix: &str) -> Result<Option<Lease>> {
     acquire_with(r, prefix, TTL).await
 }
@@ -55,7 +62,7 @@ pub async fn acquire(r: &RemoteHandle, prefix: &str) -> Result<Option<Lease>> {
 pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Result<Option<Lease>> {
     if !r.backend.supports_put_if_absent() {
         tracing::warn!(
-            "{}: pruning without a lease ({} has no conditional create yet): do not prune this namespace from two places at once",
+            "{}: pruning without a lease ({} offers no conditional create): do not prune this namespace from two places at once",
             r.name,
             r.backend.describe()
         );
@@ -70,6 +77,8 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
         expires: started + ttl,
     };
     let mut took_over = false;
+    // The holder released the lease between our create and our read: try again, a few times.
+    let mut vanished = 0;
     loop {
         let bytes = body.bytes();
         let sha = sha256_of(&bytes);
@@ -80,8 +89,39 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
         match res {
             Ok(_) => break,
             Err(BackendError::AlreadyExists(_)) if !took_over => {
-                let held = read(r, &key).await;
+                let held = match read(r, &key).await? {
+                    Held::Gone if vanished < 3 => {
+                        vanished += 1;
+                        continue;
+                    }
+                    Held::Gone => {
+                        return Err(anyhow::anyhow!(
+                            "{}: the prune lease {key} keeps appearing and disappearing: another prune is starting and stopping; try again",
+                            r.name
+                        ))
+                    }
+                    // Just created or being written (an SFTP server without hard links
+                    // shows a lease empty for a moment): look once more before calling it
+                    // unreadable.
+                    Held::Unreadable => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match read(r, &key).await? {
+                            Held::Body(h) => Some(h),
+                            _ => None,
+                        }
+                    }
+                    Held::Body(h) => Some(h),
+                };
                 match held {
+                    // Ours: an earlier attempt of this very call created it and its answer
+                    // was lost (the retry then found it).
+                    Some(h)
+                        if h.host == body.host
+                            && h.pid == body.pid
+                            && h.started == body.started =>
+                    {
+                        break
+                    }
                     Some(h) if h.expires > Utc::now() => {
                         return Err(anyhow::anyhow!(
                             "another prune holds the lease {key} on {}: host {}, pid {}, since {}, until {} (wait for it; remove {key} only if that prune is gone)",
@@ -145,11 +185,31 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
     }))
 }
 
-async fn read(r: &RemoteHandle, key: &str) -> Option<Body> {
-    let bytes = pronto_backends::collect(r.backend.get(key, None).await.ok()?)
-        .await
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// What a lease object read back holds.
+enum Held {
+    /// Gone again (released since).
+    Gone,
+    /// There, but not a lease (empty, cut short, garbage).
+    Unreadable,
+    Body(Body),
+}
+
+/// Read the lease at `key`. A failed read is an error, never "unreadable": a lease that
+/// could not be read must not be taken over.
+async fn read(r: &RemoteHandle, key: &str) -> Result<Held> {
+    let got = retry(r.retry, &format!("read of {key} on {}", r.name), || async {
+        pronto_backends::collect(r.backend.get(key, None).await?).await
+    })
+    .await;
+    match got {
+        Ok(bytes) => Ok(match serde_json::from_slice(&bytes) {
+            Ok(b) => Held::Body(b),
+            Err(_) => Held::Unreadable,
+        }),
+        Err(BackendError::NotFound(_)) => Ok(Held::Gone),
+        Err(e) => Err(anyhow::Error::new(e))
+            .with_context(|| format!("{}: reading the prune lease {key}", r.name)),
+    }
 }
 
 impl Lease {

@@ -41,4 +41,5 @@ pub mod retry;
 pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod stream_upload;
 pub mod verify;

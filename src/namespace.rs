@@ -162,6 +162,14 @@ impl Backend for NamespacedBackend {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(&self.key(key)).await
     }
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        let all = self.inner.list_uploads(&self.key(prefix)).await?;
+        Ok(all.map(|v| {
+            v.into_iter()
+                .filter_map(|(k, id)| Some((k.strip_prefix(&self.ns)?.to_string(), id)))
+                .collect()
+        }))
+    }
 }
 
 /// `list --all-hosts`: every host's archives on each remote (read from the whole root,
@@ -283,7 +291,11 @@ pub async fn list_all_hosts(
     })
 }
 
-/// `pull --host H`: read every remote through host `H`'s namespace.
+/// `pull --host H`: read every remote through host `H`'s namespace, and keep what is
+/// downloaded in H's own folder `<backup folder>/hosts/H/` — never among this host's
+/// archives, where the next push would upload H's archive into this host's namespace,
+/// and where a same-named archive of this host's could be taken for H's. (Unless `H` is
+/// this config's own `host_id` on every remote: then it is the backup folder itself.)
 pub fn as_host(cfg: &crate::config::Config, host: &str) -> anyhow::Result<crate::config::Config> {
     if !valid_host_id(host) {
         return Err(crate::error::usage(format!(
@@ -291,8 +303,18 @@ pub fn as_host(cfg: &crate::config::Config, host: &str) -> anyhow::Result<crate:
         )));
     }
     let mut cfg = cfg.clone();
+    let own = !cfg.remotes.is_empty()
+        && cfg
+            .remotes
+            .iter()
+            .all(|r| r.host_id.as_deref() == Some(host));
     for r in &mut cfg.remotes {
         r.host_id = Some(host.to_string());
+    }
+    if !own {
+        let home = cfg.local.dir.clone();
+        cfg.local.dir = home.join("hosts").join(host);
+        cfg.local.home = Some(home);
     }
     Ok(cfg)
 }

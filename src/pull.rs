@@ -291,11 +291,12 @@ async fn run_inner(
 
     let mut extracted = None;
     if let Some(to) = to {
-        let opts = crate::extract::ExtractOptions {
+        let mut opts = crate::extract::ExtractOptions {
             identities,
             expected_recipients: manifest.recipient_fingerprints.clone(),
-            max_bytes: Some(crate::extract::content_limit(&manifest)),
+            ..Default::default()
         };
+        opts.limit(Some(&manifest), cfg.max_extract_size);
         let stats = crate::extract::extract_with(&path, to, &opts)
             .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
         writeln!(

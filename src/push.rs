@@ -150,8 +150,9 @@ pub async fn run_with(
             .await;
             let _ = rout.flush();
             if let Err(e) = res {
-                tracing::error!("remote {}: {e:#}", remote.name);
-                rep.error = Some(format!("{e:#}"));
+                let msg = format!("{e:#}{}", hint(&e, &remote.name));
+                tracing::error!("remote {}: {msg}", remote.name);
+                rep.error = Some(msg);
             }
             (i, rep)
         });
@@ -183,6 +184,26 @@ pub async fn run_with(
         }
     }
     Ok(reports)
+}
+
+/// What a user can do about a remote's failure, when the error says: credentials or
+/// permissions (never retried), or a server that stayed unreachable for all the retries.
+fn hint(e: &anyhow::Error, remote: &str) -> String {
+    let backend = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<pronto_backends::BackendError>());
+    match backend {
+        Some(pronto_backends::BackendError::Auth(_)) => format!(
+            " — check the credentials of remote `{remote}` and what they may do there \
+             (list, read, write and delete objects); `pronto-offsite doctor` tests them"
+        ),
+        Some(pronto_backends::BackendError::Transient { .. }) => format!(
+            " — remote `{remote}` kept failing until its retries were spent; check that it is \
+             up and reachable (`pronto-offsite doctor`); the next push resumes where this one \
+             stopped"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Prune a remote after its uploads: over a fresh listing, or with `--dry-run` over the

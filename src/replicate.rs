@@ -129,21 +129,43 @@ pub async fn upload_archive_with(
     Ok(stats)
 }
 
-/// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
-async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) -> Result<()> {
-    let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
-        r.backend.head(key)
+/// Finish an archive whose bytes reached the remote some other way (`backup --push`
+/// streams them while the archive is written, see [`crate::stream_upload`]): check the
+/// remote copy as [`upload_archive`] does (size, then the SHA-256 the backend recorded,
+/// else a read-back), then write the manifest, the commit marker, last.
+///
+/// `parts_checked`: every part went out with its own SHA-256, which the backend checked
+/// on arrival, and the sender hashed exactly the bytes it sent to the archive's SHA-256.
+/// Then a backend that records no whole-object hash (S3/GCS multipart created before the
+/// hash was known) is checked by size alone: reading the object back would double the
+/// transfer (and the cloud egress bill) to prove what the part checksums already proved.
+pub async fn verify_and_write_manifest(
+    r: &RemoteHandle,
+    manifest: &Manifest,
+    parts_checked: bool,
+) -> Result<()> {
+    let file = &manifest.file;
+    let sha = manifest.sha256_bytes()?;
+    if parts_checked {
+        verify_remote_size(r, file, manifest.size, Some(sha)).await?;
+    } else {
+        verify_remote(r, file, manifest.size, sha).await?;
+    }
+    let body = Bytes::from(manifest.to_json());
+    let msha = sha256_of(&body);
+    let mkey = Manifest::file_name_for(file);
+    retry(r.retry, &format!("upload of {mkey} to {}", r.name), || {
+        r.backend.put(&mkey, body.clone(), msha)
     })
     .await
-    .with_context(|| format!("{}: checking {key}", r.name))?;
-    if meta.size != size {
-        bail!(
-            "{}: {key} has {} bytes after upload, expected {size}",
-            r.name,
-            meta.size
-        );
-    }
-    let got = match meta.sha256 {
+    .with_context(|| format!("{}: uploading {mkey}", r.name))?;
+    Ok(())
+}
+
+/// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
+async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) -> Result<()> {
+    let recorded = verify_remote_size(r, key, size, None).await?;
+    let got = match recorded {
         Some(h) => h,
         None => hash_remote(r, key).await?.0,
     };
@@ -156,6 +178,39 @@ async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) ->
         )));
     }
     Ok(())
+}
+
+/// Check the remote copy's size, and the hash the backend recorded when it keeps one and
+/// `sha` is given; returns the recorded hash.
+async fn verify_remote_size(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: Option<[u8; 32]>,
+) -> Result<Option<[u8; 32]>> {
+    let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
+        r.backend.head(key)
+    })
+    .await
+    .with_context(|| format!("{}: checking {key}", r.name))?;
+    if meta.size != size {
+        bail!(
+            "{}: {key} has {} bytes after upload, expected {size}",
+            r.name,
+            meta.size
+        );
+    }
+    if let (Some(want), Some(got)) = (sha, meta.sha256) {
+        if want != got {
+            return Err(crate::error::verification(format!(
+                "{}: {key} is recorded with sha256 {}, expected {}",
+                r.name,
+                hex::encode(got),
+                hex::encode(want)
+            )));
+        }
+    }
+    Ok(meta.sha256)
 }
 
 /// Stream an object and hash it.

@@ -599,6 +599,11 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
     }
 
     // 3.-5. Run the steps.
+    let mut home_cfg = cfg.clone();
+    if let Some(home) = &cfg.local.home {
+        home_cfg.local.dir = home.clone();
+        home_cfg.local.home = None;
+    }
     let total = steps.len();
     let mut safety: Option<String> = None;
     let mut failed_checks = 0usize;
@@ -609,8 +614,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         out.flush()?;
         let started = Instant::now();
         let res: Result<String> = match step {
+            // Into this host's backup folder, also when the archive is another host's.
             Step::SafetyBackup(names) => crate::backup::run_with(
-                cfg,
+                &home_cfg,
                 &crate::backup::BackupOptions {
                     only_sources: Some(names.clone()),
                     safety: true,

@@ -611,6 +611,69 @@ fn one_gib_sparse_file_round_trips_with_bounded_memory() {
     assert_eq!(&head, b"MARK\0\0\0\0");
 }
 
+/// Incompressible data (noise, media, compressed files) is stored rather than
+/// deflated: the archive is not larger than its input (deflate level 1's fixed
+/// Huffman codes used to add 5 %), and it is still one gzip member that gunzip,
+/// tar and a single-member decoder read to the end.
+#[test]
+fn incompressible_files_are_stored_and_the_archive_stays_one_gzip_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut noise = vec![0u8; 3 << 20];
+    File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
+    write_file(&src.join("photo.jpg"), &noise, 0o644, BASE_MTIME);
+    let text: Vec<u8> = (0..60_000)
+        .flat_map(|i| format!("{i}\tcustomer {}\t{}.50\n", i % 977, i % 89).into_bytes())
+        .collect();
+    write_file(&src.join("dump.sql"), &text, 0o644, BASE_MTIME);
+    fix_dir_mtimes(&src, &mut 0);
+    for level in [1, 6, 9] {
+        let out = tmp.path().join(format!("l{level}.tar.gz"));
+        let opts = WriteOptions {
+            level,
+            ..WriteOptions::new(TOP)
+        };
+        let w = write_archive(&out, &opts, &[site(&src)], &info).unwrap();
+        // The text alone, deflated at the same level in one stream.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        std::io::Write::write_all(&mut gz, &text).unwrap();
+        let text_gz = gz.finish().unwrap().len() as u64;
+        let bound = noise.len() as u64 * 1001 / 1000 + text_gz * 11 / 10 + 8192;
+        assert!(
+            w.size <= bound,
+            "level {level}: {} bytes, more than {bound} (noise {} + text gzipped {text_gz})",
+            w.size,
+            noise.len()
+        );
+        run(Command::new("gunzip").arg("-t").arg(&out));
+        // One member: a decoder that stops after the first member reads the whole tar.
+        let mut one = Vec::new();
+        flate2::read::GzDecoder::new(File::open(&out).unwrap())
+            .read_to_end(&mut one)
+            .unwrap();
+        let all = Command::new("gunzip")
+            .arg("-c")
+            .arg(&out)
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(one.len(), all.len(), "level {level}");
+        assert!(one == all, "level {level}");
+        let dest = tmp.path().join(format!("x{level}"));
+        fs::create_dir(&dest).unwrap();
+        run(Command::new("tar")
+            .arg("-xzf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&dest));
+        assert_same_tree(&src, &dest.join(TOP).join("static_content/site"), true);
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 /// Throughput against `tar -czf` and `tar -I pigz -cf` on a corpus folder:

@@ -114,6 +114,7 @@ pub const CASES: &[&str] = &[
     "delete_missing_key_succeeds",
     "head_and_get_missing_key_not_found",
     "list_missing_prefix_is_empty",
+    "put_if_absent_creates_once",
 ];
 
 /// Generate one `#[tokio::test]` per conformance case, inside a `mod conformance`.
@@ -187,6 +188,7 @@ macro_rules! conformance_suite {
             __case!(delete_missing_key_succeeds);
             __case!(head_and_get_missing_key_not_found);
             __case!(list_missing_prefix_is_empty);
+            __case!(put_if_absent_creates_once);
         }
     };
 }
@@ -1209,4 +1211,119 @@ pub async fn list_missing_prefix_is_empty(h: &Harness) {
         vec![k.as_str()]
     );
     delete_ok(b, &k).await;
+}
+
+/// `put_if_absent` (what prune leases are made of), on backends that support it: the
+/// first call creates the object; a second one, with other bytes and from another
+/// instance, fails with `AlreadyExists` and the first body stays; a wrong SHA-256 is
+/// refused and stores nothing; after a delete it creates again. Of two creates racing
+/// for one key, exactly one wins. A backend that does not support it must say so
+/// (`supports_put_if_absent() == false`) and refuse, never overwrite.
+pub async fn put_if_absent_creates_once(h: &Harness) {
+    let b1 = h.backend().await;
+    let b2 = h.backend().await;
+    let (b, other) = (b1.as_ref(), b2.as_ref());
+    let p = unique_prefix();
+    let k = format!("{p}lock.json");
+    let first = test_data(700, 41);
+    let second = test_data(900, 42);
+    if !b.supports_put_if_absent() {
+        put_ok(b, &k, &first).await;
+        let r = b
+            .put_if_absent(&k, Bytes::from(second.clone()), sha256_of(&second))
+            .await;
+        assert!(
+            r.is_err(),
+            "put_if_absent on a backend without support must fail, got {r:?}"
+        );
+        assert_object(b, &k, &first, "after an unsupported put_if_absent").await;
+        delete_ok(b, &k).await;
+        return;
+    }
+    expect_checksum_mismatch(
+        b.put_if_absent(&k, Bytes::from(first.clone()), [7u8; 32])
+            .await,
+        "put_if_absent with a wrong sha256",
+    );
+    assert_absent(b, &k, &p, "after a refused put_if_absent").await;
+
+    let meta = b
+        .put_if_absent(&k, Bytes::from(first.clone()), sha256_of(&first))
+        .await
+        .unwrap_or_else(|e| panic!("put_if_absent({k}) on a free key failed: {e}"));
+    assert_eq!(meta.key, k, "put_if_absent returned meta for another key");
+    assert_eq!(meta.size, first.len() as u64, "put_if_absent size");
+    assert_object(b, &k, &first, "after put_if_absent").await;
+
+    for (who, inst) in [("the same instance", b), ("another instance", other)] {
+        match inst
+            .put_if_absent(&k, Bytes::from(second.clone()), sha256_of(&second))
+            .await
+        {
+            Err(BackendError::AlreadyExists(_)) => {}
+            r => {
+                panic!("a second put_if_absent({k}) from {who} should be AlreadyExists, got {r:?}")
+            }
+        }
+        assert_object(
+            other,
+            &k,
+            &first,
+            &format!("after a refused put_if_absent from {who}"),
+        )
+        .await;
+    }
+    assert_eq!(
+        keys(&list_keys(b, &p).await),
+        vec![k.as_str()],
+        "a refused put_if_absent must leave nothing else behind"
+    );
+
+    delete_ok(b, &k).await;
+    assert_absent(b, &k, &p, "after delete").await;
+    b.put_if_absent(&k, Bytes::from(second.clone()), sha256_of(&second))
+        .await
+        .unwrap_or_else(|e| panic!("put_if_absent({k}) after delete failed: {e}"));
+    assert_object(other, &k, &second, "put_if_absent after delete").await;
+    delete_ok(b, &k).await;
+
+    // Two creates at once from two instances: exactly one wins, and its body is there.
+    let race = format!("{p}race.json");
+    let (r1, r2) = futures::join!(
+        put_if_absent_retrying(b, &race, &first),
+        put_if_absent_retrying(other, &race, &second),
+    );
+    let winner = match (&r1, &r2) {
+        (Ok(_), Err(BackendError::AlreadyExists(_))) => &first,
+        (Err(BackendError::AlreadyExists(_)), Ok(_)) => &second,
+        _ => panic!("two racing put_if_absent({race}): want one Ok and one AlreadyExists, got {r1:?} and {r2:?}"),
+    };
+    assert_object(b, &race, winner, "after a race of two creates").await;
+    delete_ok(b, &race).await;
+    assert!(
+        list_keys(b, &p).await.is_empty(),
+        "list({p}) after deleting everything"
+    );
+}
+
+/// `put_if_absent`, asked again (as the CLI's retry loop would) while it is `Transient`
+/// — S3 may answer a race of conditional writes with 409 ConditionalRequestConflict.
+async fn put_if_absent_retrying(
+    b: &dyn Backend,
+    key: &str,
+    data: &[u8],
+) -> crate::Result<ObjectMeta> {
+    let mut tries = 0;
+    loop {
+        match b
+            .put_if_absent(key, Bytes::copy_from_slice(data), sha256_of(data))
+            .await
+        {
+            Err(e) if e.is_retryable() && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
 }

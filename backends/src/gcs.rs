@@ -64,6 +64,8 @@ pub struct GcsConfig {
     pub checksum: GcsChecksum,
     /// Allow a plain `http://` base URL (emulators).
     pub allow_http: bool,
+    /// `ca_bundle`: CA certificates trusted in addition to the system's.
+    pub ca_bundle: Option<crate::objstore::CaBundle>,
 }
 
 impl GcsConfig {
@@ -170,7 +172,7 @@ impl GcsBackend {
             };
             b = b
                 .with_bucket_name(&cfg.bucket)
-                .with_client_options(client_options(cfg.allow_http))
+                .with_client_options(client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
                 .with_http_connector(Connector {
                     content_md5: cfg.checksum == GcsChecksum::Md5,
                 })
@@ -185,6 +187,7 @@ impl GcsBackend {
         let stores = Stores {
             main: build(false)?,
             reads: build(true)?,
+            list_uploads: None,
         };
         let open: objstore::OpenStores = Box::new(move || {
             let stores = stores.clone();

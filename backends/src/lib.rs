@@ -131,6 +131,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()>;
     /// Remove one object. Idempotent.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Multipart uploads in progress (started, neither completed nor aborted) whose key
+    /// starts with `prefix`, as `(key, id)`: what `push --cleanup` aborts when no journal
+    /// knows it (a push killed after starting an upload, before journaling its id).
+    /// `None`: this backend cannot list them (the default).
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        let _ = prefix;
+        Ok(None)
+    }
     /// Whether [`put_if_absent`](Backend::put_if_absent) is implemented (prune leases use it).
     fn supports_put_if_absent(&self) -> bool {
         false

@@ -23,7 +23,8 @@
 //! a plain atomic rename that can never damage a neighbouring part, and lets a resumed
 //! upload check exactly which parts exist. The price is one sequential copy at
 //! [`complete_upload`](Backend::complete_upload) — which has to read every byte anyway to
-//! verify the whole object's SHA-256 — into a temp file beside the final name.
+//! verify the whole object's SHA-256 — into a temp file in the staging folder, renamed
+//! over the final name.
 //!
 //! # Checksums
 //! `put` and `complete_upload` record the verified SHA-256 in an extended attribute
@@ -61,6 +62,8 @@ use crate::{
 const UPLOADS: &str = ".uploads";
 /// Marker in the name of a write in progress: `.<name>.tmp-<random>`.
 const TMP_MARK: &str = ".tmp-";
+/// Id prefix of a write that never finished, as `list_uploads` reports it.
+const TMP_UPLOAD: &str = "tmp-";
 /// Metadata file of an upload's staging folder.
 const UPLOAD_JSON: &str = "upload.json";
 /// Read size for `get` streams and for assembling uploads.
@@ -266,6 +269,13 @@ impl Backend for LocalBackend {
         check_key(key)?;
         let key = key.to_string();
         self.blocking(move |i| i.delete(&key)).await
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        check_prefix(prefix)?;
+        let prefix = prefix.to_string();
+        self.blocking(move |i| i.list_uploads(&prefix).map(Some))
+            .await
     }
 
     fn supports_put_if_absent(&self) -> bool {
@@ -499,6 +509,70 @@ impl Inner {
     }
 
     /// The staging folder of upload `up` for `key`, or `UploadNotFound`.
+    /// The staging folders under `.uploads/` whose key starts with `prefix` (a folder
+    /// without a readable `upload.json`, from a `create_upload` that crashed, names no key
+    /// and is not listed), and the temp files of writes that never finished
+    /// (`.<name>.tmp-<random>`, left by a killed process) as uploads with id
+    /// `tmp-<random>`, which `abort_upload` removes.
+    fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, UploadId)>> {
+        self.check_root()?;
+        let uploads = self.root.join(UPLOADS);
+        let rd = match fs::read_dir(&uploads) {
+            Ok(rd) => rd,
+            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(BackendError::from_io(&uploads.display().to_string(), e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| BackendError::from_io(&uploads.display().to_string(), e))?;
+            let Some(id) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !is_valid_upload_id(&id) || !e.path().is_dir() {
+                continue; // a temp file of create_upload's, or not ours
+            }
+            let key = fs::read(e.path().join(UPLOAD_JSON))
+                .ok()
+                .and_then(|j| serde_json::from_slice::<UploadInfo>(&j).ok())
+                .map(|i| i.key);
+            if let Some(key) = key.filter(|k| k.starts_with(prefix)) {
+                out.push((key, UploadId(id)));
+            }
+        }
+        // Temp files, in every folder below the root but `.uploads`.
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(BackendError::from_io(&dir.display().to_string(), e)),
+            };
+            for e in rd.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    if !(rel.is_empty() && name == UPLOADS) {
+                        stack.push((e.path(), format!("{rel}{name}/")));
+                    }
+                    continue;
+                }
+                let Some((object, rand)) =
+                    name.strip_prefix('.').and_then(|n| n.rsplit_once(TMP_MARK))
+                else {
+                    continue;
+                };
+                let key = format!("{rel}{object}");
+                if ft.is_file() && is_valid_upload_id(rand) && key.starts_with(prefix) {
+                    out.push((key, UploadId(format!("{TMP_UPLOAD}{rand}"))));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     fn open_upload(&self, key: &str, up: &UploadId) -> Result<PathBuf> {
         let not_found = || BackendError::UploadNotFound(format!("{} (for {key})", up.0));
         if !is_valid_upload_id(&up.0) {
@@ -606,10 +680,13 @@ impl Inner {
             }
         }
 
-        // Assemble into a temp file beside the final name, hashing as we go.
+        // Assemble into a temp file in the upload's staging folder (under the root, so on
+        // the same filesystem as the final name), hashing as we go: a process killed here
+        // leaves it where a resumed completion or `abort_upload` removes it with the
+        // folder, never a stray temp file beside the object.
         self.check_root()?;
         let (dir, name) = self.split_key(key);
-        let mut tmp = self.temp_beside(&dir, &name, true)?;
+        let mut tmp = self.temp_beside(&staging, &name, false)?;
         let tmp_ctx = tmp.path().display().to_string();
         let mut whole = sha2::Sha256::new();
         let mut total = 0u64;
@@ -661,6 +738,8 @@ impl Inner {
                 actual: hex::encode(actual),
             });
         }
+        let rel = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        self.ensure_dirs(rel)?;
         self.finish(tmp, &dir, &name, Some(sha256))?;
         // The object is committed; failing to tidy the staging folder must not undo that.
         if fs::remove_dir_all(&staging).is_ok() {
@@ -675,6 +754,19 @@ impl Inner {
 
     fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()> {
         self.check_root()?;
+        if let Some(rand) = up.0.strip_prefix(TMP_UPLOAD) {
+            // A write that never finished (see `list_uploads`): its temp file.
+            if !is_valid_upload_id(rand) {
+                return Ok(());
+            }
+            let (dir, name) = self.split_key(key);
+            let path = dir.join(format!(".{name}{TMP_MARK}{rand}"));
+            return match fs::remove_file(&path) {
+                Ok(()) => fsync_dir(&dir),
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(BackendError::from_io(&path.display().to_string(), e)),
+            };
+        }
         if !is_valid_upload_id(&up.0) {
             return Ok(()); // cannot exist
         }

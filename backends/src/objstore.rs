@@ -87,7 +87,14 @@ impl<T: ObjectStore + MultipartStore + PaginatedListStore> Store for T {}
 pub struct Stores {
     pub main: Arc<dyn Store>,
     pub reads: Arc<dyn Store>,
+    /// Lists the multipart uploads in progress under a raw prefix (bucket-relative) as
+    /// `(path, upload id)`; object_store has no call for it. `None`: not supported.
+    pub list_uploads: Option<UploadLister>,
 }
+
+/// See [`Stores::list_uploads`].
+pub type UploadLister =
+    Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<(String, String)>>> + Send + Sync>;
 
 /// Opens the stores on first use (the S3 region may need an async lookup).
 pub type OpenStores = Box<dyn Fn() -> BoxFuture<'static, Result<Stores>> + Send + Sync>;
@@ -465,6 +472,24 @@ impl Backend for ObjectStoreBackend {
         }
     }
 
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        check_prefix(prefix)?;
+        let Some(lister) = self.stores().await?.list_uploads.clone() else {
+            return Ok(None);
+        };
+        let found = lister(format!("{}{prefix}", self.root)).await?;
+        Ok(Some(
+            found
+                .into_iter()
+                .filter_map(|(path, id)| {
+                    let key = path.strip_prefix(self.root.as_str())?;
+                    (key.starts_with(prefix) && !key.is_empty())
+                        .then(|| (key.to_string(), UploadId(id)))
+                })
+                .collect(),
+        ))
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match self
@@ -477,6 +502,59 @@ impl Backend for ObjectStoreBackend {
         {
             Ok(()) | Err(BackendError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    fn supports_put_if_absent(&self) -> bool {
+        true
+    }
+
+    /// A conditional create: object_store's [`PutMode::Create`], which sends
+    /// `If-None-Match: *` to S3 and `x-goog-if-generation-match: 0` to GCS. The server
+    /// decides atomically; a key that exists answers 412 (or 304), which object_store
+    /// reports as `AlreadyExists` and this maps to [`BackendError::AlreadyExists`]. S3's
+    /// 409 `ConditionalRequestConflict` (another conditional write to the key in flight)
+    /// is [`BackendError::Transient`]: worth asking again. The body is checked against
+    /// `sha256` first and travels with the same checksum header as [`put`](Backend::put).
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        let path = self.path(key)?;
+        check_sha(key, &body, &sha256)?;
+        let size = body.len() as u64;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes: self.attributes(Some(&sha256)),
+            ..Default::default()
+        };
+        let what = format!("conditional put of {key}");
+        match self
+            .stores()
+            .await?
+            .main
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(ObjectMeta {
+                key: key.to_string(),
+                size,
+                sha256: Some(sha256),
+            }),
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                let mut text = String::new();
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                while let Some(err) = cur {
+                    text.push_str(&err.to_string());
+                    cur = err.source();
+                }
+                if text.contains("ConditionalRequestConflict") {
+                    Err(BackendError::transient(format!(
+                        "{}: {what}: another conditional write to the key was in flight (409 ConditionalRequestConflict)",
+                        self.url
+                    )))
+                } else {
+                    Err(BackendError::AlreadyExists(format!("{}: {key}", self.url)))
+                }
+            }
+            Err(e) => Err(self.err(&what, e)),
         }
     }
 }
@@ -547,6 +625,23 @@ macro_rules! delegate_backend {
             }
             async fn delete(&self, key: &str) -> $crate::Result<()> {
                 self.inner.delete(key).await
+            }
+            async fn list_uploads(
+                &self,
+                prefix: &str,
+            ) -> $crate::Result<Option<Vec<(String, $crate::UploadId)>>> {
+                self.inner.list_uploads(prefix).await
+            }
+            fn supports_put_if_absent(&self) -> bool {
+                self.inner.supports_put_if_absent()
+            }
+            async fn put_if_absent(
+                &self,
+                key: &str,
+                body: bytes::Bytes,
+                sha256: [u8; 32],
+            ) -> $crate::Result<$crate::ObjectMeta> {
+                self.inner.put_if_absent(key, body, sha256).await
             }
         }
     };
@@ -676,6 +771,18 @@ pub fn map_error(
     if let Some(c) = creds {
         return BackendError::Auth(redactor.redact(&format!("{ctx}: {provider} credentials: {c}")));
     }
+    // A certificate that is not trusted (unknown CA, wrong name, expired) does not get
+    // better by asking again: fail at once, and say how to trust a private CA.
+    if status.is_none() {
+        if let Some(line) = text.lines().find(|l| {
+            l.contains("invalid peer certificate") || l.contains("certificate verify failed")
+        }) {
+            return BackendError::Permanent(redactor.redact(&format!(
+                "{ctx}: failed to verify the server's TLS certificate ({}); for a private CA, set `ca_bundle` on this remote",
+                line.trim()
+            )));
+        }
+    }
     if status.is_none() {
         if let Some(t) = transport {
             return BackendError::Transient {
@@ -767,7 +874,8 @@ fn parse_status(text: &str) -> Option<u16> {
     text[i..].get(..3)?.parse().ok()
 }
 
-fn xml_tag(text: &str, tag: &str) -> Option<String> {
+/// The trimmed text of the first `<tag>…</tag>` in `text`.
+pub(crate) fn xml_tag(text: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let i = text.find(&open)? + open.len();
@@ -848,12 +956,90 @@ fn chrono_like_http_date(s: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 
 /// Client options shared by both stores: no overall timeout (the HTTP layer below sets
-/// one per request), a short connect timeout, plain http only when allowed.
-pub fn client_options(allow_http: bool) -> ClientOptions {
-    ClientOptions::new()
+/// one per request), a short connect timeout, plain http only when allowed, and the
+/// certificates of a remote's `ca_bundle` trusted in addition to the system's roots
+/// (certificates are always verified).
+pub fn client_options(allow_http: bool, ca_bundle: Option<&CaBundle>) -> ClientOptions {
+    let mut o = ClientOptions::new()
         .with_allow_http(allow_http)
         .with_timeout_disabled()
-        .with_connect_timeout(Duration::from_secs(10))
+        .with_connect_timeout(Duration::from_secs(10));
+    for cert in ca_bundle.map(|b| b.certs.as_slice()).unwrap_or_default() {
+        o = o.with_root_certificate(cert.clone());
+    }
+    o
+}
+
+/// A PEM file of one or more CA certificates (a private S3's CA), trusted in addition to
+/// the system's roots for one remote.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// The file it was read from.
+    pub path: std::path::PathBuf,
+    /// The file's bytes (what two bundles are compared by).
+    pem: Vec<u8>,
+    certs: Vec<object_store::Certificate>,
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.pem == other.pem
+    }
+}
+
+impl Eq for CaBundle {}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+impl CaBundle {
+    /// Reads and checks a PEM bundle: it must hold at least one certificate that an HTTP
+    /// client accepts as a root. The error says what is wrong, for a config message.
+    pub fn load(path: &std::path::Path) -> std::result::Result<CaBundle, String> {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        let bundle = CaBundle {
+            path: path.to_path_buf(),
+            pem,
+            certs,
+        };
+        // Building a client parses every certificate as a trust anchor.
+        ReqwestConnector::default()
+            .connect(&client_options(false, Some(&bundle)))
+            .map_err(|e| {
+                format!(
+                    "{}: a certificate is not usable as a CA: {e}",
+                    path.display()
+                )
+            })?;
+        Ok(bundle)
+    }
+
+    /// How many certificates it holds.
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    /// Never true for a loaded bundle.
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
 }
 
 /// object_store's retry settings for the two stores (see the module docs).

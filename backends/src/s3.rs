@@ -94,6 +94,8 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    /// `ca_bundle`: CA certificates trusted in addition to the system's (a private S3).
+    pub ca_bundle: Option<crate::objstore::CaBundle>,
 }
 
 impl fmt::Debug for S3Config {
@@ -112,6 +114,7 @@ impl fmt::Debug for S3Config {
             .field("access_key_id", &hidden(&self.access_key_id))
             .field("secret_access_key", &hidden(&self.secret_access_key))
             .field("session_token", &hidden(&self.session_token))
+            .field("ca_bundle", &self.ca_bundle)
             .finish()
     }
 }
@@ -301,7 +304,7 @@ async fn open_stores(cfg: &S3Config, redactor: &Redactor, url: &str) -> Result<S
             .with_bucket_name(&cfg.bucket)
             .with_region(&region)
             .with_credentials(Arc::clone(&credentials))
-            .with_client_options(client_options(cfg.allow_http))
+            .with_client_options(client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
             .with_http_connector(Connector {
                 content_md5: cfg.checksum == S3Checksum::Md5,
             })
@@ -330,7 +333,122 @@ async fn open_stores(cfg: &S3Config, redactor: &Redactor, url: &str) -> Result<S
     Ok(Stores {
         main: open(false)?,
         reads: open(true)?,
+        list_uploads: Some(upload_lister(
+            cfg,
+            &region,
+            path_style,
+            credentials,
+            redactor,
+            url,
+        )?),
     })
+}
+
+/// ListMultipartUploads (`GET /?uploads&prefix=P`, paginated), which object_store lacks:
+/// signed with SigV4 as object_store signs its own requests, sent through the same HTTP
+/// layer (timeouts, CA bundle). For `push --cleanup`, which aborts the uploads no journal
+/// knows.
+fn upload_lister(
+    cfg: &S3Config,
+    region: &str,
+    path_style: bool,
+    credentials: AwsCredentialProvider,
+    redactor: &Redactor,
+    url: &str,
+) -> Result<objstore::UploadLister> {
+    use object_store::client::HttpConnector;
+    let client = Connector { content_md5: false }
+        .connect(&client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
+        .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
+    let base = match (&cfg.endpoint, path_style) {
+        (Some(ep), true) => format!("{}/{}", ep.trim_end_matches('/'), cfg.bucket),
+        (Some(ep), false) => virtual_hosted_endpoint(ep.trim_end_matches('/'), &cfg.bucket),
+        (None, true) => format!("https://s3.{region}.amazonaws.com/{}", cfg.bucket),
+        (None, false) => format!("https://{}.s3.{region}.amazonaws.com", cfg.bucket),
+    };
+    let ctx = Arc::new((base, region.to_string(), redactor.clone(), url.to_string()));
+    Ok(Arc::new(move |prefix: String| {
+        let (client, credentials, ctx) = (client.clone(), Arc::clone(&credentials), ctx.clone());
+        Box::pin(async move {
+            let (base, region, redactor, url) = &*ctx;
+            let what = "list uploads in progress";
+            let fail = |e: &dyn fmt::Display| {
+                BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
+            };
+            let mut out = Vec::new();
+            let mut markers: Option<(String, String)> = None;
+            loop {
+                let mut u = url::Url::parse(base)
+                    .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+                {
+                    let mut q = u.query_pairs_mut();
+                    q.append_pair("uploads", "").append_pair("prefix", &prefix);
+                    if let Some((k, id)) = &markers {
+                        q.append_pair("key-marker", k)
+                            .append_pair("upload-id-marker", id);
+                    }
+                }
+                let cred = credentials.get_credential().await.map_err(|e| {
+                    BackendError::Auth(
+                        redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")),
+                    )
+                })?;
+                let mut req = http::Request::builder()
+                    .method(http::Method::GET)
+                    .uri(u.as_str())
+                    .body(object_store::client::HttpRequestBody::empty())
+                    .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+                object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
+                    .try_authorize(&mut req, None)
+                    .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+                let resp = client.execute(req).await.map_err(|e| fail(&e))?;
+                let status = resp.status().as_u16();
+                let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
+                let text = String::from_utf8_lossy(&body);
+                if !(200..300).contains(&status) {
+                    let code = objstore::xml_tag(&text, "Code").unwrap_or_default();
+                    let msg = redactor.redact(&format!("{url}: {what}: {code} (HTTP {status})"));
+                    return Err(match status {
+                        401 | 403 => BackendError::Auth(msg),
+                        408 | 429 | 500..=599 => BackendError::transient(msg),
+                        _ => BackendError::Permanent(msg),
+                    });
+                }
+                for up in text.split("<Upload>").skip(1) {
+                    let up = up.split("</Upload>").next().unwrap_or("");
+                    let key = objstore::xml_tag(up, "Key");
+                    let id = objstore::xml_tag(up, "UploadId");
+                    if let (Some(k), Some(id)) = (key, id) {
+                        out.push((xml_unescape(&k), xml_unescape(&id)));
+                    }
+                }
+                if objstore::xml_tag(&text, "IsTruncated").as_deref() != Some("true") {
+                    break;
+                }
+                match (
+                    objstore::xml_tag(&text, "NextKeyMarker"),
+                    objstore::xml_tag(&text, "NextUploadIdMarker"),
+                ) {
+                    (Some(k), Some(id)) => markers = Some((xml_unescape(&k), xml_unescape(&id))),
+                    _ => {
+                        return Err(BackendError::Permanent(format!(
+                            "{url}: {what}: a truncated listing without its next markers"
+                        )))
+                    }
+                }
+            }
+            Ok(out)
+        }) as futures::future::BoxFuture<'static, Result<Vec<(String, String)>>>
+    }))
+}
+
+/// The five XML entities S3 escapes in keys.
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`.

@@ -1142,6 +1142,15 @@ impl Inner {
         self.rename(c, &tmp, &side).await
     }
 
+    /// The sidecar of an object a conditional create just made: the object is there and
+    /// is the caller's, so a failure here is a warning (an object without a sidecar is a
+    /// state every reader handles), not an error that would make the create look failed.
+    async fn sidecar_after_create(&self, c: &Conn, key: &str, sha256: [u8; 32]) {
+        if let Err(e) = self.write_sidecar(c, key, sha256).await {
+            tracing::warn!("{}: {key} created, but not its sidecar: {e}", self.cfg.url);
+        }
+    }
+
     /// The sha256 recorded beside `key`, if the sidecar is there, well-formed, names this
     /// file, and is not older than the object (`obj_mtime`).
     async fn read_sidecar(&self, c: &Conn, key: &str, obj_mtime: Option<u32>) -> Option<[u8; 32]> {
@@ -1760,6 +1769,67 @@ impl Backend for SftpBackend {
         })
     }
 
+    /// Every `<key>.<16 hex>.partial` under the prefix's folder (a multipart upload, or a
+    /// `put` that never finished: `abort_upload` removes either), as `(key, id)`; sidecar
+    /// partials are not uploads and are not listed.
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
+        check_prefix(prefix)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let start = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let mut out = Vec::new();
+        let mut stack = vec![start.to_string()];
+        while let Some(dir_key) = stack.pop() {
+            let dir = c.path(&dir_key);
+            let entries: Vec<_> = match c.sftp.fs().open_dir(&dir).await {
+                Ok(d) => match d.read_dir().try_collect().await {
+                    Ok(v) => v,
+                    Err(e) => return Err(inner.map(&c, &e, "list", &dir).await),
+                },
+                Err(e) => match kind_of(&e) {
+                    Kind::NotFound | Kind::Failure(_) => continue,
+                    _ => return Err(inner.map(&c, &e, "list", &dir).await),
+                },
+            };
+            for entry in entries {
+                let Some(name) = entry.filename().to_str() else {
+                    continue;
+                };
+                if name == "." || name == ".." || name.is_empty() {
+                    continue;
+                }
+                let key = if dir_key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir_key}/{name}")
+                };
+                let ft = entry.metadata().file_type();
+                if ft.is_some_and(|t| t.is_dir()) {
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        stack.push(key);
+                    }
+                    continue;
+                }
+                let Some((object, nonce)) =
+                    key.strip_suffix(PARTIAL).and_then(|k| k.rsplit_once('.'))
+                else {
+                    continue;
+                };
+                let id = format!("{nonce}-{PART_SIZE}");
+                if object.starts_with(prefix)
+                    && !object.ends_with(SIDECAR)
+                    && parse_upload_id(&id).is_some()
+                    && check_key(object).is_ok()
+                {
+                    out.push((object.to_string(), UploadId(id)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(out))
+    }
+
     async fn abort_upload(&self, key: &str, up: &UploadId) -> Result<()> {
         check_key(key)?;
         let Some((nonce, _)) = parse_upload_id(&up.0) else {
@@ -1799,6 +1869,118 @@ impl Backend for SftpBackend {
             dir_key = split_key(dir_key).0;
         }
         Ok(())
+    }
+
+    fn supports_put_if_absent(&self) -> bool {
+        true
+    }
+
+    /// A conditional create that never shows a partial body under `key`.
+    ///
+    /// Opening `key` itself with `O_EXCL` (SFTP `create_new`) would be atomic as a
+    /// *create*, but the object would be visible — empty or half-written — until the
+    /// write lands, and a prune lease read in that window looks unreadable (stale). So the
+    /// body goes to `<key>.<nonce>.partial` first (written, fsynced, its SHA-256 checked
+    /// on the server, as [`put`](Backend::put) does), and is then published with a
+    /// no-overwrite link:
+    /// - `hardlink@openssh.com` (OpenSSH ≥ 5.7): the server calls `link(2)`, which fails
+    ///   with `EEXIST` when `key` exists — atomic, decided by the server's filesystem;
+    ///   the partial name is removed afterwards.
+    /// - without it, on a server without `posix-rename@openssh.com`: a plain SFTP v3
+    ///   `rename`, which the protocol says fails when the target exists (OpenSSH's own
+    ///   server implements it with `link(2)` too).
+    /// - a server with posix-rename but no hardlink (where a rename would overwrite):
+    ///   `O_EXCL` create of `key` and one write of the (small) body; a reader may see it
+    ///   empty for that moment, which the prune lease tolerates by reading again.
+    ///
+    /// When the link fails because `key` exists: [`BackendError::AlreadyExists`]. The
+    /// `.sha256` sidecar is written after the object, as `put` does.
+    async fn put_if_absent(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
+        check_key(key)?;
+        check_sha(key, &body, &sha256)?;
+        let c = self.conn().await?;
+        let inner = &self.inner;
+        let (dir_key, _) = split_key(key);
+        let obj = c.path(key);
+        // A failed create or link means "exists" when the key is there now.
+        async fn exists_or(c: &Conn, url: &str, key: &str, e: BackendError) -> BackendError {
+            match c.sftp.fs().metadata(c.path(key)).await {
+                Ok(_) => BackendError::AlreadyExists(format!("{url}: {key}")),
+                Err(_) => e,
+            }
+        }
+        let url = inner.cfg.url.as_str();
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: body.len() as u64,
+            sha256: Some(sha256),
+        };
+        if !c.sftp.support_hardlink() && c.sftp.support_posix_rename() {
+            let mut f = match inner.create_file(&c, &obj, dir_key, true).await {
+                Ok(f) => f,
+                Err(e) => return Err(exists_or(&c, url, key, e).await),
+            };
+            let res = async {
+                inner.write_at(&c, &f, 0, &body, &obj).await?;
+                inner.fsync(&c, &mut f, &obj).await?;
+                let want = Expected {
+                    key,
+                    parts: &[body.len() as u64],
+                    part_tokens: None,
+                    sha256,
+                };
+                inner.verify(&c, &f, &obj, want).await?;
+                inner.close(&c, f, &obj).await
+            }
+            .await;
+            if let Err(e) = res {
+                let _ = inner.remove_quiet(&c, &obj).await;
+                return Err(e);
+            }
+            inner.sidecar_after_create(&c, key, sha256).await;
+            return Ok(meta);
+        }
+        let partial = partial_path(&c, key, &nonce());
+        let mut f = inner.create_file(&c, &partial, dir_key, true).await?;
+        let res = async {
+            inner.write_at(&c, &f, 0, &body, &partial).await?;
+            inner.fsync(&c, &mut f, &partial).await?;
+            inner
+                .verify(
+                    &c,
+                    &f,
+                    &partial,
+                    Expected {
+                        key,
+                        parts: &[body.len() as u64],
+                        part_tokens: None,
+                        sha256,
+                    },
+                )
+                .await?;
+            inner.close(&c, f, &partial).await?;
+            let mut fs = c.sftp.fs();
+            let linked = if c.sftp.support_hardlink() {
+                fs.hard_link(&partial, &obj).await
+            } else {
+                fs.rename(&partial, &obj).await
+            };
+            match linked {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let mapped = inner.map(&c, &e, &format!("link {partial} to"), &obj).await;
+                    Err(exists_or(&c, url, key, mapped).await)
+                }
+            }
+        }
+        .await;
+        if !c.broken.load(Ordering::Relaxed) {
+            // After a hard link (or on failure) the partial name goes; after a rename it is gone.
+            let _ = inner.remove_quiet(&c, &partial).await;
+        }
+        res?;
+        inner.sidecar_after_create(&c, key, sha256).await;
+        Ok(meta)
     }
 }
 

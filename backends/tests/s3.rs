@@ -449,6 +449,12 @@ async fn real_s3_bucket_when_configured() {
         .to_string();
     cfg.region = std::env::var("PRONTO_TEST_S3_REGION").ok();
     cfg.endpoint = std::env::var("PRONTO_TEST_S3_ENDPOINT").ok();
+    let real = cfg.clone();
+    pronto_backends::conformance::put_if_absent_creates_once(&Harness::new(move || {
+        let cfg = real.clone();
+        async move { open(cfg) }
+    }))
+    .await;
     let b = open(cfg);
     let data = test_data(6 << 20, 9);
     b.put("single", Bytes::from(data.clone()), sha256_of(&data))

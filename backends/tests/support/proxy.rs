@@ -1,7 +1,10 @@
 //! A small HTTP/1.1-aware TCP proxy for tests, between a client and a server on
-//! 127.0.0.1: it records every request (method, target, body size), and can corrupt a
-//! request body in flight, answer some requests itself with a canned response, or hold
-//! requests once a number of them went through (to stop a client at a known point).
+//! 127.0.0.1: it records every request (method, target, body size, arrival time), and can
+//! corrupt a request body in flight, answer some requests itself with a canned response
+//! (all of them, or the next N: [`Proxy::respond_n`], keeping the connection alive), cut
+//! the connection after N body bytes of the next few matching requests
+//! ([`Proxy::reset_after`]), or hold requests once a number of them went through (to stop
+//! a client at a known point).
 //!
 //! Only the client → server direction is parsed (request line, headers, `Content-Length`
 //! body); responses are copied through untouched. Chunked request bodies are not
@@ -12,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Instant;
 
 /// One request seen by the proxy.
 #[derive(Debug, Clone)]
@@ -25,6 +29,11 @@ pub struct Seen {
     pub len: u64,
     /// Whether the whole body was forwarded to the server.
     pub forwarded: bool,
+    /// When its request line and headers had arrived.
+    pub at: Instant,
+    /// What the proxy did instead of forwarding it, if anything: `"respond"` (answered by
+    /// [`Proxy::respond_n`] or [`Proxy::canned`]) or `"reset"` ([`Proxy::reset_after`]).
+    pub injected: Option<&'static str>,
 }
 
 impl Seen {
@@ -42,8 +51,26 @@ impl Seen {
 
 type Pred = Box<dyn Fn(&Seen) -> bool + Send + Sync>;
 
+/// Answer the next `left` requests matching `pred` with `response`.
+struct Respond {
+    pred: Pred,
+    left: usize,
+    response: Vec<u8>,
+}
+
+/// Cut the connection of the next `left` requests matching `pred` after `bytes` body bytes.
+struct Reset {
+    pred: Pred,
+    left: usize,
+    bytes: u64,
+}
+
 #[derive(Default)]
 struct Rules {
+    /// One-shot answers, first matching rule with answers left wins.
+    respond: Vec<Respond>,
+    /// One-shot connection cuts.
+    reset: Vec<Reset>,
     /// Flip one byte in the body of requests matching this.
     corrupt: Option<Pred>,
     /// Answer requests matching this with these bytes instead of forwarding them.
@@ -112,6 +139,39 @@ impl Proxy {
     pub fn canned(&self, pred: impl Fn(&Seen) -> bool + Send + Sync + 'static, response: &str) {
         self.shared.rules.lock().unwrap().canned =
             Some((Box::new(pred), response.as_bytes().to_vec()));
+    }
+
+    /// Answer the next `times` requests matching `pred` with `response` (a whole HTTP/1.1
+    /// response, see [`http_response`]) instead of forwarding them, then forward again.
+    /// The request body is read and dropped, and the connection stays open (keep-alive)
+    /// unless the response says `Connection: close`.
+    pub fn respond_n(
+        &self,
+        pred: impl Fn(&Seen) -> bool + Send + Sync + 'static,
+        times: usize,
+        response: &str,
+    ) {
+        self.shared.rules.lock().unwrap().respond.push(Respond {
+            pred: Box::new(pred),
+            left: times,
+            response: response.as_bytes().to_vec(),
+        });
+    }
+
+    /// For the next `times` requests matching `pred`: forward the request head and the
+    /// first `n_bytes` of its body, then close both connections (the client sees its
+    /// connection reset in the middle of the body; the server gets a truncated request).
+    pub fn reset_after(
+        &self,
+        pred: impl Fn(&Seen) -> bool + Send + Sync + 'static,
+        n_bytes: u64,
+        times: usize,
+    ) {
+        self.shared.rules.lock().unwrap().reset.push(Reset {
+            pred: Box::new(pred),
+            left: times,
+            bytes: n_bytes,
+        });
     }
 
     pub fn hold_after(&self, n: usize, pred: impl Fn(&Seen) -> bool + Send + Sync + 'static) {
@@ -194,8 +254,53 @@ fn serve_inner(
             target,
             len,
             forwarded: false,
+            at: Instant::now(),
+            injected: None,
         };
+        // One-shot rules: decided (and counted) before the request is recorded.
+        let (respond, cut) = {
+            let mut rules = s.rules.lock().unwrap();
+            let respond = rules
+                .respond
+                .iter_mut()
+                .find(|r| r.left > 0 && (r.pred)(&seen))
+                .map(|r| {
+                    r.left -= 1;
+                    r.response.clone()
+                });
+            let cut = match respond {
+                Some(_) => None,
+                None => rules
+                    .reset
+                    .iter_mut()
+                    .find(|r| r.left > 0 && (r.pred)(&seen))
+                    .map(|r| {
+                        r.left -= 1;
+                        r.bytes
+                    }),
+            };
+            (respond, cut)
+        };
+        if respond.is_some() {
+            seen.injected = Some("respond");
+        } else if cut.is_some() {
+            seen.injected = Some("reset");
+        }
         s.seen.lock().unwrap().push(seen.clone());
+
+        if let Some(resp) = respond {
+            std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+            client_w.write_all(&resp)?;
+            client_w.flush()?;
+            let close = String::from_utf8_lossy(&resp)
+                .to_ascii_lowercase()
+                .contains("connection: close");
+            if close {
+                let _ = client_w.shutdown(Shutdown::Both);
+                return Ok(true);
+            }
+            continue;
+        }
 
         // Canned answer?
         let canned = {
@@ -259,6 +364,15 @@ fn serve_inner(
         }
         let sv = server.as_mut().unwrap();
         sv.write_all(&head)?;
+        if let Some(n_bytes) = cut {
+            // Forward the first n_bytes of the body, then drop both sides.
+            let mut first = (&mut reader).take(n_bytes.min(len));
+            std::io::copy(&mut first, sv)?;
+            sv.flush()?;
+            let _ = sv.shutdown(Shutdown::Both);
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(false);
+        }
         let mut left = len;
         let mut buf = vec![0u8; 256 * 1024];
         let mut flipped = false;
@@ -283,4 +397,30 @@ fn serve_inner(
             x.forwarded = true;
         }
     }
+}
+
+/// A whole HTTP/1.1 response with a `Content-Length` (for [`Proxy::respond_n`]).
+pub fn http_response(status: u16, reason: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out
+}
+
+/// An S3 error response: `<Error><Code>code</Code><Message>message</Message></Error>`.
+pub fn s3_error(
+    status: u16,
+    reason: &str,
+    code: &str,
+    message: &str,
+    headers: &[(&str, &str)],
+) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>pronto-test-proxy</RequestId></Error>"
+    );
+    let mut h = vec![("Content-Type", "application/xml")];
+    h.extend_from_slice(headers);
+    http_response(status, reason, &h, &body)
 }

@@ -36,6 +36,12 @@ pub async fn run(
     let mut aborted = 0;
     for remote in remotes::selected(cfg, only)? {
         let dir = cfg.local.dir.join(".journal").join(&remote.name);
+        for t in stale_temp_files(&dir) {
+            writeln!(out, "{}: removing leftover {}", remote.name, t.display())?;
+            if !dry_run {
+                let _ = std::fs::remove_file(&t);
+            }
+        }
         let journals: Vec<_> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.flatten()
@@ -173,4 +179,64 @@ async fn unjournaled(
         n += 1;
     }
     Ok(n)
+}
+
+/// Temp files `fsutil::write_atomic` left in `dir` (`.NAME.tmp-PID-NANOS`) when a
+/// process was killed between writing and renaming a journal: those of processes that
+/// no longer run.
+fn stale_temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                return false;
+            };
+            let Some(rest) = name
+                .strip_prefix('.')
+                .and_then(|n| n.split_once(".tmp-"))
+                .map(|(_, r)| r)
+            else {
+                return false;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                return false;
+            };
+            !process_runs(pid)
+        })
+        .collect()
+}
+
+/// Whether a process with this id exists (signal 0 checks without sending).
+fn process_runs(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for the process; it has no effect.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_files_of_dead_processes_are_found_live_ones_and_journals_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = dir.path().join(format!(".a.json.tmp-{dead}-123"));
+        let live = dir
+            .path()
+            .join(format!(".b.json.tmp-{}-456", std::process::id()));
+        let journal = dir.path().join("c.json");
+        for p in [&stale, &live, &journal] {
+            std::fs::write(p, b"{}").unwrap();
+        }
+        assert_eq!(stale_temp_files(dir.path()), vec![stale]);
+    }
 }

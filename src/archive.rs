@@ -207,23 +207,12 @@ pub fn write_archive_with(
     inputs: &[ArchiveInput],
     info: &dyn Fn(&[SourceSummary]) -> String,
 ) -> Result<Written> {
-    write_archive_progress(out, opts, recipients, inputs, info, None)
+    write_archive_tapped(out, opts, recipients, inputs, info, None, None)
 }
 
-/// [`write_archive_with`], counting the source bytes read on `progress`.
-pub fn write_archive_progress(
-    out: &Path,
-    opts: &WriteOptions,
-    recipients: Option<&crate::crypto::Recipients>,
-    inputs: &[ArchiveInput],
-    info: &dyn Fn(&[SourceSummary]) -> String,
-    progress: Option<&crate::progress::Progress>,
-) -> Result<Written> {
-    write_archive_tapped(out, opts, recipients, inputs, info, progress, None)
-}
-
-/// [`write_archive_progress`], telling `tap` how far the file has been written as it grows
-/// (see [`WriteTap`]); [`Written`] then gives the final size and hash.
+/// [`write_archive_with`], counting the source bytes read on `progress` and telling `tap`
+/// how far the file has been written as it grows (see [`WriteTap`]); [`Written`] then
+/// gives the final size and hash.
 pub fn write_archive_tapped(
     out: &Path,
     opts: &WriteOptions,

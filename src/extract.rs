@@ -281,6 +281,34 @@ fn open(archive: &Path, opts: &ExtractOptions) -> Result<(Archive<Reader>, Strea
 
 /// Reads the rest of the gzip stream after the tar end marker, so that the
 /// gzip trailer (CRC-32 and length) of every member is checked.
+/// Hands each entry of `ar` in turn to `each`. A tar stream that does not decode is a
+/// damaged archive (exit 4), and whatever fails is classified by `o` (a decode error
+/// under another error makes it a damaged archive too).
+fn each_entry(
+    archive: &Path,
+    ar: &mut Archive<Reader>,
+    o: &Stream,
+    mut each: impl FnMut(&mut Entry<'_, Reader>) -> Result<()>,
+) -> Result<()> {
+    let res = (|| {
+        let entries = match ar.entries() {
+            Ok(e) => e,
+            Err(e) => return Err(o.damaged(archive, format!("not a tar archive: {e}"))),
+        };
+        for (i, entry) in entries.enumerate() {
+            let mut entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    return Err(o.damaged(archive, format!("cannot read entry #{}: {e}", i + 1)))
+                }
+            };
+            each(&mut entry)?;
+        }
+        Ok(())
+    })();
+    res.map_err(|e| o.classify(archive, e))
+}
+
 fn drain(archive: &Path, ar: Archive<Reader>, o: &Stream, buf: &mut [u8]) -> Result<()> {
     let mut r = ar.into_inner();
     loop {
@@ -315,45 +343,30 @@ pub fn check_readable_with(archive: &Path, opts: &ExtractOptions) -> Result<Extr
     let mut stats = ExtractStats::default();
     let mut buf = vec![0u8; IO_BUF];
     let what = archive.display();
-    let res = (|| {
-        let entries = match ar.entries() {
-            Ok(e) => e,
-            Err(e) => return Err(o.damaged(archive, format!("not a tar archive: {e}"))),
-        };
-        for (i, entry) in entries.enumerate() {
-            let mut entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    return Err(o.damaged(archive, format!("cannot read entry #{}: {e}", i + 1)))
-                }
-            };
-            let name = shown(&entry.path_bytes());
-            let n = copy_to(&mut entry, &mut io::sink(), &mut buf)
-                .with_context(|| format!("{what}: cannot read the data of '{name}'"))?;
-            if n != entry.size() {
-                return Err(o.damaged(
-                    archive,
-                    format!("'{name}' is truncated ({n} of {} bytes)", entry.size()),
-                ));
+    each_entry(archive, &mut ar, &o, |entry| {
+        let name = shown(&entry.path_bytes());
+        let n = copy_to(entry, &mut io::sink(), &mut buf)
+            .with_context(|| format!("{what}: cannot read the data of '{name}'"))?;
+        if n != entry.size() {
+            return Err(o.damaged(
+                archive,
+                format!("'{name}' is truncated ({n} of {} bytes)", entry.size()),
+            ));
+        }
+        match entry.header().entry_type() {
+            // "./" is the destination itself, as in `extract`.
+            EntryType::Directory if matches!(sanitize(name.as_bytes()), Ok(None)) => {}
+            EntryType::Directory => stats.dirs += 1,
+            EntryType::Symlink => stats.symlinks += 1,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                stats.files += 1;
+                stats.bytes += n;
             }
-            match entry.header().entry_type() {
-                // "./" is the destination itself, as in `extract`.
-                EntryType::Directory if matches!(sanitize(name.as_bytes()), Ok(None)) => {}
-                EntryType::Directory => stats.dirs += 1,
-                EntryType::Symlink => stats.symlinks += 1,
-                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                    stats.files += 1;
-                    stats.bytes += n;
-                }
-                EntryType::Link => stats.files += 1,
-                _ => {}
-            }
+            EntryType::Link => stats.files += 1,
+            _ => {}
         }
         Ok(())
-    })();
-    if let Err(e) = res {
-        return Err(o.classify(archive, e));
-    }
+    })?;
     drain(archive, ar, &o, &mut buf)?;
     Ok(stats)
 }
@@ -384,27 +397,10 @@ pub fn extract_with(archive: &Path, dest: &Path, opts: &ExtractOptions) -> Resul
         max_bytes_configured: opts.max_bytes_configured,
     };
     let what = archive.display();
-    let res = (|| {
-        let entries = match ar.entries() {
-            Ok(e) => e,
-            Err(e) => return Err(o.damaged(archive, format!("not a tar archive: {e}"))),
-        };
-        for (i, entry) in entries.enumerate() {
-            let mut entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    return Err(o.damaged(archive, format!("cannot read entry #{}: {e}", i + 1)))
-                }
-            };
-            u.entry(&mut entry)
-                .with_context(|| format!("extracting {what}"))?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        // `staging` is dropped on the way out: nothing is left behind.
-        return Err(o.classify(archive, e));
-    }
+    // On an error `staging` is dropped on the way out: nothing is left behind.
+    each_entry(archive, &mut ar, &o, |entry| {
+        u.entry(entry).with_context(|| format!("extracting {what}"))
+    })?;
     drain(archive, ar, &o, &mut u.buf)?;
     u.finish_dirs()?;
     staging.commit()?;

@@ -21,42 +21,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{file_digest, names_in, text, Env};
+use support::remotes::{file_remote, sftp_remote, Keys};
+use support::{
+    assert_empty, file_digest, files_under, find_file, names_in, stderr, stdout, text, Env,
+};
 
-const KEY_ID: &str = "AKIAPRONTOSTREAM0042";
-const SECRET: &str = "stream-secret-must-never-be-printed-0123";
+const KEYS: Keys = Keys {
+    id: "AKIAPRONTOSTREAM0042",
+    secret: "stream-secret-must-never-be-printed-0123",
+};
 const PREFIX: &str = "prod/host-1";
 
 /// The binary, with a clean AWS environment (keys for LocalStack, no machine config).
 fn bin(env: &Env) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
-    c.arg("--config").arg(env.config());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env_remove("PRONTO_OFFSITE_CONFIG")
-        .env_remove("PRONTO_OFFSITE_LOG");
-    c
+    KEYS.bin(env)
 }
 
 fn run(env: &Env, args: &[&str]) -> Output {
-    let o = bin(env).args(args).output().unwrap();
-    let t = text(&o);
-    assert!(
-        !t.contains(KEY_ID) && !t.contains(SECRET),
-        "{args:?}: a secret in the output:\n{t}"
-    );
-    o
+    KEYS.run(env, args)
 }
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
@@ -66,14 +48,6 @@ fn spawn(env: &Env, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `[local]` (gzip level 1, `threads` compression threads) and one static_content source
@@ -92,56 +66,18 @@ fn local_part(env: &Env, mib: usize, threads: usize) -> String {
     )
 }
 
-fn file_remote(name: &str, dir: &Path, extra: &str) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"file://{}\"\n{extra}\n",
-        dir.display()
-    )
-}
-
-fn s3_remote(name: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"s3://{bucket}/{PREFIX}\"\nregion = \"us-east-1\"\n\
-         endpoint = \"{endpoint}\"\nallow_http = true\n{extra}\n"
-    )
-}
-
-fn sftp_remote(name: &str, sshd: &sshd::Sshd, dir: &Path) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"{}\"\nidentity_file = \"{}\"\n\
-         known_hosts_file = \"{}\"\nssh_config_file = \"/dev/null\"\nconnect_timeout = \"10s\"\n",
-        sshd.url(dir),
-        sshd.client_key.display(),
-        sshd.known_hosts.display()
-    )
-}
-
-/// Every file under a folder, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+fn s3_remote(name: &str, endpoint: &str, bucket: &str) -> String {
+    support::remotes::s3_remote(name, endpoint, &format!("{bucket}/{PREFIX}"), "")
 }
 
 /// Where the local copy of `file` is (the backup folder or a tier folder).
 fn find_local(env: &Env, file: &str) -> Option<PathBuf> {
-    walk(&env.backups())
-        .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n == file))
+    find_file(&env.backups(), file)
 }
 
 /// Archive files (complete names, not `.partial`) in the backup folder and its tiers.
 fn local_archives(env: &Env) -> Vec<String> {
-    walk(&env.backups())
+    files_under(&env.backups())
         .into_iter()
         .filter(|p| !p.components().any(|c| c.as_os_str() == ".journal"))
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -152,7 +88,7 @@ fn local_archives(env: &Env) -> Vec<String> {
 /// Journal files left in the backup folder (not the hidden temp files they are written
 /// through).
 fn journals(env: &Env) -> Vec<PathBuf> {
-    walk(&env.backups().join(".journal"))
+    files_under(&env.backups().join(".journal"))
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -170,12 +106,34 @@ fn remote_names(dir: &Path) -> Vec<String> {
 }
 
 fn remote_staging(dir: &Path) -> Vec<PathBuf> {
-    let mut v = walk(&dir.join(".uploads"));
+    let mut v = files_under(&dir.join(".uploads"));
     // Upload folders without files count too.
     if let Ok(rd) = std::fs::read_dir(dir.join(".uploads")) {
         v.extend(rd.flatten().map(|e| e.path()));
     }
     v
+}
+
+/// The archive is being written: a `.tar.gz.partial` in the backup folder.
+fn writing(env: &Env) -> bool {
+    names_in(&env.backups())
+        .iter()
+        .any(|n| n.ends_with(".tar.gz.partial"))
+}
+
+/// A `.partial` file in the backup folder.
+fn any_partial(env: &Env) -> bool {
+    names_in(&env.backups())
+        .iter()
+        .any(|n| n.ends_with(".partial"))
+}
+
+/// A part of an unfinished upload is in a file:// remote's staging folder.
+fn part_staged(remote: &Path) -> bool {
+    remote_staging(remote).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+    })
 }
 
 fn archive_name(id: &str) -> String {
@@ -241,14 +199,7 @@ fn backup_push_sends_parts_while_archiving_and_leaves_an_identical_verified_copy
     let mut child = spawn(&env, &["backup", "--push"]);
     // Parts are on the remote while the archive is still a `.partial` file.
     let overlapped = wait_while_running(&mut child, Duration::from_secs(120), || {
-        let writing = names_in(&env.backups())
-            .iter()
-            .any(|n| n.ends_with(".tar.gz.partial"));
-        let parts = remote_staging(&remote).iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
-        });
-        writing && parts
+        writing(&env) && part_staged(&remote)
     });
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "backup --push: {}", text(&o));
@@ -276,12 +227,8 @@ fn backup_push_sends_parts_while_archiving_and_leaves_an_identical_verified_copy
         std::fs::read(local.with_file_name(&manifest)).unwrap()
     );
     assert_eq!(remote_names(&remote), [file.clone(), manifest]);
-    assert!(
-        remote_staging(&remote).is_empty(),
-        "{:?}",
-        remote_staging(&remote)
-    );
-    assert!(journals(&env).is_empty(), "{:?}", journals(&env));
+    assert_empty(&remote_staging(&remote));
+    assert_empty(&journals(&env));
 
     // A push afterwards has nothing to do; verify passes; pull brings the bytes back.
     let o = run(&env, &["push"]);
@@ -340,29 +287,11 @@ fn a_backup_that_fails_half_way_aborts_every_upload_and_leaves_no_manifest() {
         "{}",
         text(&o)
     );
-    assert!(
-        remote_names(&remote).is_empty(),
-        "{:?}",
-        remote_names(&remote)
-    );
-    assert!(
-        remote_staging(&remote).is_empty(),
-        "{:?}",
-        remote_staging(&remote)
-    );
-    assert!(
-        local_archives(&env).is_empty(),
-        "{:?}",
-        local_archives(&env)
-    );
-    assert!(
-        !names_in(&env.backups())
-            .iter()
-            .any(|n| n.ends_with(".partial")),
-        "{:?}",
-        names_in(&env.backups())
-    );
-    assert!(journals(&env).is_empty(), "{:?}", journals(&env));
+    assert_empty(&remote_names(&remote));
+    assert_empty(&remote_staging(&remote));
+    assert_empty(&local_archives(&env));
+    assert!(!any_partial(&env), "{:?}", names_in(&env.backups()));
+    assert_empty(&journals(&env));
 }
 
 #[test]
@@ -374,29 +303,14 @@ fn kill_9_while_archiving_leaves_no_manifest_and_cleanup_aborts_the_upload() {
 
     let mut child = spawn(&env, &["backup", "--push"]);
     let caught = wait_while_running(&mut child, Duration::from_secs(120), || {
-        let writing = names_in(&env.backups())
-            .iter()
-            .any(|n| n.ends_with(".tar.gz.partial"));
-        writing
-            && remote_staging(&remote).iter().any(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
-            })
+        writing(&env) && part_staged(&remote)
     });
     assert!(caught, "the run ended before a part was uploaded");
     kill9(&mut child);
 
     // Nothing complete anywhere: no manifest, no archive under its final name.
-    assert!(
-        remote_names(&remote).is_empty(),
-        "{:?}",
-        remote_names(&remote)
-    );
-    assert!(
-        local_archives(&env).is_empty(),
-        "{:?}",
-        local_archives(&env)
-    );
+    assert_empty(&remote_names(&remote));
+    assert_empty(&local_archives(&env));
     assert_eq!(
         journals(&env).len(),
         1,
@@ -411,11 +325,7 @@ fn kill_9_while_archiving_leaves_no_manifest_and_cleanup_aborts_the_upload() {
         "{}",
         text(&o)
     );
-    assert!(
-        remote_staging(&remote).is_empty(),
-        "{:?}",
-        remote_staging(&remote)
-    );
+    assert_empty(&remote_staging(&remote));
     assert!(journals(&env).is_empty());
 
     // The next run starts over cleanly.
@@ -425,12 +335,7 @@ fn kill_9_while_archiving_leaves_no_manifest_and_cleanup_aborts_the_upload() {
         remote_names(&remote),
         [file.clone(), format!("{file}.manifest.json")]
     );
-    assert!(
-        !names_in(&env.backups())
-            .iter()
-            .any(|n| n.ends_with(".partial")),
-        "the killed run's .partial is gone"
-    );
+    assert!(!any_partial(&env), "the killed run's .partial is gone");
 }
 
 #[test]
@@ -445,7 +350,7 @@ fn kill_9_after_the_archive_is_finished_is_completed_by_the_next_push() {
     let mut file = String::new();
     let caught = wait_while_running(&mut child, Duration::from_secs(120), || {
         // The local manifest is written, and the journal already names the archive's hash.
-        let Some(m) = walk(&env.backups())
+        let Some(m) = files_under(&env.backups())
             .into_iter()
             .find(|p| p.to_string_lossy().ends_with(".tar.gz.manifest.json"))
         else {
@@ -533,10 +438,6 @@ fn backup_push_without_remotes_is_a_config_error() {
 
 // ---- S3 (LocalStack) ----------------------------------------------------------------
 
-fn s3_keys(ls: &localstack::LocalStack, bucket: &str) -> Vec<String> {
-    ls.keys(bucket)
-}
-
 #[test]
 fn backup_push_to_s3_and_a_folder_gives_identical_verified_copies() {
     let ls = localstack::shared();
@@ -544,7 +445,7 @@ fn backup_push_to_s3_and_a_folder_gives_identical_verified_copies() {
     let env = Env::new();
     let remote = env.path("remote");
     let cfg = local_part(&env, 30, 0)
-        + &s3_remote("s3", &format!("http://127.0.0.1:{}", ls.port), &bucket, "")
+        + &s3_remote("s3", &ls.endpoint, &bucket)
         + &file_remote("nas", &remote, "");
     std::fs::write(env.config(), cfg).unwrap();
 
@@ -555,7 +456,7 @@ fn backup_push_to_s3_and_a_folder_gives_identical_verified_copies() {
         "{}",
         text(&o)
     );
-    let mut keys = s3_keys(ls, &bucket);
+    let mut keys = ls.keys(&bucket);
     keys.sort();
     assert_eq!(
         keys,
@@ -564,7 +465,7 @@ fn backup_push_to_s3_and_a_folder_gives_identical_verified_copies() {
             format!("{PREFIX}/{file}.manifest.json")
         ]
     );
-    assert!(ls.uploads(&bucket).is_empty(), "{:?}", ls.uploads(&bucket));
+    assert_empty(&ls.uploads(&bucket));
     let digest = file_digest(&find_local(&env, &file).unwrap());
     assert_eq!(file_digest(&remote.join(&file)), digest);
     for r in ["s3", "nas"] {
@@ -582,7 +483,7 @@ fn s3_refusing_a_part_exits_3_aborts_its_upload_and_the_next_push_completes_it()
     let env = Env::new();
     let remote = env.path("remote");
     let cfg = local_part(&env, 30, 0)
-        + &s3_remote("s3", &proxy.endpoint(), &bucket, "")
+        + &s3_remote("s3", &proxy.endpoint(), &bucket)
         + &file_remote("nas", &remote, "");
     std::fs::write(env.config(), cfg).unwrap();
 
@@ -599,13 +500,9 @@ fn s3_refusing_a_part_exits_3_aborts_its_upload_and_the_next_push_completes_it()
         "part 1 was on its way when part 2 was refused: the remote failed mid-stream"
     );
     // Nothing on S3: no object, no manifest, no upload in progress, no journal.
-    assert!(
-        s3_keys(ls, &bucket).is_empty(),
-        "{:?}",
-        s3_keys(ls, &bucket)
-    );
-    assert!(ls.uploads(&bucket).is_empty(), "{:?}", ls.uploads(&bucket));
-    assert!(journals(&env).is_empty(), "{:?}", journals(&env));
+    assert_empty(&ls.keys(&bucket));
+    assert_empty(&ls.uploads(&bucket));
+    assert_empty(&journals(&env));
     // The folder remote completed.
     let digest = file_digest(&find_local(&env, &file).unwrap());
     assert_eq!(file_digest(&remote.join(&file)), digest);
@@ -615,7 +512,7 @@ fn s3_refusing_a_part_exits_3_aborts_its_upload_and_the_next_push_completes_it()
     proxy.reset();
     let o = run(&env, &["push"]);
     assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
-    assert_eq!(s3_keys(ls, &bucket).len(), 2, "{:?}", s3_keys(ls, &bucket));
+    assert_eq!(ls.keys(&bucket).len(), 2, "{:?}", ls.keys(&bucket));
     let o = run(&env, &["verify", "--remote", "s3"]);
     assert_eq!(o.status.code(), Some(0), "verify: {}", text(&o));
     pull_back_identical(&env, "s3", &file, &digest);
@@ -626,43 +523,31 @@ fn kill_9_while_streaming_to_s3_leaves_no_object_and_cleanup_aborts_the_upload()
     let ls = localstack::shared();
     let bucket = ls.new_bucket("stream-kill");
     let env = Env::new();
-    let cfg = local_part(&env, 64, 1)
-        + &s3_remote("s3", &format!("http://127.0.0.1:{}", ls.port), &bucket, "");
+    let cfg = local_part(&env, 64, 1) + &s3_remote("s3", &ls.endpoint, &bucket);
     std::fs::write(env.config(), cfg).unwrap();
 
     let mut child = spawn(&env, &["backup", "--push"]);
     let caught = wait_while_running(&mut child, Duration::from_secs(120), || {
-        let writing = names_in(&env.backups())
-            .iter()
-            .any(|n| n.ends_with(".tar.gz.partial"));
         // A part has been journaled (sent and acknowledged).
-        writing
+        writing(&env)
             && journals(&env)
                 .iter()
                 .any(|j| std::fs::read_to_string(j).is_ok_and(|t| t.contains("\"number\"")))
     });
     assert!(caught, "the run ended before a part was uploaded");
     kill9(&mut child);
-    assert!(
-        s3_keys(ls, &bucket).is_empty(),
-        "{:?}",
-        s3_keys(ls, &bucket)
-    );
+    assert_empty(&ls.keys(&bucket));
     assert_eq!(
         ls.uploads(&bucket).len(),
         1,
         "the unfinished upload is on S3"
     );
-    assert!(
-        local_archives(&env).is_empty(),
-        "{:?}",
-        local_archives(&env)
-    );
+    assert_empty(&local_archives(&env));
 
     let o = run(&env, &["push", "--cleanup"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(ls.uploads(&bucket).is_empty(), "{:?}", ls.uploads(&bucket));
-    assert!(s3_keys(ls, &bucket).is_empty());
+    assert_empty(&ls.uploads(&bucket));
+    assert!(ls.keys(&bucket).is_empty());
 }
 
 // ---- SFTP ---------------------------------------------------------------------------
@@ -672,7 +557,14 @@ fn backup_push_to_sftp_gives_an_identical_verified_copy() {
     let sshd = sshd::Sshd::start();
     let dir = sshd.dir.path().join("srv/backups/pronto");
     let env = Env::new();
-    let cfg = local_part(&env, 20, 0) + &sftp_remote("offsite", &sshd, &dir);
+    let cfg = local_part(&env, 20, 0)
+        + &sftp_remote(
+            "offsite",
+            &sshd.url(&dir),
+            &sshd.client_key,
+            &sshd.known_hosts,
+            "",
+        );
     std::fs::write(env.config(), cfg).unwrap();
 
     let (id, o) = backup_push(&env);

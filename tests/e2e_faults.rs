@@ -19,13 +19,16 @@ mod sshd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{file_digest, text, Env};
+use support::remotes::{file_remote, s3_object_size, Keys};
+use support::{file_digest, files_under, find_file, stderr, stdout, text, Env};
 
-const KEY_ID: &str = "AKIAPRONTOFAULTS0042";
-const SECRET: &str = "faults-secret-must-never-be-printed-0123456789";
+const KEYS: Keys = Keys {
+    id: "AKIAPRONTOFAULTS0042",
+    secret: "faults-secret-must-never-be-printed-0123456789",
+};
 const PREFIX: &str = "prod/host-1";
 
 // ---- helpers ------------------------------------------------------------------------
@@ -44,34 +47,11 @@ fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// The binary with only the AWS settings the test gives (keys in the environment).
 fn bin(env: &Env) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
-    c.arg("--config").arg(env.config());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env_remove("PRONTO_OFFSITE_CONFIG")
-        .env_remove("PRONTO_OFFSITE_LOG");
-    c
+    KEYS.bin(env)
 }
 
 fn run(env: &Env, args: &[&str]) -> Output {
-    let o = bin(env).args(args).output().unwrap();
-    let t = text(&o);
-    assert!(
-        !t.contains(KEY_ID) && !t.contains(SECRET),
-        "{args:?}: a secret in the output:\n{t}"
-    );
-    o
+    KEYS.run(env, args)
 }
 
 /// `[local]` and one static_content source `src` holding `mib` MiB of noise.
@@ -85,27 +65,12 @@ fn local_part(env: &Env, mib: usize, seed: u64) -> String {
 }
 
 fn s3_remote(name: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"s3://{bucket}/{PREFIX}\"\nregion = \"us-east-1\"\n\
-         endpoint = \"{endpoint}\"\nallow_http = true\n{extra}\n"
-    )
+    support::remotes::s3_remote(name, endpoint, &format!("{bucket}/{PREFIX}"), extra)
 }
 
 fn sftp_remote(name: &str, sshd: &sshd::Sshd, dir: &Path, extra: &str) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"{}\"\nidentity_file = \"{}\"\n\
-         known_hosts_file = \"{}\"\nssh_config_file = \"/dev/null\"\nconnect_timeout = \"10s\"\n{extra}\n",
-        sshd.url(dir),
-        sshd.client_key.display(),
-        sshd.known_hosts.display()
-    )
-}
-
-fn file_remote(name: &str, dir: &Path, extra: &str) -> String {
-    format!(
-        "\n[[remotes]]\nname = \"{name}\"\nurl = \"file://{}\"\n{extra}\n",
-        dir.display()
-    )
+    let (key, known_hosts) = (&sshd.client_key, &sshd.known_hosts);
+    support::remotes::sftp_remote(name, &sshd.url(dir), key, known_hosts, extra)
 }
 
 /// Make a backup; returns the archive's file name.
@@ -116,62 +81,16 @@ fn backup(env: &Env) -> String {
     format!("pronto-app-backup-{id}.tar.gz")
 }
 
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// Where the local copy of `file` is (the backup folder or a tier under it).
 fn local_archive(env: &Env, file: &str) -> PathBuf {
-    walk_files(&env.backups())
-        .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n == file))
+    find_file(&env.backups(), file)
         .unwrap_or_else(|| panic!("{file} not found under {}", env.backups().display()))
-}
-
-/// Content-Length of a HEAD on LocalStack (unsigned; 0 when missing).
-fn s3_size(port: u16, path: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    if !out.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    out.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse().ok())?
-    })
 }
 
 /// A port on 127.0.0.1 that nothing listens on.
 fn unused_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn is_part(r: &proxy::Seen) -> bool {
@@ -184,7 +103,7 @@ fn assert_complete_on_s3(env: &Env, ls: &localstack::LocalStack, bucket: &str, f
     let local = local_archive(env, file);
     let size = std::fs::metadata(&local).unwrap().len();
     assert_eq!(
-        s3_size(ls.port, &format!("/{bucket}/{PREFIX}/{file}")),
+        s3_object_size(ls.port, &format!("/{bucket}/{PREFIX}/{file}")),
         Some(size),
         "size of {file} on S3"
     );
@@ -457,7 +376,7 @@ fn dir_archive(dir: &Path, file: &str) -> Option<(u64, Option<String>)> {
 
 /// Leftovers of unfinished writes: file:// temp files and staging folders, sftp partials.
 fn leftovers(dir: &Path) -> Vec<String> {
-    walk_files(dir)
+    files_under(dir)
         .into_iter()
         .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
         .filter(|p| p.contains(".uploads/") || p.contains(".tmp-") || p.ends_with(".partial"))
@@ -516,7 +435,7 @@ fn kill_9_at_ten_random_moments_then_every_remote_ends_complete_and_clean() {
     };
     let s3_archive = |file: &str| -> Option<(u64, Option<String>)> {
         // The size here; the hash by `verify --deep` at the end.
-        s3_size(ls.port, &format!("/{bucket}/{PREFIX}/{file}")).map(|s| (s, None))
+        s3_object_size(ls.port, &format!("/{bucket}/{PREFIX}/{file}")).map(|s| (s, None))
     };
 
     let mut log = Vec::new();
@@ -524,20 +443,10 @@ fn kill_9_at_ten_random_moments_then_every_remote_ends_complete_and_clean() {
         if round == 4 || round == 7 {
             files.push(new_backup(&env, 20 + round));
         }
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(50 + seed % 1200);
-        let mut child = bin(&env)
-            .arg("push")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let delay = Duration::from_millis(50 + support::xorshift(&mut seed) % 1200);
+        let mut push = bin(&env);
+        push.arg("push");
+        let finished = support::kill_after(push, delay);
         let counts = (
             check_manifests("nas", dir_manifests(&nas), |f| dir_archive(&nas, f)),
             check_manifests("s3", s3_manifests(&bucket), s3_archive),
@@ -547,11 +456,7 @@ fn kill_9_at_ten_random_moments_then_every_remote_ends_complete_and_clean() {
         );
         log.push(format!(
             "round {round}: killed after {delay:?}{}; manifests nas/s3/offsite: {counts:?}",
-            if finished.is_some() {
-                " (had finished)"
-            } else {
-                ""
-            }
+            if finished { " (had finished)" } else { "" }
         ));
     }
     eprintln!("{}", log.join("\n"));
@@ -653,7 +558,7 @@ fn kill_9_at_ten_random_moments_then_every_remote_ends_complete_and_clean() {
     );
     assert_eq!(leftovers(&nas), Vec::<String>::new(), "file:// leftovers");
     assert_eq!(leftovers(&sftp_dir), Vec::<String>::new(), "sftp leftovers");
-    let journals: Vec<_> = walk_files(&env.backups().join(".journal"))
+    let journals: Vec<_> = files_under(&env.backups().join(".journal"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();

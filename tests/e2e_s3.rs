@@ -13,14 +13,19 @@ mod localstack;
 mod proxy;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{file_digest, text, Env};
+use support::remotes::{bin, s3_object_size, s3_remote, Keys, STATIC_SITE};
+use support::{file_digest, files_under, find_file, text, Env};
 
 const KEY_ID: &str = "AKIAPRONTOE2EKEY0042";
 const SECRET: &str = "e2e-secret-must-never-be-printed-9876543210";
+const KEYS: Keys = Keys {
+    id: KEY_ID,
+    secret: SECRET,
+};
 
 /// Incompressible bytes, so the archive is as big as the data.
 fn random_file(path: &Path, len: usize, seed: u64) {
@@ -37,56 +42,13 @@ fn s3_env(endpoint: &str, bucket: &str, extra: &str, data_mib: usize) -> Env {
     if data_mib > 0 {
         random_file(&src.join("data.bin"), data_mib << 20, 7);
     }
-    let cfg = format!(
-        r#"[local]
-dir = "backups"
-
-[[sources]]
-name = "site"
-kind = "static_content"
-path = "src"
-
-[[remotes]]
-name = "s3"
-url = "s3://{bucket}/prod/host-1"
-region = "us-east-1"
-endpoint = "{endpoint}"
-allow_http = true
-{extra}
-"#
-    );
-    std::fs::write(env.config(), cfg).unwrap();
+    let remote = s3_remote("s3", endpoint, &format!("{bucket}/prod/host-1"), extra);
+    std::fs::write(env.config(), format!("{STATIC_SITE}{remote}")).unwrap();
     env
 }
 
-/// The binary with a clean AWS environment: only what the test gives, no config files
-/// from the machine, no instance metadata lookups.
-fn isolate(c: &mut Command, env: &Env) {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("PRONTO_OFFSITE_CONFIG");
-}
-
-fn bin(env: &Env) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
-    c.arg("--config").arg(env.config());
-    isolate(&mut c, env);
-    c
-}
-
-fn with_env_keys(mut c: Command) -> Command {
-    c.env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET);
-    c
+fn with_env_keys(c: Command) -> Command {
+    KEYS.give(c)
 }
 
 fn run(mut c: Command, args: &[&str]) -> Output {
@@ -95,9 +57,7 @@ fn run(mut c: Command, args: &[&str]) -> Output {
 
 /// Every output of the tool is checked for the key and secret.
 fn no_secrets(o: &Output, what: &str) {
-    let t = text(o);
-    assert!(!t.contains(KEY_ID), "{what}: access key id in output:\n{t}");
-    assert!(!t.contains(SECRET), "{what}: secret in output:\n{t}");
+    KEYS.assert_not_in(o, what);
 }
 
 fn backup(env: &Env) -> String {
@@ -107,30 +67,17 @@ fn backup(env: &Env) -> String {
 }
 
 /// Where the local copy of `file` is (the backup folder or one of its tiers).
-fn find_archive(env: &Env, file: &str) -> std::path::PathBuf {
-    walk_all(&env.backups())
-        .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n == file))
+fn find_archive(env: &Env, file: &str) -> PathBuf {
+    find_file(&env.backups(), file)
         .unwrap_or_else(|| panic!("{file} not found under {}", env.backups().display()))
 }
 
-fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_all(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
+/// No file under `dir` but archives holds the key id or the secret.
 fn no_secrets_in_tree(dir: &Path) {
-    for e in walk(dir) {
+    for e in files_under(dir) {
+        if e.to_string_lossy().ends_with(".tar.gz") {
+            continue;
+        }
         let bytes = std::fs::read(&e).unwrap_or_default();
         let s = String::from_utf8_lossy(&bytes);
         assert!(
@@ -139,21 +86,6 @@ fn no_secrets_in_tree(dir: &Path) {
             e.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else if !p.to_string_lossy().ends_with(".tar.gz") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -488,26 +420,17 @@ fn random_kills_never_leave_a_manifest_for_an_incomplete_archive() {
         | 1;
     let mut delays = Vec::new();
     for round in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(seed % 1500);
+        let delay = Duration::from_millis(support::xorshift(&mut seed) % 1500);
         delays.push(delay);
-        let mut child = with_env_keys(bin(&env))
-            .arg("push")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        child.wait().unwrap();
+        let mut push = with_env_keys(bin(&env));
+        push.arg("push");
+        let finished = support::kill_after(push, delay);
         if ls.keys(&bucket).contains(&manifest) {
             // A manifest is there only for the complete archive.
-            let got = object_size(ls.port, &object);
+            let got = s3_object_size(ls.port, &object);
             assert_eq!(
-                got, size,
+                got,
+                Some(size),
                 "round {round} ({delays:?}): manifest for a partial archive"
             );
             if finished {
@@ -522,25 +445,5 @@ fn random_kills_never_leave_a_manifest_for_an_incomplete_archive() {
         text(&o)
     );
     assert!(ls.keys(&bucket).contains(&manifest));
-    assert_eq!(object_size(ls.port, &object), size);
-}
-
-/// Content-Length of a HEAD.
-fn object_size(port: u16, path: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0)
+    assert_eq!(s3_object_size(ls.port, &object), Some(size));
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{text, Env};
+use support::{fabricate, text, Env};
 
 fn backup_id(env: &Env) -> String {
     let o = env.run(&["backup"]);
@@ -123,48 +123,6 @@ const IDS: [&str; 4] = [
     "20260103-010000",
     "20260104-010000",
 ];
-
-/// A small real archive `P-<id>.tar.gz` whose backup_info.txt names `host`, and its manifest.
-fn fabricate(dir: &std::path::Path, id: &str, host: &str) {
-    use sha2::Digest;
-    use std::io::Write;
-    std::fs::create_dir_all(dir).unwrap();
-    let stem = format!("{P}-{id}");
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let info = format!("Pronto backup {id} of {host}\n");
-    let mut h = tar::Header::new_gnu();
-    h.set_size(info.len() as u64);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    tar.append_data(&mut h, format!("{stem}/backup_info.txt"), info.as_bytes())
-        .unwrap();
-    let mut gz = tar.into_inner().unwrap();
-    gz.flush().unwrap();
-    let bytes = gz.finish().unwrap();
-    let file = format!("{stem}.tar.gz");
-    std::fs::write(dir.join(&file), &bytes).unwrap();
-    let created = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &id[0..4],
-        &id[4..6],
-        &id[6..8],
-        &id[9..11],
-        &id[11..13],
-        &id[13..15]
-    );
-    let manifest = serde_json::json!({
-        "format": 1, "id": id, "file": file, "created": created, "size": bytes.len(),
-        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "compression": "gzip",
-        "encryption": "none", "host": host, "tool_version": "test", "sources": [],
-    });
-    std::fs::write(
-        dir.join(format!("{file}.manifest.json")),
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
-}
 
 /// `<tmp>/<host>.toml`: backups in `<tmp>/backups-<host>`, keep the last 2, one remote
 /// `shared` at `<tmp>/bucket` under `host_id = <host>`.

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use support::remotes::{s3_remote, Keys, STATIC_SITE};
 use support::{text, Env};
 use tokio_rustls::rustls;
 
@@ -114,46 +115,19 @@ fn s3_env(endpoint: &str, bucket: &str, extra: &str) -> Env {
 }
 
 fn write_config(env: &Env, endpoint: &str, bucket: &str, extra: &str) {
-    let cfg = format!(
-        r#"[local]
-dir = "backups"
-
-[[sources]]
-name = "site"
-kind = "static_content"
-path = "src"
-
-[[remotes]]
-name = "s3"
-url = "s3://{bucket}/prod"
-region = "us-east-1"
-endpoint = "{endpoint}"
-{extra}
-"#
-    );
-    std::fs::write(env.config(), cfg).unwrap();
+    // `ca_bundle` in `extra` is line 14 (the located errors below say so).
+    let remote = s3_remote("s3", endpoint, &format!("{bucket}/prod"), extra);
+    std::fs::write(env.config(), format!("{STATIC_SITE}{remote}")).unwrap();
 }
 
 /// The binary with only test credentials from the AWS environment (AWS_CA_BUNDLE, set on
 /// these machines, is left as it is).
 fn bin(env: &Env) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
-    c.arg("--config").arg(env.config());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
-            c.env_remove(k);
-        }
+    Keys {
+        id: "AKIATLSTEST000000001",
+        secret: "tls-test-secret",
     }
-    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "AKIATLSTEST000000001")
-        .env("AWS_SECRET_ACCESS_KEY", "tls-test-secret")
-        .env_remove("PRONTO_OFFSITE_CONFIG");
-    c
+    .bin(env)
 }
 
 fn run(env: &Env, args: &[&str]) -> Output {

@@ -20,11 +20,14 @@ use bytes::Bytes;
 use pronto_backends::s3::{S3Backend, S3Config};
 use pronto_backends::sftp::SftpBackend;
 use pronto_backends::{sha256_of, Backend, BackendError};
-use support::{text, Env};
+use support::remotes::{s3_remote, sftp_remote, Keys};
+use support::{fabricate, text, Env};
 
 const P: &str = "pronto-app-backup";
-const KEY_ID: &str = "AKIAPRONTOTWOHOSTS01";
-const SECRET: &str = "two-hosts-secret-never-printed-0123456789";
+const KEYS: Keys = Keys {
+    id: "AKIAPRONTOTWOHOSTS01",
+    secret: "two-hosts-secret-never-printed-0123456789",
+};
 const LEASE: &str = "pronto-app-backup.prune-lease.json";
 
 /// web1's archives and web2's: two names in common (same name, other bytes), the rest
@@ -69,19 +72,17 @@ impl Remote {
 
     /// The `[[remotes]]` table of a host's config.
     fn toml(&self, host: &str) -> String {
-        let common = format!("name = \"shared\"\nhost_id = \"{host}\"\nretry_budget = \"1m\"\n");
+        let common = format!("host_id = \"{host}\"\nretry_budget = \"1m\"");
         match self {
-            Remote::S3 { ls, bucket } => format!(
-                "[[remotes]]\n{common}url = \"s3://{bucket}/prod\"\nregion = \"us-east-1\"\n\
-                 endpoint = \"{}\"\nallow_http = true\n",
-                ls.endpoint
-            ),
-            Remote::Sftp { sshd, root } => format!(
-                "[[remotes]]\n{common}url = \"{}\"\nidentity_file = \"{}\"\n\
-                 known_hosts_file = \"{}\"\nssh_config_file = \"/dev/null\"\nconnect_timeout = \"10s\"\n",
-                sshd.url(root),
-                sshd.client_key.display(),
-                sshd.known_hosts.display()
+            Remote::S3 { ls, bucket } => {
+                s3_remote("shared", &ls.endpoint, &format!("{bucket}/prod"), &common)
+            }
+            Remote::Sftp { sshd, root } => sftp_remote(
+                "shared",
+                &sshd.url(root),
+                &sshd.client_key,
+                &sshd.known_hosts,
+                &common,
             ),
         }
     }
@@ -96,8 +97,8 @@ impl Remote {
                     region: Some("us-east-1".into()),
                     endpoint: Some(ls.endpoint.clone()),
                     allow_http: true,
-                    access_key_id: Some(KEY_ID.into()),
-                    secret_access_key: Some(SECRET.into()),
+                    access_key_id: Some(KEYS.id.into()),
+                    secret_access_key: Some(KEYS.secret.into()),
                     ..Default::default()
                 })
                 .unwrap(),
@@ -143,48 +144,6 @@ fn names(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|id| format!("{P}-{id}.tar.gz")).collect()
 }
 
-/// A small real archive `P-<id>.tar.gz` whose backup_info.txt names `host`, and its manifest.
-fn fabricate(dir: &Path, id: &str, host: &str) {
-    use sha2::Digest;
-    use std::io::Write;
-    std::fs::create_dir_all(dir).unwrap();
-    let stem = format!("{P}-{id}");
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let info = format!("Pronto backup {id} of {host}\n");
-    let mut h = tar::Header::new_gnu();
-    h.set_size(info.len() as u64);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    tar.append_data(&mut h, format!("{stem}/backup_info.txt"), info.as_bytes())
-        .unwrap();
-    let mut gz = tar.into_inner().unwrap();
-    gz.flush().unwrap();
-    let bytes = gz.finish().unwrap();
-    let file = format!("{stem}.tar.gz");
-    std::fs::write(dir.join(&file), &bytes).unwrap();
-    let created = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &id[0..4],
-        &id[4..6],
-        &id[6..8],
-        &id[9..11],
-        &id[11..13],
-        &id[13..15]
-    );
-    let manifest = serde_json::json!({
-        "format": 1, "id": id, "file": file, "created": created, "size": bytes.len(),
-        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "compression": "gzip",
-        "encryption": "none", "host": host, "tool_version": "test", "sources": [],
-    });
-    std::fs::write(
-        dir.join(format!("{file}.manifest.json")),
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
-}
-
 /// `<tmp>/<host>.toml`: backups in `<tmp>/backups-<host>`, keep the last 3, one remote
 /// `shared` under `host_id = <host>`.
 fn host_config(env: &Env, remote: &Remote, host: &str) -> PathBuf {
@@ -203,31 +162,13 @@ fn host_config(env: &Env, remote: &Remote, host: &str) -> PathBuf {
 /// The binary as `cfg`'s host, with S3 keys from the environment and nothing else of
 /// the machine's AWS setup.
 fn as_host(env: &Env, cfg: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
-    c.arg("--config").arg(cfg).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") && k != "AWS_CA_BUNDLE" {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_CONFIG_FILE", env.path("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env_remove("PRONTO_OFFSITE_CONFIG");
+    let mut c = KEYS.bin_at(env, cfg);
+    c.args(args);
     c
 }
 
 fn checked(o: Output, what: &str) -> Output {
-    let t = text(&o);
-    assert!(
-        !t.contains(SECRET) && !t.contains(KEY_ID),
-        "{what}: a key in the output"
-    );
+    KEYS.assert_not_in(&o, what);
     o
 }
 

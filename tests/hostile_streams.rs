@@ -11,6 +11,7 @@ mod support;
 
 use std::io::Write;
 use std::path::Path;
+use std::process::Output;
 use std::str::FromStr;
 
 use sha2::Digest;
@@ -154,12 +155,33 @@ fn assert_exit4(env: &Env, what: &str, args: &[&str], dest: Option<&Path>) {
     if let Some(d) = dest {
         assert!(!d.exists(), "{what}: nothing extracted at {}", d.display());
         // No staging folder beside it either.
-        let parent = d.parent().unwrap();
-        for e in std::fs::read_dir(parent).unwrap() {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(!n.starts_with(".pronto-extract-"), "{what}: left {n}");
-        }
+        let left = staging_left(d.parent().unwrap());
+        assert!(left.is_empty(), "{what}: left {left:?}");
     }
+}
+
+/// Extraction staging folders (`.pronto-extract-*`) left in `dir`.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pronto-extract-"))
+        .collect()
+}
+
+/// `pull <id> [flags] --to <dest>`.
+fn pull_to(env: &Env, id: &str, flags: &[&str], dest: &Path) -> Output {
+    let mut args = vec!["pull", id];
+    args.extend_from_slice(flags);
+    args.extend(["--to", dest.to_str().unwrap()]);
+    env.run(&args)
+}
+
+/// `pull <id> --to <tmp>/<dest>` exits 4 and extracts nothing (see [`assert_exit4`]).
+fn pull_exit4(env: &Env, what: &str, id: &str, dest: &str) {
+    let dest = env.path(dest);
+    let args = ["pull", id, "--to", dest.to_str().unwrap()];
+    assert_exit4(env, what, &args, Some(&dest));
 }
 
 #[test]
@@ -175,7 +197,7 @@ fn damaged_gzip_and_zstd_streams_exit_4_on_pull_and_verify() {
         n += 1;
         put_on_remote(&env, &id, ext, &good, 500_000);
         let dest = env.path(&format!("ok{n}"));
-        let o = env.run(&["pull", &id, "--to", dest.to_str().unwrap()]);
+        let o = pull_to(&env, &id, &[], &dest);
         assert!(o.status.success(), "{ext} good: {}", text(&o));
         assert_eq!(
             std::fs::read(dest.join("top/b.bin")).unwrap(),
@@ -188,20 +210,13 @@ fn damaged_gzip_and_zstd_streams_exit_4_on_pull_and_verify() {
             n += 1;
             put_on_remote(&env, &id, ext, &bad, 500_000);
             // From the remote.
-            let dest = env.path(&format!("d{n}"));
-            assert_exit4(
-                &env,
-                &format!("{what}, pull --to"),
-                &["pull", &id, "--to", dest.to_str().unwrap()],
-                Some(&dest),
-            );
+            pull_exit4(&env, &format!("{what}, pull --to"), &id, &format!("d{n}"));
             // The local copy (it matches its manifest, so pull uses it): still exit 4.
-            let dest = env.path(&format!("e{n}"));
-            assert_exit4(
+            pull_exit4(
                 &env,
                 &format!("{what}, pull --to of the local copy"),
-                &["pull", &id, "--to", dest.to_str().unwrap()],
-                Some(&dest),
+                &id,
+                &format!("e{n}"),
             );
             // verify reads the local copy through.
             assert_exit4(
@@ -222,7 +237,7 @@ fn damaged_age_streams_exit_4_on_pull_and_verify() {
 
     put("20260201-170100", &good);
     let dest = env.path("ok");
-    let o = env.run(&["pull", "20260201-170100", "--to", dest.to_str().unwrap()]);
+    let o = pull_to(&env, "20260201-170100", &[], &dest);
     assert!(o.status.success(), "good: {}", text(&o));
 
     // A flipped byte in the payload (its chunk's MAC fails), a flipped byte in the header
@@ -251,19 +266,17 @@ fn damaged_age_streams_exit_4_on_pull_and_verify() {
     for (i, (what, bad)) in cases.iter().enumerate() {
         let id = format!("20260201-17011{i}");
         put(&id, bad);
-        let dest = env.path(&format!("d{i}"));
-        assert_exit4(
+        pull_exit4(
             &env,
             &format!("age {what}, pull --to"),
-            &["pull", &id, "--to", dest.to_str().unwrap()],
-            Some(&dest),
+            &id,
+            &format!("d{i}"),
         );
-        let dest = env.path(&format!("e{i}"));
-        assert_exit4(
+        pull_exit4(
             &env,
             &format!("age {what}, pull --to of the local copy"),
-            &["pull", &id, "--to", dest.to_str().unwrap()],
-            Some(&dest),
+            &id,
+            &format!("e{i}"),
         );
         // A damaged header is refused before the download: no local copy to verify.
         if !what.starts_with("header") {
@@ -283,13 +296,7 @@ fn not_an_archive_at_all_exits_4() {
     std::fs::create_dir_all(env.path("src")).unwrap();
     env.write_config("");
     put_on_remote(&env, "20260201-170200", ".tar.gz", b"hello, not gzip", 10);
-    let dest = env.path("d");
-    assert_exit4(
-        &env,
-        "not gzip",
-        &["pull", "20260201-170200", "--to", dest.to_str().unwrap()],
-        Some(&dest),
-    );
+    pull_exit4(&env, "not gzip", "20260201-170200", "d");
     // An intact gzip of a tar cut off inside an entry's data (the damage is in the tar).
     put_on_remote(
         &env,
@@ -298,22 +305,10 @@ fn not_an_archive_at_all_exits_4() {
         &gzip(&payload()[..250_000]),
         500_000,
     );
-    let dest = env.path("d3");
-    assert_exit4(
-        &env,
-        "gzip of a truncated tar",
-        &["pull", "20260201-170202", "--to", dest.to_str().unwrap()],
-        Some(&dest),
-    );
+    pull_exit4(&env, "gzip of a truncated tar", "20260201-170202", "d3");
     // A gzip of something that is not tar.
     put_on_remote(&env, "20260201-170201", ".tar.gz", &gzip(&[0x55; 4000]), 10);
-    let dest = env.path("d2");
-    assert_exit4(
-        &env,
-        "gzip of non-tar",
-        &["pull", "20260201-170201", "--to", dest.to_str().unwrap()],
-        Some(&dest),
-    );
+    pull_exit4(&env, "gzip of non-tar", "20260201-170201", "d2");
 }
 
 #[test]
@@ -329,7 +324,7 @@ fn configured_extract_limit_stops_a_bomb_before_writing_it() {
 
     env.write_config("\n[restore]\nmax_extract_size = \"1MiB\"\n");
     let dest = env.path("d");
-    let o = env.run(&["pull", "20260201-170300", "--to", dest.to_str().unwrap()]);
+    let o = pull_to(&env, "20260201-170300", &[], &dest);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -337,24 +332,19 @@ fn configured_extract_limit_stops_a_bomb_before_writing_it() {
         "{err}"
     );
     assert!(!dest.exists(), "nothing left half-extracted");
-    assert!(
-        !std::fs::read_dir(env.dir.path()).unwrap().any(|e| e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".pronto-extract-")),
+    assert_eq!(
+        staging_left(env.dir.path()),
+        Vec::<String>::new(),
         "no staging folder left"
     );
 
     // The flag overrides the config: a larger limit lets it through.
-    let o = env.run(&[
-        "pull",
+    let o = pull_to(
+        &env,
         "20260201-170300",
-        "--max-extract-size",
-        "9MiB",
-        "--to",
-        dest.to_str().unwrap(),
-    ]);
+        &["--max-extract-size", "9MiB"],
+        &dest,
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         std::fs::metadata(dest.join("top/zeros")).unwrap().len(),
@@ -364,21 +354,19 @@ fn configured_extract_limit_stops_a_bomb_before_writing_it() {
     // …and a smaller one stops it, without a config key.
     env.write_config("");
     let dest = env.path("d2");
-    let o = env.run(&[
-        "pull",
+    let o = pull_to(
+        &env,
         "20260201-170300",
-        "--max-extract-size",
-        "100KiB",
-        "--to",
-        dest.to_str().unwrap(),
-    ]);
+        &["--max-extract-size", "100KiB"],
+        &dest,
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("decompression bomb"));
     assert!(!dest.exists());
 
     // Without any limit but the manifest's, it extracts.
     let dest = env.path("d3");
-    let o = env.run(&["pull", "20260201-170300", "--to", dest.to_str().unwrap()]);
+    let o = pull_to(&env, "20260201-170300", &[], &dest);
     assert!(o.status.success(), "{}", text(&o));
 }
 

@@ -956,6 +956,90 @@ impl Inner {
         }
     }
 
+    /// Every entry but folders (files, links, others) in the folders that can hold keys
+    /// under `prefix`, as `(key, its attributes as listed)`, unsorted; names that are not
+    /// UTF-8 are left out (no backend writes them). A folder that is missing or not a
+    /// folder holds nothing, except the root's with `root_must_exist` (`list`: a root
+    /// that disappeared is an error, never an empty listing).
+    async fn walk(
+        &self,
+        c: &Conn,
+        prefix: &str,
+        root_must_exist: bool,
+    ) -> Result<Vec<(String, MetaData)>> {
+        let start = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let mut out = Vec::new();
+        let mut stack = vec![start.to_string()];
+        while let Some(dir_key) = stack.pop() {
+            let dir = c.path(&dir_key);
+            let strict = root_must_exist && dir_key.is_empty();
+            let entries: Vec<_> = match c.sftp.fs().open_dir(&dir).await {
+                Ok(d) => match d.read_dir().try_collect().await {
+                    Ok(v) => v,
+                    Err(e) => return Err(self.map(c, &e, "list", &dir).await),
+                },
+                Err(e) => match kind_of(&e) {
+                    Kind::NotFound if strict => {
+                        return Err(BackendError::Permanent(format!(
+                            "{}: the remote folder {dir} has disappeared",
+                            self.cfg.url
+                        )))
+                    }
+                    // The prefix's folder does not exist, or is a file: nothing there.
+                    Kind::NotFound | Kind::Failure(_) if !strict => continue,
+                    _ => return Err(self.map(c, &e, "list", &dir).await),
+                },
+            };
+            for entry in entries {
+                let Some(name) = entry.filename().to_str() else {
+                    continue; // not UTF-8: not written by a backend
+                };
+                if name == "." || name == ".." || name.is_empty() {
+                    continue;
+                }
+                let key = if dir_key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir_key}/{name}")
+                };
+                let meta = entry.metadata();
+                if meta.file_type().is_some_and(|t| t.is_dir()) {
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        stack.push(key);
+                    }
+                    continue;
+                }
+                out.push((key, meta));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write a whole object's `body` into the new file `f` at `path`, fsync it, read it
+    /// back against `sha256` and close it (what `put` and `put_if_absent` do before the
+    /// file takes, or already has, its final name).
+    async fn write_whole(
+        &self,
+        c: &Conn,
+        mut f: File,
+        path: &str,
+        key: &str,
+        body: &Bytes,
+        sha256: [u8; 32],
+    ) -> Result<()> {
+        self.write_at(c, &f, 0, body, path).await?;
+        self.fsync(c, &mut f, path).await?;
+        let want = Expected {
+            key,
+            parts: &[body.len() as u64],
+            part_tokens: None,
+            sha256,
+        };
+        self.verify(c, &f, path, want).await?;
+        self.close(c, f, path).await
+    }
+
     /// SHA-256 of each of `parts` (consecutive ranges from offset 0) and of all of them,
     /// read back over SFTP.
     async fn hash_parts(
@@ -1376,72 +1460,31 @@ impl Backend for SftpBackend {
         check_prefix(prefix)?;
         let c = self.conn().await?;
         let inner = &self.inner;
-        let start = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let mut out = Vec::new();
-        let mut stack = vec![start.to_string()];
-        while let Some(dir_key) = stack.pop() {
-            let dir = c.path(&dir_key);
-            let entries: Vec<_> = match c.sftp.fs().open_dir(&dir).await {
-                Ok(d) => match d.read_dir().try_collect().await {
-                    Ok(v) => v,
-                    Err(e) => return Err(inner.map(&c, &e, "list", &dir).await),
-                },
-                Err(e) => match kind_of(&e) {
-                    Kind::NotFound if dir_key.is_empty() => {
-                        return Err(BackendError::Permanent(format!(
-                            "{}: the remote folder {dir} has disappeared",
-                            inner.cfg.url
-                        )))
-                    }
-                    // The prefix's folder does not exist (or is a file): nothing there.
-                    Kind::NotFound => continue,
-                    Kind::Failure(_) if !dir_key.is_empty() => continue, // not a folder
-                    _ => return Err(inner.map(&c, &e, "list", &dir).await),
-                },
-            };
-            for entry in entries {
-                let Some(name) = entry.filename().to_str() else {
-                    continue; // not UTF-8: not written by a backend
-                };
-                if name == "." || name == ".." || name.is_empty() {
-                    continue;
-                }
-                let key = if dir_key.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{dir_key}/{name}")
-                };
-                let meta = entry.metadata();
-                let ft = meta.file_type();
-                if ft.is_some_and(|t| t.is_dir()) {
-                    let sub = format!("{key}/");
-                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                        stack.push(key);
-                    }
-                    continue;
-                }
-                if !key.starts_with(prefix) || is_reserved_name(name) {
-                    continue;
-                }
-                let size = if ft.is_some_and(|t| t.is_symlink()) {
-                    // A link to a file is an object; a link to a folder is not followed.
-                    match c.sftp.fs().metadata(c.path(&key)).await {
-                        Ok(m) if is_file(&m) => m.len().unwrap_or(0),
-                        Ok(_) => continue,
-                        Err(e) if matches!(kind_of(&e), Kind::NotFound) => continue,
-                        Err(e) => return Err(inner.map(&c, &e, "stat", &c.path(&key)).await),
-                    }
-                } else if ft.is_some_and(|t| t.is_file()) {
-                    meta.len().unwrap_or(0)
-                } else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key,
-                    size,
-                    sha256: None,
-                });
+        for (key, meta) in inner.walk(&c, prefix, true).await? {
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if !key.starts_with(prefix) || is_reserved_name(name) {
+                continue;
             }
+            let ft = meta.file_type();
+            let size = if ft.is_some_and(|t| t.is_symlink()) {
+                // A link to a file is an object; a link to a folder is not followed.
+                match c.sftp.fs().metadata(c.path(&key)).await {
+                    Ok(m) if is_file(&m) => m.len().unwrap_or(0),
+                    Ok(_) => continue,
+                    Err(e) if matches!(kind_of(&e), Kind::NotFound) => continue,
+                    Err(e) => return Err(inner.map(&c, &e, "stat", &c.path(&key)).await),
+                }
+            } else if ft.is_some_and(|t| t.is_file()) {
+                meta.len().unwrap_or(0)
+            } else {
+                continue;
+            };
+            out.push(ObjectMeta {
+                key,
+                size,
+                sha256: None,
+            });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
@@ -1531,24 +1574,11 @@ impl Backend for SftpBackend {
         let (dir_key, _) = split_key(key);
         // Named after the content: a retried put reuses (truncates) its own partial file.
         let partial = partial_path(&c, key, &hex::encode(sha256)[..16]);
-        let mut f = inner.create_file(&c, &partial, dir_key, false).await?;
+        let f = inner.create_file(&c, &partial, dir_key, false).await?;
         let res = async {
-            inner.write_at(&c, &f, 0, &body, &partial).await?;
-            inner.fsync(&c, &mut f, &partial).await?;
             inner
-                .verify(
-                    &c,
-                    &f,
-                    &partial,
-                    Expected {
-                        key,
-                        parts: &[body.len() as u64],
-                        part_tokens: None,
-                        sha256,
-                    },
-                )
+                .write_whole(&c, f, &partial, key, &body, sha256)
                 .await?;
-            inner.close(&c, f, &partial).await?;
             inner.commit(&c, key, &partial, sha256).await
         }
         .await;
@@ -1775,55 +1805,19 @@ impl Backend for SftpBackend {
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
         check_prefix(prefix)?;
         let c = self.conn().await?;
-        let inner = &self.inner;
-        let start = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let mut out = Vec::new();
-        let mut stack = vec![start.to_string()];
-        while let Some(dir_key) = stack.pop() {
-            let dir = c.path(&dir_key);
-            let entries: Vec<_> = match c.sftp.fs().open_dir(&dir).await {
-                Ok(d) => match d.read_dir().try_collect().await {
-                    Ok(v) => v,
-                    Err(e) => return Err(inner.map(&c, &e, "list", &dir).await),
-                },
-                Err(e) => match kind_of(&e) {
-                    Kind::NotFound | Kind::Failure(_) => continue,
-                    _ => return Err(inner.map(&c, &e, "list", &dir).await),
-                },
+        for (key, _) in self.inner.walk(&c, prefix, false).await? {
+            let Some((object, nonce)) = key.strip_suffix(PARTIAL).and_then(|k| k.rsplit_once('.'))
+            else {
+                continue;
             };
-            for entry in entries {
-                let Some(name) = entry.filename().to_str() else {
-                    continue;
-                };
-                if name == "." || name == ".." || name.is_empty() {
-                    continue;
-                }
-                let key = if dir_key.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{dir_key}/{name}")
-                };
-                let ft = entry.metadata().file_type();
-                if ft.is_some_and(|t| t.is_dir()) {
-                    let sub = format!("{key}/");
-                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                        stack.push(key);
-                    }
-                    continue;
-                }
-                let Some((object, nonce)) =
-                    key.strip_suffix(PARTIAL).and_then(|k| k.rsplit_once('.'))
-                else {
-                    continue;
-                };
-                let id = format!("{nonce}-{PART_SIZE}");
-                if object.starts_with(prefix)
-                    && !object.ends_with(SIDECAR)
-                    && parse_upload_id(&id).is_some()
-                    && check_key(object).is_ok()
-                {
-                    out.push((object.to_string(), UploadId(id)));
-                }
+            let id = format!("{nonce}-{PART_SIZE}");
+            if object.starts_with(prefix)
+                && !object.ends_with(SIDECAR)
+                && parse_upload_id(&id).is_some()
+                && check_key(object).is_ok()
+            {
+                out.push((object.to_string(), UploadId(id)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1916,23 +1910,11 @@ impl Backend for SftpBackend {
             sha256: Some(sha256),
         };
         if !c.sftp.support_hardlink() && c.sftp.support_posix_rename() {
-            let mut f = match inner.create_file(&c, &obj, dir_key, true).await {
+            let f = match inner.create_file(&c, &obj, dir_key, true).await {
                 Ok(f) => f,
                 Err(e) => return Err(exists_or(&c, url, key, e).await),
             };
-            let res = async {
-                inner.write_at(&c, &f, 0, &body, &obj).await?;
-                inner.fsync(&c, &mut f, &obj).await?;
-                let want = Expected {
-                    key,
-                    parts: &[body.len() as u64],
-                    part_tokens: None,
-                    sha256,
-                };
-                inner.verify(&c, &f, &obj, want).await?;
-                inner.close(&c, f, &obj).await
-            }
-            .await;
+            let res = inner.write_whole(&c, f, &obj, key, &body, sha256).await;
             if let Err(e) = res {
                 let _ = inner.remove_quiet(&c, &obj).await;
                 return Err(e);
@@ -1941,24 +1923,11 @@ impl Backend for SftpBackend {
             return Ok(meta);
         }
         let partial = partial_path(&c, key, &nonce());
-        let mut f = inner.create_file(&c, &partial, dir_key, true).await?;
+        let f = inner.create_file(&c, &partial, dir_key, true).await?;
         let res = async {
-            inner.write_at(&c, &f, 0, &body, &partial).await?;
-            inner.fsync(&c, &mut f, &partial).await?;
             inner
-                .verify(
-                    &c,
-                    &f,
-                    &partial,
-                    Expected {
-                        key,
-                        parts: &[body.len() as u64],
-                        part_tokens: None,
-                        sha256,
-                    },
-                )
+                .write_whole(&c, f, &partial, key, &body, sha256)
                 .await?;
-            inner.close(&c, f, &partial).await?;
             let mut fs = c.sftp.fs();
             let linked = if c.sftp.support_hardlink() {
                 fs.hard_link(&partial, &obj).await

@@ -8,6 +8,8 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+pub mod remotes;
+
 /// A test workspace: a config file, a backup folder, a file:// remote, a source tree.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -67,6 +69,88 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `v` is empty (shown when not).
+#[track_caller]
+pub fn assert_empty<T: std::fmt::Debug>(v: &[T]) {
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// Every file under a folder, recursively, in no particular order (empty for a missing
+/// folder).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Where the file named `name` is under `root` (say an archive in the backup folder or
+/// one of its tiers).
+pub fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+}
+
+/// A small real archive `pronto-app-backup-<id>.tar.gz` in `dir` whose backup_info.txt
+/// names `host`, and its manifest.
+pub fn fabricate(dir: &Path, id: &str, host: &str) {
+    use sha2::Digest;
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let stem = format!("pronto-app-backup-{id}");
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let info = format!("Pronto backup {id} of {host}\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_size(info.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    tar.append_data(&mut h, format!("{stem}/backup_info.txt"), info.as_bytes())
+        .unwrap();
+    let mut gz = tar.into_inner().unwrap();
+    gz.flush().unwrap();
+    let bytes = gz.finish().unwrap();
+    let file = format!("{stem}.tar.gz");
+    std::fs::write(dir.join(&file), &bytes).unwrap();
+    let created = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &id[0..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11],
+        &id[11..13],
+        &id[13..15]
+    );
+    let manifest = serde_json::json!({
+        "format": 1, "id": id, "file": file, "created": created, "size": bytes.len(),
+        "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "compression": "gzip",
+        "encryption": "none", "host": host, "tool_version": "test", "sources": [],
+    });
+    std::fs::write(
+        dir.join(format!("{file}.manifest.json")),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Files directly in a folder, sorted (empty for a missing folder).
@@ -133,12 +217,33 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = vec![0u8; len];
     for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        chunk.copy_from_slice(&xorshift(&mut x).to_le_bytes()[..chunk.len()]);
     }
     out
+}
+
+/// One step of xorshift64: the next value of `x` (not 0 unless `x` was).
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Starts `c` (its output discarded) and kills it with SIGKILL after `delay`; true if it
+/// had already finished by then.
+pub fn kill_after(mut c: std::process::Command, delay: std::time::Duration) -> bool {
+    use std::process::Stdio;
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let finished = child.try_wait().unwrap().is_some();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    finished
 }
 
 /// Write [`noise`] to `path`, 1 MiB at a time (for files of hundreds of MiB).

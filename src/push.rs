@@ -217,11 +217,17 @@ async fn prune_after_push(
     rep: &mut RemoteReport,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let state = crate::prune::list_state(cfg, r).await?;
     let state = if dry_run {
-        state.with_uploads(uploads)
+        crate::prune::list_state(cfg, r)
+            .await?
+            .with_uploads(uploads)
+    } else if r.backend.supports_put_if_absent() {
+        // A real prune takes the lease and lists the remote again under it
+        // (`prune_remote`): a listing here would be thrown away. (Were it ever used, an
+        // empty state plans no deletion.)
+        plan::RemoteState::default()
     } else {
-        state
+        crate::prune::list_state(cfg, r).await?
     };
     let remote_pins = crate::pins::read_remote(r, &cfg.local.prefix).await?;
     let pins = local_pins.union(&remote_pins).cloned().collect();

@@ -117,16 +117,22 @@ pub async fn upload_archive_with(
     };
 
     verify_remote(r, file, size, sha).await?;
+    write_manifest(r, &up.manifest, file).await?;
+    Ok(stats)
+}
 
-    let manifest_bytes = Bytes::from(up.manifest.to_json());
-    let msha = sha256_of(&manifest_bytes);
+/// Put `manifest` beside the archive `file` on the remote: the commit marker, always
+/// written last (an archive without one is an incomplete upload).
+async fn write_manifest(r: &RemoteHandle, manifest: &Manifest, file: &str) -> Result<()> {
+    let body = Bytes::from(manifest.to_json());
+    let msha = sha256_of(&body);
     let mkey = Manifest::file_name_for(file);
     retry(r.retry, &format!("upload of {mkey} to {}", r.name), || {
-        r.backend.put(&mkey, manifest_bytes.clone(), msha)
+        r.backend.put(&mkey, body.clone(), msha)
     })
     .await
     .with_context(|| format!("{}: uploading {mkey}", r.name))?;
-    Ok(stats)
+    Ok(())
 }
 
 /// Finish an archive whose bytes reached the remote some other way (`backup --push`
@@ -151,15 +157,7 @@ pub async fn verify_and_write_manifest(
     } else {
         verify_remote(r, file, manifest.size, sha).await?;
     }
-    let body = Bytes::from(manifest.to_json());
-    let msha = sha256_of(&body);
-    let mkey = Manifest::file_name_for(file);
-    retry(r.retry, &format!("upload of {mkey} to {}", r.name), || {
-        r.backend.put(&mkey, body.clone(), msha)
-    })
-    .await
-    .with_context(|| format!("{}: uploading {mkey}", r.name))?;
-    Ok(())
+    write_manifest(r, manifest, file).await
 }
 
 /// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.

@@ -152,40 +152,24 @@ pub async fn verify_and_write_manifest(
 ) -> Result<()> {
     let file = &manifest.file;
     let sha = manifest.sha256_bytes()?;
-    if parts_checked {
-        verify_remote_size(r, file, manifest.size, Some(sha)).await?;
-    } else {
-        verify_remote(r, file, manifest.size, sha).await?;
-    }
+    verify_remote_with(r, file, manifest.size, sha, !parts_checked).await?;
     write_manifest(r, manifest, file).await
 }
 
 /// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
 async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) -> Result<()> {
-    let recorded = verify_remote_size(r, key, size, None).await?;
-    let got = match recorded {
-        Some(h) => h,
-        None => hash_remote(r, key).await?.0,
-    };
-    if got != sha {
-        return Err(crate::error::verification(format!(
-            "{}: {key} read back with sha256 {}, expected {}",
-            r.name,
-            hex::encode(got),
-            hex::encode(sha)
-        )));
-    }
-    Ok(())
+    verify_remote_with(r, key, size, sha, true).await
 }
 
-/// Check the remote copy's size, and the hash the backend recorded when it keeps one and
-/// `sha` is given; returns the recorded hash.
-async fn verify_remote_size(
+/// Check the remote copy's size, then its SHA-256: the one the backend recorded, else
+/// (with `read_back`) the object read back and hashed; without either, size alone.
+async fn verify_remote_with(
     r: &RemoteHandle,
     key: &str,
     size: u64,
-    sha: Option<[u8; 32]>,
-) -> Result<Option<[u8; 32]>> {
+    sha: [u8; 32],
+    read_back: bool,
+) -> Result<()> {
     let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
         r.backend.head(key)
     })
@@ -198,17 +182,20 @@ async fn verify_remote_size(
             meta.size
         );
     }
-    if let (Some(want), Some(got)) = (sha, meta.sha256) {
-        if want != got {
-            return Err(crate::error::verification(format!(
-                "{}: {key} is recorded with sha256 {}, expected {}",
-                r.name,
-                hex::encode(got),
-                hex::encode(want)
-            )));
-        }
+    let got = match meta.sha256 {
+        Some(h) => h,
+        None if read_back => hash_remote(r, key).await?.0,
+        None => return Ok(()),
+    };
+    if got != sha {
+        return Err(crate::error::verification(format!(
+            "{}: {key} has sha256 {}, expected {}",
+            r.name,
+            hex::encode(got),
+            hex::encode(sha)
+        )));
     }
-    Ok(meta.sha256)
+    Ok(())
 }
 
 /// Stream an object and hash it.

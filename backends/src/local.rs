@@ -436,16 +436,11 @@ impl Inner {
         tmp.as_file_mut()
             .write_all(body)
             .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        if let Ok(meta) = tmp.as_file().metadata() {
-            write_sha_xattr(tmp.as_file(), &sha256, &meta);
-        }
-        let dest = dir.join(&name);
-        tmp.persist_noclobber(&dest)
-            .map_err(|e| BackendError::from_io(key, e.error))?;
-        fsync_dir(&dir)?;
+        self.finish_with(tmp, &dir, &name, Some(sha256), false)
+            .map_err(|e| match e {
+                BackendError::AlreadyExists(_) => BackendError::AlreadyExists(key.to_string()),
+                e => e,
+            })?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: body.len() as u64,
@@ -920,6 +915,19 @@ impl Inner {
         name: &str,
         sha256: Option<[u8; 32]>,
     ) -> Result<()> {
+        self.finish_with(tmp, dir, name, sha256, true)
+    }
+
+    /// [`finish`](Inner::finish); with `replace == false` the rename is a link that fails
+    /// (`AlreadyExists`) when `name` exists, for [`put_if_absent`](Inner::put_if_absent).
+    fn finish_with(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        dir: &Path,
+        name: &str,
+        sha256: Option<[u8; 32]>,
+        replace: bool,
+    ) -> Result<()> {
         let tmp_ctx = tmp.path().display().to_string();
         tmp.as_file()
             .sync_all()
@@ -932,9 +940,14 @@ impl Inner {
             }
         }
         let dest = dir.join(name);
-        tmp.persist(&dest).map_err(|e| {
-            BackendError::from_io(&format!("rename {tmp_ctx} to {}", dest.display()), e.error)
-        })?;
+        let what = format!("rename {tmp_ctx} to {}", dest.display());
+        if replace {
+            tmp.persist(&dest)
+                .map_err(|e| BackendError::from_io(&what, e.error))?;
+        } else {
+            tmp.persist_noclobber(&dest)
+                .map_err(|e| BackendError::from_io(&what, e.error))?;
+        }
         fsync_dir(dir)
     }
 }

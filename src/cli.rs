@@ -161,6 +161,12 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
         /// With --target-db: which database of the archive (when it holds several)
         #[arg(long, value_name = "NAME", requires = "target_db")]
         database: Option<String>,
+        /// With --target-db: replace that database even when it exists and holds tables (it goes into the safety backup first)
+        #[arg(long, requires = "target_db")]
+        replace_target_db: bool,
+        /// With --restore: set roles that exist to the backup's state (password, LOGIN, memberships); by default they are left as they are
+        #[arg(long, requires = "restore")]
+        reset_roles: bool,
         /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
         #[arg(long, short = 'i', value_name = "FILE")]
         identity: Option<PathBuf>,
@@ -473,6 +479,8 @@ fn run(cli: Cli) -> Result<i32> {
             no_safety_backup,
             target_db,
             database,
+            replace_target_db,
+            reset_roles,
             identity,
             host,
             max_extract_size,
@@ -493,6 +501,8 @@ fn run(cli: Cli) -> Result<i32> {
                 safety_backup: !no_safety_backup,
                 target_db,
                 database,
+                replace_target_db,
+                reset_roles,
             };
             crate::restore::run(&cfg, &opts, &mut out)
         }

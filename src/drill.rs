@@ -379,7 +379,11 @@ fn drill_postgres(
             (private.source().clone(), Some(bin), false)
         }
     };
-    let client = PgClient::new(&src, work)?.with_bin_dir(bin_dir.clone());
+    let mut client = PgClient::new(&src, work)?.with_bin_dir(bin_dir.clone());
+    if !scratch {
+        // Our own private instance: judge only the archive, not this shell's PG* variables.
+        client = client.throwaway();
+    }
     let version = client.server_version()?;
     let server = if scratch {
         format!("scratch server {} (PostgreSQL {version})", src.describe())
@@ -403,7 +407,7 @@ fn drill_postgres(
         let mut plain = scratch;
         if !scratch {
             if let Some(g) = &p.globals {
-                match client.restore_globals(&folder.join(g)) {
+                match client.restore_globals(&folder.join(g), false) {
                     Ok(_) => {}
                     Err(e) => {
                         plain = true;

@@ -210,6 +210,12 @@ pub struct RestoreOptions {
     pub target_db: Option<String>,
     /// `--database NAME`: which database of the archive (with `--target-db`).
     pub database: Option<String>,
+    /// `--replace-target-db`: `--target-db` may replace an existing database that holds
+    /// relations (it is saved in the safety backup first); without it that is refused.
+    pub replace_target_db: bool,
+    /// `--reset-roles`: set roles that exist to the backup's state (password, LOGIN,
+    /// attributes, memberships); by default they are left exactly as they are.
+    pub reset_roles: bool,
 }
 
 /// Parse `--only` values into source kinds.
@@ -426,6 +432,8 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
     // 2. Plan, with the checks that need no change.
     let mut steps: Vec<Step> = Vec::new();
     let mut safety_names = Vec::new();
+    // Databases outside a source's `databases` that the safety backup must hold too.
+    let mut extra_safety_dbs: Vec<(String, String)> = Vec::new();
     for s in &selected {
         let Some(sum) = manifest
             .sources
@@ -490,7 +498,18 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                         })?;
                     vec![d]
                 }
-                (Some(_), None) if p.databases.len() != 1 => {
+                (Some(_), None) if only_user_database(p, &pg.maintenance_db).is_some() => {
+                    let d = only_user_database(p, &pg.maintenance_db).expect("checked");
+                    if p.databases.len() > 1 {
+                        writeln!(
+                            out,
+                            "  postgres {}: restoring database {} (the archive's only one besides {}; --database picks another)",
+                            s.name, d.name, pg.maintenance_db
+                        )?;
+                    }
+                    vec![d]
+                }
+                (Some(_), None) => {
                     return Err(usage(format!(
                         "--target-db: the archive holds {} databases ({}); pick one with --database NAME",
                         p.databases.len(),
@@ -506,6 +525,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                         file: staged.join(g),
                     });
                 }
+            }
+            if let Some(t) = &opts.target_db {
+                check_target_db(&client, s, t, opts, &mut extra_safety_dbs, out)?;
             }
             for d in dbs {
                 steps.push(Step::PgDatabase {
@@ -545,12 +567,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                         s.name
                     );
                 }
-                if let Some(f) = client
-                    .config_get("dbfilename")
-                    .filter(|f| !f.is_empty() && !f.contains('/'))
-                {
-                    dbfilename = f;
-                }
+                dbfilename = check_redis_files(&client, &s.name, data_dir)?;
                 writeln!(
                     out,
                     "  redis {}: {} answers (dbfilename {dbfilename})",
@@ -604,6 +621,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         home_cfg.local.dir = home.clone();
         home_cfg.local.home = None;
     }
+    add_safety_databases(&mut home_cfg, &extra_safety_dbs);
+    // `--replace-target-db` targets that hold relations: replaced whole, not merged into.
+    let replace_dbs = extra_safety_dbs;
     let total = steps.len();
     let mut safety: Option<String> = None;
     let mut failed_checks = 0usize;
@@ -629,7 +649,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             .map_err(|e| {
                 e.context("the safety backup of the current state failed, so nothing was changed; fix the cause, or restore without one with --no-safety-backup")
             }),
-            Step::PgGlobals { src, file } => restore_globals(src, file, staging.path()),
+            Step::PgGlobals { src, file } => {
+                restore_globals(src, file, opts.reset_roles, safety.as_deref(), staging.path())
+            }
             Step::PgDatabase {
                 src,
                 file,
@@ -637,13 +659,33 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                 target,
                 tables,
                 rows,
-            } => restore_pg_database(src, file, db, target, *tables, *rows, staging.path()),
+            } if replace_dbs.contains(&(src.name.clone(), target.clone())) => {
+                replace_pg_database(src, file, db, target, *tables, *rows, staging.path())
+                    .map(|d| d + &old_state_note(safety.as_deref()))
+            }
+            Step::PgDatabase {
+                src,
+                file,
+                db,
+                target,
+                tables,
+                rows,
+            } => restore_pg_database(src, file, db, target, *tables, *rows, staging.path()).map(
+                |(d, replaced)| {
+                    if replaced {
+                        d + &old_state_note(safety.as_deref())
+                    } else {
+                        d
+                    }
+                },
+            ),
             Step::Redis {
                 src,
                 rdb,
                 summary,
                 dbfilename,
-            } => restore_redis(src, rdb, summary, dbfilename, out),
+            } => restore_redis(src, rdb, summary, dbfilename, out)
+                .map(|d| d + &old_state_note(safety.as_deref())),
             Step::Folder { src, staged } => restore_folder(src, staged),
             Step::HealthChecks => {
                 let results = run_health_checks(cfg, &rt, staging.path(), out)?;
@@ -737,21 +779,130 @@ fn local_intact(
     Ok(Some(a.path.clone()))
 }
 
-fn restore_globals(src: &Source, file: &Path, private: &Path) -> Result<String> {
+fn restore_globals(
+    src: &Source,
+    file: &Path,
+    reset_roles: bool,
+    safety: Option<&str>,
+    private: &Path,
+) -> Result<String> {
     let pg = src.postgres.as_ref().expect("postgres source");
     let client = PgClient::new(pg, private)?;
-    let tolerated = client.restore_globals(file)?;
-    Ok(if tolerated == 0 {
-        format!(
-            "ran {} with psql",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        )
+    let report = client.restore_globals(file, reset_roles)?;
+    let note = if report.reset.is_empty() {
+        String::new()
     } else {
-        format!(
-            "ran {} with psql ({tolerated} already existed and were kept)",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        )
-    })
+        old_state_note(safety)
+    };
+    Ok(format!("{}{note}", report.describe()))
+}
+
+/// The archive's one database, or its one database besides the maintenance database
+/// (`postgres`, which a source without a `databases` list dumps too).
+fn only_user_database<'p>(
+    p: &'p PgSummary,
+    maintenance_db: &str,
+) -> Option<&'p crate::manifest::PgDatabase> {
+    if p.databases.len() == 1 {
+        return p.databases.first();
+    }
+    let mut user = p.databases.iter().filter(|d| d.name != maintenance_db);
+    match (user.next(), user.next()) {
+        (Some(d), None) => Some(d),
+        _ => None,
+    }
+}
+
+/// `; the state before is in safety backup ID` for a step that replaced data.
+fn old_state_note(safety: Option<&str>) -> String {
+    match safety {
+        Some(id) => format!("; what it replaced is in safety backup {id}"),
+        None => "; no safety backup holds what it replaced (--no-safety-backup)".to_string(),
+    }
+}
+
+/// `--target-db NAME`: a database that does not exist, or holds no relation, is a
+/// fine target. One that holds relations is replaced only with `--replace-target-db`,
+/// and then the safety backup holds it first.
+fn check_target_db(
+    client: &PgClient,
+    src: &Source,
+    target: &str,
+    opts: &RestoreOptions,
+    extra_safety_dbs: &mut Vec<(String, String)>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if !client.database_exists(target)? {
+        return Ok(());
+    }
+    let relations = client.relation_count(target)?;
+    if relations == 0 {
+        writeln!(
+            out,
+            "  postgres {}: database {target} exists and is empty; the dump goes into it",
+            src.name
+        )?;
+        return Ok(());
+    }
+    if !opts.replace_target_db {
+        return Err(usage(format!(
+            "--target-db {target}: database {target} already exists and holds {relations} relations; \
+             restoring into it would replace some of them and leave the rest, a mix of both. Pick a name \
+             that does not exist, or give --replace-target-db to replace it (it is saved in the safety backup first)"
+        )));
+    }
+    writeln!(
+        out,
+        "  postgres {}: database {target} exists and holds {relations} relations; --replace-target-db: it is saved in the safety backup, then replaced",
+        src.name
+    )?;
+    extra_safety_dbs.push((src.name.clone(), target.to_string()));
+    Ok(())
+}
+
+/// Add `(source, database)` pairs to the sources' `databases` lists for the safety
+/// backup (a source without a list dumps every database already).
+fn add_safety_databases(cfg: &mut Config, extra: &[(String, String)]) {
+    for (name, db) in extra {
+        if let Some(pg) = cfg
+            .sources
+            .iter_mut()
+            .find(|s| &s.name == name)
+            .and_then(|s| s.postgres.as_mut())
+        {
+            if let Some(list) = pg.databases.as_mut() {
+                if !list.contains(db) {
+                    list.push(db.clone());
+                }
+            }
+        }
+    }
+}
+
+/// `--replace-target-db`: the target becomes exactly the dump (no table of its own left).
+fn replace_pg_database(
+    src: &Source,
+    file: &Path,
+    db: &str,
+    target: &str,
+    tables: usize,
+    rows: u64,
+    private: &Path,
+) -> Result<String> {
+    let pg = src.postgres.as_ref().expect("postgres source");
+    let client = PgClient::new(pg, private)?;
+    client.replace_database(file, db, target)?;
+    let now = client.count_tables(target)?;
+    let now_rows: u64 = now.iter().map(|t| t.rows).sum();
+    let check = if now.len() == tables && now_rows == rows {
+        "matches the dump".to_string()
+    } else {
+        format!("the dump holds {tables} tables, {rows} rows")
+    };
+    Ok(format!(
+        "replaced {target} by the dump (restored beside it, then swapped in): {} tables, {now_rows} rows now ({check})",
+        now.len()
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -763,7 +914,7 @@ fn restore_pg_database(
     tables: usize,
     rows: u64,
     private: &Path,
-) -> Result<String> {
+) -> Result<(String, bool)> {
     let pg = src.postgres.as_ref().expect("postgres source");
     let client = PgClient::new(pg, private)?;
     let mode = client.restore_database(file, db, target, false)?;
@@ -775,13 +926,15 @@ fn restore_pg_database(
     } else {
         format!("the dump holds {tables} tables, {rows} rows")
     };
-    Ok(format!(
+    let detail = format!(
         "restored {} {}: {} tables, {} rows now ({check})",
         target,
         mode.describe(),
         now.len(),
         now_rows
-    ))
+    );
+    // Only an existing database had something replaced.
+    Ok((detail, mode == crate::source::postgres::RestoreMode::Clean))
 }
 
 fn restore_redis(
@@ -861,22 +1014,71 @@ fn restore_redis(
         Some(s) => {
             let min = expected - s.dbs.values().map(|d| d.expired_at(t1)).sum::<u64>();
             let max = expected - s.dbs.values().map(|d| d.expired_at(t0)).sum::<u64>();
-            if (min..=max).contains(&loaded_total) {
+            if loaded_total < min {
+                bail!(
+                    "the server loaded {loaded_total} keys, but the snapshot holds {expected} \
+                     ({min} at least, counting keys whose TTL ran out): it did not load the restored \
+                     file {} completely (is it the file the server reads?)",
+                    target.display()
+                );
+            }
+            if loaded_total <= max {
                 if min == max {
                     "matches the snapshot".to_string()
                 } else {
                     format!("matches the snapshot's {expected} less keys whose TTL ran out")
                 }
             } else {
-                format!("WARNING: the snapshot holds {expected} keys")
+                format!("more than the snapshot's {expected}: something wrote after the start")
             }
         }
-        None => format!("the backup recorded {expected}"),
+        None => {
+            // A format this version cannot read: the backup's counts, less every key with a TTL.
+            let with_ttl: u64 = summary.dbs.iter().map(|d| d.expires).sum();
+            if loaded_total + with_ttl < expected {
+                bail!(
+                    "the server loaded {loaded_total} keys, but the backup recorded {expected} \
+                     ({with_ttl} of them with a TTL): it did not load the restored file {} completely",
+                    target.display()
+                );
+            }
+            format!("the backup recorded {expected}")
+        }
     };
     Ok(format!(
         "{loaded_total} keys loaded in {} databases ({verdict})",
         loaded.len()
     ))
+}
+
+/// Before anything is stopped: the running server must read its snapshot from the
+/// file this restore writes, `data_dir`/`dbfilename` (`CONFIG GET dir` and `dbfilename`).
+/// Returns the `dbfilename`. A server that hides `CONFIG GET` is trusted to use
+/// `data_dir` and `dump.rdb`.
+fn check_redis_files(client: &RedisClient, name: &str, data_dir: &Path) -> Result<String> {
+    let dir = client.config_get("dir");
+    if let Some(dir) = dir.as_deref().filter(|d| !d.is_empty()) {
+        let same = match (std::fs::canonicalize(dir), std::fs::canonicalize(data_dir)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => Path::new(dir) == data_dir,
+        };
+        if !same {
+            bail!(
+                "redis source '{name}': the server reads its snapshot from {dir} (CONFIG GET dir), \
+                 but data_dir is {}: the restored dump.rdb would not be loaded. Set data_dir = \"{dir}\" \
+                 (or the host folder mounted there); nothing was stopped or changed",
+                data_dir.display()
+            );
+        }
+    }
+    match client.config_get("dbfilename") {
+        Some(f) if f.is_empty() || f.contains('/') => bail!(
+            "redis source '{name}': the server's dbfilename is {f:?}, not a file name in its dir; \
+             nothing was stopped or changed"
+        ),
+        Some(f) => Ok(f),
+        None => Ok("dump.rdb".to_string()),
+    }
 }
 
 fn said_suffix(said: &str, secrets: &[String]) -> String {

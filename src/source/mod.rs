@@ -82,6 +82,7 @@ pub(crate) struct RawKeys<'a> {
     pub password_file: Option<&'a Spanned<String>>,
     pub command_prefix: Option<&'a Spanned<Vec<String>>>,
     pub globals: Option<&'a Spanned<bool>>,
+    pub lock_timeout: Option<&'a Spanned<String>>,
     pub data_dir: Option<&'a Spanned<String>>,
     pub stop_command: Option<&'a Spanned<CommandLine>>,
     pub start_command: Option<&'a Spanned<CommandLine>>,
@@ -105,6 +106,7 @@ impl RawKeys<'_> {
             password_file,
             command_prefix,
             globals,
+            lock_timeout,
             data_dir,
             stop_command,
             start_command
@@ -139,6 +141,7 @@ pub(crate) fn from_raw(
             "password_file",
             "command_prefix",
             "globals",
+            "lock_timeout",
         ],
         SourceKind::Redis => &[
             "url",
@@ -154,7 +157,9 @@ pub(crate) fn from_raw(
         if !allowed.contains(&name) {
             let which = match name {
                 "data_dir" | "stop_command" | "start_command" => "a redis source",
-                "host" | "port" | "databases" | "command_prefix" | "globals" => "a postgres source",
+                "host" | "port" | "databases" | "command_prefix" | "globals" | "lock_timeout" => {
+                    "a postgres source"
+                }
                 _ => "a postgres or redis source",
             };
             return Err(at.err(

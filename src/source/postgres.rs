@@ -19,6 +19,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -47,7 +50,14 @@ pub struct PgSource {
     pub command_prefix: Vec<String>,
     /// Dump roles and tablespaces with `pg_dumpall --globals-only` (default true).
     pub globals: bool,
+    /// `lock_timeout`: longest any of our sessions (dump, restore) waits for a lock
+    /// held by another session before it is cancelled and the blockers are named;
+    /// `None` ("0s"): no limit. Default [`DEFAULT_LOCK_TIMEOUT`].
+    pub lock_timeout: Option<Duration>,
 }
+
+/// The default `lock_timeout` of a postgres source.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) fn from_raw(
     keys: &RawKeys,
@@ -138,6 +148,19 @@ pub(crate) fn from_raw(
         Some(c) => c.get_ref().clone(),
         None => Vec::new(),
     };
+    let lock_timeout = match keys.lock_timeout {
+        Some(t) => {
+            let d = humantime::parse_duration(t.get_ref().trim()).map_err(|_| {
+                at.err(
+                    t.span().start,
+                    &format!("{key}.lock_timeout"),
+                    "a duration like \"60s\" or \"5m\" (\"0s\": wait for locks without limit)",
+                )
+            })?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(DEFAULT_LOCK_TIMEOUT),
+    };
     Ok(PgSource {
         params,
         maintenance_db,
@@ -145,6 +168,7 @@ pub(crate) fn from_raw(
         password_file,
         command_prefix,
         globals: keys.globals.map(|g| *g.get_ref()).unwrap_or(true),
+        lock_timeout,
     })
 }
 
@@ -258,6 +282,7 @@ impl PgSource {
             password_file: None,
             command_prefix: Vec::new(),
             globals: true,
+            lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
         })
     }
 
@@ -289,12 +314,23 @@ impl PgSource {
 
     /// The libpq keyword/value connection string for database `db`.
     pub fn conninfo(&self, db: &str) -> String {
+        self.conninfo_as(db, None)
+    }
+
+    /// [`Self::conninfo`] with `application_name` set to `app` (how our own sessions are
+    /// found in `pg_stat_activity`).
+    pub fn conninfo_as(&self, db: &str, app: Option<&str>) -> String {
         let mut parts = Vec::new();
         for (k, v) in &self.params {
+            if app.is_some() && k == "application_name" {
+                continue;
+            }
             parts.push(format!("{k}={}", conn_value(v)));
         }
         parts.push(format!("dbname={}", conn_value(db)));
-        if !self.params.iter().any(|(k, _)| k == "application_name") {
+        if let Some(app) = app {
+            parts.push(format!("application_name={}", conn_value(app)));
+        } else if !self.params.iter().any(|(k, _)| k == "application_name") {
             parts.push("application_name='pronto-offsite'".into());
         }
         if !self.params.iter().any(|(k, _)| k == "connect_timeout") {
@@ -311,6 +347,10 @@ pub struct PgClient<'a> {
     env: Vec<EnvVar>,
     secrets: Vec<String>,
     bin_dir: Option<PathBuf>,
+    /// `application_name` of every session we open: how the lock watchdog finds them.
+    app_name: String,
+    /// A throwaway server of the drill: no inherited `PG*` variables, no tablespaces.
+    throwaway: bool,
 }
 
 impl<'a> PgClient<'a> {
@@ -352,7 +392,18 @@ impl<'a> PgClient<'a> {
             env,
             secrets,
             bin_dir: None,
+            app_name: format!("pronto-offsite {}", std::process::id()),
+            throwaway: false,
         })
+    }
+
+    /// A throwaway server (the drill's private instance): the tools get none of this
+    /// process's `PG*` variables (a `PGPASSWORD`, `PGHOST` or `PGOPTIONS` meant for the
+    /// live server), and restores leave tablespaces out (they name the live server's
+    /// folders).
+    pub fn throwaway(mut self) -> Self {
+        self.throwaway = true;
+        self
     }
 
     /// Use the tools in this folder rather than those on PATH.
@@ -377,13 +428,27 @@ impl<'a> PgClient<'a> {
         } else {
             Command::new(name)
         };
+        self.set_env(&mut c);
+        c.stdin(Stdio::null());
+        c.arg("-w").arg(format!(
+            "--dbname={}",
+            self.src.conninfo_as(db, Some(&self.app_name))
+        ));
+        c
+    }
+
+    /// Our variables on `c`; for a throwaway server, without any inherited `PG*` one.
+    fn set_env(&self, c: &mut Command) {
+        if self.throwaway {
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("PG") {
+                    c.env_remove(k);
+                }
+            }
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        c.stdin(Stdio::null());
-        c.arg("-w")
-            .arg(format!("--dbname={}", self.src.conninfo(db)));
-        c
     }
 
     fn psql(&self, db: &str) -> Command {
@@ -398,6 +463,78 @@ impl<'a> PgClient<'a> {
             describe_status(f.status),
             tail(&f.stderr, &self.secrets, 12)
         )
+    }
+
+    /// Run `f` (a dump or a restore of `db`) while a watchdog cancels any of our
+    /// sessions that waits longer than `lock_timeout` for a lock; the error then names the
+    /// sessions holding it (pid, user, state, query). Without a `lock_timeout`, just `f`.
+    fn watch_locks<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(limit) = self.src.lock_timeout else {
+            return f();
+        };
+        let stop = AtomicBool::new(false);
+        let blocked: Mutex<Option<String>> = Mutex::new(None);
+        let res = std::thread::scope(|sc| {
+            sc.spawn(|| self.lock_watchdog(limit, &stop, &blocked));
+            let r = f();
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        match (res, blocked.into_inner().unwrap_or(None)) {
+            (Err(e), Some(who)) => Err(anyhow!(
+                "waited more than {} for a lock, so the session was cancelled; the lock is held by {who}. \
+                 End that session (SELECT pg_terminate_backend(PID)) or let it finish, then run again \
+                 (the source's `lock_timeout` sets how long to wait): {e:#}",
+                humantime::format_duration(limit)
+            )),
+            (res, _) => res,
+        }
+    }
+
+    /// Every half second: our sessions waiting for a lock, and who blocks them; one that
+    /// has waited `limit` is cancelled and its blockers are kept in `blocked`.
+    fn lock_watchdog(&self, limit: Duration, stop: &AtomicBool, blocked: &Mutex<Option<String>>) {
+        let sql = format!(
+            "SELECT w.pid::text || E'\\t' || coalesce(string_agg(format('pid %s (user %s, %s): %s', \
+             b.pid, b.usename, coalesce(b.state, 'unknown state'), \
+             left(regexp_replace(coalesce(b.query, ''), '\\s+', ' ', 'g'), 200)), '; ' ORDER BY b.pid), 'sessions it cannot see') \
+             FROM pg_catalog.pg_stat_activity w \
+             LEFT JOIN pg_catalog.pg_stat_activity b ON b.pid = ANY(pg_catalog.pg_blocking_pids(w.pid)) \
+             WHERE w.application_name = {} AND w.wait_event_type = 'Lock' AND w.pid <> pg_catalog.pg_backend_pid() \
+             GROUP BY w.pid",
+            quote_literal(&self.app_name)
+        );
+        let mut waiting: std::collections::HashMap<String, Instant> = Default::default();
+        loop {
+            for _ in 0..5 {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let Ok(out) = self.query(&self.src.maintenance_db, &sql) else {
+                continue;
+            };
+            let now = Instant::now();
+            let mut seen = std::collections::HashMap::new();
+            for line in out.lines() {
+                let Some((pid, who)) = line.split_once('\t') else {
+                    continue;
+                };
+                let since = waiting.get(pid).copied().unwrap_or(now);
+                seen.insert(pid.to_string(), since);
+                if now.duration_since(since) >= limit && pid.chars().all(|c| c.is_ascii_digit()) {
+                    if let Ok(mut b) = blocked.lock() {
+                        b.get_or_insert_with(|| super::mask(who, &self.secrets));
+                    }
+                    let _ = self.query(
+                        &self.src.maintenance_db,
+                        &format!("SELECT pg_catalog.pg_cancel_backend({pid})"),
+                    );
+                }
+            }
+            waiting = seen;
+        }
     }
 
     /// Run one SQL command in `db`; returns its output (unaligned, tuples only).
@@ -456,6 +593,19 @@ impl<'a> PgClient<'a> {
             ),
         )?;
         Ok(out.trim() == "1")
+    }
+
+    /// How many relations (tables, views, sequences, …) `db` holds outside the system
+    /// schemas: 0 for a database that is empty or new.
+    pub fn relation_count(&self, db: &str) -> Result<u64> {
+        let out = self.query(
+            db,
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'",
+        )?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("counting the relations of database {db}: {out:?}"))
     }
 
     pub fn create_database(&self, db: &str) -> Result<()> {
@@ -521,7 +671,7 @@ impl<'a> PgClient<'a> {
             let path = dir.join(&file);
             let started = std::time::Instant::now();
             let tables = self
-                .dump_database(db, &path)
+                .watch_locks(|| self.dump_database(db, &path))
                 .with_context(|| format!("postgres source '{name}': database {db}"))?;
             let bytes = std::fs::metadata(&path)?.len();
             self.check_dump(&path).with_context(|| {
@@ -618,9 +768,7 @@ impl<'a> PgClient<'a> {
         } else {
             Command::new("pg_restore")
         };
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
+        self.set_env(&mut c);
         c
     }
 
@@ -634,13 +782,38 @@ impl<'a> PgClient<'a> {
         Ok(t)
     }
 
-    /// Run `globals.sql` with psql; "already exists" errors (roles that are there) are
-    /// expected and counted, any other error fails. Returns how many were tolerated.
-    pub fn restore_globals(&self, path: &Path) -> Result<usize> {
+    /// Restore `globals.sql` (roles and tablespaces) without touching what is there:
+    /// roles that do not exist are created with their attributes, settings and
+    /// memberships; roles that exist are left exactly as they are (password, LOGIN,
+    /// attributes, settings, memberships) unless `reset_roles`, which sets them to the
+    /// backup's state. On a throwaway server tablespaces are left out. An "already
+    /// exists" error (a tablespace that is there) is tolerated; any other fails.
+    pub fn restore_globals(&self, path: &Path, reset_roles: bool) -> Result<GlobalsReport> {
+        let sql =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let existing: std::collections::BTreeSet<String> = self
+            .query(
+                &self.src.maintenance_db,
+                "SELECT rolname FROM pg_catalog.pg_roles ORDER BY 1",
+            )?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let plan = plan_globals(&sql, &existing, reset_roles, self.throwaway);
+        let filtered = path.with_file_name(format!(
+            ".{}.to-run",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let _ = std::fs::remove_file(&filtered);
+        create_private(&filtered)?
+            .write_all(plan.sql.as_bytes())
+            .with_context(|| format!("writing {}", filtered.display()))?;
         let mut c = self.tool("psql", &self.src.maintenance_db);
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=0"])
-            .stdin(Stdio::from(open(path)?));
-        let f = run(&mut c, "psql", true)?;
+            .stdin(Stdio::from(open(&filtered)?));
+        let f = run(&mut c, "psql", true);
+        let _ = std::fs::remove_file(&filtered);
+        let f = f?;
         if !f.status.success() {
             return Err(self.err("psql", "restoring roles and tablespaces", &f));
         }
@@ -654,7 +827,53 @@ impl<'a> PgClient<'a> {
                 super::mask(&bad.join("\n"), &self.secrets)
             );
         }
-        Ok(tolerated.len())
+        Ok(GlobalsReport {
+            created: plan.created,
+            left_alone: plan.left_alone,
+            reset: plan.reset,
+            tolerated: tolerated.len(),
+        })
+    }
+
+    /// Replace database `target` by the dump, all or nothing: restored into a new
+    /// database beside it, then swapped in by two renames, the old one dropped last. A
+    /// failure before the swap leaves `target` as it was. Renaming needs `target` to have
+    /// no sessions; the error says so.
+    pub fn replace_database(&self, dump: &Path, dump_db: &str, target: &str) -> Result<()> {
+        let pid = std::process::id();
+        let new = format!("pronto_offsite_new_{pid}");
+        let old = format!("pronto_offsite_old_{pid}");
+        self.drop_database(&new)?;
+        self.restore_database(dump, dump_db, &new, false)
+            .with_context(|| {
+                format!("restoring beside {target} (as {new}); {target} is unchanged")
+            })?;
+        let rename = |from: &str, to: &str| {
+            self.query(
+                &self.src.maintenance_db,
+                &format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    quote_ident(from),
+                    quote_ident(to)
+                ),
+            )
+        };
+        if let Err(e) = rename(target, &old) {
+            let _ = self.drop_database(&new);
+            return Err(e.context(format!(
+                "moving {target} aside needs it to have no sessions; {target} is unchanged"
+            )));
+        }
+        if let Err(e) = rename(&new, target) {
+            let back = rename(&old, target);
+            let _ = self.drop_database(&new);
+            return Err(e.context(match back {
+                Ok(_) => format!("{target} is unchanged"),
+                Err(_) => format!("the old {target} is now named {old}"),
+            }));
+        }
+        self.drop_database(&old)
+            .with_context(|| format!("dropping the replaced database (now named {old})"))
     }
 
     /// Restore a dump into database `target`.
@@ -707,13 +926,251 @@ impl<'a> PgClient<'a> {
         if plain {
             c.args(["--no-owner", "--no-privileges"]);
         }
+        if self.throwaway || plain {
+            c.arg("--no-tablespaces");
+        }
         c.stdin(Stdio::from(open(dump)?));
-        let f = run(&mut c, "pg_restore", true)?;
-        if !f.status.success() {
-            return Err(self.err("pg_restore", &format!("restoring database {target}"), &f));
+        let res = self.watch_locks(|| {
+            let f = run(&mut c, "pg_restore", true)?;
+            if !f.status.success() {
+                return Err(self.err("pg_restore", &format!("restoring database {target}"), &f));
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            // A `--create` restore that failed leaves a half-built database: drop it, so
+            // the next attempt starts from nothing, as this one did.
+            if mode == RestoreMode::Create || (mode == RestoreMode::Created && !exists) {
+                if let Err(d) = self.drop_database(target) {
+                    return Err(e.context(format!(
+                        "and the half-restored database {target} could not be dropped ({d:#}); drop it by hand"
+                    )));
+                }
+                return Err(e.context(format!(
+                    "the half-restored database {target} was dropped again"
+                )));
+            }
+            return Err(e);
         }
         Ok(mode)
     }
+}
+
+/// What [`PgClient::restore_globals`] did with the roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalsReport {
+    /// Roles that were missing and were created from the backup.
+    pub created: Vec<String>,
+    /// Roles that exist and were not touched.
+    pub left_alone: Vec<String>,
+    /// Roles that exist and were set to the backup's state (`--reset-roles`).
+    pub reset: Vec<String>,
+    /// "already exists" errors tolerated (tablespaces that are there).
+    pub tolerated: usize,
+}
+
+impl GlobalsReport {
+    /// `created roles a, b; left 3 existing roles as they are (c, d, e)`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[String]| v.join(", ");
+        let mut parts = Vec::new();
+        if !self.created.is_empty() {
+            parts.push(format!("created roles {}", list(&self.created)));
+        }
+        if !self.left_alone.is_empty() {
+            parts.push(format!(
+                "left {} existing roles exactly as they are ({}; --reset-roles sets them to the backup's state)",
+                self.left_alone.len(),
+                list(&self.left_alone)
+            ));
+        }
+        if !self.reset.is_empty() {
+            parts.push(format!(
+                "reset {} existing roles to the backup's state ({})",
+                self.reset.len(),
+                list(&self.reset)
+            ));
+        }
+        if self.tolerated > 0 {
+            parts.push(format!("{} tablespaces already existed", self.tolerated));
+        }
+        if parts.is_empty() {
+            "no roles in the backup".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// `globals.sql` cut down to what may run, and what it does to which role.
+#[derive(Debug, Default)]
+struct GlobalsPlan {
+    sql: String,
+    created: Vec<String>,
+    left_alone: Vec<String>,
+    reset: Vec<String>,
+}
+
+/// Decide statement by statement what of `pg_dumpall --globals-only` output runs:
+/// - `CREATE ROLE r` only for a role that is not in `existing`;
+/// - `ALTER ROLE r …`, `COMMENT ON ROLE r`, `SECURITY LABEL … ON ROLE r` and memberships
+///   `GRANT x TO r` only for a role created here, or for every role with `reset`;
+/// - tablespace statements unless `no_tablespaces`;
+/// - anything else (SET, psql meta-commands) as it is.
+fn plan_globals(
+    sql: &str,
+    existing: &std::collections::BTreeSet<String>,
+    reset: bool,
+    no_tablespaces: bool,
+) -> GlobalsPlan {
+    let mut plan = GlobalsPlan::default();
+    let touches_existing = |r: &str| existing.contains(r) && !reset;
+    for stmt in split_sql(sql) {
+        let upper = stmt.to_ascii_uppercase();
+        let keep = if let Some(rest) = strip_prefix_ci(&stmt, "CREATE ROLE ") {
+            let role = parse_ident(rest).map(|(r, _)| r);
+            match role {
+                Some(r) if existing.contains(&r) => {
+                    if reset {
+                        plan.reset.push(r);
+                    } else {
+                        plan.left_alone.push(r);
+                    }
+                    false
+                }
+                Some(r) => {
+                    plan.created.push(r);
+                    true
+                }
+                None => true,
+            }
+        } else if let Some(rest) = strip_prefix_ci(&stmt, "ALTER ROLE ")
+            .or_else(|| strip_prefix_ci(&stmt, "COMMENT ON ROLE "))
+        {
+            !parse_ident(rest).is_some_and(|(r, _)| touches_existing(&r))
+        } else if upper.starts_with("SECURITY LABEL ") {
+            match upper.find(" ON ROLE ") {
+                Some(i) => !parse_ident(&stmt[i + 9..]).is_some_and(|(r, _)| touches_existing(&r)),
+                None => true,
+            }
+        } else if upper.contains("TABLESPACE ") && no_tablespaces {
+            false
+        } else if let Some(rest) = strip_prefix_ci(&stmt, "GRANT ") {
+            // A membership: GRANT role TO member …
+            match parse_ident(rest)
+                .and_then(|(_, after)| strip_prefix_ci(after.trim_start(), "TO "))
+                .and_then(parse_ident)
+            {
+                Some((member, _)) => !touches_existing(&member),
+                None => true,
+            }
+        } else {
+            true
+        };
+        if keep {
+            plan.sql.push_str(&stmt);
+            plan.sql.push('\n');
+        }
+    }
+    plan
+}
+
+fn strip_prefix_ci<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    (s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+    .then(|| &s[prefix.len()..])
+}
+
+/// An identifier as pg_dump writes it (`name` or `"Na""me"`), and what follows it.
+fn parse_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if chars.peek().map(|(_, c)| *c) == Some('"') {
+                    chars.next();
+                    out.push('"');
+                } else {
+                    return Some((out, &rest[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        let end = s
+            .find(|c: char| c.is_whitespace() || c == ';')
+            .unwrap_or(s.len());
+        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+    }
+}
+
+/// Split a SQL script into statements (each with its `;`) and psql meta-command lines,
+/// leaving out `--` comments; quotes (`'…'`, `"…"`, `$tag$…$tag$`) are respected.
+fn split_sql(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if cur.trim().is_empty() {
+            // At a statement's start: a comment or a meta-command runs to the line's end.
+            if c == b'\\' || (c == b'-' && b.get(i + 1) == Some(&b'-')) {
+                let end = sql[i..].find('\n').map_or(b.len(), |n| i + n);
+                if c == b'\\' {
+                    out.push(sql[i..end].to_string());
+                }
+                cur.clear();
+                i = end + 1;
+                continue;
+            }
+        }
+        match c {
+            b'\'' | b'"' => {
+                let end = sql[i + 1..].find(c as char).map_or(b.len(), |n| i + 1 + n);
+                cur.push_str(&sql[i..(end + 1).min(b.len())]);
+                i = end + 1;
+            }
+            b'$' => {
+                let tag_end = sql[i + 1..]
+                    .find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                    .map(|n| i + 1 + n);
+                match tag_end.filter(|&e| b[e] == b'$') {
+                    Some(e) => {
+                        let tag = &sql[i..=e];
+                        let close = sql[e + 1..]
+                            .find(tag)
+                            .map_or(b.len(), |n| e + 1 + n + tag.len());
+                        cur.push_str(&sql[i..close.min(b.len())]);
+                        i = close;
+                    }
+                    None => {
+                        cur.push('$');
+                        i += 1;
+                    }
+                }
+            }
+            b';' => {
+                cur.push(';');
+                out.push(cur.trim().to_string());
+                cur.clear();
+                i += 1;
+            }
+            _ => {
+                let ch = sql[i..].chars().next().expect("in bounds");
+                cur.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
 }
 
 /// How [`PgClient::restore_database`] went about it.
@@ -952,6 +1409,39 @@ mod tests {
         assert!(ci.contains(r"user='o\'neil'"), "{ci}");
         assert!(ci.contains(r"dbname='we\'ird \\ db'"), "{ci}");
         assert!(!src.describe().contains("password"));
+    }
+
+    #[test]
+    fn globals_create_missing_roles_and_leave_existing_ones_alone() {
+        let sql = "--\n-- Roles\n--\n\nSET client_encoding = 'UTF8';\n\\restrict abc\n\
+                   CREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:x;y';\n\
+                   CREATE ROLE \"Odd \"\"one\";\nALTER ROLE \"Odd \"\"one\" WITH NOLOGIN;\n\
+                   COMMENT ON ROLE app IS 'it''s; here';\nALTER ROLE app SET search_path TO a;\n\
+                   GRANT readers TO app GRANTED BY postgres;\nGRANT readers TO \"Odd \"\"one\" GRANTED BY postgres;\n\
+                   CREATE TABLESPACE fast OWNER app LOCATION '/srv/ts';\nGRANT ALL ON TABLESPACE fast TO app;\n";
+        let existing: std::collections::BTreeSet<String> =
+            ["app".to_string(), "postgres".to_string()].into();
+        let p = plan_globals(sql, &existing, false, false);
+        assert_eq!(p.created, vec!["Odd \"one".to_string()]);
+        assert_eq!(p.left_alone, vec!["app".to_string()]);
+        assert!(!p.sql.contains("ROLE app"), "{}", p.sql);
+        assert!(!p.sql.contains("TO app GRANTED"), "{}", p.sql);
+        assert!(p.sql.contains("CREATE ROLE \"Odd \"\"one\";"), "{}", p.sql);
+        assert!(
+            p.sql.contains("GRANT readers TO \"Odd \"\"one\""),
+            "{}",
+            p.sql
+        );
+        assert!(p.sql.contains("\\restrict abc\n"), "{}", p.sql);
+        assert!(p.sql.contains("CREATE TABLESPACE fast"), "{}", p.sql);
+        let reset = plan_globals(sql, &existing, true, true);
+        assert_eq!(reset.reset, vec!["app".to_string()]);
+        assert!(reset
+            .sql
+            .contains("ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:x;y';"));
+        assert!(reset.sql.contains("COMMENT ON ROLE app IS 'it''s; here';"));
+        assert!(!reset.sql.contains("CREATE ROLE app;"));
+        assert!(!reset.sql.contains("TABLESPACE"), "{}", reset.sql);
     }
 
     #[test]

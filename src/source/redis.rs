@@ -43,6 +43,10 @@ pub struct RedisSource {
     pub stop_command: CommandLine,
     /// Starts it again (default `systemctl start redis-server`).
     pub start_command: CommandLine,
+    /// A throwaway server of ours ([`RedisSource::local`]): redis-cli gets none of this
+    /// process's `REDISCLI_*` variables (an inherited `REDISCLI_AUTH` is the live
+    /// server's password, which a passwordless server refuses).
+    pub throwaway: bool,
 }
 
 pub(crate) fn from_raw(
@@ -93,6 +97,7 @@ pub(crate) fn from_raw(
                 "redis-server".into(),
             ])
         }),
+        throwaway: false,
     })
 }
 
@@ -147,6 +152,7 @@ impl RedisSource {
             data_dir: None,
             stop_command: CommandLine::Argv(vec!["true".into()]),
             start_command: CommandLine::Argv(vec!["true".into()]),
+            throwaway: true,
         }
     }
 
@@ -212,6 +218,13 @@ impl<'a> RedisClient<'a> {
         }
         if let Some(u) = &self.src.user {
             c.arg("--user").arg(u);
+        }
+        if self.src.throwaway {
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("REDISCLI_") {
+                    c.env_remove(k);
+                }
+            }
         }
         if let Some(p) = &self.password {
             c.env("REDISCLI_AUTH", p);

@@ -194,8 +194,9 @@ impl PrivatePostgres {
                     log_tail(&log)
                 );
             }
-            let client =
-                PgClient::new(&me.source, &work)?.with_bin_dir(Some(bin_dir.to_path_buf()));
+            let client = PgClient::new(&me.source, &work)?
+                .with_bin_dir(Some(bin_dir.to_path_buf()))
+                .throwaway();
             if client.query("postgres", "SELECT 1").is_ok() {
                 break;
             }

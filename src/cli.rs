@@ -20,7 +20,7 @@ pub struct Cli {
     /// Config file (default: $PRONTO_OFFSITE_CONFIG, ./pronto-offsite.toml, /etc/pronto-offsite/config.toml)
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Only warnings and errors on stderr
+    /// Only warnings and errors on stderr; hook, push and prune print nothing on success and a short summary on failure
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
     /// More detail on stderr
@@ -304,7 +304,13 @@ pub fn main() -> i32 {
         }
     };
     crate::logging::init(cli.quiet, cli.verbose, cli.log_format);
-    match run(cli) {
+    // -q on what cron runs: nothing on success, a short summary on failure.
+    let res = if cli.quiet && crate::quiet::applies(&cli.command) {
+        crate::quiet::run(|| run(cli))
+    } else {
+        run(cli)
+    };
+    match res {
         Ok(code) => code,
         Err(e) => {
             crate::logging::final_error(&format!("{e:#}"));

@@ -768,9 +768,9 @@ fn sftp_options(
 }
 
 /// Apply a remote's object-store keys to its s3:// or gs:// location: `region`,
-/// `endpoint`, `path_style`, `profile`, `access_key_id`, `secret_access_key`,
+/// `path_style`, `profile`, `access_key_id`, `secret_access_key`,
 /// `session_token` (s3 only); `service_account_file` / `credentials_file` (gs only);
-/// `storage_class`, `checksum`, `allow_http` (both). On any other remote they are an
+/// `endpoint`, `storage_class`, `checksum`, `allow_http` (both). On any other remote they are an
 /// error, not silently ignored. Keys written in the file are accepted with a warning.
 fn cloud_options(
     at: &Locator,
@@ -784,7 +784,6 @@ fn cloud_options(
     let bspan = |v: &Option<Spanned<bool>>| v.as_ref().map(|v| v.span().start);
     let s3_only = [
         ("region", span(&r.region)),
-        ("endpoint", span(&r.endpoint)),
         ("path_style", bspan(&r.path_style)),
         ("profile", span(&r.profile)),
         ("access_key_id", span(&r.access_key_id)),
@@ -796,6 +795,7 @@ fn cloud_options(
         ("credentials_file", span(&r.credentials_file)),
     ];
     let both = [
+        ("endpoint", span(&r.endpoint)),
         ("storage_class", span(&r.storage_class)),
         ("checksum", span(&r.checksum)),
         ("allow_http", bspan(&r.allow_http)),
@@ -903,6 +903,7 @@ fn cloud_options(
                     None => resolve(base, &s),
                 }
             });
+            cfg.endpoint = text(&r.endpoint, "endpoint", "a URL")?;
             cfg.storage_class = text(&r.storage_class, "storage_class", "a storage class")?;
             if let Some(c) = &r.checksum {
                 cfg.checksum = c.get_ref().parse().map_err(|expected: String| {

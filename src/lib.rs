@@ -33,6 +33,7 @@ pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod push;
+pub mod quiet;
 pub mod remotes;
 pub mod replicate;
 pub mod restore;

@@ -396,6 +396,19 @@ fn s3_and_gcs_examples_parse() {
         }
         other => panic!("{other:?}"),
     }
+    // gs:// takes `endpoint` (an emulator); s3-only keys are still refused there.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let remote = "[[remotes]]\nname = \"gcs\"\nurl = \"gs://bkt/p\"\nendpoint = \"http://127.0.0.1:4443\"\nallow_http = true\n";
+    let base = format!("[local]\ndir = \"{}\"\n", dir.path().display());
+    std::fs::write(&file, format!("{base}{remote}")).unwrap();
+    match &load(&file).expect("gs:// with endpoint").remotes[0].location {
+        RemoteLocation::Gcs(c) => assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:4443")),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, format!("{base}{remote}region = \"x\"\n")).unwrap();
+    let e = format!("{:#}", load(&file).unwrap_err());
+    assert!(e.contains("s3:// remotes only"), "{e}");
 }
 
 /// Kill `push` at ten random moments; after each kill no manifest exists for an archive

@@ -97,3 +97,82 @@ fn cron_and_systemd_examples_run_the_hook() {
     );
     assert!(timer.contains("WantedBy=timers.target"));
 }
+
+/// The example's command line with the binary and config paths made local.
+fn local_command(line: &str, config: &Path) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    line.replace("/usr/local/bin/pronto-offsite", &bin.display().to_string())
+        .replace(
+            "/etc/pronto-offsite/config.toml",
+            &config.display().to_string(),
+        )
+}
+
+/// Run a command line as cron does (`sh -c`, a bare environment); (code, stdout+stderr).
+fn run_like_cron(cmd: &str, cwd: &Path) -> (i32, String) {
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", cwd)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+/// Quiet means quiet: the README's cron line (and the systemd unit's ExecStart) print
+/// nothing at all on a good night, so cron sends no mail, and a short summary naming the
+/// failed step and remote on a bad one.
+#[test]
+fn cron_and_systemd_lines_print_nothing_on_success_and_a_short_summary_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), "<h1>pronto</h1>").unwrap();
+    let remote = dir.path().join("remote");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[local]\ndir = \"backups\"\n\n[[sources]]\nname = \"site\"\nkind = \"static_content\"\npath = \"src\"\n\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\n",
+            remote.display()
+        ),
+    )
+    .unwrap();
+    let cron = std::fs::read_to_string(examples().join("cron")).unwrap();
+    let cron_line = cron.lines().find(|l| l.starts_with("0 2 * * * ")).unwrap();
+    let cron_cmd = cron_line
+        .split_whitespace()
+        .skip(6)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let service =
+        std::fs::read_to_string(examples().join("systemd/pronto-offsite.service")).unwrap();
+    let exec = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    for (what, line) in [("cron", cron_cmd.as_str()), ("systemd", exec)] {
+        let cmd = local_command(line, &config);
+        let (code, out) = run_like_cron(&cmd, dir.path());
+        assert_eq!((code, out.as_str()), (0, ""), "{what}: {cmd}");
+    }
+    // A bad night: the remote's folder is a plain file, so the push fails.
+    std::fs::remove_dir_all(&remote).unwrap();
+    std::fs::write(&remote, "not a folder").unwrap();
+    for (what, line) in [("cron", cron_cmd.as_str()), ("systemd", exec)] {
+        let (code, out) = run_like_cron(&local_command(line, &config), dir.path());
+        assert_eq!(code, 3, "{what}: {out}");
+        assert!(
+            out.contains("push FAILED to nas") && out.lines().count() <= 15,
+            "{what}: a short summary naming the remote, got:\n{out}"
+        );
+    }
+}

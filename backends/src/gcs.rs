@@ -8,9 +8,16 @@
 //!   `~/.config/gcloud/application_default_credentials.json`;
 //! - else the metadata server (GCE, GKE, Cloud Run).
 //!
-//! A service-account JSON may carry `"gcs_base_url"` and `"disable_oauth": true` to point
-//! at an emulator (plain http then needs `allow_http = true`). Never `skip_signature`: it is
-//! ignored on writes and the client then tries the cloud metadata address.
+//! # Emulators and other endpoints
+//! Where requests go, first that applies: the `endpoint` key; a service-account JSON's
+//! `"gcs_base_url"`; `STORAGE_EMULATOR_HOST` (`host:port` or a URL, as the Google client
+//! libraries read it); else `https://storage.googleapis.com`. Requests are anonymous
+//! (no token, no metadata-server traffic) when an endpoint comes from `endpoint` or
+//! `STORAGE_EMULATOR_HOST` and no credentials file is given, as the Google libraries do
+//! for an emulator; a credentials file with `"disable_oauth": true` is anonymous too.
+//! Plain http needs `allow_http = true`, except from `STORAGE_EMULATOR_HOST` (an
+//! emulator the user started). Never `skip_signature`: it is ignored on writes and the
+//! client then tries the cloud metadata address.
 //!
 //! # Options
 //! `storage_class` (`STANDARD`, `NEARLINE`, `COLDLINE`, `ARCHIVE`), `checksum`
@@ -21,7 +28,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::gcp::{GcpCredential, GcpSigningCredential, GoogleCloudStorageBuilder};
+use object_store::StaticCredentialProvider;
 
 use crate::objstore::{
     self, client_options, delegate_backend, retry_config, Connector, ObjectStoreBackend, Redactor,
@@ -61,6 +69,9 @@ pub struct GcsConfig {
     /// credentials, then the metadata server.
     pub service_account_file: Option<PathBuf>,
     pub storage_class: Option<String>,
+    /// `endpoint`: the base URL of the XML API (an emulator, a private endpoint);
+    /// default: `STORAGE_EMULATOR_HOST`, then Google's.
+    pub endpoint: Option<String>,
     pub checksum: GcsChecksum,
     /// Allow a plain `http://` base URL (emulators).
     pub allow_http: bool,
@@ -90,6 +101,14 @@ impl GcsConfig {
         if let Some(c) = &self.storage_class {
             check_storage_class(c)?;
         }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err((
+                    "endpoint",
+                    "an http:// or https:// URL (e.g. http://127.0.0.1:4443)".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -111,6 +130,8 @@ impl fmt::Debug for GcsBackend {
 struct CredentialsFile {
     service_account: bool,
     base_url: Option<String>,
+    /// `"disable_oauth": true`: requests carry no token.
+    disable_oauth: bool,
 }
 
 fn read_credentials_file(path: &std::path::Path) -> Result<CredentialsFile> {
@@ -136,6 +157,68 @@ fn read_credentials_file(path: &std::path::Path) -> Result<CredentialsFile> {
             .get("gcs_base_url")
             .and_then(|u| u.as_str())
             .map(|s| s.trim_end_matches('/').to_string()),
+        disable_oauth: v.get("disable_oauth").and_then(|d| d.as_bool()) == Some(true),
+    })
+}
+
+/// `STORAGE_EMULATOR_HOST` as the Google client libraries read it: `host:port` (plain
+/// http) or a full URL; unset or empty means no emulator.
+pub fn storage_emulator_host() -> Option<String> {
+    let v = std::env::var("STORAGE_EMULATOR_HOST").ok()?;
+    let v = v.trim().trim_end_matches('/');
+    if v.is_empty() {
+        return None;
+    }
+    Some(if v.contains("://") {
+        v.to_string()
+    } else {
+        format!("http://{v}")
+    })
+}
+
+/// Where a remote's requests go and whether they carry credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// The XML API base URL; `None` = Google's.
+    base_url: Option<String>,
+    /// Where `base_url` came from, for messages.
+    from: &'static str,
+    /// No token at all: never the metadata server, never an OAuth exchange.
+    anonymous: bool,
+}
+
+/// Decide the endpoint (see the module doc for the order) and whether requests are
+/// anonymous. `emulator` is [`storage_emulator_host`].
+fn target(
+    cfg: &GcsConfig,
+    creds: Option<&CredentialsFile>,
+    emulator: Option<String>,
+) -> Result<Target> {
+    let (base_url, from) = if let Some(e) = &cfg.endpoint {
+        (Some(e.trim_end_matches('/').to_string()), "endpoint")
+    } else if let Some(b) = creds.and_then(|c| c.base_url.clone()) {
+        (Some(b), "the credentials file")
+    } else if let Some(e) = emulator {
+        (Some(e), "STORAGE_EMULATOR_HOST")
+    } else {
+        (None, "")
+    };
+    if let Some(base) = &base_url {
+        if base.starts_with("http://") && !cfg.allow_http && from != "STORAGE_EMULATOR_HOST" {
+            return Err(BackendError::Permanent(format!(
+                "{}: {from} points at plain http ({base}); set allow_http = true to allow it",
+                cfg.url()
+            )));
+        }
+    }
+    let anonymous = match creds {
+        Some(c) => c.disable_oauth,
+        None => base_url.is_some(),
+    };
+    Ok(Target {
+        base_url,
+        from,
+        anonymous,
     })
 }
 
@@ -149,17 +232,11 @@ impl GcsBackend {
             Some(p) => Some(read_credentials_file(p)?),
             None => None,
         };
-        let url = match creds.as_ref().and_then(|c| c.base_url.as_ref()) {
+        let target = target(&cfg, creds.as_ref(), storage_emulator_host())?;
+        let url = match &target.base_url {
             Some(base) => format!("{} at {base}", cfg.url()),
             None => cfg.url(),
         };
-        if let Some(base) = creds.as_ref().and_then(|c| c.base_url.as_ref()) {
-            if base.starts_with("http://") && !cfg.allow_http {
-                return Err(BackendError::Permanent(format!(
-                    "{url}: the credentials file points at plain http ({base}); set allow_http = true to allow it"
-                )));
-            }
-        }
         let redactor = Redactor::default();
         let build = |reads: bool| -> Result<Arc<dyn objstore::Store>> {
             let mut b = match (&cfg.service_account_file, &creds) {
@@ -168,11 +245,29 @@ impl GcsBackend {
                 }
                 (Some(p), _) => GoogleCloudStorageBuilder::new()
                     .with_application_credentials(p.to_string_lossy()),
+                // Anonymous: nothing from the environment may bring credentials back in.
+                (None, _) if target.anonymous => GoogleCloudStorageBuilder::new(),
                 _ => GoogleCloudStorageBuilder::from_env(),
             };
+            if let Some(base) = &target.base_url {
+                b = b.with_base_url(base);
+            }
+            if target.anonymous {
+                b = b
+                    .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+                        bearer: String::new(),
+                    })))
+                    .with_signing_credentials(Arc::new(StaticCredentialProvider::new(
+                        GcpSigningCredential {
+                            email: String::new(),
+                            private_key: None,
+                        },
+                    )));
+            }
+            let allow_http = cfg.allow_http || target.from == "STORAGE_EMULATOR_HOST";
             b = b
                 .with_bucket_name(&cfg.bucket)
-                .with_client_options(client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
+                .with_client_options(client_options(allow_http, cfg.ca_bundle.as_ref()))
                 .with_http_connector(Connector {
                     content_md5: cfg.checksum == GcsChecksum::Md5,
                 })
@@ -218,5 +313,41 @@ mod tests {
         assert_eq!(c.url(), "gs://bkt/a/b");
         assert!(GcsConfig::from_url("s3://bkt/a").is_err());
         assert!("sha256".parse::<GcsChecksum>().is_err());
+    }
+
+    fn creds(base_url: Option<&str>, disable_oauth: bool) -> CredentialsFile {
+        CredentialsFile {
+            service_account: true,
+            base_url: base_url.map(String::from),
+            disable_oauth,
+        }
+    }
+
+    /// `endpoint` first, then the credentials file, then STORAGE_EMULATOR_HOST; anonymous
+    /// exactly when an endpoint is set and no credentials file says otherwise.
+    #[test]
+    fn endpoint_order_and_anonymity() {
+        let mut cfg = GcsConfig::from_url("gs://bkt/p").unwrap();
+        let emu = || Some("http://127.0.0.1:9023".to_string());
+        // Nothing configured: Google, with the credential chain.
+        let t = target(&cfg, None, None).unwrap();
+        assert_eq!((t.base_url, t.anonymous), (None, false));
+        // The emulator variable alone: anonymous, plain http allowed.
+        let t = target(&cfg, None, emu()).unwrap();
+        assert_eq!(t.base_url.as_deref(), Some("http://127.0.0.1:9023"));
+        assert!(t.anonymous);
+        // A credentials file without disable_oauth keeps its token, even at an emulator.
+        let t = target(&cfg, Some(&creds(None, false)), emu()).unwrap();
+        assert!(!t.anonymous);
+        // `endpoint` wins over both; plain http needs allow_http.
+        cfg.endpoint = Some("http://10.0.0.1:4443/".into());
+        let e = target(&cfg, Some(&creds(Some("http://x:1"), true)), emu()).unwrap_err();
+        assert!(e.to_string().contains("allow_http"), "{e}");
+        cfg.allow_http = true;
+        let t = target(&cfg, Some(&creds(Some("http://x:1"), true)), emu()).unwrap();
+        assert_eq!(t.base_url.as_deref(), Some("http://10.0.0.1:4443"));
+        assert!(t.anonymous);
+        cfg.endpoint = Some("10.0.0.1:4443".into());
+        assert_eq!(cfg.validate().unwrap_err().0, "endpoint");
     }
 }

@@ -15,11 +15,8 @@ use chrono::{SubsecRound, Utc};
 use crate::archive::{write_archive_tapped, ArchiveInput, WriteOptions, WriteTap};
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
-use crate::fsutil::{self, FolderLock};
+use crate::fsutil;
 use crate::manifest::{Manifest, SourceSummary, FORMAT};
-
-/// How long a backup waits for another run holding the folder lock.
-pub const LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// Run a backup; returns the manifest of the new archive and its path.
 pub fn run(cfg: &Config) -> Result<(Manifest, PathBuf)> {
@@ -101,7 +98,7 @@ pub fn run_watched(
         if recipients.is_some() { ".age" } else { "" }
     );
     let dir = &cfg.local.dir;
-    let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
+    let _lock = crate::lock::acquire(dir, "backup", crate::lock::DEFAULT_WAIT)?;
     remove_stale_partials(cfg)?;
 
     // A name no other archive has: two backups in the same second wait for the next one.

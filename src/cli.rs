@@ -14,7 +14,7 @@ use crate::error::{exit_code, EXIT_OK, EXIT_USAGE};
     name = "pronto-offsite",
     version,
     about = "Back up a self-hosted platform and keep its backups safe off-site",
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage or config error, 3 partial (some remotes failed), 4 verification failed, 5 stale (status), 6 busy (hook lock)."
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage or config error, 3 partial (some remotes failed), 4 verification failed, 5 stale (status), 6 busy (hook: another run held the lock)."
 )]
 pub struct Cli {
     /// Config file (default: $PRONTO_OFFSITE_CONFIG, ./pronto-offsite.toml, /etc/pronto-offsite/config.toml)
@@ -376,6 +376,9 @@ fn run(cli: Cli) -> Result<i32> {
             let cfg = load_config(cli.config.as_deref())?;
             let started = std::time::Instant::now();
             let (m, path, code) = if push {
+                // The backup and its push under the one lock, taken once.
+                let _lock =
+                    crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
                 // The push's lines go to stderr (stdout carries the id), not with -q.
                 let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
                 let lines: &mut dyn Write = if cli.quiet { &mut quiet } else { &mut lines };
@@ -409,6 +412,10 @@ fn run(cli: Cli) -> Result<i32> {
                     .for_each(|r| r.bwlimit = Some(b.clone()));
             }
             let rt = runtime()?;
+            // The push and its cleanup both under the one local lock (not a dry run).
+            let _lock = (!dry_run)
+                .then(|| crate::lock::acquire(&cfg.local.dir, "push", crate::lock::DEFAULT_WAIT))
+                .transpose()?;
             crate::progress::enable(bars && !json && !dry_run);
             // With --json, stdout carries only the JSON report: no progress lines, and
             // the cleanup's lines go to stderr. On a terminal, lines never garble the bars.

@@ -8,7 +8,7 @@
 //! | 3 | partial: some remotes failed, others succeeded |
 //! | 4 | verification failed |
 //! | 5 | `status`: stale — the newest archive is older than the max age, a remote lags, or a remote could not be checked |
-//! | 6 | `hook`: busy — another hook run held the lock longer than `[hook] lock_wait` |
+//! | 6 | `hook`: busy — another run held the one local lock longer than `[hook] lock_wait` |
 
 use std::fmt;
 

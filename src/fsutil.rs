@@ -1,13 +1,11 @@
-//! Small filesystem helpers: atomic writes, directory fsync, the backup-folder lock.
+//! Small filesystem helpers: atomic writes, directory fsync.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Create a folder (and its parents) with mode 0700 for the ones it creates.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
@@ -66,50 +64,6 @@ pub fn temp_name(path: &Path) -> PathBuf {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
-}
-
-/// An exclusive lock on the backup folder (`.pronto-offsite.lock`), held until dropped.
-/// Backups, pulls and prunes of one folder never overlap.
-pub struct FolderLock {
-    _file: File,
-}
-
-impl FolderLock {
-    /// Take the lock, waiting up to `wait` for another run to finish.
-    pub fn acquire(dir: &Path, wait: Duration) -> Result<FolderLock> {
-        create_private_dir(dir)?;
-        let path = dir.join(".pronto-offsite.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        let start = Instant::now();
-        loop {
-            // SAFETY: flock on a valid, open file descriptor.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                let _ = file.set_len(0);
-                let _ = writeln!(&file, "{}", std::process::id());
-                return Ok(FolderLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("locking {}", path.display()));
-            }
-            if start.elapsed() >= wait {
-                bail!(
-                    "another pronto-offsite run holds the lock on {} (waited {}s); try again when it has finished",
-                    dir.display(),
-                    wait.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 /// Human-readable byte count (`1.5 GiB`).

@@ -4,23 +4,20 @@
 //! `[notify]` channels. With `[hook] stream_upload` (the default) the new archive goes to
 //! the remotes while it is written ([`crate::stream_upload`]), and the push follows.
 //!
-//! Two hook runs never overlap: each holds `.pronto-offsite.hook.lock` in the backup
-//! folder for its whole run (a lock of its own, beside the one `backup` takes inside),
-//! and a second run waits up to `[hook] lock_wait` (default 10m), then exits 6 with a
-//! message naming the run it waited for.
+//! A hook holds the one local lock ([`crate::lock`], `.pronto-offsite.lock` in the
+//! backup folder) for its whole run, so it never overlaps another hook, backup, push,
+//! prune or pin; a run that finds it held waits up to `[hook] lock_wait` (default 10m),
+//! then exits 6 with a message naming the run it waited for.
 //!
 //! Exit codes: 0 everything succeeded; 3 partial (the archive was made but a remote or
 //! the prune failed); 1 failure (the backup failed, or nothing succeeded); 2 config;
 //! 6 busy. A failed notification or metrics write is logged at ERROR and changes nothing.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -30,8 +27,6 @@ use crate::error::{exit_code, EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil::human_bytes;
 use crate::notify::{Notifier, Outcome};
 
-/// The hook's lock file in the backup folder.
-pub const LOCK_FILE: &str = ".pronto-offsite.hook.lock";
 /// Default `[hook] lock_wait`.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
 
@@ -247,7 +242,7 @@ impl Report {
             parts.push("prune failed".to_string());
         }
         if self.exit_code == EXIT_BUSY {
-            parts.push("another hook run holds the lock".to_string());
+            parts.push("another run holds the lock".to_string());
         }
         format!(
             "pronto-offsite hook on {}: {head}: {}",
@@ -339,80 +334,6 @@ impl Report {
     }
 }
 
-// ---- the lock ----
-
-/// The hook's exclusive lock (flock on `.pronto-offsite.hook.lock`), held until dropped.
-pub struct HookLock {
-    _file: File,
-}
-
-impl HookLock {
-    /// Take the lock, waiting up to `wait`. `Ok(Err(msg))` means another run kept it.
-    pub fn acquire(dir: &Path, wait: Duration) -> Result<std::result::Result<HookLock, String>> {
-        crate::fsutil::create_private_dir(dir)?;
-        let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        let start = Instant::now();
-        let mut told = false;
-        loop {
-            // SAFETY: flock on a valid, open file descriptor.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                let _ = file.set_len(0);
-                let _ = file.rewind();
-                let _ = write!(
-                    file,
-                    "pid {}\nstarted {}\n",
-                    std::process::id(),
-                    Utc::now().trunc_subsecs(0).to_rfc3339()
-                );
-                let _ = file.flush();
-                return Ok(Ok(HookLock { _file: file }));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("locking {}", path.display()));
-            }
-            let holder = holder(&path);
-            if start.elapsed() >= wait {
-                return Ok(Err(format!(
-                    "another pronto-offsite hook ({holder}) still holds {} after waiting {}; this run did nothing. \
-                     If runs overlap regularly, space them further apart or raise [hook] lock_wait",
-                    path.display(),
-                    humantime::format_duration(wait)
-                )));
-            }
-            if !told {
-                tracing::info!(
-                    "another hook run ({holder}) is in progress; waiting up to {}",
-                    humantime::format_duration(wait)
-                );
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// Who holds the lock, from what it wrote into the lock file.
-fn holder(path: &PathBuf) -> String {
-    let mut s = String::new();
-    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut s));
-    let text: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    if text.is_empty() {
-        "pid unknown".into()
-    } else {
-        text.join(", ")
-    }
-}
-
 // ---- the run ----
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -436,9 +357,14 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
     );
 
     let wait = opts.lock_wait.unwrap_or(cfg.hook.lock_wait);
-    let _lock = match HookLock::acquire(&cfg.local.dir, wait)? {
+    // The one local lock for the whole run; the backup, push and prune inside take it
+    // again at once (it is held by this process, see `crate::lock`).
+    let _lock = match crate::lock::acquire(&cfg.local.dir, "hook", wait) {
         Ok(l) => l,
-        Err(msg) => {
+        Err(e) if crate::lock::busy(&e).is_some() => {
+            let msg = format!(
+                "{e:#}. If runs overlap regularly, space them further apart or raise [hook] lock_wait"
+            );
             tracing::error!("{msg}");
             report.errors.push(msg);
             report.finish(t0, true);
@@ -446,6 +372,7 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             rt.block_on(notifier.finish(&report));
             return Ok(report.exit_code);
         }
+        Err(e) => return Err(e),
     };
     rt.block_on(notifier.start());
 

@@ -21,6 +21,7 @@ pub mod hook;
 pub mod journal;
 pub mod lease;
 pub mod list;
+pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -28,11 +28,9 @@ use bytes::Bytes;
 use pronto_backends::{sha256_of, BackendError};
 use serde::{Deserialize, Serialize};
 
-use crate::backup::LOCK_WAIT;
 use crate::catalog;
 use crate::config::{Config, Local};
 use crate::error::{usage, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
-use crate::fsutil::FolderLock;
 use crate::remotes;
 use crate::replicate::RemoteHandle;
 use crate::retry::retry;
@@ -173,8 +171,10 @@ pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Re
         ))
     })?;
 
+    // The whole run (local pins, then every remote's) under the one lock: a prune that
+    // runs meanwhile has read its pins already, so this waits for it to finish.
+    let _lock = crate::lock::acquire(&cfg.local.dir, verb, crate::lock::DEFAULT_WAIT)?;
     let changed = {
-        let _lock = FolderLock::acquire(&cfg.local.dir, LOCK_WAIT)?;
         let mut set = read_local(&cfg.local)?;
         let changed = if pin {
             set.insert(id.clone())

@@ -4,14 +4,18 @@
 //! The plan of each location is pure ([`crate::plan::plan_prune`]); this module lists,
 //! prints and carries it out. Order of a run:
 //!
-//! 1. the local pins are read (a pins file that cannot be read stops everything);
-//! 2. every remote in scope is listed and its pins object read — with `--local` too,
+//! 1. every remote in scope is listed and its pins object read — with `--local` too,
 //!    because a local prune never deletes an archive that no remote holds complete
 //!    (unless `--force`, or no remotes are configured). A remote whose listing or pins
 //!    failed is skipped with an error and counts as holding nothing;
+//! 2. the one local lock is taken ([`crate::lock`]; not with `--dry-run`) and held to
+//!    the end, then the local pins are read (a pins file that cannot be read stops
+//!    everything): a `pin` that finished while the remotes were listed is honoured, one
+//!    issued later waits for the prune (a remote is pruned over a listing taken again
+//!    under its lease, so nothing deleted relies on the listing of step 1 alone);
 //! 3. each listed remote is pruned over its complete archives (manifest first, then the
 //!    archive), keeping the union of the local pins and its own;
-//! 4. the local folder is pruned under the folder lock, then keepers are filed by their
+//! 4. the local folder is pruned, then keepers are filed by their
 //!    strongest reason under `archive/{yearly,monthly,weekly}` or the top folder.
 //!
 //! # "On no remote" and remote prunes
@@ -37,11 +41,10 @@ use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backup::LOCK_WAIT;
 use crate::catalog::{self, LocalArchive};
 use crate::config::{Config, Remote};
 use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
-use crate::fsutil::{self, FolderLock};
+use crate::fsutil;
 use crate::manifest::Manifest;
 use crate::pins;
 use crate::plan::{self, Fate, PrunePlan, PruneRules, RemoteState};
@@ -138,8 +141,6 @@ pub async fn run_reports(
     out: &mut dyn Write,
 ) -> Result<Vec<LocationReport>> {
     let now = Utc::now();
-    let local_pins = pins::read_local(&cfg.local)?;
-    let mut pruned_offsite = read_offsite_pruned(&cfg.local)?;
     let selected: Vec<&Remote> = match &opts.scope {
         Scope::All | Scope::Local => cfg.remotes.iter().collect(),
         Scope::Remote(name) => remotes::selected(cfg, Some(name))?,
@@ -159,6 +160,21 @@ pub async fn run_reports(
             loaded,
         });
     }
+
+    // From here to the end under the one lock (not a dry run: that changes nothing),
+    // and the pins are read under it: a `pin` that ran while the remotes were listed is
+    // honoured, and one issued from now on waits for this prune to finish.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(crate::lock::acquire(
+            &cfg.local.dir,
+            "prune",
+            crate::lock::DEFAULT_WAIT,
+        )?)
+    };
+    let local_pins = pins::read_local(&cfg.local)?;
+    let mut pruned_offsite = read_offsite_pruned(&cfg.local)?;
 
     let mut reports = Vec::new();
     if opts.scope != Scope::Local {
@@ -465,7 +481,11 @@ fn prune_local(
         let _lock = if dry_run {
             None
         } else {
-            Some(FolderLock::acquire(&cfg.local.dir, LOCK_WAIT)?)
+            Some(crate::lock::acquire(
+                &cfg.local.dir,
+                "prune",
+                crate::lock::DEFAULT_WAIT,
+            )?)
         };
         let local = catalog::scan(&cfg.local)?;
         let rules = PruneRules {

@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::backup::LOCK_WAIT;
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
 use crate::error::{usage, verification};
-use crate::fsutil::{self, FolderLock};
+use crate::fsutil;
 use crate::manifest::Manifest;
 use crate::plan;
 use crate::remotes;
@@ -230,7 +229,7 @@ async fn run_inner(
     }
 
     let dir = &cfg.local.dir;
-    let _lock = FolderLock::acquire(dir, LOCK_WAIT)?;
+    let _lock = crate::lock::acquire(dir, "pull", crate::lock::DEFAULT_WAIT)?;
     // Already here and intact? Use the local copy.
     let local = catalog::scan(&cfg.local)?;
     let existing = local

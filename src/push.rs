@@ -106,6 +106,17 @@ pub async fn run_with(
             cfg.file.display()
         )));
     }
+    // Uploads and the prunes after them under the one local lock (a dry run changes
+    // nothing and takes none): two pushes, or a push and a prune, never overlap.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(crate::lock::acquire(
+            &cfg.local.dir,
+            "push",
+            crate::lock::DEFAULT_WAIT,
+        )?)
+    };
     let local = catalog::scan(&cfg.local)?;
     let incomplete = local.iter().filter(|a| a.manifest.is_none()).count();
     if incomplete > 0 {

@@ -71,12 +71,33 @@ pub async fn upload_archive_with(
     let caps = r.backend.capabilities();
     let part_size = part_size_for(size, &caps);
 
-    // Another size on the remote, or a stale manifest: take the manifest away first so
-    // nobody restores a copy that is being replaced.
-    r.backend
-        .delete(&Manifest::file_name_for(file))
-        .await
-        .with_context(|| format!("{}: removing stale manifest of {file}", r.name))?;
+    // A re-upload never takes away a complete copy of this very archive (another push
+    // may have finished it since this one listed the remote): when the remote's
+    // manifest names the same bytes and the copy verifies, there is nothing to do.
+    // Only a manifest that names other bytes, or whose copy does not verify, is taken
+    // away first, so nobody restores a copy that is being replaced.
+    match remote_manifest(r, file).await? {
+        None => {}
+        Some(Some(m))
+            if m.sha256 == up.manifest.sha256
+                && m.size == size
+                && verify_remote(r, file, size, sha).await.is_ok() =>
+        {
+            tracing::info!(
+                "{}: {file} is already there complete (manifest and verified copy): not uploaded again",
+                r.name
+            );
+            return Ok(UploadStats::default());
+        }
+        Some(_) => {
+            let mkey = Manifest::file_name_for(file);
+            retry(r.retry, &format!("delete of {mkey} on {}", r.name), || {
+                r.backend.delete(&mkey)
+            })
+            .await
+            .with_context(|| format!("{}: removing stale manifest of {file}", r.name))?;
+        }
+    }
 
     let stats = if size <= part_size {
         let path = up.archive.path.clone();
@@ -119,6 +140,25 @@ pub async fn upload_archive_with(
     verify_remote(r, file, size, sha).await?;
     write_manifest(r, &up.manifest, file).await?;
     Ok(stats)
+}
+
+/// The remote's manifest of archive `file`: `None` when it has none, `Some(None)` when
+/// it has one that is not a manifest this version reads. An error when it cannot tell.
+async fn remote_manifest(r: &RemoteHandle, file: &str) -> Result<Option<Option<Manifest>>> {
+    let mkey = Manifest::file_name_for(file);
+    let res = retry(
+        r.retry,
+        &format!("download of {mkey} from {}", r.name),
+        || async { pronto_backends::collect(r.backend.get(&mkey, None).await?).await },
+    )
+    .await;
+    match res {
+        Ok(bytes) => Ok(Some(
+            Manifest::from_json(&bytes, &format!("{}:{mkey}", r.name)).ok(),
+        )),
+        Err(BackendError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}: reading {mkey}", r.name)),
+    }
 }
 
 /// Put `manifest` beside the archive `file` on the remote: the commit marker, always

@@ -389,6 +389,13 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         )));
     }
 
+    // A restore that takes a safety backup changes the backup folder: the whole of it
+    // under the one local lock, so no prune removes the archive or the safety backup
+    // underneath it.
+    let _lock = opts
+        .safety_backup
+        .then(|| crate::lock::acquire(&cfg.local.dir, "restore", crate::lock::DEFAULT_WAIT))
+        .transpose()?;
     // 1. Pull (or take the intact local copy of an id: a safety backup lives only here) and extract.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -127,24 +127,35 @@ impl Limiter {
         }
     }
 
-    /// Wait until `n` more bytes may go.
-    pub async fn acquire(&self, n: u64) {
-        self.acquire_at(n, self.schedule.rate_now()).await
+    /// Wait until `n` more bytes may go to `remote` (named in the debug log, which records
+    /// every metered body and the wait it took: what the end-to-end tests observe).
+    pub async fn acquire(&self, remote: &str, n: u64) {
+        let rate = self.schedule.rate_now();
+        let waited = self.acquire_at(n, rate).await;
+        if let Some(rate) = rate {
+            tracing::debug!(
+                "bwlimit {remote}: {n} bytes at {rate} B/s after waiting {:.3}s",
+                waited.as_secs_f64()
+            );
+        }
     }
 
-    async fn acquire_at(&self, n: u64, rate: Option<u64>) {
+    /// Take `n` bytes from the clock at `rate` and sleep until they may go; returns how
+    /// long that was.
+    async fn acquire_at(&self, n: u64, rate: Option<u64>) -> Duration {
         let Some(rate) = rate else {
             *self.next.lock().unwrap() = None;
-            return;
+            return Duration::ZERO;
         };
-        let start = {
+        let (start, now) = {
             let mut next = self.next.lock().unwrap();
             let now = Instant::now();
             let start = next.map_or(now, |t| t.max(now));
             *next = Some(start + Duration::from_secs_f64(n as f64 / rate as f64));
-            start
+            (start, now)
         };
         tokio::time::sleep_until(start).await;
+        start - now
     }
 }
 
@@ -180,12 +191,14 @@ impl Backend for ThrottledBackend {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
         let stream = self.inner.get(key, range).await?;
         let limiter = self.limiter.clone();
+        let remote = self.inner.describe();
         Ok(stream
             .then(move |item| {
                 let limiter = limiter.clone();
+                let remote = remote.clone();
                 async move {
                     if let Ok(b) = &item {
-                        limiter.acquire(b.len() as u64).await;
+                        limiter.acquire(&remote, b.len() as u64).await;
                     }
                     item
                 }
@@ -193,7 +206,9 @@ impl Backend for ThrottledBackend {
             .boxed())
     }
     async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
-        self.limiter.acquire(body.len() as u64).await;
+        self.limiter
+            .acquire(&self.inner.describe(), body.len() as u64)
+            .await;
         self.inner.put(key, body, sha256).await
     }
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
@@ -210,7 +225,9 @@ impl Backend for ThrottledBackend {
         body: Bytes,
         sha256: [u8; 32],
     ) -> Result<PartReceipt> {
-        self.limiter.acquire(body.len() as u64).await;
+        self.limiter
+            .acquire(&self.inner.describe(), body.len() as u64)
+            .await;
         self.inner.put_part(key, up, n, body, sha256).await
     }
     async fn complete_upload(
@@ -236,6 +253,9 @@ impl Backend for ThrottledBackend {
     }
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
         self.inner.list_uploads(prefix).await
+    }
+    async fn versioning(&self) -> Result<Option<pronto_backends::Versioning>> {
+        self.inner.versioning().await
     }
 }
 
@@ -288,12 +308,15 @@ mod tests {
         let l = Limiter::new(Schedule::parse("off").unwrap());
         let t0 = Instant::now();
         // 4 parts of 2 MiB at 1 MiB/s: the first goes at once, the last after 6 s.
+        let mut waits = Vec::new();
         for _ in 0..4 {
-            l.acquire_at(2 * MIB, Some(MIB)).await;
+            waits.push(l.acquire_at(2 * MIB, Some(MIB)).await);
         }
         assert_eq!(t0.elapsed(), Duration::from_secs(6));
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(waits, [secs(0), secs(2), secs(2), secs(2)]);
         // Unlimited: no waiting, and the clock resets.
-        l.acquire_at(100 * MIB, None).await;
+        assert_eq!(l.acquire_at(100 * MIB, None).await, Duration::ZERO);
         assert_eq!(t0.elapsed(), Duration::from_secs(6));
     }
 

@@ -100,13 +100,13 @@ Example (the plan first, then for real):\n  pronto-offsite prune --dry-run && pr
     /// Keep an archive regardless of the policy, on every location
     #[command(after_help = "Example:\n  pronto-offsite pin 20260201-170521")]
     Pin {
-        /// Archive id (20260201-170521) or name
+        /// Archive id (20260201-170521), name, or `latest` (the newest local archive)
         id: String,
     },
     /// Let the policy decide about a pinned archive again
     #[command(after_help = "Example:\n  pronto-offsite unpin 20260201-170521")]
     Unpin {
-        /// Archive id (20260201-170521) or name
+        /// Archive id (20260201-170521), name, or `latest` (the newest local archive)
         id: String,
     },
     /// Local and remote archives side by side

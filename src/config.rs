@@ -319,6 +319,7 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
 pub fn load(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    crate::secrets::refuse_if_others_can_write(path, "config file")?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let cfg = parse(&text, &abs)?;
     crate::secrets::warn_if_exposed(path, &text);
@@ -529,7 +530,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 return Err(at.err(
                     h.span().start,
                     &format!("{key}.host_id"),
-                    "a host name of letters, digits, '.', '-' and '_' (no '/'), like \"web1\"",
+                    "a host name of letters, digits, '.', '-' and '_' (no '/', not starting with '-': `-` is how `list --all-hosts` shows the flat layout), like \"web1\"",
                 ))
             }
         };

@@ -134,6 +134,7 @@ impl EncryptionConfig {
         if let Some(f) = &raw.recipients_file {
             let p = at.nonempty(f, "encryption.recipients_file", "a file path")?;
             let path = expand(base, p);
+            crate::secrets::refuse_if_others_can_write(&path, "recipients file")?;
             for r in read_recipients_file(&path)
                 .map_err(|exp| at.err(f.span().start, "encryption.recipients_file", &exp))?
             {
@@ -278,7 +279,7 @@ pub enum HeaderCheck {
 impl Identities {
     /// Read an identity file (`age-keygen` / `pronto-offsite keygen` format: `#` comments,
     /// one `AGE-SECRET-KEY-1…` per line). Errors (exit 2) name the file and line, never
-    /// its content. Warns when others may read it.
+    /// its content. Refuses a file others may read or write (mode & 077), like ssh.
     pub fn load(path: &Path) -> Result<Identities> {
         let meta = fs::metadata(path).map_err(|e| {
             usage(format!(
@@ -293,12 +294,12 @@ impl Identities {
             )));
         }
         if meta.mode() & 0o077 != 0 {
-            tracing::warn!(
-                "identity file {} can be read by other users (mode {:o}): run `chmod 600 {}`",
+            return Err(usage(format!(
+                "identity file {} can be read or changed by other users (mode {:o}): refusing to use a secret key others can read, as ssh does; run `chmod 600 {}`",
                 path.display(),
                 meta.mode() & 0o777,
                 path.display()
-            );
+            )));
         }
         let f = File::open(path)
             .map_err(|e| usage(format!("cannot read identity file {}: {e}", path.display())))?;
@@ -612,6 +613,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("key.txt");
         fs::write(&p, "# c\nAGE-SECRET-KEY-1NOTAREALKEYATALLXYZ\n").unwrap();
+        // Others may read it: refused before it is read.
+        let e = Identities::load(&p).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
+        assert!(
+            e.to_string().contains("chmod 600") && !e.to_string().contains("NOTAREAL"),
+            "{e}"
+        );
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         let e = Identities::load(&p).unwrap_err().to_string();
         assert!(e.contains("line 2") && !e.contains("NOTAREAL"), "{e}");
         let e = Identities::load(&tmp.path().join("missing")).unwrap_err();

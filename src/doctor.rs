@@ -293,6 +293,7 @@ async fn remote_checks(cfg: &Config) -> Vec<Check> {
                 ));
             }
         }
+        v.extend(versioning_check(remote, &r.backend).await);
         // Write permission: a small probe object, deleted again.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -319,6 +320,42 @@ async fn remote_checks(cfg: &Config) -> Vec<Check> {
         }
     }
     v
+}
+
+/// A bucket with versioning keeps every deleted archive as a noncurrent version: prune
+/// frees nothing until a lifecycle rule expires them. Failed when no rule does; no check
+/// where the store has no versioning (or it was never on).
+pub async fn versioning_check(
+    remote: &crate::config::Remote,
+    backend: &std::sync::Arc<dyn pronto_backends::Backend>,
+) -> Option<Check> {
+    let name = format!("remote {} versioning", remote.name);
+    let desc = backend.describe();
+    match backend.versioning().await {
+        Ok(None) => None,
+        Ok(Some(v)) if v.noncurrent_expiration => Some(ok(
+            name,
+            format!("bucket versioning is {} on {desc}; a lifecycle rule expires noncurrent versions, so pruned archives stop costing once it runs", v.status),
+        )),
+        Ok(Some(v)) => Some(fail(
+            name,
+            versioning_warning(&v, &desc),
+            "add a lifecycle rule with NoncurrentVersionExpiration (README: \"Versioned buckets\"), or suspend versioning on the bucket",
+        )),
+        Err(e) => Some(fail(
+            name,
+            format!("cannot read the bucket's versioning on {desc}: {e}"),
+            "allow s3:GetBucketVersioning and s3:GetLifecycleConfiguration to these credentials, so that doctor can tell whether deleted archives keep costing",
+        )),
+    }
+}
+
+/// What a versioned bucket without a noncurrent-version rule means for prune.
+pub fn versioning_warning(v: &pronto_backends::Versioning, desc: &str) -> String {
+    format!(
+        "bucket versioning is {} on {desc}: a deleted (pruned) archive stays as a noncurrent version and keeps costing until a lifecycle rule expires noncurrent versions; none does",
+        v.status
+    )
 }
 
 /// `name` on `$PATH` (or as given, when it has a slash).

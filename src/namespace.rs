@@ -12,13 +12,19 @@ use pronto_backends::{
     Backend, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
 };
 
+/// How `list --all-hosts` shows the flat layout (archives at the remote's root, no
+/// `host_id`), and what `pull --host` takes to reach them.
+pub const FLAT: &str = "-";
+
 /// Whether `id` can name a host's namespace: one path segment of letters, digits,
-/// `.`, `-`, `_`, not `.` or `..`.
+/// `.`, `-`, `_`, not `.` or `..`, and not starting with `-` (that would be [`FLAT`], how
+/// the flat layout is shown, or read as an option by `pull --host`).
 pub fn valid_host_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id != "."
         && id != ".."
+        && !id.starts_with('-')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
@@ -170,6 +176,9 @@ impl Backend for NamespacedBackend {
                 .collect()
         }))
     }
+    async fn versioning(&self) -> Result<Option<pronto_backends::Versioning>> {
+        self.inner.versioning().await
+    }
 }
 
 /// `list --all-hosts`: every host's archives on each remote (read from the whole root,
@@ -213,7 +222,7 @@ pub async fn list_all_hosts(
         };
         // The flat layout first, then each host's namespace.
         let mut groups: Vec<(String, Vec<ObjectMeta>)> = vec![(
-            "-".into(),
+            FLAT.into(),
             listing
                 .iter()
                 .filter(|o| !o.key.contains('/'))
@@ -296,20 +305,20 @@ pub async fn list_all_hosts(
 /// archives, where the next push would upload H's archive into this host's namespace,
 /// and where a same-named archive of this host's could be taken for H's. (Unless `H` is
 /// this config's own `host_id` on every remote: then it is the backup folder itself.)
+///
+/// `H` = [`FLAT`] (`-`, as `list --all-hosts` shows it): the archives at the remotes' root,
+/// kept in `<backup folder>/hosts/-/`.
 pub fn as_host(cfg: &crate::config::Config, host: &str) -> anyhow::Result<crate::config::Config> {
-    if !valid_host_id(host) {
+    if host != FLAT && !valid_host_id(host) {
         return Err(crate::error::usage(format!(
-            "--host '{host}': a host id is letters, digits, '.', '-' and '_' (see `list --all-hosts`)"
+            "--host '{host}': a host id is letters, digits, '.', '-' and '_', or {FLAT} for the flat layout (see `list --all-hosts`)"
         )));
     }
+    let ns = (host != FLAT).then(|| host.to_string());
     let mut cfg = cfg.clone();
-    let own = !cfg.remotes.is_empty()
-        && cfg
-            .remotes
-            .iter()
-            .all(|r| r.host_id.as_deref() == Some(host));
+    let own = !cfg.remotes.is_empty() && cfg.remotes.iter().all(|r| r.host_id == ns);
     for r in &mut cfg.remotes {
-        r.host_id = Some(host.to_string());
+        r.host_id = ns.clone();
     }
     if !own {
         let home = cfg.local.dir.clone();
@@ -329,7 +338,7 @@ mod tests {
     fn host_ids() {
         assert!(valid_host_id("web1"));
         assert!(valid_host_id("db-2.example_com"));
-        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+        for bad in ["", ".", "..", "a/b", "a b", "é", "-", "--", "-web1"] {
             assert!(!valid_host_id(bad), "{bad:?}");
         }
         assert!(valid_host_id(&default_host_id()));

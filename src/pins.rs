@@ -162,14 +162,32 @@ pub async fn write_remote(r: &RemoteHandle, prefix: &str, pins: &BTreeSet<String
 /// `pin <id>` (`pin = true`) or `unpin <id>`: update the local pins, then every
 /// remote's. Returns the exit code: 0, or 3 when some remote could not be updated
 /// (1 when none could; the local pins are always updated first).
-pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Result<i32> {
-    let verb = if pin { "pin" } else { "unpin" };
-    let id = catalog::id_from_user(&cfg.local.prefix, what).ok_or_else(|| {
+/// The archive id that `what` names: an id, an archive's file name, or `latest` (the
+/// newest archive in the backup folder, as for `verify latest`).
+fn resolve_id(cfg: &Config, what: &str) -> Result<String> {
+    if what == "latest" {
+        return catalog::scan(&cfg.local)?
+            .into_iter()
+            .map(|a| a.name.id)
+            .max()
+            .ok_or_else(|| {
+                usage(format!(
+                    "no archive in {}: `latest` names the newest local archive; give an id like 20260201-170521",
+                    cfg.local.dir.display()
+                ))
+            });
+    }
+    catalog::id_from_user(&cfg.local.prefix, what).ok_or_else(|| {
         usage(format!(
-            "'{what}' is not an archive id: give an id like 20260201-170521, or a name like {}-20260201-170521.tar.gz",
+            "'{what}' is not an archive id: give `latest`, an id like 20260201-170521, or a name like {}-20260201-170521.tar.gz",
             cfg.local.prefix
         ))
-    })?;
+    })
+}
+
+pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Result<i32> {
+    let verb = if pin { "pin" } else { "unpin" };
+    let id = resolve_id(cfg, what)?;
 
     // The whole run (local pins, then every remote's) under the one lock: a prune that
     // runs meanwhile has read its pins already, so this waits for it to finish.

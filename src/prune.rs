@@ -351,7 +351,9 @@ pub async fn prune_remote(
     out: &mut dyn Write,
 ) -> LocationReport {
     if dry_run {
-        return prune_remote_over(cfg, r, state, pins, now, force, dry_run, out).await;
+        let rep = prune_remote_over(cfg, r, state, pins, now, force, dry_run, out).await;
+        note_versioning(r, &rep, out).await;
+        return rep;
     }
     let failed = |e: anyhow::Error| LocationReport {
         location: r.name.clone(),
@@ -372,7 +374,30 @@ pub async fn prune_remote(
     if let Some(l) = lease {
         l.release().await;
     }
+    note_versioning(r, &rep, out).await;
     rep
+}
+
+/// After deleting (or planning to delete) archives on `r`: if its bucket keeps old
+/// versions and no lifecycle rule expires them, say that the deleted archives keep
+/// costing (on the report and at WARN). Quiet when nothing was deleted or the store has
+/// no versioning; a failure to tell is logged at debug (doctor reports it).
+async fn note_versioning(r: &RemoteHandle, rep: &LocationReport, out: &mut dyn Write) {
+    if rep.deleted.is_empty() {
+        return;
+    }
+    match r.backend.versioning().await {
+        Ok(Some(v)) if !v.noncurrent_expiration => {
+            let msg = crate::doctor::versioning_warning(&v, &r.backend.describe());
+            tracing::warn!("remote {}: {msg}", r.name);
+            let _ = writeln!(
+                out,
+                "  NOTE: {msg} (README: \"Versioned buckets\" gives the rule)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("remote {}: bucket versioning unknown: {e}", r.name),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

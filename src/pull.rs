@@ -85,6 +85,20 @@ pub async fn run_for_extract(
     Ok(run_inner(cfg, what, only, None, true, out).await?.path)
 }
 
+/// What to say when the selected remotes were listed and hold no archive at all: for
+/// another host (`pull --host H`), that H has none there, and where to see which hosts do.
+fn no_archives_message(selected: &[&crate::config::Remote]) -> String {
+    let host = selected
+        .first()
+        .and_then(|r| r.host_id.clone())
+        .unwrap_or_else(|| crate::namespace::FLAT.to_string());
+    format!(
+        "host '{host}' has no archives on {} (`pronto-offsite list --all-hosts` shows every host's archives; {} is the flat layout)",
+        names(selected),
+        crate::namespace::FLAT
+    )
+}
+
 async fn run_inner(
     cfg: &Config,
     what: &str,
@@ -113,6 +127,7 @@ async fn run_inner(
 
     // Find the archive on the first remote (in config order) that holds it complete.
     let mut found: Option<(RemoteHandle, plan::RemoteArchive)> = None;
+    let mut any_archive = false;
     let mut errors = Vec::new();
     for remote in &selected {
         let r = match remotes::open(remote) {
@@ -134,6 +149,7 @@ async fn run_inner(
             }
         };
         let state = plan::remote_state(&cfg.local.prefix, &listing);
+        any_archive |= !state.archives.is_empty();
         let candidate = match &wanted {
             Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
             None => state
@@ -159,6 +175,10 @@ async fn run_inner(
         }
     }
     let Some((r, archive)) = found else {
+        // (`local.home` is set for another host's pull: `pull --host H`.)
+        if !any_archive && errors.is_empty() && cfg.local.home.is_some() {
+            bail!(no_archives_message(&selected));
+        }
         let which = wanted.as_deref().unwrap_or("any complete archive");
         let mut msg = format!("{which} was not found complete on {}", names(&selected));
         if !errors.is_empty() {

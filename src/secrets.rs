@@ -1,5 +1,6 @@
 //! Secrets hygiene that is not about one feature: a config file that holds a secret must
-//! not be readable by other users.
+//! not be readable by other users, and a file that decides where archives go or who can
+//! read them (the config, a recipients file) must not be writable by them.
 //!
 //! The rules the rest of the code follows (see README "Secrets and permissions"):
 //! passwords, keys and tokens come from the environment or from files, never from the
@@ -62,6 +63,26 @@ fn walk(v: &toml::Value, path: &str, found: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+/// Refuse (exit 2) a file that users other than its owner may change: `what` (the config
+/// file, which names hook commands and remotes; a recipients file, which says who can
+/// read every later backup) decides too much to trust a file others can write, as ssh
+/// refuses such a config or key. Names the file, its mode and the fix. A file that cannot
+/// be examined is left to the reader, which reports it.
+pub fn refuse_if_others_can_write(path: &Path, what: &str) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(crate::error::usage(format!(
+        "{what} {} can be changed by other users (mode {mode:o}): anyone who can write it could add an age recipient, a remote or a command; refusing to use it: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )))
 }
 
 /// Warn (once, at WARN) when the config file at `path` holds a secret and its mode lets

@@ -422,12 +422,14 @@ fn sockets_and_fifos_are_skipped_with_a_note_not_an_error() {
 
 const HELPER_ENV: &str = "PRONTO_TEST_UNREADABLE_DIR";
 
-/// Runs in the child only (does nothing in a normal test run).
+/// The child half of `unreadable_files_fail_by_default_and_are_recorded_when_skipping`,
+/// which runs it (as uid 65534) with `--ignored`; run alone, it fails.
 #[test]
+#[ignore = "the child half of unreadable_files_fail_by_default_and_are_recorded_when_skipping, run by it as uid 65534"]
 fn unreadable_helper() {
-    let Ok(dir) = std::env::var(HELPER_ENV) else {
-        return;
-    };
+    let dir = std::env::var(HELPER_ENV).unwrap_or_else(|_| {
+        panic!("{HELPER_ENV} is not set: this runs only as the child of the unreadable test")
+    });
     println!("RESULT {}", unreadable_checks(Path::new(&dir)));
 }
 
@@ -515,6 +517,7 @@ fn unreadable_files_fail_by_default_and_are_recorded_when_skipping() {
             .args([
                 "--exact",
                 "unreadable_helper",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -672,92 +675,4 @@ fn incompressible_files_are_stored_and_the_archive_stays_one_gzip_member() {
             .arg(&dest));
         assert_same_tree(&src, &dest.join(TOP).join("static_content/site"), true);
     }
-}
-
-// ---------------------------------------------------------------------------
-
-/// Throughput against `tar -czf` and `tar -I pigz -cf` on a corpus folder:
-/// `PRONTO_BENCH_CORPUS=/path cargo test --release --test archive_roundtrip bench -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn bench_against_system_tar() {
-    let Ok(corpus) = std::env::var("PRONTO_BENCH_CORPUS") else {
-        eprintln!("set PRONTO_BENCH_CORPUS to a folder");
-        return;
-    };
-    let corpus = PathBuf::from(corpus);
-    let total: u64 = snapshot_size(&corpus);
-    let tmp =
-        tempfile::tempdir_in(std::env::var("PRONTO_BENCH_TMP").unwrap_or("/tmp".into())).unwrap();
-    let mb = total as f64 / 1e6;
-    let threads: usize = std::env::var("PRONTO_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
-    for round in 0..2 {
-        let out = tmp.path().join(format!("ours{round}.tar.gz"));
-        let t = Instant::now();
-        let w = write_archive(
-            &out,
-            &WriteOptions {
-                top: TOP.into(),
-                codec: pronto_offsite::archive::Codec::Gzip,
-                level: 6,
-                threads,
-            },
-            &[site(&corpus)],
-            &info,
-        )
-        .unwrap();
-        let s = t.elapsed().as_secs_f64();
-        eprintln!(
-            "write_archive     : {:6.2} s {:7.1} MB/s  {:>12} bytes",
-            s,
-            mb / s,
-            w.size
-        );
-        for (label, args) in [
-            ("tar -czf         ", vec!["-czf"]),
-            ("tar -I pigz -cf  ", vec!["-I", "pigz", "-cf"]),
-        ] {
-            let o = tmp.path().join(format!("sys{round}.tar.gz"));
-            let t = Instant::now();
-            run(Command::new("tar")
-                .args(&args)
-                .arg(&o)
-                .arg("-C")
-                .arg(corpus.parent().unwrap())
-                .arg(corpus.file_name().unwrap()));
-            let s = t.elapsed().as_secs_f64();
-            eprintln!(
-                "{label} : {:6.2} s {:7.1} MB/s  {:>12} bytes",
-                s,
-                mb / s,
-                fs::metadata(&o).unwrap().len()
-            );
-            fs::remove_file(&o).unwrap();
-        }
-        let t = Instant::now();
-        check_readable(&out).unwrap();
-        let s = t.elapsed().as_secs_f64();
-        eprintln!("check_readable    : {:6.2} s {:7.1} MB/s", s, mb / s);
-        fs::remove_file(&out).unwrap();
-    }
-}
-
-fn snapshot_size(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        for e in fs::read_dir(&p).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() {
-                total += m.len();
-            }
-        }
-    }
-    total
 }

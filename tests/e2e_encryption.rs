@@ -369,6 +369,8 @@ fn wrong_or_missing_identity_exits_2_before_anything_is_written() {
         text(&o)
     );
     std::fs::write(env.path("pub.txt"), format!("{recipient}\n")).unwrap();
+    // (Private, so that the content is what is refused, not the mode.)
+    std::fs::set_permissions(env.path("pub.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = env.run(&[
         "pull",
         &id,

@@ -236,6 +236,46 @@ fn two_backups_in_one_second_get_distinct_names() {
     assert_eq!(archives, 2);
 }
 
+/// Start `pronto-offsite ARGS`, wait (polling) until `at` holds while it still runs, then
+/// SIGKILL it and check that it died of that kill: the kill landed where `what` says.
+fn kill_when(env: &Env, args: &[&str], what: &str, at: impl Fn() -> bool) {
+    use std::os::unix::process::ExitStatusExt;
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(env.config())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !at() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{args:?} ended ({status}) before {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL sent");
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{args:?} was killed {what}: {status}"
+    );
+}
+
+/// Every archive under a final name in the backup folder has its manifest (beside it, or
+/// in another tier folder if a kill came between the two renames of a tier move).
+fn assert_no_final_name_without_manifest(env: &Env, when: &str) {
+    let names = names_in_tiers(env);
+    for n in names.iter().filter(|n| n.ends_with(".tar.gz")) {
+        assert!(
+            names.contains(&format!("{n}.manifest.json")),
+            "{n} under a final name without its manifest after a kill {when}"
+        );
+    }
+}
+
 #[test]
 fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
     let env = Env::new();
@@ -243,33 +283,27 @@ fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
     // Make the run long enough to be killed in the middle: a 256 MiB file of noise.
     support::write_noise(&env.path("src/noise.bin"), 256 << 20, 1);
     env.write_config("");
-    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
-    for delay_ms in [50u64, 300, 800] {
-        let mut child = std::process::Command::new(&bin)
-            .arg("--config")
-            .arg(env.config())
-            .arg("backup")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let names = names_in_tiers(&env);
-        for n in &names {
-            if n.ends_with(".tar.gz") {
-                // A completed backup (the kill came after it) must have its manifest
-                // (beside it, or in another tier folder if the kill came between the two
-                // renames of a tier move: the catalog pairs them).
-                assert!(
-                    names.contains(&format!("{n}.manifest.json")),
-                    "{n} under a final name without its manifest after kill at {delay_ms} ms"
-                );
-            }
+    let partial_over = |bytes: u64| {
+        let dir = env.backups();
+        move || {
+            names_in(&dir).iter().any(|n| {
+                n.ends_with(".partial")
+                    && std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > bytes)
+            })
         }
+    };
+    // Killed while the archive is being written: just started, and half way.
+    for (what, bytes) in [("as the archive starts", 0), ("half way", 100 << 20)] {
+        kill_when(&env, &["backup"], what, partial_over(bytes));
+        assert_no_final_name_without_manifest(&env, what);
+        assert!(
+            !names_in_tiers(&env).iter().any(|n| n.ends_with(".tar.gz")),
+            "no archive under a final name after a kill {what}: {:?}",
+            names_in_tiers(&env)
+        );
     }
     let id = backup_id(&env);
+    assert_no_final_name_without_manifest(&env, "(after the next backup)");
     assert!(
         !names_in(&env.backups())
             .iter()
@@ -277,37 +311,47 @@ fn kill_9_during_backup_or_push_leaves_no_final_name_and_next_run_succeeds() {
         "stale partials removed"
     );
 
-    for delay_ms in [50u64, 200, 600] {
-        let mut child = std::process::Command::new(&bin)
-            .arg("--config")
-            .arg(env.config())
-            .arg("push")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        for n in names_in(&env.remote()) {
-            if n.ends_with(".manifest.json") {
-                let archive = env.remote().join(n.trim_end_matches(".manifest.json"));
-                let local = find_local(&env, n.trim_end_matches(".manifest.json"));
-                assert_eq!(
-                    support::file_digest(&archive),
-                    support::file_digest(&local),
-                    "a manifest on the remote marks a complete, identical archive"
-                );
-            }
-        }
+    // Killed while the archive is being uploaded (slowed to 32 MiB/s: ~8 s): as the
+    // upload starts on the remote, and once the journal has two parts.
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let uploads = env.remote().join(".uploads");
+    let journal = env
+        .backups()
+        .join(".journal/nas")
+        .join(format!("{file}.json"));
+    let journaled_parts = || {
+        std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["parts"].as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    let push = ["push", "--bwlimit", "32MiB"];
+    type Point<'a> = (&'a str, Box<dyn Fn() -> bool + 'a>);
+    let points: [Point; 2] = [
+        (
+            "as the upload starts",
+            Box::new(|| !names_in(&uploads).is_empty()),
+        ),
+        ("after two parts", Box::new(|| journaled_parts() >= 2)),
+    ];
+    for (what, at) in points {
+        kill_when(&env, &push, what, at);
+        let remote = names_in(&env.remote());
+        assert!(
+            !remote
+                .iter()
+                .any(|n| n.ends_with(".tar.gz") || n.ends_with(".manifest.json")),
+            "nothing under a final name on the remote after a kill {what}: {remote:?}"
+        );
     }
     let o = env.run(&["push"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let file = format!("pronto-app-backup-{id}.tar.gz");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         support::file_digest(&env.remote().join(&file)),
         support::file_digest(&find_local(&env, &file))
     );
+    assert!(env.remote().join(format!("{file}.manifest.json")).exists());
 }
 
 #[test]

@@ -142,9 +142,11 @@ fn under_pty(env: &Env, args: &str) -> (bool, String) {
 
 #[test]
 fn bars_render_under_a_pseudo_terminal() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` (util-linux)");
-        return;
+    // No silent pass: scripts/test installs `script`; without it this test fails.
+    if let Err(e) = Command::new("script").arg("--version").output() {
+        panic!(
+            "this test needs `script` (apt-get install bsdutils; scripts/test installs it): {e}"
+        );
     }
     let env = env_with_data();
     let (ok, out) = under_pty(&env, "backup");

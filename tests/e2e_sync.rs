@@ -288,6 +288,68 @@ fn two_hosts_push_and_prune_one_bucket_at_once_and_keep_to_their_namespaces() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
+/// `host_id = "-"` (how the flat layout is shown) and ids that read as options are
+/// refused; `pull --host -` reaches the flat-layout archive `list --all-hosts` shows as
+/// host `-`; a host without archives is said to have none, plainly.
+#[test]
+fn host_dash_is_the_flat_layout_never_a_host_id() {
+    let env = Env::new();
+    for bad in ["-", "-web1", "--"] {
+        let cfg = host_config(&env, "web1");
+        let text_cfg = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("host_id = \"web1\"", &format!("host_id = \"{bad}\""));
+        std::fs::write(&cfg, text_cfg).unwrap();
+        let o = as_host(&cfg, &["list"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("remotes[0].host_id"),
+            "{bad}: {}",
+            text(&o)
+        );
+    }
+
+    let cfg = host_config(&env, "web1");
+    fabricate(&env.path("bucket"), "20250101-000000", "old");
+    fabricate(&env.path("bucket/web2"), IDS[0], "web2");
+    let o = as_host(&cfg, &["list", "--all-hosts", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["archives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == "-" && r["id"] == "20250101-000000"),
+        "{v}"
+    );
+
+    // What list shows as host `-`, pull --host - fetches, into hosts/-/.
+    let o = as_host(&cfg, &["pull", "--host", "-", "20250101-000000"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let got = env.path(&format!("backups-web1/hosts/-/{P}-20250101-000000.tar.gz"));
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(env.path(&format!("bucket/{P}-20250101-000000.tar.gz"))).unwrap()
+    );
+
+    // A host with no archives: said so, with where to look.
+    let o = as_host(&cfg, &["pull", "--host", "web9", "latest"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("host 'web9' has no archives on shared") && err.contains("list --all-hosts"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn host_id_and_retry_budget_are_validated() {
     let env = Env::new();
@@ -318,36 +380,69 @@ fn incompressible(env: &Env) {
     std::fs::write(env.path("src/noise.bin"), support::noise(400 * 1024, 3)).unwrap();
 }
 
+/// What the limiter recorded for the remote at `dir` (its debug lines, `-v`): the size of
+/// every body it metered and the rate it metered it at.
+fn metered(o: &std::process::Output, dir: &std::path::Path) -> Vec<(u64, u64)> {
+    let err = String::from_utf8_lossy(&o.stderr);
+    let tag = format!("bwlimit file://{}: ", dir.display());
+    err.lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest))
+        .map(|rest| {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!((w[1], w[2], w[4]), ("bytes", "at", "B/s"), "{rest}");
+            (w[0].parse().unwrap(), w[3].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Bytes of the archive `id` and its manifest in `dir`: what a push sends there.
+fn pushed_bytes(dir: &std::path::Path, id: &str) -> u64 {
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    [file.clone(), format!("{file}.manifest.json")]
+        .iter()
+        .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
+        .sum()
+}
+
+/// The evidence is the limiter's own record, not a stopwatch: every byte sent to a limited
+/// remote is metered at its rate (the flag's, else the key's), an unlimited one is not
+/// metered at all. That the limiter then spaces the bytes at that rate is its unit test, on
+/// tokio's paused clock (`bwlimit::tests`).
 #[test]
-fn bwlimit_flag_and_key_slow_the_push_down() {
+fn bwlimit_flag_and_key_meter_every_byte_at_their_rate() {
     let env = Env::new();
     incompressible(&env);
-    // A timetable that is off all day: no limit.
+    // `nas` has a timetable that is off all day: no limit of its own.
     env.write_config("bwlimit = \"00:00-24:00 off\"\n");
-    backup_id(&env);
-    let t0 = std::time::Instant::now();
-    let o = env.run(&["push", "--dry-run"]);
-    assert!(o.status.success(), "{}", text(&o));
+    let id = backup_id(&env);
 
-    // ~400 KiB at 100 KiB/s: about 4 s (the manifest waits for the archive's bytes).
-    let o = env.run(&["push", "--bwlimit", "100KiB", "--no-prune"]);
-    let took = t0.elapsed();
+    // The flag replaces it: 100 KiB/s, for all of the archive and its manifest.
+    let o = env.run(&["-v", "push", "--bwlimit", "100KiB", "--no-prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+    let nas = metered(&o, &env.remote());
+    assert!(nas.iter().all(|&(_, rate)| rate == 100 * 1024), "{nas:?}");
+    let sent: u64 = nas.iter().map(|&(n, _)| n).sum();
+    assert_eq!(sent, pushed_bytes(&env.remote(), &id), "{}", text(&o));
 
-    // The key, a rate: a second remote gets the same archive, as slowly.
+    // The key, a rate, on a second remote; a third without one is not metered, and
+    // neither is `nas` (off all day, nothing left to send anyway).
     env.write_config(&format!(
-        "\n[[remotes]]\nname = \"slow\"\nurl = \"file://{}\"\nbwlimit = \"200KiB\"\n",
-        env.path("slow").display()
+        "bwlimit = \"00:00-24:00 off\"\n\n[[remotes]]\nname = \"slow\"\nurl = \"file://{}\"\nbwlimit = \"200KiB\"\n\n[[remotes]]\nname = \"usb\"\nurl = \"file://{}\"\n",
+        env.path("slow").display(),
+        env.path("usb").display()
     ));
-    let t0 = std::time::Instant::now();
-    let o = env.run(&["push", "--no-prune"]);
+    let o = env.run(&["-v", "push", "--no-prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        t0.elapsed() >= std::time::Duration::from_millis(1500),
-        "{:?}",
-        t0.elapsed()
-    );
+    let slow = metered(&o, &env.path("slow"));
+    assert!(slow.iter().all(|&(_, rate)| rate == 200 * 1024), "{slow:?}");
+    let sent: u64 = slow.iter().map(|&(n, _)| n).sum();
+    assert_eq!(sent, pushed_bytes(&env.path("slow"), &id), "{}", text(&o));
+    assert_eq!(metered(&o, &env.path("usb")), [], "{}", text(&o));
+    assert_eq!(metered(&o, &env.remote()), [], "{}", text(&o));
+    assert!(env
+        .path("usb")
+        .join(format!("pronto-app-backup-{id}.tar.gz"))
+        .exists());
 
     env.write_config("bwlimit = \"fast\"\n");
     let o = env.run(&["push"]);
@@ -356,6 +451,8 @@ fn bwlimit_flag_and_key_slow_the_push_down() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
+/// Evidence by order of events, not by a clock: when `usb` (unlimited) has its manifest,
+/// the push is still running and `nas` (1 KiB/s, first in the config) has none.
 #[test]
 fn a_slow_remote_does_not_hold_up_the_others() {
     let env = Env::new();
@@ -372,18 +469,23 @@ fn a_slow_remote_does_not_hold_up_the_others() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !env.path("usb").join(&manifest).exists() {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(20),
-            "usb waited for nas"
-        );
+    // Until usb has its manifest or the push ends (at 1 KiB/s, ~7 minutes: usb waited).
+    let ended = loop {
+        if env.path("usb").join(&manifest).exists() {
+            break None;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(child.try_wait().unwrap().is_none(), "nas is still going");
-    assert!(!env.remote().join(&manifest).exists());
+    };
+    assert_eq!(ended, None, "the push ended before usb had its manifest");
+    let nas_done = env.remote().join(&manifest).exists();
+    let still_running = child.try_wait().unwrap().is_none();
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(!nas_done, "usb waited for nas");
+    assert!(still_running, "nas is still going");
 }
 
 // ---- the prune lease ----------------------------------------------------------------

@@ -13,8 +13,12 @@
 //! requests with 403 AccessDenied (not retried: the commands fail fast) and webhooks and
 //! pings with 200.
 
+#[path = "../backends/tests/support/localstack.rs"]
+mod localstack;
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "../backends/tests/support/proxy.rs"]
+mod proxy;
 #[path = "support/redis.rs"]
 mod redis;
 mod support;
@@ -172,6 +176,8 @@ fn files_under(root: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) {
 struct Scan {
     secrets: Vec<String>,
     outputs: Vec<(String, Vec<u8>)>,
+    /// Set in the commands' environment (after the AWS and database variables are cleared).
+    vars: Vec<(&'static str, &'static str)>,
 }
 
 impl Scan {
@@ -192,6 +198,7 @@ impl Scan {
             c.env_remove(v);
         }
         c.env("AWS_EC2_METADATA_DISABLED", "true");
+        c.envs(self.vars.iter().copied());
         c.env("PATH", shim_path(env));
         c.timeout(Duration::from_secs(240));
         if let Some(s) = stdin {
@@ -202,6 +209,13 @@ impl Scan {
             .push((format!("{args:?}: stdout"), o.stdout.clone()));
         self.outputs
             .push((format!("{args:?}: stderr"), o.stderr.clone()));
+        o
+    }
+
+    /// [`Scan::run`], and assert its exit code.
+    fn expect(&mut self, env: &Env, args: &[&str], code: i32) -> Output {
+        let o = self.run(env, args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
         o
     }
 
@@ -300,13 +314,26 @@ fn keygen(env: &Env, file: &str) -> (String, String) {
 }
 
 fn secrets_config(env: &Env, http: &FakeHttp, recipient: &str, extra: &str) {
+    let s3 = format!("http://127.0.0.1:{}", http.port);
+    secrets_config_at(env, http, recipient, extra, &s3, "pronto-scan");
+}
+
+/// [`secrets_config`] with the S3 remote at `s3_endpoint`, in `bucket`.
+fn secrets_config_at(
+    env: &Env,
+    http: &FakeHttp,
+    recipient: &str,
+    extra: &str,
+    s3_endpoint: &str,
+    bucket: &str,
+) {
     let port = http.port;
     env.write_config(&format!(
         r#"
 [[remotes]]
 name = "s3"
-url = "s3://pronto-scan/prod"
-endpoint = "http://127.0.0.1:{port}"
+url = "s3://{bucket}/prod"
+endpoint = "{s3_endpoint}"
 allow_http = true
 region = "us-east-1"
 access_key_id = "{S3_KEY_ID}"
@@ -369,6 +396,7 @@ fn the_scan_finds_a_planted_secret() {
             "AGE-SECRET-KEY-1ABCDEFGHIJ".to_string(),
         ],
         outputs: vec![("stderr".into(), b"key: 1abcdefghij".to_vec())],
+        vars: Vec::new(),
     };
     let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan.check(&env, &[])))
         .expect_err("the planted secrets were not found");
@@ -391,29 +419,29 @@ fn every_command_with_secrets_configured_leaks_none() {
             .chain([age_secret, wrong_secret])
             .collect(),
         outputs: Vec::new(),
+        vars: Vec::new(),
     };
 
-    scan.run(&env, &["doctor"]);
-    scan.run(&env, &["-v", "doctor", "--json"]);
-    let o = scan.run(&env, &["-v", "backup"]);
-    assert!(o.status.success(), "{}", text(&o));
+    // Every exit code is asserted: the S3 stand-in refuses everything (403), so what
+    // touches it is partial (3) or failed (1); status reports the stale remote (5).
+    scan.expect(&env, &["doctor"], 1);
+    scan.expect(&env, &["-v", "doctor", "--json"], 1);
+    let o = scan.expect(&env, &["-v", "backup"], 0);
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    scan.run(&env, &["--log-format", "json", "-v", "backup"]);
-    let o = scan.run(&env, &["-v", "push"]);
-    assert_eq!(o.status.code(), Some(3), "nas ok, s3 refused: {}", text(&o));
-    scan.run(&env, &["push", "--json"]);
-    scan.run(&env, &["push", "--dry-run"]);
-    scan.run(&env, &["-v", "list"]);
-    scan.run(&env, &["list", "--json"]);
-    scan.run(&env, &["-v", "status"]);
-    scan.run(&env, &["status", "--json"]);
-    let o = scan.run(&env, &["-v", "hook"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    scan.run(&env, &["hook", "--json", "--no-backup"]);
-    scan.run(&env, &["-v", "prune", "--dry-run"]);
-    scan.run(&env, &["-v", "prune"]);
-    scan.run(&env, &["pin", &id]);
-    scan.run(&env, &["unpin", &id]);
+    scan.expect(&env, &["--log-format", "json", "-v", "backup"], 0);
+    scan.expect(&env, &["-v", "push"], 3); // nas ok, s3 refused
+    scan.expect(&env, &["push", "--json"], 3);
+    scan.expect(&env, &["push", "--dry-run"], 3);
+    scan.expect(&env, &["-v", "list"], 3);
+    scan.expect(&env, &["list", "--json"], 3);
+    scan.expect(&env, &["-v", "status"], 5);
+    scan.expect(&env, &["status", "--json"], 5);
+    scan.expect(&env, &["-v", "hook"], 3);
+    scan.expect(&env, &["hook", "--json", "--no-backup"], 3);
+    scan.expect(&env, &["-v", "prune", "--dry-run"], 3);
+    scan.expect(&env, &["-v", "prune"], 3);
+    scan.expect(&env, &["pin", &id], 3);
+    scan.expect(&env, &["unpin", &id], 3);
     let o = scan.run(
         &env,
         &[
@@ -442,7 +470,7 @@ fn every_command_with_secrets_configured_leaks_none() {
         ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    scan.run(
+    scan.expect(
         &env,
         &[
             "-v",
@@ -453,6 +481,7 @@ fn every_command_with_secrets_configured_leaks_none() {
             "--to",
             env.path("out3").to_str().unwrap(),
         ],
+        1,
     );
     let o = scan.run(
         &env,
@@ -466,12 +495,13 @@ fn every_command_with_secrets_configured_leaks_none() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    scan.run_with(
+    let o = scan.run_with(
         &env,
         &["policy", "--keep-daily", "2"],
         Some("pronto-app-backup-20260201-170521.tar.gz.age\npronto-app-backup-20260202-170521.tar.gz.age\n"),
     );
-    scan.run(&env, &["completions", "bash"]);
+    assert_eq!(o.status.code(), Some(0), "policy: {}", text(&o));
+    scan.expect(&env, &["completions", "bash"], 0);
     let o = scan.run(
         &env,
         &[
@@ -480,7 +510,7 @@ fn every_command_with_secrets_configured_leaks_none() {
             env.path("keys/third.txt").to_str().unwrap(),
         ],
     );
-    assert!(o.status.success());
+    assert_eq!(o.status.code(), Some(0), "keygen: {}", text(&o));
     let third = std::fs::read_to_string(env.path("keys/third.txt")).unwrap();
     scan.secrets.push(
         third
@@ -518,6 +548,106 @@ fn every_command_with_secrets_configured_leaks_none() {
         .path()
         .join("backup_info.txt");
     assert!(info.exists(), "{}", info.display());
+    scan.check(&env, &skip(&env));
+}
+
+/// The same scan over a run that works end to end: a real S3 (LocalStack, behind a
+/// recording proxy) with the access key, secret and session token in the config and in
+/// the environment; backup → push → pull → prune → status, every exit code 0; the outputs,
+/// log, metrics, status and journal files and every object in the bucket are scanned.
+#[test]
+fn a_successful_s3_cycle_with_keys_and_a_session_token_leaks_none() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("scan-ok");
+    let s3 = proxy::Proxy::start(ls.port);
+    let env = Env::new();
+    let http = FakeHttp::start();
+    source_tree(&env);
+    let (recipient, age_secret) = keygen(&env, "keys/age.txt");
+    let retention = "\n[retention]\nlast = 1\nmax_delete_fraction = 1\n";
+    secrets_config_at(&env, &http, &recipient, retention, &s3.endpoint(), &bucket);
+    let mut scan = Scan {
+        secrets: [S3_SECRET, S3_TOKEN, HOOK_TOKEN, QUERY_TOKEN, PING_TOKEN]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([age_secret])
+            .collect(),
+        outputs: Vec::new(),
+        vars: vec![
+            ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+            ("AWS_SESSION_TOKEN", S3_TOKEN),
+        ],
+    };
+
+    let first = scan.expect(&env, &["-v", "backup"], 0);
+    let first = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    scan.expect(&env, &["-v", "push", "--no-prune"], 0);
+    let second = scan.expect(&env, &["--log-format", "json", "-v", "backup"], 0);
+    let second = String::from_utf8_lossy(&second.stdout).trim().to_string();
+    scan.expect(&env, &["-v", "push", "--json", "--no-prune"], 0);
+    let on_s3 = |id: &str| {
+        ls.keys(&bucket)
+            .iter()
+            .any(|k| k.contains(id) && k.ends_with(".manifest.json"))
+    };
+    assert!(on_s3(&first) && on_s3(&second), "{:?}", ls.keys(&bucket));
+
+    // Pull the newest back from S3 after losing the local copy, and into a folder.
+    for a in support::files_under(&env.backups()) {
+        if a.to_string_lossy().contains(&second) {
+            std::fs::remove_file(a).unwrap();
+        }
+    }
+    scan.expect(&env, &["-v", "pull", &second, "--remote", "s3"], 0);
+    let out = env.path("out");
+    scan.expect(
+        &env,
+        &[
+            "-v",
+            "pull",
+            "latest",
+            "--remote",
+            "s3",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    scan.expect(&env, &["-v", "verify", "--remote", "s3", "--deep"], 0);
+
+    // Prune keeps the newest: the first goes from S3 (and everywhere).
+    scan.expect(&env, &["-v", "prune"], 0);
+    assert!(!on_s3(&first) && on_s3(&second), "{:?}", ls.keys(&bucket));
+    scan.expect(&env, &["-v", "status"], 0);
+    scan.expect(&env, &["status", "--json"], 0);
+    scan.expect(&env, &["-v", "hook", "--no-backup"], 0);
+    scan.expect(&env, &["-v", "list"], 0);
+
+    // The credentials were used: every request was signed with the key id and carried
+    // the session token; the secret key itself never went on the wire.
+    let seen = s3.seen();
+    assert!(!seen.is_empty());
+    for r in &seen {
+        let auth = r.header("authorization").unwrap_or("");
+        assert!(auth.contains(S3_KEY_ID), "unsigned: {r:?}");
+        assert_eq!(r.header("x-amz-security-token"), Some(S3_TOKEN), "{r:?}");
+        assert!(!auth.contains(S3_SECRET));
+    }
+    // What the scan covers exists: logs, metrics, the state file (status), the
+    // extraction; and every object in the bucket is scanned too.
+    for p in ["log/pronto.log", "metrics/pronto.prom"] {
+        assert!(env.path(p).exists(), "{p} missing");
+    }
+    assert!(env.backups().join(".pronto-offsite.state.json").exists());
+    assert!(out.exists());
+    for key in ls.keys(&bucket) {
+        let (status, body) =
+            localstack::http("GET", ls.port, &format!("/{bucket}/{key}"), &[]).unwrap();
+        assert_eq!(status, 200, "{key}");
+        scan.outputs
+            .push((format!("s3://{bucket}/{key}"), body.into_bytes()));
+    }
     scan.check(&env, &skip(&env));
 }
 
@@ -567,13 +697,13 @@ fn database_passwords_reach_no_argv_output_or_file() {
         .chain([age_secret])
         .collect(),
         outputs: Vec::new(),
+        vars: Vec::new(),
     };
 
-    scan.run(&env, &["-v", "doctor"]);
-    let o = scan.run(&env, &["-v", "backup"]);
-    assert!(o.status.success(), "{}", text(&o));
-    scan.run(&env, &["-v", "push"]);
-    scan.run(&env, &["-v", "hook"]);
+    scan.expect(&env, &["-v", "doctor"], 1);
+    scan.expect(&env, &["-v", "backup"], 0);
+    scan.expect(&env, &["-v", "push"], 3);
+    scan.expect(&env, &["-v", "hook"], 3);
     let o = scan.run(
         &env,
         &[
@@ -646,7 +776,7 @@ fn a_config_others_can_read_that_holds_a_secret_is_warned_about() {
     std::fs::set_permissions(env.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(!String::from_utf8_lossy(&env.run(&["list"]).stderr).contains("chmod 600"));
 
-    // An identity file others can read is warned about when it is used.
+    // An identity file others can read is flagged by doctor (a failed check, exit 1).
     std::fs::set_permissions(
         env.path("keys/age.txt"),
         std::fs::Permissions::from_mode(0o644),
@@ -656,12 +786,78 @@ fn a_config_others_can_read_that_holds_a_secret_is_warned_about() {
         "\n[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"keys/age.txt\"\n"
     ));
     let o = env.run(&["doctor"]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let key = env.path("keys/age.txt").display().to_string();
     assert!(
-        err.contains("identity file") && err.contains("chmod 600"),
+        text(&o).contains("identity file") && text(&o).contains(&format!("chmod 600 {key}")),
         "{}",
         text(&o)
     );
+}
+
+/// Files that decide who can read the backups are refused, like ssh refuses them, when
+/// others could change them (the config, a recipients file) or read them (an identity):
+/// exit 2, the file, its mode and the fix, and nothing is written.
+#[test]
+fn a_config_or_recipients_file_others_can_write_and_an_identity_others_can_read_are_refused() {
+    let env = Env::new();
+    source_tree(&env);
+    let (recipient, _) = keygen(&env, "keys/age.txt");
+    std::fs::write(env.path("recipients.txt"), format!("{recipient}\n")).unwrap();
+    env.write_config("\n[encryption]\nrecipients_file = \"recipients.txt\"\n");
+    let refused = |file: &Path, mode: u32, args: &[&str]| {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = env.run(args);
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(o.status.code(), Some(2), "{mode:o} {args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            err.contains(&format!("mode {mode:o}"))
+                && err.contains(&format!("chmod 600 {}", file.display())),
+            "{mode:o}: {err}"
+        );
+        err
+    };
+    for mode in [0o620, 0o602, 0o666] {
+        let err = refused(&env.config(), mode, &["backup"]);
+        assert!(err.contains("config file"), "{err}");
+        let err = refused(&env.path("recipients.txt"), mode, &["backup"]);
+        assert!(err.contains("recipients file"), "{err}");
+    }
+    assert!(
+        !support::names_in(&env.backups())
+            .iter()
+            .any(|n| n.contains(".tar.gz")),
+        "nothing was backed up with a refused file"
+    );
+    // Readable by others is fine for the config without secrets and for recipients
+    // (public keys); 0644 is the usual umask's mode.
+    for f in [env.config(), env.path("recipients.txt")] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // The identity: refused before anything is downloaded or extracted.
+    let key = env.path("keys/age.txt");
+    let out = env.path("out");
+    let pull = [
+        "pull",
+        "latest",
+        "--identity",
+        key.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    for mode in [0o640, 0o604, 0o620] {
+        let err = refused(&key, mode, &pull);
+        assert!(err.contains("identity file"), "{err}");
+        assert!(!out.exists(), "{mode:o}: extracted with a refused identity");
+    }
+    let o = env.run(&pull);
+    assert_eq!(o.status.code(), Some(0), "0600: {}", text(&o));
 }
 
 #[test]
@@ -680,14 +876,14 @@ fn archives_manifests_journals_and_logs_are_0600_in_0700_folders() {
         &["pin", "latest"],
     ] {
         let o = env.run(args);
-        assert!(
-            o.status.success() || args[0] == "pin",
-            "{args:?}: {}",
-            text(&o)
-        );
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
     }
     let o = env.run(&["pull", "latest", "--to", env.path("out").to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The pins file (local and on the remote) is among the files checked below.
+    let pins = "pronto-app-backup.pins.json";
+    assert!(env.backups().join(pins).exists(), "local pins file");
+    assert!(env.remote().join(pins).exists(), "remote pins file");
 
     let mut bad = Vec::new();
     let mut seen = 0;

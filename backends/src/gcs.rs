@@ -283,6 +283,7 @@ impl GcsBackend {
             main: build(false)?,
             reads: build(true)?,
             list_uploads: None,
+            versioning: None,
         };
         let open: objstore::OpenStores = Box::new(move || {
             let stores = stores.clone();

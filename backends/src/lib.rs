@@ -66,6 +66,16 @@ pub struct PartReceipt {
     pub token: String,
 }
 
+/// A bucket's object versioning, where the store has it (S3): a deleted object's bytes
+/// stay as a noncurrent version, and cost, until a lifecycle rule expires them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioning {
+    /// `Enabled` or `Suspended` (versions made while it was on are kept).
+    pub status: String,
+    /// Whether a lifecycle rule expires noncurrent versions (`NoncurrentVersionExpiration`).
+    pub noncurrent_expiration: bool,
+}
+
 /// One remote store.
 ///
 /// # Contract (checked by [`conformance`])
@@ -137,6 +147,12 @@ pub trait Backend: Send + Sync + 'static {
     /// `None`: this backend cannot list them (the default).
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
         let _ = prefix;
+        Ok(None)
+    }
+    /// The bucket's object versioning, when it was ever turned on (`None`: off, or the
+    /// store has no such thing, the default). Read by `doctor` and prune, which say that
+    /// deleted archives keep costing until a lifecycle rule expires old versions.
+    async fn versioning(&self) -> Result<Option<Versioning>> {
         Ok(None)
     }
     /// Whether [`put_if_absent`](Backend::put_if_absent) is implemented (prune leases use it).

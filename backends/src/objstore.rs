@@ -90,7 +90,13 @@ pub struct Stores {
     /// Lists the multipart uploads in progress under a raw prefix (bucket-relative) as
     /// `(path, upload id)`; object_store has no call for it. `None`: not supported.
     pub list_uploads: Option<UploadLister>,
+    /// Reads the bucket's versioning and lifecycle (S3); `None`: not supported.
+    pub versioning: Option<VersioningProbe>,
 }
+
+/// See [`Stores::versioning`].
+pub type VersioningProbe =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<crate::Versioning>>> + Send + Sync>;
 
 /// See [`Stores::list_uploads`].
 pub type UploadLister =
@@ -472,6 +478,13 @@ impl Backend for ObjectStoreBackend {
         }
     }
 
+    async fn versioning(&self) -> Result<Option<crate::Versioning>> {
+        match self.stores().await?.versioning.clone() {
+            Some(probe) => probe().await,
+            None => Ok(None),
+        }
+    }
+
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
         check_prefix(prefix)?;
         let Some(lister) = self.stores().await?.list_uploads.clone() else {
@@ -631,6 +644,9 @@ macro_rules! delegate_backend {
                 prefix: &str,
             ) -> $crate::Result<Option<Vec<(String, $crate::UploadId)>>> {
                 self.inner.list_uploads(prefix).await
+            }
+            async fn versioning(&self) -> $crate::Result<Option<$crate::Versioning>> {
+                self.inner.versioning().await
             }
             fn supports_put_if_absent(&self) -> bool {
                 self.inner.supports_put_if_absent()

@@ -337,11 +337,106 @@ async fn open_stores(cfg: &S3Config, redactor: &Redactor, url: &str) -> Result<S
             cfg,
             &region,
             path_style,
+            Arc::clone(&credentials),
+            redactor,
+            url,
+        )?),
+        versioning: Some(versioning_probe(
+            cfg,
+            &region,
+            path_style,
             credentials,
             redactor,
             url,
         )?),
     })
+}
+
+/// GetBucketVersioning (`GET /?versioning`) and, when versioning was ever on,
+/// GetBucketLifecycleConfiguration (`GET /?lifecycle`: is there a rule that expires
+/// noncurrent versions?), which object_store lacks; signed and sent like
+/// [`upload_lister`]'s requests.
+fn versioning_probe(
+    cfg: &S3Config,
+    region: &str,
+    path_style: bool,
+    credentials: AwsCredentialProvider,
+    redactor: &Redactor,
+    url: &str,
+) -> Result<objstore::VersioningProbe> {
+    use object_store::client::HttpConnector;
+    let client = Connector { content_md5: false }
+        .connect(&client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
+        .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
+    let base = bucket_base(cfg, region, path_style);
+    let ctx = Arc::new((base, region.to_string(), redactor.clone(), url.to_string()));
+    Ok(Arc::new(move || {
+        let (client, credentials, ctx) = (client.clone(), Arc::clone(&credentials), ctx.clone());
+        Box::pin(async move {
+            let (base, region, redactor, url) = &*ctx;
+            let get = |query: &'static str| {
+                let (client, credentials) = (client.clone(), Arc::clone(&credentials));
+                async move {
+                    let what = format!("read the bucket's {query} configuration");
+                    let fail = |e: &dyn fmt::Display| {
+                        BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
+                    };
+                    let cred = credentials.get_credential().await.map_err(|e| {
+                        BackendError::Auth(
+                            redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")),
+                        )
+                    })?;
+                    let mut req = http::Request::builder()
+                        .method(http::Method::GET)
+                        .uri(format!("{base}?{query}"))
+                        .body(object_store::client::HttpRequestBody::empty())
+                        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+                    object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
+                        .try_authorize(&mut req, None)
+                        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+                    let resp = client.execute(req).await.map_err(|e| fail(&e))?;
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
+                    Ok::<_, BackendError>((status, String::from_utf8_lossy(&body).into_owned()))
+                }
+            };
+            let (status, text) = get("versioning").await?;
+            if !(200..300).contains(&status) {
+                let code = objstore::xml_tag(&text, "Code").unwrap_or_default();
+                let msg = redactor.redact(&format!(
+                    "{url}: read the bucket's versioning: {code} (HTTP {status})"
+                ));
+                return Err(match status {
+                    401 | 403 => BackendError::Auth(msg),
+                    _ => BackendError::transient(msg),
+                });
+            }
+            let Some(state) = objstore::xml_tag(&text, "Status").filter(|s| !s.is_empty()) else {
+                return Ok(None);
+            };
+            // No lifecycle configuration at all is a 404 (NoSuchLifecycleConfiguration).
+            let (status, text) = get("lifecycle").await?;
+            let noncurrent_expiration = (200..300).contains(&status)
+                && text.split("<Rule>").skip(1).any(|rule| {
+                    objstore::xml_tag(rule, "Status").as_deref() == Some("Enabled")
+                        && rule.contains("<NoncurrentVersionExpiration>")
+                });
+            Ok(Some(crate::Versioning {
+                status: state,
+                noncurrent_expiration,
+            }))
+        })
+    }))
+}
+
+/// The bucket's URL: `ENDPOINT/BUCKET` (path style) or `BUCKET.ENDPOINT`, AWS by default.
+fn bucket_base(cfg: &S3Config, region: &str, path_style: bool) -> String {
+    match (&cfg.endpoint, path_style) {
+        (Some(ep), true) => format!("{}/{}", ep.trim_end_matches('/'), cfg.bucket),
+        (Some(ep), false) => virtual_hosted_endpoint(ep.trim_end_matches('/'), &cfg.bucket),
+        (None, true) => format!("https://s3.{region}.amazonaws.com/{}", cfg.bucket),
+        (None, false) => format!("https://{}.s3.{region}.amazonaws.com", cfg.bucket),
+    }
 }
 
 /// ListMultipartUploads (`GET /?uploads&prefix=P`, paginated), which object_store lacks:

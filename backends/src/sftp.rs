@@ -83,7 +83,7 @@
 use std::ffi::OsString;
 use std::io::SeekFrom;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -344,11 +344,56 @@ fn kind_of(e: &SftpError) -> Kind {
     }
 }
 
+/// Name of the private control folders: `pronto-ssh-<pid>-<random>` in the temp folder.
+const CONTROL_PREFIX: &str = "pronto-ssh-";
+
+/// Remove the control folders (mode 0700, in `tmp`) that a killed run left behind: those
+/// of ours whose process is gone. A live run's folder is never touched, nor anyone else's.
+fn sweep_stale_control_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CONTROL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if meta.is_dir() && meta.uid() == me && gone {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::debug!("removed {} left by a killed run", e.path().display()),
+                Err(err) => tracing::warn!(
+                    "cannot remove {} left by a killed run: {err}",
+                    e.path().display()
+                ),
+            }
+        }
+    }
+}
+
 impl SftpBackend {
     /// A backend for `cfg`. Does not connect: the first call does.
     pub fn new(cfg: SftpConfig) -> Result<Self> {
+        sweep_stale_control_dirs(&std::env::temp_dir());
         let control_dir = tempfile::Builder::new()
-            .prefix("pronto-ssh-")
+            .prefix(&format!("{CONTROL_PREFIX}{}-", std::process::id()))
+            .permissions(
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+            )
             .tempdir()
             .map_err(|e| {
                 BackendError::from_io("create a private folder for the ssh control socket", e)
@@ -363,6 +408,12 @@ impl SftpBackend {
                 exec_unavailable: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The private folder (0700) that holds this instance's ssh control socket; removed
+    /// when the instance is dropped.
+    pub fn control_folder(&self) -> &Path {
+        self.inner.control_dir.path()
     }
 
     /// How many SSH connections this instance has opened (reconnects included).

@@ -332,7 +332,7 @@ async fn sha256_is_reported_while_the_file_is_unchanged() {
     let head = b.head("k").await.unwrap();
     if !xattrs_supported(&root) {
         assert_eq!(head.sha256, None);
-        eprintln!("user xattrs unsupported here: sha256 is None, as documented");
+        skipped("sha256 recorded in user xattrs: unsupported here (sha256 is None, as documented)");
         return;
     }
     assert_eq!(head.sha256, Some(sha), "head reports the recorded sha256");
@@ -355,6 +355,20 @@ async fn sha256_is_reported_while_the_file_is_unchanged() {
     // A file put there by hand has none.
     std::fs::write(root.join("manual"), b"m").unwrap();
     assert_eq!(b.head("manual").await.unwrap().sha256, None);
+}
+
+/// Checks this binary skipped because the environment lacks something (counted).
+static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Report a skipped check on the real stderr (not captured by the test harness, so it
+/// shows in every run's output), with the count so far.
+fn skipped(what: &str) {
+    use std::io::Write;
+    let n = SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED ({n} so far in backends/tests/local.rs): {what}"
+    );
 }
 
 fn xattrs_supported(dir: &Path) -> bool {

@@ -130,14 +130,19 @@ async fn server_rejects_a_body_corrupted_in_transit_as_checksum_mismatch() {
     }
 }
 
-/// The requests really carry the configured checksum header (seen at the server side of
-/// a recording proxy) — and with `none`, neither.
+/// The requests really carry the configured checksum header, with the body's value (seen
+/// at a recording proxy between client and server), and with `none`, neither; every mode
+/// round-trips single and multipart objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checksum_modes_round_trip() {
+async fn checksum_modes_send_their_header_and_round_trip() {
+    use base64::Engine;
+    use md5::Digest;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let ls = localstack::shared();
     for mode in [S3Checksum::Sha256, S3Checksum::Md5, S3Checksum::None] {
         let bucket = ls.new_bucket("modes");
-        let mut cfg = config(&ls.endpoint, &bucket, "");
+        let proxy = proxy::Proxy::start(ls.port);
+        let mut cfg = config(&proxy.endpoint(), &bucket, "");
         cfg.checksum = mode;
         let b = open(cfg);
         let data = test_data(7 << 20, 3);
@@ -157,24 +162,49 @@ async fn checksum_modes_round_trip() {
             .put_part("multi", &up, 1, p1.clone(), sha256_of(&p1))
             .await
             .unwrap();
-        if mode == S3Checksum::Sha256 {
-            assert!(
-                r1.token.contains("ChecksumSHA256") || r1.token.contains("checksum"),
-                "{mode}: receipt {:?}",
-                r1.token
-            );
-        }
         b.complete_upload("multi", &up, &[r1, r2], sha256_of(&data))
             .await
             .unwrap();
+
+        // Each body sent (the single put, both parts) with the header its mode promises.
+        let seen = proxy.seen();
+        let bodies: Vec<(&proxy::Seen, &[u8])> = seen
+            .iter()
+            .filter(|r| r.method == "PUT" && r.len > 0)
+            .map(|r| {
+                let body: &[u8] = match r.part_number() {
+                    Some(1) => &p1,
+                    Some(2) => &p2,
+                    _ => &data,
+                };
+                (r, body)
+            })
+            .collect();
+        assert_eq!(bodies.len(), 3, "{mode}: {seen:#?}");
+        for (r, body) in bodies {
+            let (sha, md5) = (r.header("x-amz-checksum-sha256"), r.header("content-md5"));
+            let want_sha = b64(&sha256_of(body));
+            let want_md5 = b64(&md5::Md5::digest(body));
+            match mode {
+                S3Checksum::Sha256 => assert_eq!(sha, Some(want_sha.as_str()), "{mode}: {r:?}"),
+                S3Checksum::Md5 => assert_eq!(md5, Some(want_md5.as_str()), "{mode}: {r:?}"),
+                S3Checksum::None => assert_eq!((sha, md5), (None, None), "{mode}: {r:?}"),
+            }
+        }
+
         for k in ["single", "multi"] {
             let got = collect(b.get(k, None).await.unwrap()).await.unwrap();
             assert_eq!(sha256_of(&got), sha256_of(&data), "{mode}: {k}");
         }
         // A wrong sha256 is refused before anything is sent, whatever the mode.
+        proxy.clear();
         expect_mismatch(
             b.put("bad", Bytes::from(data.clone()), [0u8; 32]).await,
             &format!("{mode}: put with a wrong sha256"),
+        );
+        assert!(
+            !proxy.seen().iter().any(|r| r.method == "PUT"),
+            "{mode}: the bad body reached the wire"
         );
         assert!(!ls.keys(&bucket).contains(&"bad".to_string()));
     }

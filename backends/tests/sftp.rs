@@ -451,9 +451,19 @@ async fn changed_host_key_is_refused_even_with_accept_new_host_key() {
                 "accept_new={accept_new}: message lacks {want:?}: {msg}"
             );
         }
+        // The fingerprint given as the one offered is the server's real key, and the
+        // recorded (impostor's) key is not passed off as it.
+        let offered = msg
+            .split_once("now offers ")
+            .and_then(|(_, rest)| rest.split_once(", which"))
+            .map_or("", |(fp, _)| fp);
         assert!(
-            !msg.contains(&fingerprint_of(&other.with_extension("pub")))
-                || msg.contains(&sshd.fingerprint())
+            offered.contains(&sshd.fingerprint()),
+            "accept_new={accept_new}: {msg}"
+        );
+        assert!(
+            !msg.contains(&fingerprint_of(&other.with_extension("pub"))),
+            "accept_new={accept_new}: the recorded key's fingerprint in: {msg}"
         );
         assert_eq!(
             std::fs::read_to_string(&kh).unwrap(),
@@ -666,4 +676,47 @@ async fn describe_never_needs_a_connection() {
     let b = backend(cfg);
     assert_eq!(b.describe(), "sftp://backup@127.0.0.1:2222/srv/backups");
     assert_eq!(b.connections_opened(), 0);
+}
+
+/// The ssh control socket lives in a private folder, `pronto-ssh-<pid>-*` in the temp
+/// folder: mode 0700 while the backend lives, removed when it is dropped; and a folder a
+/// killed run left behind (its process is gone) is removed by the next backend, while a
+/// live process's folder is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_folder_is_private_and_removed_also_after_a_kill() {
+    use std::os::unix::fs::DirBuilderExt;
+    let tmp = std::env::temp_dir();
+    // A folder left by a killed run: a pid that has exited (our reaped child).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let stale = tmp.join(format!("pronto-ssh-{}-killed", child.id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&stale)
+        .unwrap();
+    std::fs::write(stale.join("socket"), b"").unwrap();
+    // One of a live process (pid 1): never ours to remove.
+    let live = tmp.join("pronto-ssh-1-alive");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&live)
+        .unwrap();
+
+    let sshd = Sshd::start();
+    let b = backend(sshd.config(&sshd.dir.path().join("remote")));
+    assert!(!stale.exists(), "the killed run's folder is removed");
+    assert!(live.exists(), "a live process's folder is left alone");
+    std::fs::remove_dir(&live).unwrap();
+    b.list("").await.unwrap();
+    let folder = b.control_folder().to_path_buf();
+    let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        folder.parent() == Some(tmp.as_path())
+            && name.starts_with(&format!("pronto-ssh-{}-", std::process::id())),
+        "{}",
+        folder.display()
+    );
+    assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    drop(b);
+    assert!(!folder.exists(), "removed with the backend");
 }

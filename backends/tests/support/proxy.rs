@@ -34,9 +34,20 @@ pub struct Seen {
     /// What the proxy did instead of forwarding it, if anything: `"respond"` (answered by
     /// [`Proxy::respond_n`] or [`Proxy::canned`]) or `"reset"` ([`Proxy::reset_after`]).
     pub injected: Option<&'static str>,
+    /// The request's headers as sent, names lowercased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Seen {
+    /// The value of header `name` (any case), if the request had it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// `partNumber=N` of an UploadPart request.
     pub fn part_number(&self) -> Option<u32> {
         if self.method != "PUT" {
@@ -256,6 +267,12 @@ fn serve_inner(
             forwarded: false,
             at: Instant::now(),
             injected: None,
+            headers: text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect(),
         };
         // One-shot rules: decided (and counted) before the request is recorded.
         let (respond, cut) = {

@@ -457,11 +457,32 @@ impl<'a> PgClient<'a> {
         c
     }
 
+    /// The end of a tool's stderr for a message: secrets masked, our temp pgpass file
+    /// called by the name the user knows, and a failed password pointed at its file.
+    fn tail(&self, stderr: &str) -> String {
+        let mut t = tail(stderr, &self.secrets, 12);
+        if let Some(pf) = &self.src.password_file {
+            if let Some((_, pgpass)) = self.env.iter().find(|(k, _)| k == "PGPASSFILE") {
+                t = t.replace(
+                    &*pgpass.to_string_lossy(),
+                    &format!("password_file {}", pf.display()),
+                );
+            }
+            if t.contains("password authentication failed") {
+                t.push_str(&format!(
+                    " (the password comes from password_file {}: check it holds this role's current password)",
+                    pf.display()
+                ));
+            }
+        }
+        t
+    }
+
     fn err(&self, tool: &str, what: &str, f: &super::Finished) -> anyhow::Error {
         anyhow!(
             "{what}: {tool} failed ({}): {}",
             describe_status(f.status),
-            tail(&f.stderr, &self.secrets, 12)
+            self.tail(&f.stderr)
         )
     }
 
@@ -584,6 +605,47 @@ impl<'a> PgClient<'a> {
         Ok(v)
     }
 
+    /// Databases that are not templates and refuse connections (`ALLOW_CONNECTIONS false`).
+    pub fn unconnectable_databases(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                &self.src.maintenance_db,
+                "SELECT datname FROM pg_catalog.pg_database WHERE NOT datistemplate AND NOT datallowconn ORDER BY 1",
+            )?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Relations that `pg_dump` leaves out because of their schema (`information_schema`,
+    /// `pg_catalog`): created there by a superuser, they are in neither dump nor manifest.
+    pub fn relations_in_skipped_schemas(&self, db: &str) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                db,
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid >= 16384 AND c.relkind IN ('r','p','v','m','S','f') \
+                 AND n.nspname IN ('information_schema', 'pg_catalog') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                   AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1",
+            )?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn set_allow_connections(&self, db: &str, allow: bool) -> Result<()> {
+        self.query(
+            &self.src.maintenance_db,
+            &format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                quote_ident(db)
+            ),
+        )
+        .map(|_| ())
+    }
+
     pub fn database_exists(&self, db: &str) -> Result<bool> {
         let out = self.query(
             &self.src.maintenance_db,
@@ -631,9 +693,11 @@ impl<'a> PgClient<'a> {
         let server_version = self
             .server_version()
             .with_context(|| format!("postgres source '{name}': connecting"))?;
+        let unconnectable = self.unconnectable_databases()?;
         let databases = match &self.src.databases {
             Some(list) if skip_missing => {
-                let existing = self.list_databases()?;
+                let mut existing = self.list_databases()?;
+                existing.extend(unconnectable.iter().cloned());
                 let mut keep = Vec::new();
                 for d in list {
                     if existing.contains(d) {
@@ -645,7 +709,14 @@ impl<'a> PgClient<'a> {
                 keep
             }
             Some(list) => list.clone(),
-            None => self.list_databases()?,
+            None => {
+                for d in &unconnectable {
+                    tracing::warn!(
+                        "postgres source '{name}': database {d} refuses connections (ALLOW_CONNECTIONS false), so it is NOT in this backup; list it in `databases` to include it"
+                    );
+                }
+                self.list_databases()?
+            }
         };
         let globals = if self.src.globals {
             let path = dir.join(GLOBALS_FILE);
@@ -670,9 +741,22 @@ impl<'a> PgClient<'a> {
             let file = dump_file_name(db);
             let path = dir.join(&file);
             let started = std::time::Instant::now();
-            let tables = self
-                .watch_locks(|| self.dump_database(db, &path))
-                .with_context(|| format!("postgres source '{name}': database {db}"))?;
+            let closed = unconnectable.contains(db);
+            if closed {
+                // Asked for by name: opened for the dump, closed again whatever happens.
+                tracing::info!("postgres source '{name}': database {db} refuses connections; allowing them for the dump");
+                self.set_allow_connections(db, true)?;
+            }
+            let dumped = self.dump_one(name, db, &path);
+            if closed {
+                self.set_allow_connections(db, false).with_context(|| {
+                    format!(
+                        "postgres source '{name}': setting ALLOW_CONNECTIONS false on {db} again"
+                    )
+                })?;
+            }
+            let tables =
+                dumped.with_context(|| format!("postgres source '{name}': database {db}"))?;
             let bytes = std::fs::metadata(&path)?.len();
             self.check_dump(&path).with_context(|| {
                 format!("postgres source '{name}': database {db}: the dump does not read back")
@@ -698,6 +782,16 @@ impl<'a> PgClient<'a> {
             globals,
             databases: dbs,
         })
+    }
+
+    /// Warn about what the dump of `db` will lack, then dump it under the lock watchdog.
+    fn dump_one(&self, name: &str, db: &str, path: &Path) -> Result<Vec<TableRows>> {
+        for rel in self.relations_in_skipped_schemas(db)? {
+            tracing::warn!(
+                "postgres source '{name}': database {db}: {rel} is in a schema pg_dump leaves out, so it is NOT in this backup; move it to a schema of its own"
+            );
+        }
+        self.watch_locks(|| self.dump_database(db, path))
     }
 
     /// `pg_dump -Fc --snapshot` of `db` into `out`, and the row counts of the same snapshot.
@@ -734,7 +828,7 @@ impl<'a> PgClient<'a> {
             bail!(
                 "pg_dump failed ({}): {}",
                 describe_status(status),
-                tail(&stderr, &self.secrets, 12)
+                self.tail(&stderr)
             );
         }
         s.exec("COMMIT")?;
@@ -751,7 +845,7 @@ impl<'a> PgClient<'a> {
             bail!(
                 "pg_restore --list failed ({}): {}",
                 describe_status(f.status),
-                tail(&f.stderr, &self.secrets, 12)
+                self.tail(&f.stderr)
             );
         }
         Ok(())
@@ -948,6 +1042,12 @@ impl<'a> PgClient<'a> {
                 }
                 return Err(e.context(format!(
                     "the half-restored database {target} was dropped again"
+                )));
+            }
+            if format!("{e:#}").contains("depend on it") {
+                return Err(e.context(format!(
+                    "objects made since the backup depend on what the dump replaces in {target} (see the DETAIL above); \
+                     nothing was changed. Restore beside it with --target-db NEW_NAME and compare, or drop those objects first"
                 )));
             }
             return Err(e);
@@ -1259,7 +1359,7 @@ impl<'c> Session<'c> {
             "psql on {} failed ({}): {}",
             self.what,
             status.map_or("failed".into(), describe_status),
-            tail(&stderr, &self.client.secrets, 12)
+            self.client.tail(&stderr)
         )
     }
 
@@ -1354,7 +1454,7 @@ impl<'c> Session<'c> {
                 "psql on {} failed ({}): {}",
                 self.what,
                 describe_status(status),
-                tail(&stderr, &self.client.secrets, 12)
+                self.client.tail(&stderr)
             );
         }
         Ok(())

@@ -419,7 +419,8 @@ fn the_drill_ignores_the_shells_credentials_and_tablespaces() {
     );
     pg.script(
         "pronto",
-        "CREATE TABLE hot (x int) TABLESPACE fast;\nINSERT INTO hot SELECT generate_series(1, 77);\n",
+        "CREATE TABLE hot (x int) TABLESPACE fast;\nINSERT INTO hot SELECT generate_series(1, 77);\n\
+         CREATE SEQUENCE ticket START 5;\nSELECT setval('ticket', 42);\nSELECT lo_from_bytea(0, 'hello');\n",
     );
     let r = Redis::start(Some(REDIS_PASSWORD));
     r.cli(&["MSET", "a", "1", "b", "2"]);
@@ -446,6 +447,8 @@ fn the_drill_ignores_the_shells_credentials_and_tablespaces() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("restore test PASSED"), "{t}");
+    assert!(t.contains("1 large objects, as in the dump"), "{t}");
+    assert!(t.contains("1 sequence values, as in the dump"), "{t}");
     let _ = Command::new("sh").arg("-c").arg(r.stop_command()).status();
 }
 

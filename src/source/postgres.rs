@@ -851,6 +851,97 @@ impl<'a> PgClient<'a> {
         Ok(())
     }
 
+    /// Compare what a dump's table of contents holds beyond table rows — large objects
+    /// and sequence values — with database `db` it was restored into. Returns one line per
+    /// check that passed, and one per difference.
+    pub fn check_dump_extras(
+        &self,
+        dump: &Path,
+        db: &str,
+        work: &Path,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mut c = self.restore_tool();
+        c.arg("--list").stdin(Stdio::from(open(dump)?));
+        let toc = run(&mut c, "pg_restore", true)?;
+        if !toc.status.success() {
+            bail!("pg_restore --list failed: {}", self.tail(&toc.stderr));
+        }
+        let entries: Vec<&str> = toc.stdout.lines().filter(|l| !l.starts_with(';')).collect();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        // Large objects: one `BLOB` entry each (PostgreSQL up to 16).
+        let blobs = entries.iter().filter(|l| l.contains(" BLOB ")).count() as u64;
+        let restored: u64 = self
+            .query(
+                db,
+                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+            )?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if entries
+            .iter()
+            .any(|l| l.contains("BLOB METADATA") || l.contains("LARGE OBJECTS"))
+        {
+            ok.push(format!(
+                "{restored} large objects restored (this dump format groups them; not counted)"
+            ));
+        } else if blobs == restored {
+            ok.push(format!("{blobs} large objects, as in the dump"));
+        } else {
+            bad.push(format!(
+                "large objects: the dump holds {blobs}, {restored} restored"
+            ));
+        }
+        // Sequences: the values `SEQUENCE SET` entries give them.
+        let seq: Vec<&str> = entries
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" SEQUENCE SET "))
+            .collect();
+        if !seq.is_empty() {
+            let list = work.join(format!("sequences-{}.list", std::process::id()));
+            std::fs::write(&list, seq.join("\n") + "\n")
+                .with_context(|| format!("writing {}", list.display()))?;
+            let mut c = self.restore_tool();
+            c.arg("-L")
+                .arg(&list)
+                .args(["-f", "-"])
+                .stdin(Stdio::from(open(dump)?));
+            let f = run(&mut c, "pg_restore", true);
+            let _ = std::fs::remove_file(&list);
+            let f = f?;
+            let mut same = 0;
+            for line in f.stdout.lines() {
+                let Some((name, value, called)) = parse_setval(line) else {
+                    continue;
+                };
+                let now = self.query(
+                    db,
+                    &format!(
+                        "SELECT coalesce(pg_catalog.pg_sequence_last_value({}::regclass)::text, 'not called')",
+                        quote_literal(&name)
+                    ),
+                )?;
+                let want = if called {
+                    value.clone()
+                } else {
+                    "not called".to_string()
+                };
+                if now.trim() == want {
+                    same += 1;
+                } else {
+                    bad.push(format!(
+                        "sequence {name}: the dump sets {value} ({}), restored {}",
+                        if called { "called" } else { "not called" },
+                        now.trim()
+                    ));
+                }
+            }
+            ok.push(format!("{same} sequence values, as in the dump"));
+        }
+        Ok((ok, bad))
+    }
+
     /// `pg_restore` without a connection (for `--list`).
     fn restore_tool(&self) -> Command {
         let mut c = if let Some((first, rest)) = self.src.command_prefix.split_first() {
@@ -1054,6 +1145,32 @@ impl<'a> PgClient<'a> {
         }
         Ok(mode)
     }
+}
+
+/// `SELECT pg_catalog.setval('public.seq', 1000, true);` → ("public.seq", "1000", true).
+fn parse_setval(line: &str) -> Option<(String, String, bool)> {
+    let rest = line.trim().strip_prefix("SELECT pg_catalog.setval('")?;
+    // The name is a literal: '' stands for '.
+    let mut name = String::new();
+    let mut chars = rest.char_indices().peekable();
+    let mut end = None;
+    while let Some((i, c)) = chars.next() {
+        if c == '\'' {
+            if chars.peek().map(|(_, c)| *c) == Some('\'') {
+                chars.next();
+                name.push('\'');
+            } else {
+                end = Some(i + 1);
+                break;
+            }
+        } else {
+            name.push(c);
+        }
+    }
+    let args = rest[end?..].trim_start_matches(',').trim();
+    let args = args.strip_suffix(");")?;
+    let (value, called) = args.split_once(',')?;
+    Some((name, value.trim().to_string(), called.trim() == "true"))
 }
 
 /// What [`PgClient::restore_globals`] did with the roles.
@@ -1542,6 +1659,19 @@ mod tests {
         assert!(reset.sql.contains("COMMENT ON ROLE app IS 'it''s; here';"));
         assert!(!reset.sql.contains("CREATE ROLE app;"));
         assert!(!reset.sql.contains("TABLESPACE"), "{}", reset.sql);
+    }
+
+    #[test]
+    fn setval_lines_are_read() {
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('public.invoice_no', 1000, true);"),
+            Some(("public.invoice_no".into(), "1000".into(), true))
+        );
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('\"it''s\".\"s\"', 1, false);"),
+            Some(("\"it's\".\"s\"".into(), "1".into(), false))
+        );
+        assert_eq!(parse_setval("SET search_path = '';"), None);
     }
 
     #[test]

@@ -476,13 +476,26 @@ fn backups_name_what_they_leave_out_and_include_closed_databases_when_asked() {
     pg.psql("pronto", "CREATE TABLE information_schema.hidden (x int)");
     let env = Env::new();
     write_config(&env, &pg_source(&pg, ""));
-    let t = text(&env.run(&["backup"]));
+    let o = env.run(&["backup"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
     assert!(
         t.contains("database frozen refuses connections (ALLOW_CONNECTIONS false), so it is NOT in this backup"),
         "{t}"
     );
     assert!(
         t.contains("information_schema.hidden is in a schema pg_dump leaves out"),
+        "{t}"
+    );
+
+    // The drill notices what the archive lacks: the manifest knew the table.
+    run_ok(&env, &["push"]);
+    let o = env.run(&["verify", &id, "--restore-test"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{t}");
+    assert!(
+        t.contains("information_schema.hidden: manifest 0 rows, restored absent"),
         "{t}"
     );
 

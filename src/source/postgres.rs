@@ -1508,12 +1508,15 @@ impl<'c> Session<'c> {
         self.query(sql).map(|_| ())
     }
 
-    /// Every user table and its row count, in this session's snapshot.
+    /// Every user table and its row count, in this session's snapshot. Tables a
+    /// superuser made in a schema `pg_dump` leaves out are listed too: the manifest then
+    /// says they existed, and the drill reports them missing from the dump.
     fn count_tables(&mut self) -> Result<Vec<TableRows>> {
         let list = self.query(
             "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname::text, c.relname::text)), '[]'::jsonb)::text \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+             WHERE c.relkind = 'r' AND ((n.nspname <> 'information_schema' AND n.nspname !~ '^pg_') \
+               OR (c.oid >= 16384 AND n.nspname IN ('information_schema', 'pg_catalog'))) \
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
         )?;

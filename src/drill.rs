@@ -138,6 +138,10 @@ pub struct PgResult {
     pub dump_bytes: u64,
     /// Tables whose counts differ (or that are missing on one side).
     pub mismatches: Vec<TableMismatch>,
+    /// Large objects and sequence values that match the dump's table of contents.
+    pub extras_checked: Vec<String>,
+    /// Large objects or sequence values that do not.
+    pub extras_mismatches: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub passed: bool,
@@ -434,7 +438,13 @@ fn drill_postgres(
             };
             let outcome = client
                 .restore_database(&dump, &d.name, &throwaway, plain)
-                .and_then(|_| client.count_tables(&throwaway));
+                .and_then(|_| client.count_tables(&throwaway))
+                .and_then(|t| {
+                    let (ok, bad) = client.check_dump_extras(&dump, &throwaway, work)?;
+                    res.extras_checked = ok;
+                    res.extras_mismatches = bad;
+                    Ok(t)
+                });
             if let Err(e) = client.drop_database(&throwaway) {
                 tracing::warn!("could not drop the throwaway database {throwaway}: {e:#}");
             }
@@ -469,8 +479,9 @@ fn drill_postgres(
                             });
                         }
                     }
-                    res.passed =
-                        res.mismatches.is_empty() && res.dump_bytes == res.dump_bytes_expected;
+                    res.passed = res.mismatches.is_empty()
+                        && res.extras_mismatches.is_empty()
+                        && res.dump_bytes == res.dump_bytes_expected;
                 }
                 Err(e) => {
                     res.error = Some(format!("{e:#}"));
@@ -506,6 +517,12 @@ fn print_pg(out: &mut dyn Write, r: &PgResult) -> Result<()> {
     }
     if let Some(e) = &r.error {
         writeln!(out, "      restore failed: {e}")?;
+    }
+    for c in &r.extras_checked {
+        writeln!(out, "      {c}")?;
+    }
+    for m in &r.extras_mismatches {
+        writeln!(out, "      MISMATCH {m}")?;
     }
     for m in &r.mismatches {
         let show = |v: Option<u64>| v.map_or("absent".to_string(), |n| format!("{n} rows"));

@@ -419,7 +419,8 @@ fn the_drill_ignores_the_shells_credentials_and_tablespaces() {
     );
     pg.script(
         "pronto",
-        "CREATE TABLE hot (x int) TABLESPACE fast;\nINSERT INTO hot SELECT generate_series(1, 77);\n",
+        "CREATE TABLE hot (x int) TABLESPACE fast;\nINSERT INTO hot SELECT generate_series(1, 77);\n\
+         CREATE SEQUENCE ticket START 5;\nSELECT setval('ticket', 42);\nSELECT lo_from_bytea(0, 'hello');\n",
     );
     let r = Redis::start(Some(REDIS_PASSWORD));
     r.cli(&["MSET", "a", "1", "b", "2"]);
@@ -446,5 +447,136 @@ fn the_drill_ignores_the_shells_credentials_and_tablespaces() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("restore test PASSED"), "{t}");
+    assert!(t.contains("1 large objects, as in the dump"), "{t}");
+    assert!(t.contains("1 sequence values, as in the dump"), "{t}");
     let _ = Command::new("sh").arg("-c").arg(r.stop_command()).status();
+}
+
+fn db_exists(pg: &Pg, db: &str) -> bool {
+    pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    )
+    .trim()
+        == "1"
+}
+
+/// A backup says which databases and relations it leaves out, and dumps a database that
+/// refuses connections when it is listed by name, closing it again afterwards.
+#[test]
+fn backups_name_what_they_leave_out_and_include_closed_databases_when_asked() {
+    let pg = Pg::start();
+    base_postgres(&pg);
+    pg.script("postgres", "CREATE DATABASE frozen;");
+    pg.script(
+        "frozen",
+        "CREATE TABLE f (x int);\nINSERT INTO f SELECT generate_series(1, 10);",
+    );
+    pg.psql("postgres", "ALTER DATABASE frozen ALLOW_CONNECTIONS false");
+    pg.psql("pronto", "CREATE TABLE information_schema.hidden (x int)");
+    let env = Env::new();
+    write_config(&env, &pg_source(&pg, ""));
+    let o = env.run(&["backup"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(
+        t.contains("database frozen refuses connections (ALLOW_CONNECTIONS false), so it is NOT in this backup"),
+        "{t}"
+    );
+    assert!(
+        t.contains("information_schema.hidden is in a schema pg_dump leaves out"),
+        "{t}"
+    );
+
+    // The drill notices what the archive lacks: the manifest knew the table.
+    run_ok(&env, &["push"]);
+    let o = env.run(&["verify", &id, "--restore-test"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{t}");
+    assert!(
+        t.contains("information_schema.hidden: manifest 0 rows, restored absent"),
+        "{t}"
+    );
+
+    write_config(
+        &env,
+        &pg_source(&pg, "databases = [\"pronto\", \"frozen\"]"),
+    );
+    let o = env.run(&["backup"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("dumped frozen: 1 tables, 10 rows"), "{t}");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'frozen'"
+        )
+        .trim(),
+        "f"
+    );
+}
+
+/// Failures say what to do: a loose password_file is refused with the chmod, a wrong
+/// password names the configured file (not a temp file), a restore blocked by objects
+/// made since the backup suggests --target-db, and a failed --create leaves nothing.
+#[test]
+fn database_failures_say_what_to_do_and_leave_nothing_half_built() {
+    let pg = Pg::start();
+    base_postgres(&pg);
+    pg.script(
+        "postgres",
+        "CREATE ROLE owner_x NOLOGIN;\nGRANT ALL ON SCHEMA public TO owner_x;",
+    );
+    pg.script(
+        "pronto",
+        "CREATE TABLE owned (x int);\nALTER TABLE owned OWNER TO owner_x;",
+    );
+    let env = Env::new();
+    write_config(
+        &env,
+        &pg_source(&pg, "databases = [\"pronto\"]\nglobals = false"),
+    );
+    let pass = env.path("pg.pass");
+
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = env.run(&["backup"]);
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains(&format!("chmod 600 {}", pass.display())), "{t}");
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    std::fs::write(&pass, "not-the-password\n").unwrap();
+    let o = env.run(&["backup"]);
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(&format!("password_file {}", pass.display())),
+        "{t}"
+    );
+    assert!(!t.contains(".pgpass-"), "{t}");
+    std::fs::write(&pass, format!("{PG_PASSWORD}\n")).unwrap();
+
+    let id = backup(&env);
+    // A view made since the backup depends on a table the restore replaces.
+    pg.psql("pronto", "CREATE VIEW recent AS SELECT * FROM customers");
+    let o = env.run(&["pull", &id, "--restore", "--no-safety-backup"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("--target-db"), "{t}");
+    assert_eq!(
+        pg.psql("pronto", "SELECT count(*) FROM recent").trim(),
+        "500"
+    );
+
+    // The owner role is gone (globals = false): pg_restore --create fails half way.
+    pg.psql("postgres", "DROP DATABASE pronto");
+    pg.psql("postgres", "DROP OWNED BY owner_x");
+    pg.psql("postgres", "DROP ROLE owner_x");
+    let o = env.run(&["pull", &id, "--restore", "--no-safety-backup"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("owner_x"), "{t}");
+    assert!(t.contains("was dropped again"), "{t}");
+    assert!(!db_exists(&pg, "pronto"), "{t}");
 }

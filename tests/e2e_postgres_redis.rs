@@ -129,6 +129,13 @@ fn write_config(env: &Env, body: &str) {
     std::fs::write(env.config(), text).unwrap();
     std::fs::write(env.path("pg.pass"), format!("{PG_PASSWORD}\n")).unwrap();
     std::fs::write(env.path("redis.pass"), format!("{REDIS_PASSWORD}\n")).unwrap();
+    for f in ["pg.pass", "redis.pass"] {
+        std::fs::set_permissions(
+            env.path(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
 }
 
 fn run_ok(env: &Env, args: &[&str]) -> String {

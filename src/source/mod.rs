@@ -227,7 +227,23 @@ pub(crate) fn from_raw(
 }
 
 /// Read a password file: the first line, without its line ending.
+///
+/// Like ssh with a private key, a file that its group or others may read is refused,
+/// with the `chmod` that fixes it.
 pub(crate) fn read_password_file(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading password_file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "password_file {} can be read by others (mode {:04o}); it must be private to its owner: chmod 600 {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading password_file {}", path.display()))?;
     let first = text.lines().next().unwrap_or("").to_string();

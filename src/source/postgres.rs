@@ -457,11 +457,32 @@ impl<'a> PgClient<'a> {
         c
     }
 
+    /// The end of a tool's stderr for a message: secrets masked, our temp pgpass file
+    /// called by the name the user knows, and a failed password pointed at its file.
+    fn tail(&self, stderr: &str) -> String {
+        let mut t = tail(stderr, &self.secrets, 12);
+        if let Some(pf) = &self.src.password_file {
+            if let Some((_, pgpass)) = self.env.iter().find(|(k, _)| k == "PGPASSFILE") {
+                t = t.replace(
+                    &*pgpass.to_string_lossy(),
+                    &format!("password_file {}", pf.display()),
+                );
+            }
+            if t.contains("password authentication failed") {
+                t.push_str(&format!(
+                    " (the password comes from password_file {}: check it holds this role's current password)",
+                    pf.display()
+                ));
+            }
+        }
+        t
+    }
+
     fn err(&self, tool: &str, what: &str, f: &super::Finished) -> anyhow::Error {
         anyhow!(
             "{what}: {tool} failed ({}): {}",
             describe_status(f.status),
-            tail(&f.stderr, &self.secrets, 12)
+            self.tail(&f.stderr)
         )
     }
 
@@ -584,6 +605,47 @@ impl<'a> PgClient<'a> {
         Ok(v)
     }
 
+    /// Databases that are not templates and refuse connections (`ALLOW_CONNECTIONS false`).
+    pub fn unconnectable_databases(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                &self.src.maintenance_db,
+                "SELECT datname FROM pg_catalog.pg_database WHERE NOT datistemplate AND NOT datallowconn ORDER BY 1",
+            )?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Relations that `pg_dump` leaves out because of their schema (`information_schema`,
+    /// `pg_catalog`): created there by a superuser, they are in neither dump nor manifest.
+    pub fn relations_in_skipped_schemas(&self, db: &str) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                db,
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid >= 16384 AND c.relkind IN ('r','p','v','m','S','f') \
+                 AND n.nspname IN ('information_schema', 'pg_catalog') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                   AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1",
+            )?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn set_allow_connections(&self, db: &str, allow: bool) -> Result<()> {
+        self.query(
+            &self.src.maintenance_db,
+            &format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                quote_ident(db)
+            ),
+        )
+        .map(|_| ())
+    }
+
     pub fn database_exists(&self, db: &str) -> Result<bool> {
         let out = self.query(
             &self.src.maintenance_db,
@@ -631,9 +693,11 @@ impl<'a> PgClient<'a> {
         let server_version = self
             .server_version()
             .with_context(|| format!("postgres source '{name}': connecting"))?;
+        let unconnectable = self.unconnectable_databases()?;
         let databases = match &self.src.databases {
             Some(list) if skip_missing => {
-                let existing = self.list_databases()?;
+                let mut existing = self.list_databases()?;
+                existing.extend(unconnectable.iter().cloned());
                 let mut keep = Vec::new();
                 for d in list {
                     if existing.contains(d) {
@@ -645,7 +709,14 @@ impl<'a> PgClient<'a> {
                 keep
             }
             Some(list) => list.clone(),
-            None => self.list_databases()?,
+            None => {
+                for d in &unconnectable {
+                    tracing::warn!(
+                        "postgres source '{name}': database {d} refuses connections (ALLOW_CONNECTIONS false), so it is NOT in this backup; list it in `databases` to include it"
+                    );
+                }
+                self.list_databases()?
+            }
         };
         let globals = if self.src.globals {
             let path = dir.join(GLOBALS_FILE);
@@ -670,9 +741,22 @@ impl<'a> PgClient<'a> {
             let file = dump_file_name(db);
             let path = dir.join(&file);
             let started = std::time::Instant::now();
-            let tables = self
-                .watch_locks(|| self.dump_database(db, &path))
-                .with_context(|| format!("postgres source '{name}': database {db}"))?;
+            let closed = unconnectable.contains(db);
+            if closed {
+                // Asked for by name: opened for the dump, closed again whatever happens.
+                tracing::info!("postgres source '{name}': database {db} refuses connections; allowing them for the dump");
+                self.set_allow_connections(db, true)?;
+            }
+            let dumped = self.dump_one(name, db, &path);
+            if closed {
+                self.set_allow_connections(db, false).with_context(|| {
+                    format!(
+                        "postgres source '{name}': setting ALLOW_CONNECTIONS false on {db} again"
+                    )
+                })?;
+            }
+            let tables =
+                dumped.with_context(|| format!("postgres source '{name}': database {db}"))?;
             let bytes = std::fs::metadata(&path)?.len();
             self.check_dump(&path).with_context(|| {
                 format!("postgres source '{name}': database {db}: the dump does not read back")
@@ -698,6 +782,16 @@ impl<'a> PgClient<'a> {
             globals,
             databases: dbs,
         })
+    }
+
+    /// Warn about what the dump of `db` will lack, then dump it under the lock watchdog.
+    fn dump_one(&self, name: &str, db: &str, path: &Path) -> Result<Vec<TableRows>> {
+        for rel in self.relations_in_skipped_schemas(db)? {
+            tracing::warn!(
+                "postgres source '{name}': database {db}: {rel} is in a schema pg_dump leaves out, so it is NOT in this backup; move it to a schema of its own"
+            );
+        }
+        self.watch_locks(|| self.dump_database(db, path))
     }
 
     /// `pg_dump -Fc --snapshot` of `db` into `out`, and the row counts of the same snapshot.
@@ -734,7 +828,7 @@ impl<'a> PgClient<'a> {
             bail!(
                 "pg_dump failed ({}): {}",
                 describe_status(status),
-                tail(&stderr, &self.secrets, 12)
+                self.tail(&stderr)
             );
         }
         s.exec("COMMIT")?;
@@ -751,10 +845,101 @@ impl<'a> PgClient<'a> {
             bail!(
                 "pg_restore --list failed ({}): {}",
                 describe_status(f.status),
-                tail(&f.stderr, &self.secrets, 12)
+                self.tail(&f.stderr)
             );
         }
         Ok(())
+    }
+
+    /// Compare what a dump's table of contents holds beyond table rows — large objects
+    /// and sequence values — with database `db` it was restored into. Returns one line per
+    /// check that passed, and one per difference.
+    pub fn check_dump_extras(
+        &self,
+        dump: &Path,
+        db: &str,
+        work: &Path,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mut c = self.restore_tool();
+        c.arg("--list").stdin(Stdio::from(open(dump)?));
+        let toc = run(&mut c, "pg_restore", true)?;
+        if !toc.status.success() {
+            bail!("pg_restore --list failed: {}", self.tail(&toc.stderr));
+        }
+        let entries: Vec<&str> = toc.stdout.lines().filter(|l| !l.starts_with(';')).collect();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        // Large objects: one `BLOB` entry each (PostgreSQL up to 16).
+        let blobs = entries.iter().filter(|l| l.contains(" BLOB ")).count() as u64;
+        let restored: u64 = self
+            .query(
+                db,
+                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+            )?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if entries
+            .iter()
+            .any(|l| l.contains("BLOB METADATA") || l.contains("LARGE OBJECTS"))
+        {
+            ok.push(format!(
+                "{restored} large objects restored (this dump format groups them; not counted)"
+            ));
+        } else if blobs == restored {
+            ok.push(format!("{blobs} large objects, as in the dump"));
+        } else {
+            bad.push(format!(
+                "large objects: the dump holds {blobs}, {restored} restored"
+            ));
+        }
+        // Sequences: the values `SEQUENCE SET` entries give them.
+        let seq: Vec<&str> = entries
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" SEQUENCE SET "))
+            .collect();
+        if !seq.is_empty() {
+            let list = work.join(format!("sequences-{}.list", std::process::id()));
+            std::fs::write(&list, seq.join("\n") + "\n")
+                .with_context(|| format!("writing {}", list.display()))?;
+            let mut c = self.restore_tool();
+            c.arg("-L")
+                .arg(&list)
+                .args(["-f", "-"])
+                .stdin(Stdio::from(open(dump)?));
+            let f = run(&mut c, "pg_restore", true);
+            let _ = std::fs::remove_file(&list);
+            let f = f?;
+            let mut same = 0;
+            for line in f.stdout.lines() {
+                let Some((name, value, called)) = parse_setval(line) else {
+                    continue;
+                };
+                let now = self.query(
+                    db,
+                    &format!(
+                        "SELECT coalesce(pg_catalog.pg_sequence_last_value({}::regclass)::text, 'not called')",
+                        quote_literal(&name)
+                    ),
+                )?;
+                let want = if called {
+                    value.clone()
+                } else {
+                    "not called".to_string()
+                };
+                if now.trim() == want {
+                    same += 1;
+                } else {
+                    bad.push(format!(
+                        "sequence {name}: the dump sets {value} ({}), restored {}",
+                        if called { "called" } else { "not called" },
+                        now.trim()
+                    ));
+                }
+            }
+            ok.push(format!("{same} sequence values, as in the dump"));
+        }
+        Ok((ok, bad))
     }
 
     /// `pg_restore` without a connection (for `--list`).
@@ -950,10 +1135,42 @@ impl<'a> PgClient<'a> {
                     "the half-restored database {target} was dropped again"
                 )));
             }
+            if format!("{e:#}").contains("depend on it") {
+                return Err(e.context(format!(
+                    "objects made since the backup depend on what the dump replaces in {target} (see the DETAIL above); \
+                     nothing was changed. Restore beside it with --target-db NEW_NAME and compare, or drop those objects first"
+                )));
+            }
             return Err(e);
         }
         Ok(mode)
     }
+}
+
+/// `SELECT pg_catalog.setval('public.seq', 1000, true);` → ("public.seq", "1000", true).
+fn parse_setval(line: &str) -> Option<(String, String, bool)> {
+    let rest = line.trim().strip_prefix("SELECT pg_catalog.setval('")?;
+    // The name is a literal: '' stands for '.
+    let mut name = String::new();
+    let mut chars = rest.char_indices().peekable();
+    let mut end = None;
+    while let Some((i, c)) = chars.next() {
+        if c == '\'' {
+            if chars.peek().map(|(_, c)| *c) == Some('\'') {
+                chars.next();
+                name.push('\'');
+            } else {
+                end = Some(i + 1);
+                break;
+            }
+        } else {
+            name.push(c);
+        }
+    }
+    let args = rest[end?..].trim_start_matches(',').trim();
+    let args = args.strip_suffix(");")?;
+    let (value, called) = args.split_once(',')?;
+    Some((name, value.trim().to_string(), called.trim() == "true"))
 }
 
 /// What [`PgClient::restore_globals`] did with the roles.
@@ -1259,7 +1476,7 @@ impl<'c> Session<'c> {
             "psql on {} failed ({}): {}",
             self.what,
             status.map_or("failed".into(), describe_status),
-            tail(&stderr, &self.client.secrets, 12)
+            self.client.tail(&stderr)
         )
     }
 
@@ -1291,12 +1508,15 @@ impl<'c> Session<'c> {
         self.query(sql).map(|_| ())
     }
 
-    /// Every user table and its row count, in this session's snapshot.
+    /// Every user table and its row count, in this session's snapshot. Tables a
+    /// superuser made in a schema `pg_dump` leaves out are listed too: the manifest then
+    /// says they existed, and the drill reports them missing from the dump.
     fn count_tables(&mut self) -> Result<Vec<TableRows>> {
         let list = self.query(
             "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname::text, c.relname::text)), '[]'::jsonb)::text \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+             WHERE c.relkind = 'r' AND ((n.nspname <> 'information_schema' AND n.nspname !~ '^pg_') \
+               OR (c.oid >= 16384 AND n.nspname IN ('information_schema', 'pg_catalog'))) \
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
         )?;
@@ -1354,7 +1574,7 @@ impl<'c> Session<'c> {
                 "psql on {} failed ({}): {}",
                 self.what,
                 describe_status(status),
-                tail(&stderr, &self.client.secrets, 12)
+                self.client.tail(&stderr)
             );
         }
         Ok(())
@@ -1442,6 +1662,19 @@ mod tests {
         assert!(reset.sql.contains("COMMENT ON ROLE app IS 'it''s; here';"));
         assert!(!reset.sql.contains("CREATE ROLE app;"));
         assert!(!reset.sql.contains("TABLESPACE"), "{}", reset.sql);
+    }
+
+    #[test]
+    fn setval_lines_are_read() {
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('public.invoice_no', 1000, true);"),
+            Some(("public.invoice_no".into(), "1000".into(), true))
+        );
+        assert_eq!(
+            parse_setval("SELECT pg_catalog.setval('\"it''s\".\"s\"', 1, false);"),
+            Some(("\"it's\".\"s\"".into(), "1".into(), false))
+        );
+        assert_eq!(parse_setval("SET search_path = '';"), None);
     }
 
     #[test]

@@ -245,15 +245,22 @@ impl<'a> RedisClient<'a> {
                 && !matches!(w, "PONG" | "OK" | "QUEUED")
         });
         if !f.status.success() || is_error || f.stderr.contains("AUTH failed") {
+            let said = tail(
+                &format!("{}\n{}", f.stderr, if is_error { first } else { "" }),
+                &self.secrets,
+                6,
+            );
+            let hint = match &self.src.password_file {
+                Some(pf) if said.contains("WRONGPASS") || said.contains("AUTH failed") => format!(
+                    " (the password comes from password_file {}: check it holds the server's current password)",
+                    pf.display()
+                ),
+                _ => String::new(),
+            };
             bail!(
-                "redis-cli {} on {} failed: {}",
+                "redis-cli {} on {} failed: {said}{hint}",
                 args.first().copied().unwrap_or(""),
                 self.src.describe(),
-                tail(
-                    &format!("{}\n{}", f.stderr, if is_error { first } else { "" }),
-                    &self.secrets,
-                    6
-                )
             );
         }
         Ok(f.stdout)

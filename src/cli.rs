@@ -522,7 +522,9 @@ fn run(cli: Cli) -> Result<i32> {
                 deep,
                 json,
             };
-            runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out))
+            let res = runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out));
+            crate::metrics::record_verify(&cfg, &res);
+            res
         }
         Command::Verify {
             id,
@@ -540,7 +542,9 @@ fn run(cli: Cli) -> Result<i32> {
             let mut cfg = load_config(cli.config.as_deref())?;
             override_identity(&mut cfg, identity);
             let opts = crate::drill::DrillOptions { id, remote, json };
-            crate::drill::run(&cfg, &opts, &mut out)
+            let res = crate::drill::run(&cfg, &opts, &mut out);
+            crate::metrics::record_verify(&cfg, &res);
+            res
         }
         Command::Pull {
             id,

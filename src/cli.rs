@@ -46,6 +46,17 @@ pronto-offsite backup --push    # upload to every remote while archiving, then p
         /// lines go to stderr. Exit 3 when the archive was made but a remote failed
         #[arg(long)]
         push: bool,
+        /// Leave out paths matching this gitignore-style pattern, in every folder source
+        /// (repeatable; added to each source's `exclude`)
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// List what would be archived (each file with its size, a total per source) and write nothing
+        #[arg(long, conflicts_with = "push")]
+        dry_run: bool,
+        /// Write a one-off archive (with its manifest) into DIR, outside the backup folder:
+        /// never pruned, pushed or listed
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["push", "dry_run"])]
+        output: Option<PathBuf>,
     },
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
@@ -371,11 +382,25 @@ fn run(cli: Cli) -> Result<i32> {
     // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
     let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
     match cli.command {
-        Command::Backup { push } => {
+        Command::Backup {
+            push,
+            exclude,
+            dry_run,
+            output,
+        } => {
             crate::progress::enable(bars);
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            for s in cfg.sources.iter_mut() {
+                s.exclude.extend(exclude.iter().cloned());
+            }
+            if dry_run {
+                return crate::exclude::dry_run_cmd(&cfg, &mut out);
+            }
             let started = std::time::Instant::now();
-            let (m, path, code) = if push {
+            let (m, path, code) = if let Some(dir) = &output {
+                let (m, path) = crate::backup::run_to(&cfg, dir)?;
+                (m, path, EXIT_OK)
+            } else if push {
                 // The backup and its push under the one lock, taken once.
                 let _lock =
                     crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
@@ -539,7 +564,9 @@ fn run(cli: Cli) -> Result<i32> {
                 deep,
                 json,
             };
-            runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out))
+            let res = runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out));
+            crate::metrics::record_verify(&cfg, &res);
+            res
         }
         Command::Verify {
             id,
@@ -557,7 +584,9 @@ fn run(cli: Cli) -> Result<i32> {
             let mut cfg = load_config(cli.config.as_deref())?;
             override_identity(&mut cfg, identity);
             let opts = crate::drill::DrillOptions { id, remote, json };
-            crate::drill::run(&cfg, &opts, &mut out)
+            let res = crate::drill::run(&cfg, &opts, &mut out);
+            crate::metrics::record_verify(&cfg, &res);
+            res
         }
         Command::Pull {
             id,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -73,6 +73,71 @@ pub struct TargetState {
     /// Bytes uploaded in the last attempt (remotes).
     #[serde(default)]
     pub bytes_uploaded: u64,
+    /// End of the last run in which it failed; kept through later successes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<DateTime<Utc>>,
+    /// [`reason`] of that failure (a metric label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
+}
+
+impl TargetState {
+    /// Fold in one attempt that ended at `end`: `error` is `None` on success. Only a
+    /// success moves `last_success`; only a failure moves `last_failure`.
+    pub fn attempt(&mut self, end: DateTime<Utc>, error: Option<&str>) {
+        self.last_attempt = Some(end);
+        match error {
+            None => {
+                self.last_success = Some(end);
+                self.last_error = None;
+            }
+            Some(e) => {
+                self.last_error = Some(e.to_string());
+                self.last_failure = Some(end);
+                self.last_failure_reason = Some(reason(e).to_string());
+            }
+        }
+    }
+}
+
+/// A failure's kind, from its message: a small fixed set, fit for a metric label.
+pub fn reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| e.contains(w));
+    if has(&["no space left", "disk full", "quota", "file too large"]) {
+        "disk_full"
+    } else if has(&["another hook run", "holds the lock"]) {
+        "busy"
+    } else if has(&["checksum", "sha256", "mismatch", "baddigest"]) {
+        "checksum"
+    } else if has(&[
+        "credential",
+        "unauthorized",
+        "forbidden",
+        "access denied",
+        "auth",
+    ]) {
+        "auth"
+    } else if has(&["permission denied", "read-only", "operation not permitted"]) {
+        "permission"
+    } else if has(&["timed out", "timeout"]) {
+        "timeout"
+    } else if has(&["connection", "connect", "dns", "network", "unreachable"]) {
+        "network"
+    } else if has(&["pg_dump", "postgres"]) {
+        "postgres"
+    } else if has(&["redis"]) {
+        "redis"
+    } else if has(&[
+        "no such file",
+        "not found",
+        "not a directory",
+        "does not exist",
+    ]) {
+        "not_found"
+    } else {
+        "error"
+    }
 }
 
 /// The last run, in short.
@@ -99,6 +164,12 @@ pub struct State {
     pub remotes: BTreeMap<String, TargetState>,
     #[serde(default)]
     pub last_run: Option<LastRun>,
+    /// The local prune of hook runs.
+    #[serde(default)]
+    pub prune: TargetState,
+    /// `verify` runs.
+    #[serde(default)]
+    pub verify: TargetState,
 }
 
 impl State {
@@ -128,27 +199,16 @@ impl State {
     /// Fold a finished hook run in. Remotes no longer configured are dropped.
     pub fn record(&mut self, cfg: &Config, r: &Report) {
         let end = r.finished;
-        if let Some(b) = &r.backup {
-            if !b.skipped {
-                self.local.last_attempt = Some(end);
-                if b.error.is_none() {
-                    self.local.last_success = Some(end);
-                    self.local.last_error = None;
-                } else {
-                    self.local.last_error = b.error.clone();
-                }
-            }
+        if let Some(b) = r.backup.as_ref().filter(|b| !b.skipped) {
+            self.local.attempt(end, b.error.as_deref());
         }
         for rr in &r.remotes {
             let st = self.remotes.entry(rr.name.clone()).or_default();
-            st.last_attempt = Some(end);
+            st.attempt(end, rr.error.as_deref());
             st.bytes_uploaded = rr.bytes_uploaded;
-            if rr.error.is_none() {
-                st.last_success = Some(end);
-                st.last_error = None;
-            } else {
-                st.last_error = rr.error.clone();
-            }
+        }
+        if let Some(p) = r.prune.as_ref().filter(|p| !p.skipped) {
+            self.prune.attempt(end, p.error.as_deref());
         }
         self.remotes
             .retain(|name, _| cfg.remotes.iter().any(|x| &x.name == name));
@@ -334,7 +394,71 @@ pub fn render(cfg: &Config, state: &State) -> Result<String> {
             );
         }
     }
+    render_steps(&mut p, state);
     Ok(p.0)
+}
+
+/// `pronto_offsite_last_success_timestamp_seconds{step[,remote]}` (0 = never) and
+/// `pronto_offsite_last_failure_timestamp_seconds{step[,remote],reason}` for backup,
+/// push (per remote), prune and verify: what the README's alert rules compare.
+fn render_steps(p: &mut Prom, state: &State) {
+    let mut steps: Vec<(Vec<(&str, &str)>, &TargetState)> = vec![
+        (vec![("step", "backup")], &state.local),
+        (vec![("step", "prune")], &state.prune),
+        (vec![("step", "verify")], &state.verify),
+    ];
+    for (name, st) in &state.remotes {
+        steps.push((vec![("step", "push"), ("remote", name.as_str())], st));
+    }
+    // Steps never tried (verify on a host that never ran it) stay out.
+    steps.retain(|(_, st)| st.last_attempt.is_some());
+    p.family(
+        "pronto_offsite_last_success_timestamp_seconds",
+        "When this step last succeeded (Unix time; 0 = never). Only a success moves it.",
+    );
+    for (labels, st) in &steps {
+        let t = st.last_success.map(ts).unwrap_or_else(|| "0".into());
+        p.sample("pronto_offsite_last_success_timestamp_seconds", labels, t);
+    }
+    p.family(
+        "pronto_offsite_last_failure_timestamp_seconds",
+        "When this step last failed (Unix time), with the kind of failure as `reason`.",
+    );
+    for (labels, st) in &steps {
+        if let Some(t) = st.last_failure {
+            let mut l = labels.clone();
+            l.push((
+                "reason",
+                st.last_failure_reason.as_deref().unwrap_or("error"),
+            ));
+            p.sample("pronto_offsite_last_failure_timestamp_seconds", &l, ts(t));
+        }
+    }
+}
+
+/// After a `verify` run (exit code or error): fold its outcome into the state and
+/// rewrite the textfile. Only with `[metrics]` set (verify is otherwise read-only);
+/// failures here are logged and never change the command's exit code.
+pub fn record_verify(cfg: &Config, res: &Result<i32>) {
+    let Some(m) = &cfg.metrics else { return };
+    let error = match res {
+        Ok(0) => None,
+        Ok(code) => Some(format!(
+            "verification failed (exit {code}): a checksum or size did not match"
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let mut state = State::load(&cfg.local.dir);
+    state
+        .verify
+        .attempt(Utc::now().trunc_subsecs(0), error.as_deref());
+    if let Err(e) = state.save(&cfg.local.dir) {
+        tracing::error!("saving the run state: {e:#}");
+        return;
+    }
+    if let Err(e) = render(cfg, &state).and_then(|t| write_textfile(m, &t)) {
+        tracing::error!("metrics: {e:#}");
+    }
 }
 
 /// Write the textfile atomically (mode 0644: node_exporter runs as another user).
@@ -353,5 +477,19 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn only_a_success_moves_last_success() {
+        let t1 = Utc::now();
+        let t2 = t1 + chrono::Duration::hours(24);
+        let mut st = TargetState::default();
+        st.attempt(t1, None);
+        st.attempt(t2, Some("reading /srv/x: Permission denied (os error 13)"));
+        assert_eq!(st.last_success, Some(t1));
+        assert_eq!(st.last_failure, Some(t2));
+        assert_eq!(st.last_failure_reason.as_deref(), Some("permission"));
+        assert_eq!(reason("write: No space left on device"), "disk_full");
+        assert_eq!(reason("something odd"), "error");
     }
 }

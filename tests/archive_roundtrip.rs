@@ -249,6 +249,7 @@ fn ten_thousand_files_round_trip_through_system_tar_and_our_extract() {
             codec: pronto_offsite::archive::Codec::Gzip,
             level: 6,
             threads: 2,
+            exclude: Default::default(),
         },
         &[site(&src)],
         &info,

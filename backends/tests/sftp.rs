@@ -696,7 +696,9 @@ async fn the_control_folder_is_private_and_removed_also_after_a_kill() {
         .unwrap();
     std::fs::write(stale.join("socket"), b"").unwrap();
     // One of a live process (pid 1): never ours to remove.
-    let live = tmp.join("pronto-ssh-1-alive");
+    // (Named for this test process, so that concurrent runs of the suite never share it.)
+    let live = tmp.join(format!("pronto-ssh-1-alive-{}", std::process::id()));
+    let _ = std::fs::remove_dir(&live);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&live)

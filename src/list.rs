@@ -22,6 +22,9 @@ struct Row {
     local: String,
     tier: Option<String>,
     remotes: BTreeMap<String, String>,
+    /// Why the local copy is unusable (`manifest unreadable: ...`); flagged, not fatal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
 }
 
 /// Print the table (or JSON). Returns the exit code: 0, or 3 when a remote could not be listed.
@@ -52,12 +55,15 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 size: a.manifest.as_ref().map(|m| m.size),
                 local: if a.manifest.is_some() {
                     "complete"
+                } else if a.problem.is_some() {
+                    "unreadable"
                 } else {
                     "incomplete"
                 }
                 .into(),
                 tier: Some(a.tier.label().into()),
                 remotes: BTreeMap::new(),
+                problem: a.problem.clone(),
             },
         );
     }
@@ -71,6 +77,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 local: "absent".into(),
                 tier: None,
                 remotes: BTreeMap::new(),
+                problem: None,
             });
             let status = if ra.complete() {
                 "complete"
@@ -123,6 +130,11 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
             rows.len(),
             cfg.local.dir.display()
         )?;
+        for row in rows.values() {
+            if let Some(p) = &row.problem {
+                writeln!(out, "WARNING: local {}: {p}", row.file)?;
+            }
+        }
         for (name, st) in &states {
             if let Err(e) = st {
                 writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;

@@ -240,6 +240,13 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         incomplete: all.len() - complete.len(),
         tiers,
     };
+    for a in all.iter().filter(|a| a.problem.is_some()) {
+        problems.push(format!(
+            "local archive {}: {}",
+            a.name.file,
+            a.problem.as_deref().unwrap_or_default()
+        ));
+    }
     match &local_newest {
         None => problems.push(format!(
             "there is no complete archive in {}",

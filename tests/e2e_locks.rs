@@ -314,3 +314,63 @@ fn a_reupload_keeps_a_complete_remote_copy_whose_manifest_matches() {
         "the complete remote copy's manifest was replaced"
     );
 }
+
+/// Isolation: one corrupt local archive and one unreadable manifest are reported by name
+/// and skipped; the newer archive is still uploaded, push exits 3 ("some failed"), and
+/// `list` and `status` flag the bad entry instead of failing. (Before, push stopped at
+/// the corrupt archive, and every command failed on the unreadable manifest.)
+#[test]
+fn a_corrupt_archive_and_an_unreadable_manifest_are_skipped_by_name() {
+    let env = Env::new();
+    std::fs::write(
+        env.config(),
+        format!(
+            "[local]\ndir = \"backups\"\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\nprune = false\n",
+            env.remote().display()
+        ),
+    )
+    .unwrap();
+    let (corrupt, unreadable, good) = ("20250101-020000", "20250102-020000", "20250103-020000");
+    for id in [corrupt, unreadable, good] {
+        fabricate(&env.backups(), id, "test");
+    }
+    // Same size, other bytes: no longer what its manifest says.
+    let path = env.backups().join(file_of(corrupt));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(env.backups().join(manifest_of(unreadable)), "{ not json").unwrap();
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("FAILED: {}", file_of(corrupt))),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.contains(&format!("FAILED: {}: manifest unreadable", file_of(unreadable))),
+        "{}",
+        text(&o)
+    );
+    let remote = names_in(&env.remote());
+    assert!(remote.contains(&manifest_of(good)), "{remote:?}");
+    assert!(!remote.contains(&manifest_of(corrupt)), "{remote:?}");
+
+    let o = env.run(&["list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("WARNING: local {}: manifest unreadable", file_of(unreadable))),
+        "{out}"
+    );
+    assert!(out.contains(good), "{out}");
+
+    let o = env.run(&["status"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&file_of(unreadable)), "{}", text(&o));
+    assert!(out.contains(&format!("newest {good}")), "{}", text(&o));
+}

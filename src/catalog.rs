@@ -310,6 +310,24 @@ pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathB
     Ok(new_path)
 }
 
+/// Whether an archive named at `time` is in the future at `now` by more than the
+/// clock-skew tolerance ([`crate::plan::FUTURE_TOLERANCE_SECS`]): a clock was wrong when
+/// it was made (or is now). Such an archive is flagged by `backup`, `list`, `status` and
+/// `doctor`, kept by prune but never the newest it counts back from, never `latest`,
+/// and never counted as a fresh backup.
+pub fn named_in_future(time: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    time > now + chrono::TimeDelta::seconds(crate::plan::FUTURE_TOLERANCE_SECS)
+}
+
+/// A warning for an archive named in the future (see [`named_in_future`]).
+pub fn future_warning(file: &str, time: DateTime<Utc>) -> String {
+    format!(
+        "{file} is named in the future ({}, this host's clock says {}): not counted as the newest or as fresh, never `latest`; is a clock wrong?",
+        time.to_rfc3339(),
+        Utc::now().format("%Y-%m-%dT%H:%M:%S%:z")
+    )
+}
+
 /// Find one complete local archive by id.
 pub fn find_complete<'a>(all: &'a [LocalArchive], id: &str) -> Option<&'a LocalArchive> {
     all.iter().find(|a| a.name.id == id && a.manifest.is_some())

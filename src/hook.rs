@@ -570,6 +570,7 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
         all.into_iter()
             .filter(|a| a.manifest.is_some())
             .map(|a| a.name.time)
+            .filter(|t| !crate::catalog::named_in_future(*t, Utc::now()))
             .max()
     });
     let max_age = cfg.status.max_age;

@@ -25,10 +25,13 @@ struct Row {
     /// Why the local copy is unusable (`manifest unreadable: ...`); flagged, not fatal.
     #[serde(skip_serializing_if = "Option::is_none")]
     problem: Option<String>,
+    /// Named in the future (a wrong clock): never `latest`, never counted as fresh.
+    future: bool,
 }
 
 /// Print the table (or JSON). Returns the exit code: 0, or 3 when a remote could not be listed.
 pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let now = chrono::Utc::now();
     let local = catalog::scan(&cfg.local)?;
     let selected = remotes::selected(cfg, only)?;
     let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
@@ -64,6 +67,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 tier: Some(a.tier.label().into()),
                 remotes: BTreeMap::new(),
                 problem: a.problem.clone(),
+                future: catalog::named_in_future(a.name.time, now),
             },
         );
     }
@@ -78,6 +82,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 tier: None,
                 remotes: BTreeMap::new(),
                 problem: None,
+                future: catalog::named_in_future(ra.name.time, now),
             });
             let status = if ra.complete() {
                 "complete"
@@ -133,6 +138,10 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
         for row in rows.values() {
             if let Some(p) = &row.problem {
                 writeln!(out, "WARNING: local {}: {p}", row.file)?;
+            }
+            if row.future {
+                let time = catalog::parse_id(&row.id).unwrap_or_default();
+                writeln!(out, "WARNING: {}", catalog::future_warning(&row.file, time))?;
             }
         }
         for (name, st) in &states {

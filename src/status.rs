@@ -212,14 +212,27 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
     let all = catalog::scan(&cfg.local)?;
     let complete: Vec<&catalog::LocalArchive> =
         all.iter().filter(|a| a.manifest.is_some()).collect();
+    // Named in the future (a wrong clock): flagged, and never the fresh newest.
+    for a in complete
+        .iter()
+        .filter(|a| catalog::named_in_future(a.name.time, now))
+    {
+        problems.push(format!(
+            "local archive {}",
+            catalog::future_warning(&a.name.file, a.name.time)
+        ));
+    }
     let size_of = |a: &catalog::LocalArchive| a.manifest.as_ref().map(|m| m.size).unwrap_or(0);
-    let local_newest = complete.last().map(|a| ArchiveRef {
-        id: a.name.id.clone(),
-        file: a.name.file.clone(),
-        time: a.name.time,
-        age_seconds: (now - a.name.time).num_seconds(),
-        size: Some(size_of(a)),
-    });
+    let local_newest = complete
+        .iter()
+        .rfind(|a| !catalog::named_in_future(a.name.time, now))
+        .map(|a| ArchiveRef {
+            id: a.name.id.clone(),
+            file: a.name.file.clone(),
+            time: a.name.time,
+            age_seconds: (now - a.name.time).num_seconds(),
+            size: Some(size_of(a)),
+        });
     let tiers = [Tier::Top, Tier::Weekly, Tier::Monthly, Tier::Yearly]
         .into_iter()
         .map(|t| TierStatus {
@@ -291,16 +304,30 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
             }
             Ok(state) => {
                 let done: Vec<_> = state.archives.values().filter(|a| a.complete()).collect();
+                for a in done
+                    .iter()
+                    .filter(|a| catalog::named_in_future(a.name.time, now))
+                {
+                    problems.push(format!(
+                        "remote {}: {}",
+                        remote.name,
+                        catalog::future_warning(&a.name.file, a.name.time)
+                    ));
+                }
                 st.archives = done.len();
                 st.incomplete = state.archives.len() - done.len();
                 st.bytes = done.iter().filter_map(|a| a.size).sum();
-                st.newest = done.iter().max_by_key(|a| a.name.time).map(|a| ArchiveRef {
-                    id: a.name.id.clone(),
-                    file: a.name.file.clone(),
-                    time: a.name.time,
-                    age_seconds: (now - a.name.time).num_seconds(),
-                    size: a.size,
-                });
+                st.newest = done
+                    .iter()
+                    .filter(|a| !catalog::named_in_future(a.name.time, now))
+                    .max_by_key(|a| a.name.time)
+                    .map(|a| ArchiveRef {
+                        id: a.name.id.clone(),
+                        file: a.name.file.clone(),
+                        time: a.name.time,
+                        age_seconds: (now - a.name.time).num_seconds(),
+                        size: a.size,
+                    });
                 if let Some(l) = &local_newest {
                     match &st.newest {
                         None => problems.push(format!(

@@ -351,7 +351,10 @@ fn a_corrupt_archive_and_an_unreadable_manifest_are_skipped_by_name() {
         text(&o)
     );
     assert!(
-        out.contains(&format!("FAILED: {}: manifest unreadable", file_of(unreadable))),
+        out.contains(&format!(
+            "FAILED: {}: manifest unreadable",
+            file_of(unreadable)
+        )),
         "{}",
         text(&o)
     );
@@ -363,7 +366,10 @@ fn a_corrupt_archive_and_an_unreadable_manifest_are_skipped_by_name() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains(&format!("WARNING: local {}: manifest unreadable", file_of(unreadable))),
+        out.contains(&format!(
+            "WARNING: local {}: manifest unreadable",
+            file_of(unreadable)
+        )),
         "{out}"
     );
     assert!(out.contains(good), "{out}");
@@ -373,4 +379,65 @@ fn a_corrupt_archive_and_an_unreadable_manifest_are_skipped_by_name() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&file_of(unreadable)), "{}", text(&o));
     assert!(out.contains(&format!("newest {good}")), "{}", text(&o));
+}
+
+/// Clock sanity: an archive named in the future (a clock was wrong once) is flagged by
+/// `backup`, `list`, `status` and `doctor`, is never `latest`, and never counts as a
+/// fresh backup. (Before, `status` reported it as the fresh newest and `pull latest`
+/// picked it.)
+#[test]
+fn an_archive_named_in_the_future_is_flagged_and_never_latest_or_fresh() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a.txt"), "a").unwrap();
+    env.write_config("");
+    let (old, future) = ("20250101-020000", "20990101-000000");
+    for id in [old, future] {
+        fabricate(&env.backups(), id, "test");
+        fabricate(&env.remote(), id, "test");
+    }
+
+    let o = env.run(&["status"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("{} is named in the future", file_of(future))),
+        "{out}"
+    );
+    assert!(out.contains(&format!("newest {old}")), "{out}");
+
+    let o = env.run(&["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "WARNING: {} is named in the future",
+            file_of(future)
+        )),
+        "{}",
+        text(&o)
+    );
+
+    let o = env.run(&["doctor"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("FAIL  clock: {}", file_of(future))),
+        "{}",
+        text(&o)
+    );
+
+    let to = env.path("pulled");
+    let o = env.run(&["pull", "latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        to.join(format!("{P}-{old}")).exists() && !to.join(format!("{P}-{future}")).exists(),
+        "pull latest took the archive named in the future:\n{}",
+        text(&o)
+    );
+
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("{} is named in the future", file_of(future))),
+        "{}",
+        text(&o)
+    );
 }

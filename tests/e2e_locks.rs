@@ -441,3 +441,38 @@ fn an_archive_named_in_the_future_is_flagged_and_never_latest_or_fresh() {
         text(&o)
     );
 }
+
+/// Self-recovery: a prune lease left by a killed prune of this host (its pid is gone)
+/// is taken over at once, not after its 10-minute expiry, and the run says so.
+#[test]
+fn a_stale_lease_of_a_dead_local_pid_is_taken_over_at_once() {
+    let env = Env::new();
+    env.write_config("");
+    std::fs::create_dir_all(env.remote()).unwrap();
+    // A pid that existed and is gone.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let host = pronto_offsite::namespace::default_host_id();
+    let now = chrono::Utc::now();
+    let lease = serde_json::json!({
+        "host": host,
+        "pid": dead,
+        "started": (now - chrono::TimeDelta::minutes(1)).to_rfc3339(),
+        "expires": (now + chrono::TimeDelta::minutes(9)).to_rfc3339(),
+    });
+    std::fs::write(
+        env.remote().join(format!("{P}.prune-lease.json")),
+        serde_json::to_vec(&lease).unwrap(),
+    )
+    .unwrap();
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "repaired: took over the prune lease {P}.prune-lease.json of pid {dead}"
+        )),
+        "{}",
+        text(&o)
+    );
+}

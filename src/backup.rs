@@ -196,6 +196,7 @@ pub fn run_watched(
         sources: written_sources,
         postgres,
         redis,
+        safety: bopts.safety,
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;

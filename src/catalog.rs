@@ -328,6 +328,13 @@ pub fn future_warning(file: &str, time: DateTime<Utc>) -> String {
     )
 }
 
+impl LocalArchive {
+    /// A safety backup taken before a restore ([`Manifest::safety`]).
+    pub fn is_safety(&self) -> bool {
+        self.manifest.as_ref().is_some_and(|m| m.safety)
+    }
+}
+
 /// Find one complete local archive by id.
 pub fn find_complete<'a>(all: &'a [LocalArchive], id: &str) -> Option<&'a LocalArchive> {
     all.iter().find(|a| a.name.id == id && a.manifest.is_some())

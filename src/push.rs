@@ -122,7 +122,11 @@ pub async fn run_with(
             crate::lock::DEFAULT_WAIT,
         )?)
     };
-    let local = catalog::scan(&cfg.local)?;
+    // Safety backups (taken before a restore) stay local: not scheduled backups.
+    let local: Vec<catalog::LocalArchive> = catalog::scan(&cfg.local)?
+        .into_iter()
+        .filter(|a| !a.is_safety())
+        .collect();
     // Archives whose manifest cannot be read: named, skipped, and the run exits 3.
     let unreadable: Vec<String> = local
         .iter()

@@ -210,8 +210,11 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
 
     // local
     let all = catalog::scan(&cfg.local)?;
-    let complete: Vec<&catalog::LocalArchive> =
-        all.iter().filter(|a| a.manifest.is_some()).collect();
+    // Safety backups (taken before a restore) are not scheduled backups: left out.
+    let complete: Vec<&catalog::LocalArchive> = all
+        .iter()
+        .filter(|a| a.manifest.is_some() && !a.is_safety())
+        .collect();
     // Named in the future (a wrong clock): flagged, and never the fresh newest.
     for a in complete
         .iter()
@@ -250,7 +253,7 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         newest: local_newest.clone(),
         archives: complete.len(),
         bytes: complete.iter().map(|a| size_of(a)).sum(),
-        incomplete: all.len() - complete.len(),
+        incomplete: all.iter().filter(|a| a.manifest.is_none()).count(),
         tiers,
     };
     for a in all.iter().filter(|a| a.problem.is_some()) {

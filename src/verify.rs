@@ -125,6 +125,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Res
                 .into_iter()
                 .rfind(|a| {
                     a.manifest.is_some()
+                        && !a.is_safety()
                         && !catalog::named_in_future(a.name.time, chrono::Utc::now())
                 })
                 .into_iter()

@@ -476,3 +476,60 @@ fn a_stale_lease_of_a_dead_local_pid_is_taken_over_at_once() {
         text(&o)
     );
 }
+
+/// Safety backups (taken before a restore, `"safety": true` in the manifest) are not
+/// scheduled backups: they take no retention slot, are not the newest for `status`, do
+/// not count toward the deletion cap, are never pushed, and prune keeps only the three
+/// newest of them. (Before, four safety backups took both `last = 2` slots and the
+/// scheduled archives were deleted.)
+#[test]
+fn safety_backups_take_no_retention_slot_and_have_their_own_rule() {
+    let env = Env::new();
+    std::fs::write(
+        env.config(),
+        "[local]\ndir = \"backups\"\n[retention]\nlast = 2\nmax_delete_fraction = 1\n",
+    )
+    .unwrap();
+    let scheduled = ["20250101-020000", "20250102-020000"];
+    let safety = [
+        "20250103-120000",
+        "20250104-120000",
+        "20250105-120000",
+        "20250106-120000",
+    ];
+    for id in scheduled.iter().chain(&safety) {
+        fabricate(&env.backups(), id, "test");
+    }
+    for id in safety {
+        let m = env.backups().join(manifest_of(id));
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        v["safety"] = serde_json::Value::Bool(true);
+        std::fs::write(&m, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    let o = env.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("newest {}", scheduled[1])),
+        "{}",
+        text(&o)
+    );
+
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let left: Vec<String> = support::files_under(&env.backups())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect();
+    for id in scheduled.iter().chain(&safety[1..]) {
+        assert!(
+            left.contains(&file_of(id)),
+            "{id} was deleted: {left:?}\n{}",
+            text(&o)
+        );
+    }
+    assert!(
+        !left.contains(&file_of(safety[0])),
+        "the oldest safety backup beyond the newest 3 stays: {left:?}"
+    );
+}

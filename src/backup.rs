@@ -199,6 +199,7 @@ pub fn run_watched(
         sources: written_sources,
         postgres,
         redis,
+        safety: bopts.safety,
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
@@ -219,7 +220,22 @@ pub fn run_watched(
             final_path
         }
     };
+    warn_future(cfg);
     Ok((manifest, final_path))
+}
+
+/// Flag every local archive named in the future (a clock was wrong): the new archive
+/// is then not the newest by name, and prune never counts back from those.
+fn warn_future(cfg: &Config) {
+    let now = Utc::now();
+    if let Ok(all) = catalog::scan(&cfg.local) {
+        for a in all
+            .iter()
+            .filter(|a| catalog::named_in_future(a.name.time, now))
+        {
+            tracing::warn!("{}", catalog::future_warning(&a.name.file, a.name.time));
+        }
+    }
 }
 
 /// Remove `.partial` files of ours left by a killed run. Called under the folder lock.

@@ -143,6 +143,11 @@ pub struct LocalArchive {
     /// Where its manifest was found, when it was found in another tier folder than the
     /// archive (a tier move interrupted between its two renames; see [`move_to_tier`]).
     pub manifest_elsewhere: Option<PathBuf>,
+    /// Why this archive is unusable although it has a manifest file: the manifest could
+    /// not be read or is not valid (then `manifest` is `None`). Such an archive is
+    /// flagged by `list` and `status`, skipped by `push` (reported by name), never
+    /// deleted and never repaired automatically.
+    pub problem: Option<String>,
 }
 
 impl LocalArchive {
@@ -157,7 +162,9 @@ impl LocalArchive {
 }
 
 /// Every archive in the backup folder and its tiers, oldest first.
-/// A missing backup folder is an empty catalog.
+/// A missing backup folder is an empty catalog. Only a folder that cannot be read is an
+/// error: an entry or a manifest that cannot be read is skipped or flagged
+/// ([`LocalArchive::problem`]), never a reason to fail the whole scan.
 ///
 /// Only files named `PREFIX-YYYYMMDD-HHMMSS.EXT` (and their `.manifest.json`) count.
 /// An archive's manifest is looked for beside it first, then in the other tier folders:
@@ -177,7 +184,14 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
             Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
         };
         for entry in rd {
-            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            // One unreadable entry never hides the others.
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("reading {}: {e}; entry skipped", dir.display());
+                    continue;
+                }
+            };
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
             let (base, is_manifest) = match file.strip_suffix(".manifest.json") {
@@ -187,7 +201,7 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
             let Some(name) = parse_name(&local.prefix, base) else {
                 continue;
             };
-            if !entry.file_type()?.is_file() {
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             if is_manifest {
@@ -208,12 +222,22 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
                 f == &name.file && !archives.iter().any(|(n, _, at)| n.file == *f && at == t)
             })
         };
-        let (manifest, manifest_elsewhere) = match beside {
-            Some((_, mpath, _)) => (Some(Manifest::read(mpath)?), None),
+        let (mpath, manifest_elsewhere) = match beside {
+            Some((_, mpath, _)) => (Some(mpath), None),
             None => match elsewhere() {
-                Some((_, mpath, _)) => (Some(Manifest::read(mpath)?), Some(mpath.clone())),
+                Some((_, mpath, _)) => (Some(mpath), Some(mpath.clone())),
                 None => (None, None),
             },
+        };
+        // A manifest that cannot be read flags its archive; the scan goes on.
+        let (manifest, problem) = match mpath.map(|p| Manifest::read(p)) {
+            None => (None, None),
+            Some(Ok(m)) => (Some(m), None),
+            Some(Err(e)) => {
+                let why = format!("manifest unreadable: {e:#}");
+                tracing::warn!("{}: {why}", name.file);
+                (None, Some(why))
+            }
         };
         out.push(LocalArchive {
             name: name.clone(),
@@ -221,6 +245,7 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
             tier: *tier,
             manifest,
             manifest_elsewhere,
+            problem,
         });
     }
     out.sort_by(|a, b| {
@@ -241,7 +266,7 @@ pub fn scan(local: &Local) -> Result<Vec<LocalArchive>> {
 /// nothing ever looks incomplete, and the next filing pass (after a backup or prune)
 /// finishes the move. Also used for that repair: an archive already in `tier` whose
 /// manifest is elsewhere only gets its manifest moved. Never overwrites a file.
-/// Call under the [`crate::fsutil::FolderLock`].
+/// Call under the [`crate::lock`].
 pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathBuf> {
     let to_dir = tier.dir(&local.dir);
     let from_dir = a.path.parent().unwrap_or(&local.dir).to_path_buf();
@@ -283,6 +308,31 @@ pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathB
         }
     }
     Ok(new_path)
+}
+
+/// Whether an archive named at `time` is in the future at `now` by more than the
+/// clock-skew tolerance ([`crate::plan::FUTURE_TOLERANCE_SECS`]): a clock was wrong when
+/// it was made (or is now). Such an archive is flagged by `backup`, `list`, `status` and
+/// `doctor`, kept by prune but never the newest it counts back from, never `latest`,
+/// and never counted as a fresh backup.
+pub fn named_in_future(time: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    time > now + chrono::TimeDelta::seconds(crate::plan::FUTURE_TOLERANCE_SECS)
+}
+
+/// A warning for an archive named in the future (see [`named_in_future`]).
+pub fn future_warning(file: &str, time: DateTime<Utc>) -> String {
+    format!(
+        "{file} is named in the future ({}, this host's clock says {}): not counted as the newest or as fresh, never `latest`; is a clock wrong?",
+        time.to_rfc3339(),
+        Utc::now().format("%Y-%m-%dT%H:%M:%S%:z")
+    )
+}
+
+impl LocalArchive {
+    /// A safety backup taken before a restore ([`Manifest::safety`]).
+    pub fn is_safety(&self) -> bool {
+        self.manifest.as_ref().is_some_and(|m| m.safety)
+    }
 }
 
 /// Find one complete local archive by id.

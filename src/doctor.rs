@@ -187,6 +187,28 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
             ),
         )),
     }
+    let now = chrono::Utc::now();
+    let future: Vec<String> = crate::catalog::scan(&cfg.local)
+        .map(|all| {
+            all.into_iter()
+                .filter(|a| crate::catalog::named_in_future(a.name.time, now))
+                .map(|a| a.name.file)
+                .collect()
+        })
+        .unwrap_or_default();
+    if future.is_empty() {
+        v.push(ok("clock", "no local archive is named in the future"));
+    } else {
+        v.push(fail(
+            "clock",
+            format!(
+                "{} named in the future (this host's clock says {}): a clock was or is wrong",
+                future.join(", "),
+                now.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            "set the clock right (timedatectl, NTP); then, once you have checked what they hold, move those archives away (they are never `latest` and never pruned as the newest)",
+        ));
+    }
     let newest = crate::catalog::scan(&cfg.local).ok().and_then(|all| {
         all.into_iter()
             .filter_map(|a| a.manifest.map(|m| m.size))

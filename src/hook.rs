@@ -509,6 +509,9 @@ fn add_remote_steps(report: &mut Report, reps: Vec<crate::push::RemoteReport>) {
         if let Some(e) = &r.error {
             report.errors.push(format!("remote {}: {e}", r.name));
         }
+        for f in &r.failed {
+            report.errors.push(format!("remote {}: {f}", r.name));
+        }
         report.remotes.push(RemoteStep {
             name: r.name,
             uploaded: r.uploaded,
@@ -538,16 +541,12 @@ pub fn print_push_json(
                 "already_there": r.skipped,
                 "pruned": r.pruned,
                 "pruned_files": r.pruned_files,
+                "failed": r.failed,
                 "error": r.error,
             })
         })
         .collect();
-    let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    let code = match failed {
-        0 => EXIT_OK,
-        n if n == reports.len() => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
-    };
+    let code = crate::push::exit_code(reports);
     let v = serde_json::json!({ "dry_run": dry_run, "exit_code": code, "remotes": remotes });
     writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(code)
@@ -571,6 +570,7 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
         all.into_iter()
             .filter(|a| a.manifest.is_some())
             .map(|a| a.name.time)
+            .filter(|t| !crate::catalog::named_in_future(*t, Utc::now()))
             .max()
     });
     let max_age = cfg.status.max_age;

@@ -1,7 +1,8 @@
 //! The prune lease: a lock object `PREFIX.prune-lease.json` in a remote's namespace,
 //! created with a conditional write (`put_if_absent`), holding host, pid, start and
 //! expiry; refreshed while the prune runs, deleted after it, and taken over once it has
-//! expired (a prune that was killed). Two prunes never run at once on one namespace;
+//! expired (a prune that was killed), or at once when its holder was a process of this
+//! host that is gone. Two prunes never run at once on one namespace;
 //! uploads never take it.
 //!
 //! Every backend here has the conditional create: `file://` (a no-clobber link), `s3://`
@@ -122,6 +123,23 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
                     {
                         break
                     }
+                    // Held by a process of this host that is gone (killed): taken over at
+                    // once, not after its expiry.
+                    Some(h) if h.expires > Utc::now() && dead_here(&h, &body) => {
+                        tracing::warn!(
+                            "{}: repaired: took over the prune lease {key} of pid {} on this host ({}), since {}: that process is gone",
+                            r.name,
+                            h.pid,
+                            h.host,
+                            h.started.to_rfc3339()
+                        );
+                        retry(r.retry, &format!("removal of stale {key}"), || {
+                            r.backend.delete(&key)
+                        })
+                        .await
+                        .with_context(|| format!("{}: removing stale {key}", r.name))?;
+                        took_over = true;
+                    }
                     Some(h) if h.expires > Utc::now() => {
                         return Err(anyhow::anyhow!(
                             "another prune holds the lease {key} on {}: host {}, pid {}, since {}, until {} (wait for it; remove {key} only if that prune is gone)",
@@ -183,6 +201,21 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
         key,
         refresher,
     }))
+}
+
+/// Whether lease `h` was taken by a process of this very host (`me.host`) that no longer
+/// exists. Never for a host named `localhost` (the fallback name: two machines may share
+/// it), and never for a pid that exists or cannot be checked.
+fn dead_here(h: &Body, me: &Body) -> bool {
+    if h.host != me.host || h.host == "localhost" || h.pid == me.pid {
+        return false;
+    }
+    let Ok(pid) = libc::pid_t::try_from(h.pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// What a lease object read back holds.

@@ -22,10 +22,16 @@ struct Row {
     local: String,
     tier: Option<String>,
     remotes: BTreeMap<String, String>,
+    /// Why the local copy is unusable (`manifest unreadable: ...`); flagged, not fatal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+    /// Named in the future (a wrong clock): never `latest`, never counted as fresh.
+    future: bool,
 }
 
 /// Print the table (or JSON). Returns the exit code: 0, or 3 when a remote could not be listed.
 pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let now = chrono::Utc::now();
     let local = catalog::scan(&cfg.local)?;
     let selected = remotes::selected(cfg, only)?;
     let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
@@ -52,12 +58,16 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 size: a.manifest.as_ref().map(|m| m.size),
                 local: if a.manifest.is_some() {
                     "complete"
+                } else if a.problem.is_some() {
+                    "unreadable"
                 } else {
                     "incomplete"
                 }
                 .into(),
                 tier: Some(a.tier.label().into()),
                 remotes: BTreeMap::new(),
+                problem: a.problem.clone(),
+                future: catalog::named_in_future(a.name.time, now),
             },
         );
     }
@@ -71,6 +81,8 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 local: "absent".into(),
                 tier: None,
                 remotes: BTreeMap::new(),
+                problem: None,
+                future: catalog::named_in_future(ra.name.time, now),
             });
             let status = if ra.complete() {
                 "complete"
@@ -123,6 +135,15 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
             rows.len(),
             cfg.local.dir.display()
         )?;
+        for row in rows.values() {
+            if let Some(p) = &row.problem {
+                writeln!(out, "WARNING: local {}: {p}", row.file)?;
+            }
+            if row.future {
+                let time = catalog::parse_id(&row.id).unwrap_or_default();
+                writeln!(out, "WARNING: {}", catalog::future_warning(&row.file, time))?;
+            }
+        }
         for (name, st) in &states {
             if let Err(e) = st {
                 writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;

@@ -101,7 +101,16 @@ pub struct Manifest {
     /// Redis sources: the RDB snapshot and its key count per database.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis: Vec<RedisSummary>,
+    /// A safety backup taken before a restore (`"safety": true`; absent in every other
+    /// manifest and in those of older versions). It is not a scheduled backup: never
+    /// uploaded, never `latest`, not counted by the retention policy or the deletion
+    /// cap; prune keeps the [`SAFETY_KEEP`] newest and deletes older ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub safety: bool,
 }
+
+/// How many safety backups a prune keeps (the newest ones).
+pub const SAFETY_KEEP: usize = 3;
 
 /// What a PostgreSQL source put into `postgres_data/<source>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -512,7 +512,9 @@ fn prune_local(
                 crate::lock::DEFAULT_WAIT,
             )?)
         };
-        let local = catalog::scan(&cfg.local)?;
+        // Safety backups are not shown to the policy (no slot, no `latest`, not in the
+        // deletion cap); their own rule keeps the SAFETY_KEEP newest.
+        let (local, safety) = split_safety(catalog::scan(&cfg.local)?);
         let rules = PruneRules {
             policy: &cfg.retention,
             pins,
@@ -544,6 +546,7 @@ fn prune_local(
         }
         if dry_run {
             rep.deleted = plan.deletions().map(|e| e.held.file.clone()).collect();
+            prune_safety(&safety, true, &mut rep, out)?;
             return Ok(());
         }
         for e in plan.deletions() {
@@ -552,6 +555,7 @@ fn prune_local(
             tracing::info!("local: deleted {}", a.path.display());
             rep.deleted.push(e.held.file.clone());
         }
+        prune_safety(&safety, false, &mut rep, out)?;
         clean_offsite_pruned(&cfg.local)?;
         let deleted: BTreeSet<&str> = plan.deletions().map(|e| e.held.file.as_str()).collect();
         file_keepers(cfg, &local, &plan, &deleted)?;
@@ -561,6 +565,39 @@ fn prune_local(
         rep.error = Some(format!("{e:#}"));
     }
     rep
+}
+
+/// The scheduled archives and, apart, the safety backups taken before restores.
+fn split_safety(all: Vec<LocalArchive>) -> (Vec<LocalArchive>, Vec<LocalArchive>) {
+    all.into_iter().partition(|a| !a.is_safety())
+}
+
+/// The safety backups' own rule: keep the [`crate::manifest::SAFETY_KEEP`] newest,
+/// delete the older ones (manifest first). `safety` is oldest first.
+fn prune_safety(
+    safety: &[LocalArchive],
+    dry_run: bool,
+    rep: &mut LocationReport,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let old = safety.len().saturating_sub(crate::manifest::SAFETY_KEEP);
+    for (i, a) in safety.iter().enumerate() {
+        let action = if i < old { "delete" } else { "keep" };
+        writeln!(
+            out,
+            "  {action:<6}  {}  safety backup ({} newest kept)",
+            a.name.file,
+            crate::manifest::SAFETY_KEEP
+        )?;
+        if i < old {
+            if !dry_run {
+                delete_local(a)?;
+                tracing::info!("local: deleted safety backup {}", a.path.display());
+            }
+            rep.deleted.push(a.name.file.clone());
+        }
+    }
+    Ok(())
 }
 
 fn find<'a>(local: &'a [LocalArchive], e: &plan::PruneEntry) -> Result<&'a LocalArchive> {
@@ -622,7 +659,7 @@ fn file_keepers(
 /// After a backup (under its folder lock): file every local keeper under its tier, the
 /// new archive included. Returns the new archive's path when it moved.
 pub fn file_after_backup(cfg: &Config, id: &str) -> Result<Option<PathBuf>> {
-    let local = catalog::scan(&cfg.local)?;
+    let (local, _safety) = split_safety(catalog::scan(&cfg.local)?);
     let pins = pins::read_local(&cfg.local)?;
     let rules = PruneRules {
         policy: &cfg.retention,

@@ -152,11 +152,14 @@ async fn run_inner(
         any_archive |= !state.archives.is_empty();
         let candidate = match &wanted {
             Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
+            // `latest`: never one named in the future (a wrong clock).
             None => state
                 .archives
                 .values()
                 .rev()
-                .find(|a| a.complete())
+                .find(|a| {
+                    a.complete() && !catalog::named_in_future(a.name.time, chrono::Utc::now())
+                })
                 .cloned(),
         };
         if let Some(a) = candidate {

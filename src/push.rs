@@ -54,6 +54,10 @@ pub struct RemoteReport {
     pub pruned: bool,
     /// Archive files the prune deleted (would delete, with `--dry-run`).
     pub pruned_files: Vec<String>,
+    /// Archives that were not uploaded, each `FILE: why` (a local archive that no longer
+    /// matches its manifest, an unreadable manifest, an upload that failed): reported by
+    /// name and skipped, the others still go. The run then exits 3.
+    pub failed: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -70,12 +74,13 @@ pub async fn run(
     Ok(exit_code(&reports))
 }
 
-/// 0 when every remote succeeded, 1 when all failed, 3 when some did.
+/// 0 when every remote succeeded, 1 when all failed, 3 when some did or some archives
+/// were skipped ([`RemoteReport::failed`]).
 pub fn exit_code(reports: &[RemoteReport]) -> i32 {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     match failed {
-        0 => EXIT_OK,
-        n if n == reports.len() => EXIT_ERROR,
+        0 if reports.iter().all(|r| r.failed.is_empty()) => EXIT_OK,
+        n if n > 0 && n == reports.len() => EXIT_ERROR,
         _ => EXIT_PARTIAL,
     }
 }
@@ -117,8 +122,27 @@ pub async fn run_with(
             crate::lock::DEFAULT_WAIT,
         )?)
     };
-    let local = catalog::scan(&cfg.local)?;
-    let incomplete = local.iter().filter(|a| a.manifest.is_none()).count();
+    // Safety backups (taken before a restore) stay local: not scheduled backups.
+    let local: Vec<catalog::LocalArchive> = catalog::scan(&cfg.local)?
+        .into_iter()
+        .filter(|a| !a.is_safety())
+        .collect();
+    // Archives whose manifest cannot be read: named, skipped, and the run exits 3.
+    let unreadable: Vec<String> = local
+        .iter()
+        .filter_map(|a| {
+            a.problem
+                .as_ref()
+                .map(|p| format!("{}: {p}; not pushed", a.name.file))
+        })
+        .collect();
+    for u in &unreadable {
+        tracing::error!("local archive {u}");
+    }
+    let incomplete = local
+        .iter()
+        .filter(|a| a.manifest.is_none() && a.problem.is_none())
+        .count();
     if incomplete > 0 {
         tracing::warn!(
             "{incomplete} local archive(s) have no manifest (interrupted or foreign) and are not pushed"
@@ -133,6 +157,7 @@ pub async fn run_with(
     let shared = &cell;
     let local = &local;
     let local_pins = &local_pins;
+    let unreadable = &unreadable;
     let jobs = selected
         .into_iter()
         .enumerate()
@@ -143,12 +168,20 @@ pub async fn run_with(
             };
             let mut rep = RemoteReport {
                 name: remote.name.clone(),
+                failed: unreadable.clone(),
                 ..Default::default()
             };
             let res = async {
                 let r = remotes::open(remote)?;
                 let uploads = push_one(cfg, &r, local, dry_run, &mut rep, &mut rout).await?;
-                if prune && remote.prune {
+                let uploads_failed = rep.failed.len() > unreadable.len();
+                if prune && remote.prune && uploads_failed {
+                    writeln!(
+                        rout,
+                        "{}: not pruned: some uploads failed (see above)",
+                        remote.name
+                    )?;
+                } else if prune && remote.prune {
                     // Every upload of this run to this remote succeeded: prune it.
                     let local_pins = local_pins
                         .as_ref()
@@ -192,6 +225,9 @@ pub async fn run_with(
                 }
             )?,
             Some(e) => writeln!(out, "{}: FAILED: {e}", r.name)?,
+        }
+        for f in &r.failed {
+            writeln!(out, "{}: FAILED: {f}", r.name)?;
         }
     }
     Ok(reports)
@@ -300,6 +336,7 @@ async fn push_one(
     if uploads.is_empty() {
         writeln!(out, "{}: up to date ({})", r.name, r.backend.describe())?;
     }
+    let mut attempted_failed = 0usize;
     for up in &uploads {
         let size = up.manifest.size;
         writeln!(
@@ -322,17 +359,30 @@ async fn push_one(
             format!("{}: {}", r.name, up.archive.name.id),
             Some(size),
         );
-        let stats = match replicate::upload_archive_with(r, &cfg.local.dir, up, Some(&bar)).await {
-            Ok(s) => s,
+        let res = match replicate::upload_archive_with(r, &cfg.local.dir, up, Some(&bar)).await {
             // Moved to another tier meanwhile: upload it from where it is now (a multipart
             // upload resumes from its journal, which is keyed by name, not path).
             Err(e) if !up.archive.path.exists() => match relocate(cfg, up)? {
-                Some(moved) => replicate::upload_archive(r, &cfg.local.dir, &moved).await?,
-                None => return Err(e),
+                Some(moved) => replicate::upload_archive(r, &cfg.local.dir, &moved).await,
+                None => Err(e),
             },
-            Err(e) => return Err(e),
+            other => other,
         };
         bar.finish();
+        let stats = match res {
+            Ok(s) => s,
+            // Credentials refused: every other upload would be refused too.
+            Err(e) if is_auth(&e) => return Err(e),
+            // One archive failed (say a local archive that no longer matches its
+            // manifest): named, skipped; the others still go.
+            Err(e) => {
+                tracing::error!("{}: {} not uploaded: {e:#}", r.name, up.archive.name.file);
+                writeln!(out, "{}: FAILED: {}: {e:#}", r.name, up.archive.name.file)?;
+                rep.failed.push(format!("{}: {e:#}", up.archive.name.file));
+                attempted_failed += 1;
+                continue;
+            }
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         tracing::info!(
             "{}: {} uploaded and verified: {} sent in {:.1}s ({}/s){}",
@@ -350,5 +400,23 @@ async fn push_one(
         rep.uploaded.push(up.archive.name.file.clone());
         rep.bytes_sent += stats.bytes_sent;
     }
+    if attempted_failed > 0 && attempted_failed == uploads.len() {
+        // Nothing reached this remote: the remote failed, not just some archives.
+        let these = rep.failed.split_off(rep.failed.len() - attempted_failed);
+        return Err(anyhow::anyhow!(
+            "{attempted_failed} upload(s) failed: {}",
+            these.join("; ")
+        ));
+    }
     Ok(uploads)
+}
+
+/// Whether the remote refused the credentials (never worth trying the next archive).
+fn is_auth(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<pronto_backends::BackendError>(),
+            Some(pronto_backends::BackendError::Auth(_))
+        )
+    })
 }

@@ -210,16 +210,32 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
 
     // local
     let all = catalog::scan(&cfg.local)?;
-    let complete: Vec<&catalog::LocalArchive> =
-        all.iter().filter(|a| a.manifest.is_some()).collect();
+    // Safety backups (taken before a restore) are not scheduled backups: left out.
+    let complete: Vec<&catalog::LocalArchive> = all
+        .iter()
+        .filter(|a| a.manifest.is_some() && !a.is_safety())
+        .collect();
+    // Named in the future (a wrong clock): flagged, and never the fresh newest.
+    for a in complete
+        .iter()
+        .filter(|a| catalog::named_in_future(a.name.time, now))
+    {
+        problems.push(format!(
+            "local archive {}",
+            catalog::future_warning(&a.name.file, a.name.time)
+        ));
+    }
     let size_of = |a: &catalog::LocalArchive| a.manifest.as_ref().map(|m| m.size).unwrap_or(0);
-    let local_newest = complete.last().map(|a| ArchiveRef {
-        id: a.name.id.clone(),
-        file: a.name.file.clone(),
-        time: a.name.time,
-        age_seconds: (now - a.name.time).num_seconds(),
-        size: Some(size_of(a)),
-    });
+    let local_newest = complete
+        .iter()
+        .rfind(|a| !catalog::named_in_future(a.name.time, now))
+        .map(|a| ArchiveRef {
+            id: a.name.id.clone(),
+            file: a.name.file.clone(),
+            time: a.name.time,
+            age_seconds: (now - a.name.time).num_seconds(),
+            size: Some(size_of(a)),
+        });
     let tiers = [Tier::Top, Tier::Weekly, Tier::Monthly, Tier::Yearly]
         .into_iter()
         .map(|t| TierStatus {
@@ -237,9 +253,16 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         newest: local_newest.clone(),
         archives: complete.len(),
         bytes: complete.iter().map(|a| size_of(a)).sum(),
-        incomplete: all.len() - complete.len(),
+        incomplete: all.iter().filter(|a| a.manifest.is_none()).count(),
         tiers,
     };
+    for a in all.iter().filter(|a| a.problem.is_some()) {
+        problems.push(format!(
+            "local archive {}: {}",
+            a.name.file,
+            a.problem.as_deref().unwrap_or_default()
+        ));
+    }
     match &local_newest {
         None => problems.push(format!(
             "there is no complete archive in {}",
@@ -284,16 +307,30 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
             }
             Ok(state) => {
                 let done: Vec<_> = state.archives.values().filter(|a| a.complete()).collect();
+                for a in done
+                    .iter()
+                    .filter(|a| catalog::named_in_future(a.name.time, now))
+                {
+                    problems.push(format!(
+                        "remote {}: {}",
+                        remote.name,
+                        catalog::future_warning(&a.name.file, a.name.time)
+                    ));
+                }
                 st.archives = done.len();
                 st.incomplete = state.archives.len() - done.len();
                 st.bytes = done.iter().filter_map(|a| a.size).sum();
-                st.newest = done.iter().max_by_key(|a| a.name.time).map(|a| ArchiveRef {
-                    id: a.name.id.clone(),
-                    file: a.name.file.clone(),
-                    time: a.name.time,
-                    age_seconds: (now - a.name.time).num_seconds(),
-                    size: a.size,
-                });
+                st.newest = done
+                    .iter()
+                    .filter(|a| !catalog::named_in_future(a.name.time, now))
+                    .max_by_key(|a| a.name.time)
+                    .map(|a| ArchiveRef {
+                        id: a.name.id.clone(),
+                        file: a.name.file.clone(),
+                        time: a.name.time,
+                        age_seconds: (now - a.name.time).num_seconds(),
+                        size: a.size,
+                    });
                 if let Some(l) = &local_newest {
                     match &st.newest {
                         None => problems.push(format!(

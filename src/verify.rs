@@ -123,7 +123,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Res
         if latest {
             mine = mine
                 .into_iter()
-                .rfind(|a| a.manifest.is_some())
+                .rfind(|a| {
+                    a.manifest.is_some()
+                        && !a.is_safety()
+                        && !catalog::named_in_future(a.name.time, chrono::Utc::now())
+                })
                 .into_iter()
                 .collect();
         }
@@ -354,7 +358,7 @@ async fn check_remote(
     if latest {
         archives = archives
             .into_iter()
-            .rfind(|a| a.complete())
+            .rfind(|a| a.complete() && !catalog::named_in_future(a.name.time, chrono::Utc::now()))
             .into_iter()
             .collect();
     }

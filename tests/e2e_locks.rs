@@ -314,3 +314,222 @@ fn a_reupload_keeps_a_complete_remote_copy_whose_manifest_matches() {
         "the complete remote copy's manifest was replaced"
     );
 }
+
+/// Isolation: one corrupt local archive and one unreadable manifest are reported by name
+/// and skipped; the newer archive is still uploaded, push exits 3 ("some failed"), and
+/// `list` and `status` flag the bad entry instead of failing. (Before, push stopped at
+/// the corrupt archive, and every command failed on the unreadable manifest.)
+#[test]
+fn a_corrupt_archive_and_an_unreadable_manifest_are_skipped_by_name() {
+    let env = Env::new();
+    std::fs::write(
+        env.config(),
+        format!(
+            "[local]\ndir = \"backups\"\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\nprune = false\n",
+            env.remote().display()
+        ),
+    )
+    .unwrap();
+    let (corrupt, unreadable, good) = ("20250101-020000", "20250102-020000", "20250103-020000");
+    for id in [corrupt, unreadable, good] {
+        fabricate(&env.backups(), id, "test");
+    }
+    // Same size, other bytes: no longer what its manifest says.
+    let path = env.backups().join(file_of(corrupt));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(env.backups().join(manifest_of(unreadable)), "{ not json").unwrap();
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("FAILED: {}", file_of(corrupt))),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.contains(&format!(
+            "FAILED: {}: manifest unreadable",
+            file_of(unreadable)
+        )),
+        "{}",
+        text(&o)
+    );
+    let remote = names_in(&env.remote());
+    assert!(remote.contains(&manifest_of(good)), "{remote:?}");
+    assert!(!remote.contains(&manifest_of(corrupt)), "{remote:?}");
+
+    let o = env.run(&["list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "WARNING: local {}: manifest unreadable",
+            file_of(unreadable)
+        )),
+        "{out}"
+    );
+    assert!(out.contains(good), "{out}");
+
+    let o = env.run(&["status"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&file_of(unreadable)), "{}", text(&o));
+    assert!(out.contains(&format!("newest {good}")), "{}", text(&o));
+}
+
+/// Clock sanity: an archive named in the future (a clock was wrong once) is flagged by
+/// `backup`, `list`, `status` and `doctor`, is never `latest`, and never counts as a
+/// fresh backup. (Before, `status` reported it as the fresh newest and `pull latest`
+/// picked it.)
+#[test]
+fn an_archive_named_in_the_future_is_flagged_and_never_latest_or_fresh() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a.txt"), "a").unwrap();
+    env.write_config("");
+    let (old, future) = ("20250101-020000", "20990101-000000");
+    for id in [old, future] {
+        fabricate(&env.backups(), id, "test");
+        fabricate(&env.remote(), id, "test");
+    }
+
+    let o = env.run(&["status"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("{} is named in the future", file_of(future))),
+        "{out}"
+    );
+    assert!(out.contains(&format!("newest {old}")), "{out}");
+
+    let o = env.run(&["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "WARNING: {} is named in the future",
+            file_of(future)
+        )),
+        "{}",
+        text(&o)
+    );
+
+    let o = env.run(&["doctor"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("FAIL  clock: {}", file_of(future))),
+        "{}",
+        text(&o)
+    );
+
+    let to = env.path("pulled");
+    let o = env.run(&["pull", "latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        to.join(format!("{P}-{old}")).exists() && !to.join(format!("{P}-{future}")).exists(),
+        "pull latest took the archive named in the future:\n{}",
+        text(&o)
+    );
+
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("{} is named in the future", file_of(future))),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Self-recovery: a prune lease left by a killed prune of this host (its pid is gone)
+/// is taken over at once, not after its 10-minute expiry, and the run says so.
+#[test]
+fn a_stale_lease_of_a_dead_local_pid_is_taken_over_at_once() {
+    let env = Env::new();
+    env.write_config("");
+    std::fs::create_dir_all(env.remote()).unwrap();
+    // A pid that existed and is gone.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let host = pronto_offsite::namespace::default_host_id();
+    let now = chrono::Utc::now();
+    let lease = serde_json::json!({
+        "host": host,
+        "pid": dead,
+        "started": (now - chrono::TimeDelta::minutes(1)).to_rfc3339(),
+        "expires": (now + chrono::TimeDelta::minutes(9)).to_rfc3339(),
+    });
+    std::fs::write(
+        env.remote().join(format!("{P}.prune-lease.json")),
+        serde_json::to_vec(&lease).unwrap(),
+    )
+    .unwrap();
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "repaired: took over the prune lease {P}.prune-lease.json of pid {dead}"
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Safety backups (taken before a restore, `"safety": true` in the manifest) are not
+/// scheduled backups: they take no retention slot, are not the newest for `status`, do
+/// not count toward the deletion cap, are never pushed, and prune keeps only the three
+/// newest of them. (Before, four safety backups took both `last = 2` slots and the
+/// scheduled archives were deleted.)
+#[test]
+fn safety_backups_take_no_retention_slot_and_have_their_own_rule() {
+    let env = Env::new();
+    std::fs::write(
+        env.config(),
+        "[local]\ndir = \"backups\"\n[retention]\nlast = 2\nmax_delete_fraction = 1\n",
+    )
+    .unwrap();
+    let scheduled = ["20250101-020000", "20250102-020000"];
+    let safety = [
+        "20250103-120000",
+        "20250104-120000",
+        "20250105-120000",
+        "20250106-120000",
+    ];
+    for id in scheduled.iter().chain(&safety) {
+        fabricate(&env.backups(), id, "test");
+    }
+    for id in safety {
+        let m = env.backups().join(manifest_of(id));
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        v["safety"] = serde_json::Value::Bool(true);
+        std::fs::write(&m, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    let o = env.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("newest {}", scheduled[1])),
+        "{}",
+        text(&o)
+    );
+
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let left: Vec<String> = support::files_under(&env.backups())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect();
+    for id in scheduled.iter().chain(&safety[1..]) {
+        assert!(
+            left.contains(&file_of(id)),
+            "{id} was deleted: {left:?}\n{}",
+            text(&o)
+        );
+    }
+    assert!(
+        !left.contains(&file_of(safety[0])),
+        "the oldest safety backup beyond the newest 3 stays: {left:?}"
+    );
+}

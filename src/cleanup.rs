@@ -9,17 +9,23 @@
 //! A push killed after the remote started an upload but before its id reached the
 //! journal leaves an upload that no journal knows: each remote that can list its uploads
 //! in progress (S3, file://, sftp://; not GCS) is asked for them, and those no journal
-//! names are aborted too.
+//! names are aborted too — but only when they are provably ours: the key is one of this
+//! config's archive names (or its manifest) directly under this remote's root or host
+//! namespace, and this host recorded an [`Intent`] for that archive before it started
+//! the upload (and the push that recorded it is gone). Every other upload in progress —
+//! another host's, another program's, a foreign `.x.tmp-*` file — is reported and left
+//! alone: we delete only what we wrote.
 
 use std::io::Write;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::catalog;
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Intent, Journal, MAX_UPLOAD_FAILURES};
 use crate::plan;
 use crate::remotes;
 use crate::retry::retry;
@@ -57,7 +63,13 @@ pub async fn run(
             .filter_map(|p| Journal::load(p))
             .map(|j| j.upload_id.0)
             .collect();
-        aborted += unjournaled(&r, &journaled, dry_run, out).await?;
+        let intents = Intent::all(&dir);
+        let (n, remaining) =
+            unjournaled(&r, &cfg.local.prefix, &journaled, &intents, dry_run, out).await?;
+        aborted += n;
+        if let (Some(remaining), false) = (remaining, dry_run) {
+            drop_spent_intents(&dir, &intents, &remaining)?;
+        }
         if journals.is_empty() {
             continue;
         }
@@ -92,6 +104,8 @@ pub async fn run(
                 "its archive is no longer in the local folder"
             } else if complete_on_remote {
                 "the remote already holds the archive complete"
+            } else if j.failures >= MAX_UPLOAD_FAILURES {
+                "it failed every push that resumed it: the next push starts it over"
             } else {
                 tracing::info!(
                     "{}: keeping the unfinished upload of {} ({} parts sent): the next push resumes it",
@@ -118,6 +132,7 @@ pub async fn run(
                 .await
                 .with_context(|| format!("{}: aborting the upload of {}", r.name, j.key))?;
                 Journal::remove(&path)?;
+                Intent::remove(&Intent::path(&cfg.local.dir, &r.name, &j.key))?;
             }
             aborted += 1;
         }
@@ -125,15 +140,52 @@ pub async fn run(
     Ok(aborted)
 }
 
-/// Abort the uploads in progress on `r` that no journal names; returns how many. A remote
-/// that cannot list them is skipped (said at debug); one whose listing fails is warned
-/// about and skipped, so that the journaled cleanup still runs.
+/// Which archive of ours an upload's key belongs to: the archive file itself or its
+/// manifest, directly under this remote's root (its host namespace, when it has one),
+/// named by this config's archive pattern. `None`: not a name we write.
+fn our_archive(prefix: &str, key: &str) -> Option<String> {
+    if key.contains('/') {
+        return None; // another host's namespace, or a folder that is not ours
+    }
+    let file = key.strip_suffix(".manifest.json").unwrap_or(key);
+    catalog::parse_name(prefix, file).map(|n| n.file)
+}
+
+/// Why an upload that no journal names is left alone, or `None` when it is provably ours
+/// (our name, an intent this host recorded before starting it, its process gone).
+fn not_ours(prefix: &str, key: &str, intents: &[(PathBuf, Intent)]) -> Option<String> {
+    let Some(file) = our_archive(prefix, key) else {
+        return Some("not named like this host's archives (another program's?)".into());
+    };
+    let Some((_, intent)) = intents.iter().find(|(_, i)| i.key == file) else {
+        return Some(
+            "no push of this host recorded starting it (another host's or program's upload?)"
+                .into(),
+        );
+    };
+    if intent.pid != std::process::id() && process_runs(intent.pid as i32) {
+        return Some(format!(
+            "the push that started it (pid {}) still runs",
+            intent.pid
+        ));
+    }
+    None
+}
+
+/// Abort the uploads in progress on `r` that no journal names but that are provably
+/// this host's ([`not_ours`]); the others are reported and left alone. Returns how many
+/// were aborted and the keys of the uploads still in progress afterwards. A remote that
+/// cannot list them is skipped (said at debug); one whose listing fails is warned about
+/// and skipped, so that the journaled cleanup still runs (and `None` is returned for the
+/// keys: nothing is known about them).
 async fn unjournaled(
     r: &crate::replicate::RemoteHandle,
+    prefix: &str,
     journaled: &HashSet<String>,
+    intents: &[(PathBuf, Intent)],
     dry_run: bool,
     out: &mut dyn Write,
-) -> Result<usize> {
+) -> Result<(usize, Option<HashSet<String>>)> {
     let listed = retry(
         r.retry,
         &format!("listing of uploads in progress on {}", r.name),
@@ -147,25 +199,36 @@ async fn unjournaled(
                 "{}: cannot list uploads in progress: only journaled ones are cleaned up",
                 r.name
             );
-            return Ok(0);
+            return Ok((0, None));
         }
         Err(e) => {
             tracing::warn!(
                 "{}: uploads in progress not cleaned up: listing them failed: {e}",
                 r.name
             );
-            return Ok(0);
+            return Ok((0, None));
         }
     };
     let mut n = 0;
+    let mut remaining = HashSet::new();
     for (key, id) in uploads {
         if journaled.contains(&id.0) {
+            remaining.insert(key);
+            continue;
+        }
+        if let Some(why) = not_ours(prefix, &key, intents) {
+            writeln!(
+                out,
+                "{}: leaving the unfinished upload of {key} alone: {why}",
+                r.name
+            )?;
+            remaining.insert(key);
             continue;
         }
         writeln!(
             out,
-            "{}: {} the unfinished upload of {key}: no journal knows it (a push was stopped \
-             before it could record it)",
+            "{}: {} the unfinished upload of {key}: no journal knows it (a push of this \
+             host was stopped before it could record it)",
             r.name,
             if dry_run { "would abort" } else { "abort" },
         )?;
@@ -175,10 +238,31 @@ async fn unjournaled(
             })
             .await
             .with_context(|| format!("{}: aborting the upload of {key}", r.name))?;
+        } else {
+            remaining.insert(key);
         }
         n += 1;
     }
-    Ok(n)
+    Ok((n, Some(remaining)))
+}
+
+/// Drop the intents that prove nothing any more: their push is gone, no journal
+/// continues their upload, and no upload in progress on the remote has their key.
+fn drop_spent_intents(
+    dir: &Path,
+    intents: &[(PathBuf, Intent)],
+    remaining: &HashSet<String>,
+) -> Result<()> {
+    for (path, i) in intents {
+        let live = i.pid != std::process::id() && process_runs(i.pid as i32);
+        let journaled = dir.join(format!("{}.json", i.key)).exists();
+        let in_progress = remaining.contains(&i.key)
+            || remaining.contains(&crate::manifest::Manifest::file_name_for(&i.key));
+        if !live && !journaled && !in_progress {
+            Intent::remove(path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Temp files `fsutil::write_atomic` left in `dir` (`.NAME.tmp-PID-NANOS`) when a

@@ -23,7 +23,15 @@ pub struct Journal {
     pub part_size: u64,
     /// Receipts exactly as the backend returned them, in any order.
     pub parts: Vec<PartReceipt>,
+    /// Pushes that resumed this upload and failed. At [`MAX_UPLOAD_FAILURES`] the upload
+    /// is not resumed again but started over (the server may have lost or damaged it in
+    /// a way no error says), so that one broken upload never blocks the remote forever.
+    #[serde(default)]
+    pub failures: u32,
 }
+
+/// Failed pushes after which a journaled upload is started over instead of resumed.
+pub const MAX_UPLOAD_FAILURES: u32 = 3;
 
 impl Journal {
     /// The journal file for an archive on a remote.
@@ -61,5 +69,79 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing journal {}", path.display())),
         }
+    }
+}
+
+/// What this host is about to upload: recorded *before* an archive's upload starts
+/// (before `create_upload`, before a `put`), removed once its manifest is on the remote.
+///
+/// It is the proof `push --cleanup` needs before it aborts an upload that no journal
+/// names (a push killed between starting an upload and journaling its id, or a temp
+/// file of a killed `put`): an upload is ours only when its key is one of this host's
+/// archive names *and* an intent for that archive exists. Another host's or program's
+/// upload in progress, even under a name like ours, has no intent here and is left alone.
+///
+/// One file `<backup folder>/.journal/<remote>/<archive file>.intent` per archive (it
+/// covers the archive's key and its manifest's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The archive's key on the remote (as the remote handle names it).
+    pub key: String,
+    /// When the upload was about to start (seconds since the epoch).
+    pub started_unix: u64,
+    /// The process that started it.
+    pub pid: u32,
+}
+
+/// Extension of intent files (not `.json`: journal scans must not read them as journals).
+pub const INTENT_EXT: &str = "intent";
+
+impl Intent {
+    /// The intent file for an archive on a remote.
+    pub fn path(backup_dir: &Path, remote: &str, file: &str) -> PathBuf {
+        backup_dir
+            .join(".journal")
+            .join(remote)
+            .join(format!("{file}.{INTENT_EXT}"))
+    }
+
+    /// Record, durably, that this process is about to upload archive `file` to `remote`.
+    pub fn record(backup_dir: &Path, remote: &str, file: &str) -> Result<PathBuf> {
+        let path = Self::path(backup_dir, remote, file);
+        let intent = Intent {
+            key: file.to_string(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            pid: std::process::id(),
+        };
+        if let Some(dir) = path.parent() {
+            fsutil::create_private_dir(dir)?;
+        }
+        let bytes = serde_json::to_vec(&intent).context("serializing upload intent")?;
+        fsutil::write_atomic(&path, &bytes)
+            .with_context(|| format!("recording the upload of {file} to {remote}"))?;
+        Ok(path)
+    }
+
+    /// Every readable intent in a remote's journal folder, with its file.
+    pub fn all(journal_dir: &Path) -> Vec<(PathBuf, Intent)> {
+        let Ok(rd) = std::fs::read_dir(journal_dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == INTENT_EXT))
+            .filter_map(|p| {
+                let i = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                Some((p, i))
+            })
+            .collect()
+    }
+
+    /// Remove an intent file (missing is fine).
+    pub fn remove(path: &Path) -> Result<()> {
+        Journal::remove(path)
     }
 }

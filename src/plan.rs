@@ -131,6 +131,30 @@ pub fn uploads(local: &[LocalArchive], remote: &RemoteState) -> Vec<Upload> {
     out
 }
 
+/// Memory of remote pruning: split `uploads` into those the remote keeps and those its
+/// own prune (same policy, pins, clock) would delete as soon as they arrived: the plan
+/// is made over what the remote holds *plus* every planned upload, so an old archive
+/// that a prune of this remote already removed is not sent again on every push only to
+/// be deleted again. The deletion cap plays no part here (it guards against deleting
+/// too much, not against uploading too little); `rules.force` is ignored.
+pub fn uploads_kept_by_policy(
+    uploads: Vec<Upload>,
+    remote: &RemoteState,
+    rules: &PruneRules<'_>,
+) -> (Vec<Upload>, Vec<Upload>) {
+    let after = remote.with_uploads(&uploads);
+    let rules = PruneRules {
+        force: true,
+        require_on_remote: false,
+        ..rules.clone()
+    };
+    let plan = plan_prune(&rules, &held_remote(&after));
+    let dropped: BTreeSet<&str> = plan.deletions().map(|e| e.held.id.as_str()).collect();
+    uploads
+        .into_iter()
+        .partition(|u| !dropped.contains(u.archive.name.id.as_str()))
+}
+
 impl RemoteState {
     /// Whether this remote holds a complete copy of a local archive: archive and
     /// manifest present, the same size, and the same SHA-256 when the backend records one.

@@ -701,7 +701,7 @@ pub fn read_offsite_pruned(local: &crate::config::Local) -> Result<BTreeSet<Stri
 
 /// Record that a remote prune deleted `file` by the policy, when the local folder still
 /// holds it. Best effort: without the marker the local copy is merely kept longer.
-fn record_offsite_pruned(local: &crate::config::Local, file: &str) {
+pub(crate) fn record_offsite_pruned(local: &crate::config::Local, file: &str) {
     let held_locally = std::iter::once(local.dir.clone())
         .chain(catalog::TIER_DIRS.iter().map(|(t, _)| t.dir(&local.dir)))
         .any(|d| d.join(file).is_file());

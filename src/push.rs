@@ -173,7 +173,9 @@ pub async fn run_with(
             };
             let res = async {
                 let r = remotes::open(remote)?;
-                let uploads = push_one(cfg, &r, local, dry_run, &mut rep, &mut rout).await?;
+                // A remote that push prunes keeps what the policy keeps: plan by it.
+                let pins = remote.prune.then_some(local_pins);
+                let uploads = push_one(cfg, &r, local, pins, dry_run, &mut rep, &mut rout).await?;
                 let uploads_failed = rep.failed.len() > unreadable.len();
                 if prune && remote.prune && uploads_failed {
                     writeln!(
@@ -316,11 +318,66 @@ fn relocate(cfg: &Config, up: &plan::Upload) -> Result<Option<plan::Upload>> {
         }))
 }
 
+/// Memory of remote pruning: leave out of `uploads` the archives this remote's own
+/// prune would delete as soon as they arrived ([`plan::uploads_kept_by_policy`], over
+/// the local and the remote's pins): otherwise every push re-sends the old archives the
+/// last prune removed. Each is said, and recorded as pruned off-site (so the local
+/// prune does not keep it forever as "on no remote"). When the pins cannot be read,
+/// nothing is left out.
+async fn without_policy_drops(
+    cfg: &Config,
+    r: &RemoteHandle,
+    uploads: Vec<plan::Upload>,
+    state: &plan::RemoteState,
+    local_pins: &std::result::Result<std::collections::BTreeSet<String>, String>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Vec<plan::Upload>> {
+    if uploads.is_empty() {
+        return Ok(uploads);
+    }
+    let Ok(local_pins) = local_pins else {
+        return Ok(uploads);
+    };
+    let remote_pins = match crate::pins::read_remote(r, &cfg.local.prefix).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                "{}: pins not readable ({e:#}): uploading every archive it lacks",
+                r.name
+            );
+            return Ok(uploads);
+        }
+    };
+    let pins = local_pins.union(&remote_pins).cloned().collect();
+    let rules = plan::PruneRules {
+        policy: &cfg.retention,
+        pins: &pins,
+        now: chrono::Utc::now(),
+        max_delete_fraction: cfg.max_delete_fraction,
+        force: false,
+        require_on_remote: false,
+    };
+    let (keep, dropped) = plan::uploads_kept_by_policy(uploads, state, &rules);
+    for d in &dropped {
+        writeln!(
+            out,
+            "{}: not uploading {}: this remote's retention ({}) would delete it at once",
+            r.name, d.archive.name.file, cfg.retention
+        )?;
+        if !dry_run {
+            crate::prune::record_offsite_pruned(&cfg.local, &d.archive.name.file);
+        }
+    }
+    Ok(keep)
+}
+
 /// Upload what the remote lacks; returns the uploads (planned ones with `--dry-run`).
 async fn push_one(
     cfg: &Config,
     r: &RemoteHandle,
     local: &[catalog::LocalArchive],
+    pruned_with: Option<&std::result::Result<std::collections::BTreeSet<String>, String>>,
     dry_run: bool,
     rep: &mut RemoteReport,
     out: &mut dyn Write,
@@ -332,6 +389,12 @@ async fn push_one(
     .with_context(|| format!("listing {}", r.backend.describe()))?;
     let state = plan::remote_state(&cfg.local.prefix, &listing);
     let uploads = plan::uploads(local, &state);
+    let uploads = match pruned_with {
+        Some(local_pins) => {
+            without_policy_drops(cfg, r, uploads, &state, local_pins, dry_run, out).await?
+        }
+        None => uploads,
+    };
     rep.skipped = local.iter().filter(|a| a.manifest.is_some()).count() - uploads.len();
     if uploads.is_empty() {
         writeln!(out, "{}: up to date ({})", r.name, r.backend.describe())?;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::journal::Journal;
+use crate::journal::{Intent, Journal, MAX_UPLOAD_FAILURES};
 use crate::manifest::Manifest;
 use crate::plan::Upload;
 use crate::retry::{retry, RetryPolicy};
@@ -70,6 +70,8 @@ pub async fn upload_archive_with(
     let size = up.manifest.size;
     let caps = r.backend.capabilities();
     let part_size = part_size_for(size, &caps);
+    // Before anything is written: `push --cleanup` may abort what this upload leaves.
+    let intent = Intent::record(backup_dir, &r.name, file)?;
 
     // A re-upload never takes away a complete copy of this very archive (another push
     // may have finished it since this one listed the remote): when the remote's
@@ -139,6 +141,7 @@ pub async fn upload_archive_with(
 
     verify_remote(r, file, size, sha).await?;
     write_manifest(r, &up.manifest, file).await?;
+    Intent::remove(&intent)?;
     Ok(stats)
 }
 
@@ -258,6 +261,16 @@ pub async fn hash_remote(r: &RemoteHandle, key: &str) -> Result<([u8; 32], u64)>
     Ok((hasher.finalize().into(), n))
 }
 
+/// A multipart upload of `path` to `key`, resumed from its journal when one matches.
+///
+/// Self-recovery, so that one broken upload never keeps the remote stuck on its journal:
+/// - the server no longer knows the upload (`NoSuchUpload`), or the parts it holds fail
+///   the whole object's checksum at completion (a `.partial` damaged in a crash): the
+///   journal is dropped and the upload started over at once (once per run);
+/// - any other failure of a resumed upload is counted in its journal; after
+///   [`MAX_UPLOAD_FAILURES`] the next push starts it over instead of resuming it.
+///
+/// Each start-over is logged as a repair.
 #[allow(clippy::too_many_arguments)]
 async fn multipart(
     r: &RemoteHandle,
@@ -276,7 +289,8 @@ async fn multipart(
             if j.key == key
                 && j.size == size
                 && j.sha256 == sha_hex
-                && j.part_size == part_size =>
+                && j.part_size == part_size
+                && j.failures < MAX_UPLOAD_FAILURES =>
         {
             tracing::info!(
                 "{}: resuming upload of {key}: {} parts already sent",
@@ -287,50 +301,90 @@ async fn multipart(
         }
         other => {
             if let Some(old) = other {
+                if old.failures >= MAX_UPLOAD_FAILURES {
+                    tracing::warn!(
+                        "{}: repaired: the upload of {key} failed {} pushes in a row; starting it over",
+                        r.name,
+                        old.failures
+                    );
+                }
                 let _ = r.backend.abort_upload(&old.key, &old.upload_id).await;
             }
-            let id = retry(
-                r.retry,
-                &format!("start of upload {key} to {}", r.name),
-                || r.backend.create_upload_for(key, sha),
-            )
-            .await
-            .with_context(|| format!("{}: starting upload of {key}", r.name))?;
-            let j = Journal {
-                key: key.to_string(),
-                size,
-                sha256: sha_hex.clone(),
-                upload_id: id,
-                part_size,
-                parts: Vec::new(),
-            };
-            j.save(&jpath)?;
-            j
+            start_upload(r, &jpath, key, size, &sha_hex, sha, part_size).await?
         }
     };
 
     match send_parts(r, &jpath, path, journal.clone(), progress).await {
         Ok(stats) => Ok(stats),
-        Err(e) if is_upload_gone(&e) => {
+        Err(e) if is_upload_gone(&e) || is_upload_damaged(&e) => {
             tracing::warn!(
-                "{}: the server forgot upload of {key}; starting it over",
-                r.name
+                "{}: repaired: {}; starting the upload of {key} over",
+                r.name,
+                if is_upload_gone(&e) {
+                    "the server forgot the upload"
+                } else {
+                    "the parts on the server fail the archive's checksum"
+                }
             );
+            let _ = r.backend.abort_upload(key, &journal.upload_id).await;
             Journal::remove(&jpath)?;
-            let id = r
-                .backend
-                .create_upload_for(key, sha)
-                .await
-                .with_context(|| format!("{}: restarting upload of {key}", r.name))?;
-            let j = Journal {
-                upload_id: id,
-                parts: Vec::new(),
-                ..journal
-            };
-            j.save(&jpath)?;
+            let j = start_upload(r, &jpath, key, size, &sha_hex, sha, part_size).await?;
             send_parts(r, &jpath, path, j, progress).await
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            count_failure(&jpath, &journal.upload_id, &e);
+            Err(e)
+        }
+    }
+}
+
+/// Start a fresh multipart upload of `key` and journal it (before any part is sent).
+async fn start_upload(
+    r: &RemoteHandle,
+    jpath: &Path,
+    key: &str,
+    size: u64,
+    sha_hex: &str,
+    sha: [u8; 32],
+    part_size: u64,
+) -> Result<Journal> {
+    let id = retry(
+        r.retry,
+        &format!("start of upload {key} to {}", r.name),
+        || r.backend.create_upload_for(key, sha),
+    )
+    .await
+    .with_context(|| format!("{}: starting upload of {key}", r.name))?;
+    let j = Journal {
+        key: key.to_string(),
+        size,
+        sha256: sha_hex.to_string(),
+        upload_id: id,
+        part_size,
+        parts: Vec::new(),
+        failures: 0,
+    };
+    j.save(jpath)?;
+    Ok(j)
+}
+
+/// Count a failed push in the upload's journal (when it still names this upload).
+/// Credentials that were refused are not the upload's fault and are not counted.
+fn count_failure(jpath: &Path, id: &pronto_backends::UploadId, e: &anyhow::Error) {
+    let auth = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<BackendError>(),
+            Some(BackendError::Auth(_))
+        )
+    });
+    if auth {
+        return;
+    }
+    if let Some(mut j) = Journal::load(jpath).filter(|j| &j.upload_id == id) {
+        j.failures += 1;
+        if let Err(e) = j.save(jpath) {
+            tracing::warn!("could not count the failure in {}: {e:#}", jpath.display());
+        }
     }
 }
 
@@ -339,6 +393,17 @@ fn is_upload_gone(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<BackendError>(),
             Some(BackendError::UploadNotFound(_))
+        )
+    })
+}
+
+/// The parts the server holds do not make the archive: completion found another
+/// checksum than the archive's.
+fn is_upload_damaged(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<BackendError>(),
+            Some(BackendError::ChecksumMismatch { .. })
         )
     })
 }

@@ -52,7 +52,7 @@ use crate::backup::{BackupOptions, Started, Watch};
 use crate::config::Config;
 use crate::error::{EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil::human_bytes;
-use crate::journal::Journal;
+use crate::journal::{Intent, Journal};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::push::RemoteReport;
@@ -171,7 +171,15 @@ impl Job {
             return Streamed::Handover(None);
         };
         let mut multipart: Option<(UploadId, PathBuf)> = None;
+        // Before anything is written: `push --cleanup` may abort what this upload leaves.
+        let intent = match Intent::record(&self.dir, &self.r.name, &file) {
+            Ok(p) => p,
+            Err(error) => return Streamed::Failed { file, error },
+        };
         let res = self.stream(&file, &mut rx, &bar, &mut multipart).await;
+        if matches!(res, Ok(Next::Uploaded(_))) {
+            let _ = Intent::remove(&intent);
+        }
         if let Some((id, jpath)) = multipart.take() {
             // Failed, or handed over: nothing of this upload may stay on the remote.
             match self.r.backend.abort_upload(&file, &id).await {
@@ -269,6 +277,7 @@ impl Job {
                         upload_id: id.clone(),
                         part_size: ps,
                         parts: Vec::new(),
+                        failures: 0,
                     };
                     *multipart = Some((id, jpath.clone()));
                     j.save(&jpath)?;

@@ -93,6 +93,7 @@ fn journals(env: &Env) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+                && p.extension().is_some_and(|x| x == "json")
         })
         .collect()
 }

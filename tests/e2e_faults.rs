@@ -446,8 +446,18 @@ fn kill_9_at_ten_random_moments_then_every_remote_ends_complete_and_clean() {
     );
     // Plus, for certain, one upload on each remote that no journal knows: what a push
     // killed between starting an upload and journaling its id leaves (the kills above
-    // may or may not have hit that moment).
+    // may or may not have hit that moment). That push had recorded its intent first:
+    // what proves to the cleanup that the upload is ours.
     let orphan = &files[0];
+    for remote in ["nas", "s3", "offsite"] {
+        let dir = env.backups().join(".journal").join(remote);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{orphan}.intent")),
+            format!("{{\"key\": \"{orphan}\", \"started_unix\": 1, \"pid\": 0}}"),
+        )
+        .unwrap();
+    }
     let (status, body) = localstack::http(
         "POST",
         ls.port,

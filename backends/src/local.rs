@@ -512,13 +512,14 @@ impl Inner {
     fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, UploadId)>> {
         self.check_root()?;
         let uploads = self.root.join(UPLOADS);
+        // No staging folder yet still leaves the temp files below to find.
         let rd = match fs::read_dir(&uploads) {
-            Ok(rd) => rd,
-            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Ok(rd) => Some(rd),
+            Err(e) if is_missing(&e) => None,
             Err(e) => return Err(BackendError::from_io(&uploads.display().to_string(), e)),
         };
         let mut out = Vec::new();
-        for e in rd {
+        for e in rd.into_iter().flatten() {
             let e = e.map_err(|e| BackendError::from_io(&uploads.display().to_string(), e))?;
             let Some(id) = e.file_name().to_str().map(str::to_string) else {
                 continue;

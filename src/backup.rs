@@ -134,6 +134,8 @@ pub fn run_watched(
                     section: s.kind.section(),
                     path: p,
                     allow_skip: s.skip_unreadable,
+                    // A database dump that changes while read is torn: always fail.
+                    strict: s.strict || s.path.is_none(),
                 })
         })
         .collect();
@@ -176,6 +178,7 @@ pub fn run_watched(
         }
     };
     let written_sources = services.patch_origins(written.sources);
+    warn_skipped_and_changed(&written_sources);
     let (postgres, redis) = services.finish();
 
     let manifest = Manifest {
@@ -217,6 +220,19 @@ pub fn run_watched(
         }
     };
     Ok((manifest, final_path))
+}
+
+/// Every skipped and every changed file on stderr too (not only in backup_info.txt and
+/// the manifest), so that a person or a cron mail sees them.
+fn warn_skipped_and_changed(sources: &[SourceSummary]) {
+    for src in sources {
+        for s in &src.skipped {
+            tracing::warn!("source '{}': skipped {s}", src.name);
+        }
+        for c in &src.changed {
+            tracing::warn!("source '{}': changed while read: {c}", src.name);
+        }
+    }
 }
 
 /// Remove `.partial` files of ours left by a killed run. Called under the folder lock.
@@ -280,6 +296,9 @@ pub fn backup_info(
         );
         for skipped in &src.skipped {
             let _ = writeln!(s, "    skipped: {skipped}");
+        }
+        for changed in &src.changed {
+            let _ = writeln!(s, "    changed: {changed}");
         }
     }
     s

@@ -102,6 +102,9 @@ pub struct Source {
     pub path: Option<PathBuf>,
     /// Skip unreadable or vanished files instead of failing (recorded in backup_info.txt).
     pub skip_unreadable: bool,
+    /// Fail the backup when a file changes while it is read (by default it is stored as
+    /// read and listed as changed).
+    pub strict: bool,
     /// For `kind = "postgres"`: how to reach the server and what to dump.
     pub postgres: Option<crate::source::PgSource>,
     /// For `kind = "redis"`: how to reach the server, and how to restore into it.
@@ -247,6 +250,8 @@ struct RawSource {
     path: Option<Spanned<String>>,
     #[serde(default)]
     skip_unreadable: bool,
+    #[serde(default)]
+    strict: bool,
     // postgres and redis sources
     url: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
@@ -476,6 +481,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             kind,
             path,
             skip_unreadable: s.skip_unreadable,
+            strict: s.strict,
             postgres,
             redis,
         });

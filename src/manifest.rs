@@ -61,6 +61,10 @@ pub struct SourceSummary {
     /// unreadable or vanished files only when the source allows skipping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// Files that changed while they were read (size, mtime or ctime differed after the
+    /// read), stored as read, with what changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 /// The manifest of one archive.

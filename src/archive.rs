@@ -1025,13 +1025,22 @@ impl Walker<'_> {
                 ));
                 None
             }
-            Some(Problem::Shrank(why)) => Some(format!(
-                "{why}; stored what was read, padded with zeros to {size} bytes"
-            )),
-            None => file
-                .metadata()
-                .ok()
-                .and_then(|after| changed_while_read(&meta, &after)),
+            Some(Problem::Shrank(why)) => Some(format!("{why}, padded with zeros to {size} bytes")),
+            None => {
+                // Bytes beyond the size its stat gave (a /proc file, a log appended to
+                // between the stat and the read's end) also mean it grew.
+                let mut one = [0u8; 1];
+                let more = !sparse && matches!(reader.inner.read(&mut one), Ok(n) if n > 0);
+                if more {
+                    Some(format!(
+                        "grew while being read (more than the {size} bytes it had)"
+                    ))
+                } else {
+                    file.metadata()
+                        .ok()
+                        .and_then(|after| changed_while_read(&meta, &after))
+                }
+            }
         };
         if let Some(why) = changed {
             if input.strict {
@@ -1041,7 +1050,8 @@ impl Walker<'_> {
                     fs_path.display()
                 );
             }
-            sum.changed.push(format!("{}: {why}", fs_path.display()));
+            sum.changed
+                .push(format!("{}: {why}; stored as read", fs_path.display()));
         }
         sum.files += 1;
         sum.bytes += size;
@@ -1095,17 +1105,16 @@ fn changed_while_read(before: &Metadata, after: &Metadata) -> Option<String> {
             "shrank"
         };
         return Some(format!(
-            "{how} while being read ({} bytes, then {}); stored the {} bytes read",
+            "{how} while being read ({} bytes, then {})",
             before.len(),
-            after.len(),
-            before.len()
+            after.len()
         ));
     }
     if (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
         || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
     {
         return Some(
-            "was modified while being read (same size, new mtime or ctime); stored as read, it may mix old and new content"
+            "was modified while being read (same size, new mtime or ctime): the copy may mix old and new content"
                 .to_string(),
         );
     }

@@ -289,3 +289,62 @@ fn listing_is_identical_after_backup_and_restore() {
     let me = pronto_offsite::owners::user_name(unsafe { libc::geteuid() }).unwrap();
     assert!(list.contains(&*String::from_utf8_lossy(&me)), "{list}");
 }
+
+/// Appends to `path` until `stop` is set: a log that grows during the backup.
+fn grow_until(
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            f.write_all(b"GET / 200\n").unwrap();
+        }
+    })
+}
+
+#[test]
+fn a_file_growing_during_the_backup_is_stored_as_read_unless_strict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let log = src.join("access.log");
+    // Big enough that reading it takes a while; the appender never stops meanwhile.
+    fs::write(&log, vec![b'x'; 32 << 20]).unwrap();
+    for strict in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = grow_until(log.clone(), stop.clone());
+        let out = tmp.path().join(format!("a-{strict}.tar.gz"));
+        let input = ArchiveInput {
+            strict,
+            ..site(&src)
+        };
+        let res = write_archive(&out, &WriteOptions::new(TOP), &[input], &|_| String::new());
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        if strict {
+            let msg = format!("{:#}", res.unwrap_err());
+            assert!(
+                msg.contains("access.log") && msg.contains("strict"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains("stored"),
+                "a failed backup stores nothing: {msg}"
+            );
+            assert!(!out.exists());
+        } else {
+            let w = res.expect("a growing log does not fail the backup by default");
+            let changed = &w.sources[0].changed;
+            assert_eq!(changed.len(), 1, "{changed:?}");
+            assert!(
+                changed[0].contains("access.log") && changed[0].contains("grew"),
+                "{changed:?}"
+            );
+            check_readable(&out).unwrap();
+        }
+    }
+}

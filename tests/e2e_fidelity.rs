@@ -1,6 +1,7 @@
 //! Trees full of honest links (absolute, above the tree, dangling) and hard links go
-//! through backup → push → `pull --to`, `verify` and `pull --restore` unchanged; and a
-//! restore never replaces a folder that holds our own archives.
+//! through backup → push → `pull --to`, `verify` and `pull --restore` unchanged; a
+//! restore never replaces a folder that holds our own archives; a file that changes while
+//! it is read is stored as read and reported, not a failed backup.
 
 mod support;
 
@@ -98,4 +99,36 @@ fn restore_refuses_to_replace_a_folder_holding_the_backup_folder() {
     );
     assert!(!text(&o).contains("restore complete"), "{}", text(&o));
     assert_eq!(listed(), archives_before);
+}
+
+#[test]
+fn a_file_that_grows_while_read_is_stored_reported_and_warned_about() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a.txt"), "a\n").unwrap();
+    // /proc/version: its stat says 0 bytes, reading it gives more.
+    env.write_config(
+        "\n[[sources]]\nname = \"kernel\"\nkind = \"configs\"\npath = \"/proc/version\"\n",
+    );
+    let o = env.run(&["backup"]);
+    assert!(
+        o.status.success(),
+        "a changing file fails no backup by default: {}",
+        text(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("changed while read") && err.contains("/proc/version") && err.contains("grew"),
+        "{err}"
+    );
+    assert!(!err.contains("no archive was written"), "{err}");
+    let manifest = support::files_under(&env.backups())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .unwrap();
+    let m = std::fs::read_to_string(manifest).unwrap();
+    assert!(
+        m.contains("\"changed\"") && m.contains("/proc/version"),
+        "{m}"
+    );
 }

@@ -23,10 +23,11 @@
 //! TOP/backup_info.txt        (always the last entry)
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -78,6 +79,10 @@ pub struct ArchiveInput {
     /// When true, unreadable and vanished paths are recorded in
     /// [`SourceSummary::skipped`] and the walk goes on; when false they fail the backup.
     pub allow_skip: bool,
+    /// When true, a file that changes while it is read fails the backup (database dumps,
+    /// and sources with `strict = true`); when false what was read is stored, and the
+    /// file is listed in [`SourceSummary::changed`].
+    pub strict: bool,
 }
 
 /// The compression of an archive (`[local] compression`).
@@ -502,9 +507,10 @@ fn write_into(
             now: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            buf: Vec::new(),
             progress,
             exclude: &opts.exclude,
+            names: Names::default(),
+            links: HashMap::new(),
         };
         w.write_all(&opts.top, inputs, info)
     };
@@ -557,10 +563,108 @@ struct Walker<'a> {
     /// (dev, ino) of the archive being written, never stored in itself.
     out_id: (u64, u64),
     now: u64,
-    buf: Vec<u8>,
     /// Counts the source bytes read (a bar on a terminal).
     progress: Option<&'a crate::progress::Progress>,
     exclude: &'a crate::exclude::Excludes,
+    /// User and group names of the owners met so far.
+    names: Names,
+    /// Files with more than one link, by (device, inode): the archive path they were
+    /// stored under first, which later links point to (as GNU tar does).
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+/// User and group names by id (looked up once per id).
+#[derive(Default)]
+struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Option<&str> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                crate::owners::user_name(uid).and_then(|n| String::from_utf8(n).ok())
+            })
+            .as_deref()
+    }
+
+    fn group(&mut self, gid: u32) -> Option<&str> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                crate::owners::group_name(gid).and_then(|n| String::from_utf8(n).ok())
+            })
+            .as_deref()
+    }
+}
+
+/// The extended attributes of an open file (`fd`) or, without one, of `path` itself
+/// (never following a symlink), as (name, value) pairs; none when the file system has
+/// none or does not support them.
+fn xattrs(fd: Option<i32>, path: &Path) -> Vec<(String, Vec<u8>)> {
+    let cpath = match fd {
+        Some(_) => None,
+        None => match std::ffi::CString::new(path.as_os_str().as_bytes()) {
+            Ok(c) => Some(c),
+            Err(_) => return Vec::new(),
+        },
+    };
+    let list = |buf: &mut [u8]| -> isize {
+        unsafe {
+            match (fd, &cpath) {
+                (Some(fd), _) => libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()),
+                (None, Some(c)) => libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                _ => -1,
+            }
+        }
+    };
+    let get = |name: &std::ffi::CStr, buf: &mut [u8]| -> isize {
+        unsafe {
+            match (fd, &cpath) {
+                (Some(fd), _) => {
+                    libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
+                (None, Some(c)) => libc::lgetxattr(
+                    c.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ),
+                _ => -1,
+            }
+        }
+    };
+    // The common case: no attributes, one syscall.
+    let n = list(&mut []);
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut names = vec![0u8; n as usize];
+    let n = list(&mut names);
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let (Ok(key), Ok(c)) = (std::str::from_utf8(raw), std::ffi::CString::new(raw)) else {
+            continue;
+        };
+        let size = get(&c, &mut []);
+        if size < 0 {
+            continue;
+        }
+        let mut value = vec![0u8; size as usize];
+        let got = get(&c, &mut value);
+        if got < 0 {
+            continue;
+        }
+        value.truncate(got as usize);
+        out.push((key.to_string(), value));
+    }
+    out
 }
 
 /// One folder being walked: its remaining children, sorted, last one first.
@@ -589,10 +693,6 @@ fn header(kind: EntryType, mode: u32, uid: u32, gid: u32, mtime: i64, size: u64)
     h.set_mtime(mtime.max(0) as u64);
     h.set_size(size);
     h
-}
-
-fn meta_header(kind: EntryType, m: &Metadata, size: u64) -> Header {
-    header(kind, m.mode(), m.uid(), m.gid(), m.mtime(), size)
 }
 
 /// `path` with a trailing slash, as tar writes folder names.
@@ -641,62 +741,6 @@ fn io_reason(e: &io::Error) -> String {
     }
 }
 
-/// Reads exactly `remaining` bytes of a file whose size went into the tar
-/// header already. When the file comes up short (it shrank, or a read failed)
-/// it either fails (the tar stream is abandoned) or, when skipping is allowed,
-/// pads with zeros so that the tar stays well-formed, and records why.
-struct ExactReader<'a> {
-    inner: BufReader<&'a File>,
-    expected: u64,
-    remaining: u64,
-    pad: bool,
-    padding: bool,
-    problem: Option<String>,
-    progress: Option<&'a crate::progress::Progress>,
-}
-
-impl Read for ExactReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 || buf.is_empty() {
-            return Ok(0);
-        }
-        let want = self.remaining.min(buf.len() as u64) as usize;
-        if self.padding {
-            buf[..want].fill(0);
-            self.remaining -= want as u64;
-            return Ok(want);
-        }
-        let got = self.expected - self.remaining;
-        let why = loop {
-            match self.inner.read(&mut buf[..want]) {
-                Ok(0) => {
-                    break format!(
-                        "shrank while being read (expected {} bytes, got {got})",
-                        self.expected
-                    )
-                }
-                Ok(n) => {
-                    self.remaining -= n as u64;
-                    if let Some(p) = self.progress {
-                        p.inc(n as u64);
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break format!("read error after {got} bytes: {e}"),
-            }
-        };
-        if self.pad {
-            self.problem = Some(format!("{why}; stored padded with zeros, do not trust it"));
-            self.padding = true;
-            self.read(buf)
-        } else {
-            self.problem = Some(why.clone());
-            Err(io::Error::other(why))
-        }
-    }
-}
-
 impl Walker<'_> {
     fn write_all(
         &mut self,
@@ -722,6 +766,7 @@ impl Walker<'_> {
                 bytes: 0,
                 skipped: Vec::new(),
                 exclude: self.exclude.patterns(&i.name),
+                changed: Vec::new(),
             })
             .collect();
         let mut order: Vec<usize> = (0..inputs.len()).collect();
@@ -769,7 +814,7 @@ impl Walker<'_> {
         let root = source_root_meta(input)?;
         if root.is_file() {
             // A single file: store it inside a folder named after the source.
-            let mut h = meta_header(EntryType::Directory, &root, 0);
+            let mut h = self.entry_header(EntryType::Directory, &root, 0, &[])?;
             h.set_mode(0o755);
             self.append_dir_header(base, h)?;
             sum.dirs += 1;
@@ -794,8 +839,12 @@ impl Walker<'_> {
                 input.path.display()
             )
         })?;
-        self.append_dir_header(base, meta_header(EntryType::Directory, &root, 0))?;
+        let attrs = xattrs(None, &input.path);
+        let h = self.entry_header(EntryType::Directory, &root, 0, &attrs)?;
+        self.append_dir_header(base, h)?;
         sum.dirs += 1;
+        // Hard links are kept within one source, so that each restores on its own.
+        self.links.clear();
 
         let mut stack = vec![Frame {
             fs: input.path.clone(),
@@ -853,7 +902,9 @@ impl Walker<'_> {
                     return Ok(None);
                 }
             };
-            self.append_dir_header(&ar_path, meta_header(EntryType::Directory, &meta, 0))?;
+            let attrs = xattrs(None, &fs_path);
+            let h = self.entry_header(EntryType::Directory, &meta, 0, &attrs)?;
+            self.append_dir_header(&ar_path, h)?;
             sum.dirs += 1;
             Ok(Some(Frame {
                 fs: fs_path,
@@ -868,7 +919,7 @@ impl Walker<'_> {
                     return Ok(None);
                 }
             };
-            let mut h = meta_header(EntryType::Symlink, &meta, 0);
+            let mut h = self.entry_header(EntryType::Symlink, &meta, 0, &[])?;
             self.tar
                 .append_link(&mut h, &ar_path, &target)
                 .with_context(|| {
@@ -922,54 +973,358 @@ impl Walker<'_> {
                 "changed type while the backup was running".to_string(),
             );
         }
+        // A further link to a file stored already: a link entry, restored as one inode.
+        let id = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(first) = self.links.get(&id).cloned() {
+                let mut h = self.entry_header(EntryType::Link, &meta, 0, &[])?;
+                self.tar
+                    .append_link(&mut h, ar_path, &first)
+                    .with_context(|| {
+                        format!(
+                            "writing {}: hard link {}",
+                            self.out.display(),
+                            fs_path.display()
+                        )
+                    })?;
+                sum.files += 1;
+                return Ok(());
+            }
+        }
         let size = meta.len();
-        let mut h = meta_header(EntryType::Regular, &meta, size);
-        let mut reader = ExactReader {
-            inner: BufReader::with_capacity(IO_BUF, &file),
-            expected: size,
-            remaining: size,
-            pad: input.allow_skip,
-            padding: false,
-            problem: None,
-            progress: self.progress,
+        let attrs = xattrs(Some(file.as_raw_fd()), fs_path);
+        // Fewer blocks than the size needs: look for holes (one lseek per segment).
+        let segments = if meta.blocks() * 512 < size {
+            data_segments(&file, size)
+        } else {
+            None
         };
+        let sparse = segments.is_some();
+        let segments = segments.unwrap_or_else(|| vec![(0, size)]);
+        let stored: u64 = segments.iter().map(|s| s.1).sum();
+        let mut h = self.entry_header(EntryType::Regular, &meta, stored, &attrs)?;
+        let prefix = if sparse {
+            sparse_header(&mut h, size, &segments)
+        } else {
+            Vec::new()
+        };
+        let mut reader = ExactReader::new(&file, prefix, segments, self.progress);
+        reader.pad_shrink = !input.strict || input.allow_skip;
+        reader.pad_errors = input.allow_skip;
         if let Err(e) = self.tar.append_data(&mut h, ar_path, &mut reader) {
-            if let Some(why) = reader.problem.take() {
+            if let Some(p) = reader.problem.take() {
+                let why = p.text();
+                if let Problem::Shrank(_) = p {
+                    bail!(
+                        "source '{}': {}: {why}; the source is strict (a database dump, or `strict = true`), so a changing file fails the backup",
+                        input.name,
+                        fs_path.display()
+                    );
+                }
                 bail!("source '{}': {}: {why}", input.name, fs_path.display());
             }
             return Err(e).with_context(|| format!("writing {}", self.out.display()));
         }
-        if let Some(why) = reader.problem.take() {
+        if meta.nlink() > 1 {
+            self.links.insert(id, ar_path.to_path_buf());
+        }
+        let changed = match reader.problem.take() {
             // Only reached when skipping is allowed: the tar stayed well-formed.
-            sum.skipped.push(format!("{}: {why}", fs_path.display()));
-        } else {
-            // Anything left beyond the size in the header means the file grew.
-            if self.buf.is_empty() {
-                self.buf.resize(4096, 0);
+            Some(Problem::Error(why)) => {
+                sum.skipped.push(format!(
+                    "{}: {why}; stored padded with zeros, do not trust it",
+                    fs_path.display()
+                ));
+                None
             }
-            let more = loop {
-                match reader.inner.read(&mut self.buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r,
-                }
-            };
-            if let Ok(n) = more {
-                if n > 0 {
-                    problem(
-                        input,
-                        sum,
-                        fs_path,
-                        format!(
-                            "grew while being read (size was {size} bytes); \
-                             stored the first {size} bytes only"
-                        ),
-                    )?;
+            Some(Problem::Shrank(why)) => Some(format!("{why}, padded with zeros to {size} bytes")),
+            None => {
+                // Bytes beyond the size its stat gave (a /proc file, a log appended to
+                // between the stat and the read's end) also mean it grew.
+                let mut one = [0u8; 1];
+                let more = !sparse && matches!(reader.inner.read(&mut one), Ok(n) if n > 0);
+                if more {
+                    Some(format!(
+                        "grew while being read (more than the {size} bytes it had)"
+                    ))
+                } else {
+                    file.metadata()
+                        .ok()
+                        .and_then(|after| changed_while_read(&meta, &after))
                 }
             }
+        };
+        if let Some(why) = changed {
+            if input.strict {
+                bail!(
+                    "source '{}': {}: {why}; the source is strict (a database dump, or `strict = true`), so a changing file fails the backup",
+                    input.name,
+                    fs_path.display()
+                );
+            }
+            sum.changed
+                .push(format!("{}: {why}; stored as read", fs_path.display()));
         }
         sum.files += 1;
         sum.bytes += size;
         Ok(())
+    }
+
+    /// The header of an entry from its metadata (numeric owner and names, mode, mtime),
+    /// after writing the pax records it needs first: an mtime before 1970, a name too long
+    /// for the header, extended attributes as `SCHILY.xattr.NAME` (as `tar --xattrs`).
+    fn entry_header(
+        &mut self,
+        kind: EntryType,
+        m: &Metadata,
+        size: u64,
+        attrs: &[(String, Vec<u8>)],
+    ) -> Result<Header> {
+        let mut h = header(kind, m.mode(), m.uid(), m.gid(), m.mtime(), size);
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        if m.mtime() < 0 {
+            pax.push(("mtime".into(), m.mtime().to_string().into_bytes()));
+        }
+        if let Some(u) = self.names.user(m.uid()) {
+            if h.set_username(u).is_err() {
+                pax.push(("uname".into(), u.as_bytes().to_vec()));
+            }
+        }
+        if let Some(g) = self.names.group(m.gid()) {
+            if h.set_groupname(g).is_err() {
+                pax.push(("gname".into(), g.as_bytes().to_vec()));
+            }
+        }
+        for (k, v) in attrs {
+            pax.push((format!("{}{k}", crate::extract::XATTR_PAX), v.clone()));
+        }
+        if !pax.is_empty() {
+            self.tar
+                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .with_context(|| format!("writing {}: pax header", self.out.display()))?;
+        }
+        Ok(h)
+    }
+}
+
+/// How a file changed while it was read, judged as GNU tar does: its size, mtime or ctime
+/// after the read differ from before.
+fn changed_while_read(before: &Metadata, after: &Metadata) -> Option<String> {
+    if after.len() != before.len() {
+        let how = if after.len() > before.len() {
+            "grew"
+        } else {
+            "shrank"
+        };
+        return Some(format!(
+            "{how} while being read ({} bytes, then {})",
+            before.len(),
+            after.len()
+        ));
+    }
+    if (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
+        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
+    {
+        return Some(
+            "was modified while being read (same size, new mtime or ctime): the copy may mix old and new content"
+                .to_string(),
+        );
+    }
+    None
+}
+
+/// The data segments of a file with holes, as (offset, length), found with
+/// `SEEK_DATA`/`SEEK_HOLE`; `None` when the file system cannot tell (then it is stored whole).
+fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence| unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let data = seek(off, libc::SEEK_DATA);
+        if data < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole up to the end
+            }
+            return None;
+        }
+        let data = data as u64;
+        if data >= size {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE);
+        if hole < 0 || (hole as u64) <= data {
+            return None;
+        }
+        let end = (hole as u64).min(size);
+        out.push((data, end - data));
+        off = end;
+    }
+    let _ = seek(0, libc::SEEK_SET);
+    // GNU tar's convention: a file ending in a hole ends with an empty segment at its size.
+    if out.last().is_none_or(|&(o, l)| o + l < size) {
+        out.push((size, 0));
+    }
+    Some(out)
+}
+
+/// Turns `h` into a GNU sparse header (type `S`) for a file of `size` bytes stored as
+/// `segments`; returns the extension headers for the segments beyond the first four, to
+/// write between the header and the data.
+fn sparse_header(h: &mut Header, size: u64, segments: &[(u64, u64)]) -> Vec<u8> {
+    h.set_entry_type(EntryType::GNUSparse);
+    let gnu = h.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(size);
+    let (first, rest) = segments.split_at(segments.len().min(gnu.sparse.len()));
+    for (slot, &(o, l)) in gnu.sparse.iter_mut().zip(first) {
+        slot.set_offset(o);
+        slot.set_length(l);
+    }
+    gnu.set_is_extended(!rest.is_empty());
+    let mut out = Vec::new();
+    let chunks: Vec<_> = rest.chunks(21).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (slot, &(o, l)) in ext.sparse.iter_mut().zip(chunk.iter()) {
+            slot.set_offset(o);
+            slot.set_length(l);
+        }
+        ext.set_is_extended(i + 1 < chunks.len());
+        out.extend_from_slice(ext.as_bytes());
+    }
+    out
+}
+
+/// Why a file's content came up short.
+enum Problem {
+    /// It ended before the size in the header: it shrank while being read.
+    Shrank(String),
+    /// A read failed.
+    Error(String),
+}
+
+impl Problem {
+    fn text(&self) -> &str {
+        match self {
+            Problem::Shrank(s) | Problem::Error(s) => s,
+        }
+    }
+}
+
+/// Reads exactly the bytes a file's tar header announced (the whole file, or a sparse
+/// file's data segments, after its extension headers). When the file comes up short (it
+/// shrank, or a read failed) it either fails (the tar stream is abandoned) or pads with
+/// zeros so that the tar stays well-formed, and records why in `problem`.
+struct ExactReader<'a> {
+    inner: BufReader<&'a File>,
+    /// Bytes handed out before the file's data (a sparse entry's extension headers).
+    prefix: io::Cursor<Vec<u8>>,
+    /// The parts of the file to store, in order: (offset, length).
+    segments: Vec<(u64, u64)>,
+    next: usize,
+    /// Bytes left of the current segment.
+    left: u64,
+    expected: u64,
+    remaining: u64,
+    /// Pad when the file ends early (else fail).
+    pad_shrink: bool,
+    /// Pad when a read fails (else fail).
+    pad_errors: bool,
+    padding: bool,
+    problem: Option<Problem>,
+    progress: Option<&'a crate::progress::Progress>,
+}
+
+impl<'a> ExactReader<'a> {
+    fn new(
+        file: &'a File,
+        prefix: Vec<u8>,
+        segments: Vec<(u64, u64)>,
+        progress: Option<&'a crate::progress::Progress>,
+    ) -> ExactReader<'a> {
+        let expected = segments.iter().map(|s| s.1).sum();
+        ExactReader {
+            inner: BufReader::with_capacity(IO_BUF, file),
+            prefix: io::Cursor::new(prefix),
+            segments,
+            next: 0,
+            left: 0,
+            expected,
+            remaining: expected,
+            pad_shrink: false,
+            pad_errors: false,
+            padding: false,
+            problem: None,
+            progress,
+        }
+    }
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.prefix.position() as usize) < self.prefix.get_ref().len() {
+            return self.prefix.read(buf);
+        }
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.padding {
+            let want = self.remaining.min(buf.len() as u64) as usize;
+            buf[..want].fill(0);
+            self.remaining -= want as u64;
+            return Ok(want);
+        }
+        while self.left == 0 {
+            let Some(&(off, len)) = self.segments.get(self.next) else {
+                break;
+            };
+            if self.next > 0 || off > 0 {
+                self.inner.seek(io::SeekFrom::Start(off))?;
+            }
+            self.next += 1;
+            self.left = len;
+        }
+        let want = self.left.min(buf.len() as u64) as usize;
+        let got = self.expected - self.remaining;
+        let (why, shrank) = loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    break (
+                        format!(
+                            "shrank while being read (expected {} bytes, got {got})",
+                            self.expected
+                        ),
+                        true,
+                    )
+                }
+                Ok(n) => {
+                    self.remaining -= n as u64;
+                    self.left -= n as u64;
+                    if let Some(p) = self.progress {
+                        p.inc(n as u64);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break (format!("read error after {got} bytes: {e}"), false),
+            }
+        };
+        let pad = if shrank {
+            self.pad_shrink
+        } else {
+            self.pad_errors
+        };
+        self.problem = Some(if shrank {
+            Problem::Shrank(why.clone())
+        } else {
+            Problem::Error(why.clone())
+        });
+        if pad {
+            self.padding = true;
+            self.read(buf)
+        } else {
+            Err(io::Error::other(why))
+        }
     }
 }
 
@@ -984,6 +1339,7 @@ mod tests {
             section,
             path: path.into(),
             allow_skip: false,
+            strict: false,
         }
     }
 
@@ -1150,30 +1506,15 @@ mod tests {
         let p = tmp.path().join("f");
         fs::write(&p, b"abc").unwrap();
         let f = File::open(&p).unwrap();
-        let mut r = ExactReader {
-            inner: BufReader::new(&f),
-            expected: 5,
-            remaining: 5,
-            pad: true,
-            padding: false,
-            problem: None,
-            progress: None,
-        };
+        let mut r = ExactReader::new(&f, Vec::new(), vec![(0, 5)], None);
+        r.pad_shrink = true;
         let mut v = Vec::new();
         r.read_to_end(&mut v).unwrap();
         assert_eq!(v, b"abc\0\0");
-        assert!(r.problem.unwrap().contains("shrank"));
+        assert!(matches!(&r.problem, Some(Problem::Shrank(w)) if w.contains("shrank")));
 
         let f = File::open(&p).unwrap();
-        let mut r = ExactReader {
-            inner: BufReader::new(&f),
-            expected: 5,
-            remaining: 5,
-            pad: false,
-            padding: false,
-            problem: None,
-            progress: None,
-        };
+        let mut r = ExactReader::new(&f, Vec::new(), vec![(0, 5)], None);
         let mut v = Vec::new();
         assert!(r.read_to_end(&mut v).is_err());
     }

@@ -133,6 +133,8 @@ pub fn run_watched(
                     section: s.kind.section(),
                     path: p,
                     allow_skip: s.skip_unreadable,
+                    // A database dump that changes while read is torn: always fail.
+                    strict: s.strict || s.path.is_none(),
                 })
         })
         .collect();
@@ -176,6 +178,7 @@ pub fn run_watched(
         }
     };
     let written_sources = services.patch_origins(written.sources);
+    warn_skipped_and_changed(&written_sources);
     let (postgres, redis) = services.finish();
 
     let manifest = Manifest {
@@ -234,6 +237,19 @@ fn warn_future(cfg: &Config) {
             .filter(|a| catalog::named_in_future(a.name.time, now))
         {
             tracing::warn!("{}", catalog::future_warning(&a.name.file, a.name.time));
+        }
+    }
+}
+
+/// Every skipped and every changed file on stderr too (not only in backup_info.txt and
+/// the manifest), so that a person or a cron mail sees them.
+fn warn_skipped_and_changed(sources: &[SourceSummary]) {
+    for src in sources {
+        for s in &src.skipped {
+            tracing::warn!("source '{}': skipped {s}", src.name);
+        }
+        for c in &src.changed {
+            tracing::warn!("source '{}': changed while read: {c}", src.name);
         }
     }
 }
@@ -299,6 +315,9 @@ pub fn backup_info(
         );
         for skipped in &src.skipped {
             let _ = writeln!(s, "    skipped: {skipped}");
+        }
+        for changed in &src.changed {
+            let _ = writeln!(s, "    changed: {changed}");
         }
     }
     s

@@ -104,6 +104,9 @@ pub struct Source {
     pub skip_unreadable: bool,
     /// `exclude`: gitignore-style patterns left out (see [`crate::exclude`]).
     pub exclude: Vec<String>,
+    /// Fail the backup when a file changes while it is read (by default it is stored as
+    /// read and listed as changed).
+    pub strict: bool,
     /// For `kind = "postgres"`: how to reach the server and what to dump.
     pub postgres: Option<crate::source::PgSource>,
     /// For `kind = "redis"`: how to reach the server, and how to restore into it.
@@ -251,6 +254,8 @@ struct RawSource {
     skip_unreadable: bool,
     /// Gitignore-style patterns left out of the archive (folder sources).
     exclude: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    strict: bool,
     // postgres and redis sources
     url: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
@@ -499,6 +504,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             path,
             skip_unreadable: s.skip_unreadable,
             exclude,
+            strict: s.strict,
             postgres,
             redis,
         });

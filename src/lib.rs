@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;
+pub mod owners;
 pub mod pins;
 pub mod plan;
 pub mod policy_cmd;

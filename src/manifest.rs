@@ -64,6 +64,10 @@ pub struct SourceSummary {
     /// The exclude patterns applied to this source (`exclude` and `backup --exclude`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Files that changed while they were read (size, mtime or ctime differed after the
+    /// read), stored as read, with what changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 /// The manifest of one archive.

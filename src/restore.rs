@@ -381,6 +381,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             }
         }
     }
+    refuse_replacing_our_data(cfg, &selected)?;
     let pg_sources: Vec<&&Source> = selected.iter().filter(|s| s.postgres.is_some()).collect();
     if opts.target_db.is_some() && pg_sources.len() != 1 {
         return Err(usage(format!(
@@ -1142,6 +1143,67 @@ fn replace_file(src: &Path, target: &Path) -> Result<()> {
 
 // ---- folders ----
 
+/// `path` made absolute and with its symlinks resolved as far as it exists (a missing
+/// tail is kept as written), for comparing where things really are.
+fn real_path(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut tail = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return tail.iter().rev().fold(real, |p, n| p.join(n));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Our own data is never inside what a restore replaces: the backup folder (its archives,
+/// the safety backup this restore takes) and the folder of a `file://` remote. A folder
+/// source that holds one of them is refused before anything is changed (exit 2).
+fn refuse_replacing_our_data(cfg: &Config, selected: &[&Source]) -> Result<()> {
+    let mut ours: Vec<(String, PathBuf)> = vec![(
+        format!(
+            "the backup folder ([local] dir) {}",
+            cfg.local.dir.display()
+        ),
+        real_path(&cfg.local.dir),
+    )];
+    for r in &cfg.remotes {
+        if let crate::config::RemoteLocation::File(p) = &r.location {
+            ours.push((
+                format!("remote '{}' ({})", r.name, p.display()),
+                real_path(p),
+            ));
+        }
+    }
+    for s in selected {
+        let Some(target) = &s.path else { continue };
+        let t = real_path(target);
+        for (what, p) in &ours {
+            if p.starts_with(&t) {
+                return Err(usage(format!(
+                    "{}: source '{}' ({}) holds {what}: restoring it would replace our own archives (the safety backup of this restore included). Move [local] dir or the remote out of {}, or restore with `pull --to DIR` and copy what you need",
+                    cfg.file.display(),
+                    s.name,
+                    target.display(),
+                    target.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn restore_folder(src: &Source, staged: &Path) -> Result<String> {
     let target = src.path.as_ref().expect("folder source");
     // A source that was a single file: its folder in the archive holds just that file.
@@ -1191,7 +1253,12 @@ fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
     let old = parent.join(format!(".{name}.pronto-old-{pid}"));
     let _ = std::fs::remove_dir_all(&tmp);
     let mut counts = (0u64, 0u64);
-    if let Err(e) = copy_tree(staged, &tmp, &mut counts) {
+    // On the same file system the extracted tree moves as it is (hard links, sparse files
+    // and extended attributes intact); across file systems it is copied.
+    let moved = std::fs::rename(staged, &tmp).is_ok();
+    if moved {
+        count_tree(&tmp, &mut counts);
+    } else if let Err(e) = copy_tree(staged, &tmp, &mut counts) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e.context(format!(
             "copying the restored files beside {}",
@@ -1251,6 +1318,23 @@ fn replace_content(from: &Path, target: &Path) -> Result<()> {
     let m = std::fs::metadata(from)?;
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
     Ok(())
+}
+
+/// Counts the (files, bytes) of a tree without following links.
+fn count_tree(root: &Path, counts: &mut (u64, u64)) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => count_tree(&e.path(), counts),
+            Ok(t) if t.is_file() => {
+                counts.0 += 1;
+                counts.1 += e.metadata().map_or(0, |m| m.len());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Copy a tree keeping modes, mtimes, symlinks (as links) and, as root, owners.

@@ -272,9 +272,10 @@ fn a_backup_that_fails_half_way_aborts_every_upload_and_leaves_no_manifest() {
     let env = Env::new();
     let remote = env.path("remote");
     // /proc/version says it is empty and then has bytes: "grew while being read", which
-    // fails the backup after the 48 MiB source before it was archived (and uploaded).
+    // fails the backup of a `strict` source after the 48 MiB source before it was
+    // archived (and uploaded).
     let cfg = local_part(&env, 48, 1)
-        + "\n[[sources]]\nname = \"kernel\"\nkind = \"configs\"\npath = \"/proc/version\"\n"
+        + "\n[[sources]]\nname = \"kernel\"\nkind = \"configs\"\npath = \"/proc/version\"\nstrict = true\n"
         + &file_remote("nas", &remote, "");
     std::fs::write(env.config(), cfg).unwrap();
 

@@ -201,6 +201,7 @@ fn site(path: &Path) -> ArchiveInput {
         section: Section::StaticContent,
         path: path.into(),
         allow_skip: false,
+        strict: false,
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use pronto_offsite::error::exit_code;
 use pronto_offsite::extract::{check_readable, extract, ExtractStats};
 use tar::{EntryType, Header};
 
@@ -137,6 +138,10 @@ fn assert_refused(needle: &str, build: impl Fn(&Path) -> Vec<u8>) {
     fs::create_dir(&existing).unwrap();
     let before = tree(root);
 
+    // Verify means restorable: what extract refuses, check_readable (verify) refuses too.
+    let err = check_readable(&archive).expect_err("check_readable passed a hostile archive");
+    assert_eq!(exit_code(&err), 4, "{err:#}");
+    assert!(format!("{err:#}").contains(needle), "{err:#}");
     for dest in [area.join("new"), existing.clone()] {
         let err = extract(&archive, &dest).expect_err("hostile archive was extracted");
         let msg = format!("{err:#}");
@@ -144,6 +149,7 @@ fn assert_refused(needle: &str, build: impl Fn(&Path) -> Vec<u8>) {
             msg.contains(needle),
             "error does not name '{needle}': {msg}"
         );
+        assert_eq!(exit_code(&err), 4, "a refused archive exits 4: {msg}");
         assert_eq!(
             tree(root),
             before,
@@ -186,13 +192,16 @@ fn refuses_absolute_path() {
 
 #[test]
 fn refuses_symlink_to_etc_then_write_through_it() {
-    assert_refused("'evil -> /etc'", |_| {
-        Ar::new()
-            .file("ok", b"x")
-            .symlink("evil", "/etc")
-            .file("evil/passwd", b"root::0:0::/:/bin/sh\n")
-            .gz()
-    });
+    assert_refused(
+        "refusing entry 'evil/passwd': its parent 'evil' is a symlink",
+        |_| {
+            Ar::new()
+                .file("ok", b"x")
+                .symlink("evil", "/etc")
+                .file("evil/passwd", b"root::0:0::/:/bin/sh\n")
+                .gz()
+        },
+    );
 }
 
 #[test]
@@ -212,31 +221,89 @@ fn refuses_write_through_an_inside_symlink() {
 
 #[test]
 fn refuses_symlink_up_and_out() {
-    assert_refused("'up -> ../../'", |_| {
+    assert_refused(
+        "refusing entry 'up/x': its parent 'up' is a symlink",
+        |_| {
+            Ar::new()
+                .file("ok", b"x")
+                .symlink("up", "../../")
+                .file("up/x", b"x")
+                .gz()
+        },
+    );
+}
+
+#[test]
+fn refuses_a_folder_entry_over_a_symlink_then_writing_into_it() {
+    // `d -> /tmp`, then `d/` as a folder entry, then `d/x`: the folder entry is refused
+    // (it would otherwise be "there" and the write would follow the link).
+    assert_refused("refusing entry 'd/'", |_| {
         Ar::new()
-            .file("ok", b"x")
-            .symlink("up", "../../")
-            .file("up/x", b"x")
+            .symlink("d", "/tmp")
+            .dir("d/")
+            .file("d/x", b"evil")
             .gz()
     });
 }
 
 #[test]
-fn refuses_symlink_that_climbs_one_level_too_many() {
-    assert_refused("'a/b/l -> ../../../x'", |_| {
-        Ar::new().dir("a/b/").symlink("a/b/l", "../../../x").gz()
+fn refuses_a_hardlink_through_a_symlinked_folder() {
+    assert_refused("'hl => evil/passwd'", |_| {
+        Ar::new()
+            .symlink("evil", "/etc")
+            .hardlink("hl", "evil/passwd")
+            .gz()
     });
 }
 
 #[test]
-fn refuses_symlink_with_dotdot_after_a_name() {
-    assert_refused("'a/l -> s/../../x'", |_| {
-        Ar::new()
-            .dir("a/")
-            .symlink("a/s", ".")
-            .symlink("a/l", "s/../../x")
-            .gz()
-    });
+fn refuses_a_write_through_a_symlink_replaced_deeper() {
+    // `a/` real, `a/b -> ../../..`, then `a/b/c/x`: the parent `a/b` is a link.
+    assert_refused(
+        "refusing entry 'a/b/c/x': its parent 'a/b' is a symlink",
+        |_| {
+            Ar::new()
+                .dir("a/")
+                .symlink("a/b", "../../..")
+                .file("a/b/c/x", b"evil")
+                .gz()
+        },
+    );
+}
+
+/// Honest links are restored verbatim, whatever they point to: absolute, above the
+/// destination, through `..` after a name, dangling. (These archives used to be refused.)
+#[test]
+fn honest_symlinks_anywhere_are_restored_verbatim() {
+    let links = [
+        ("abs", "/etc/hostname"),
+        ("a/b/up", "../../../x"),
+        ("a/l", "s/../../x"),
+        ("a/s", "."),
+        ("dangling", "no/such/file"),
+        ("far", "../../../../../../outside"),
+    ];
+    let mut ar = Ar::new();
+    ar.dir("a/").dir("a/b/");
+    for (at, to) in links {
+        ar.symlink(at, to);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("a.tar.gz");
+    fs::write(&p, ar.gz()).unwrap();
+    let dest = tmp.path().join("out");
+    let st = extract(&p, &dest).unwrap();
+    assert_eq!(st.symlinks, links.len() as u64);
+    assert_eq!(check_readable(&p).unwrap(), st);
+    for (at, to) in links {
+        assert_eq!(
+            fs::read_link(dest.join(at)).unwrap(),
+            PathBuf::from(to),
+            "{at}"
+        );
+    }
+    let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(names.len(), 2, "only the archive and out/");
 }
 
 #[test]

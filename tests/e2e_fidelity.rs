@@ -1,0 +1,134 @@
+//! Trees full of honest links (absolute, above the tree, dangling) and hard links go
+//! through backup → push → `pull --to`, `verify` and `pull --restore` unchanged; a
+//! restore never replaces a folder that holds our own archives; a file that changes while
+//! it is read is stored as read and reported, not a failed backup.
+
+mod support;
+
+use std::os::unix::fs::{symlink, MetadataExt};
+
+use support::{snapshot, stderr, text, Env};
+
+fn build_tree(root: &std::path::Path) {
+    std::fs::create_dir_all(root.join("conf/deep")).unwrap();
+    std::fs::write(root.join("conf/app.conf"), "port = 80\n").unwrap();
+    std::fs::write(root.join("conf/deep/data.txt"), "data\n").unwrap();
+    symlink("/etc/hostname", root.join("conf/hostname")).unwrap();
+    symlink("../../outside", root.join("conf/deep/up")).unwrap();
+    symlink("no/such/file", root.join("dangling")).unwrap();
+    std::fs::hard_link(root.join("conf/app.conf"), root.join("app-hardlink.conf")).unwrap();
+}
+
+fn run_ok(env: &Env, args: &[&str]) -> String {
+    let o = env.run(args);
+    assert!(o.status.success(), "{args:?} failed: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn honest_links_survive_pull_verify_and_restore() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.write_config("");
+    let before = snapshot(&src);
+    let id = run_ok(&env, &["backup"]).trim().to_string();
+    run_ok(&env, &["push"]);
+    run_ok(&env, &["verify"]);
+
+    // pull --to: links identical, the hard link one inode.
+    let out = env.path("out");
+    run_ok(&env, &["pull", &id, "--to", out.to_str().unwrap()]);
+    let top = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let site = top.join("static_content/site");
+    assert_eq!(snapshot(&site), before);
+    assert_eq!(
+        std::fs::read_link(site.join("conf/hostname")).unwrap(),
+        std::path::Path::new("/etc/hostname")
+    );
+    let (a, b) = (
+        std::fs::metadata(site.join("conf/app.conf")).unwrap(),
+        std::fs::metadata(site.join("app-hardlink.conf")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+
+    // pull --restore of the folder source: the live tree comes back exactly.
+    std::fs::remove_file(src.join("conf/hostname")).unwrap();
+    std::fs::remove_file(src.join("dangling")).unwrap();
+    std::fs::write(src.join("conf/app.conf"), "changed\n").unwrap();
+    run_ok(&env, &["pull", &id, "--restore"]);
+    assert_eq!(snapshot(&src), before);
+    let (a, b) = (
+        std::fs::metadata(src.join("conf/app.conf")).unwrap(),
+        std::fs::metadata(src.join("app-hardlink.conf")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "the restored hard link is one inode");
+    // Nothing was written outside the restored folder through its links.
+    assert!(!env.path("outside").exists());
+}
+
+#[test]
+fn restore_refuses_to_replace_a_folder_holding_the_backup_folder() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    let text_cfg = format!(
+        "[local]\ndir = \"src/backups\"\n\n[[sources]]\nname = \"site\"\nkind = \"static_content\"\npath = \"src\"\n\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\n",
+        env.remote().display()
+    );
+    std::fs::write(env.config(), text_cfg).unwrap();
+    let id = run_ok(&env, &["backup"]).trim().to_string();
+    let listed = || {
+        let mut v = support::files_under(&src.join("backups"));
+        v.sort();
+        v
+    };
+    let archives_before = listed();
+    assert!(!archives_before.is_empty());
+    let o = env.run(&["pull", &id, "--restore"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("holds the backup folder"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!text(&o).contains("restore complete"), "{}", text(&o));
+    assert_eq!(listed(), archives_before);
+}
+
+#[test]
+fn a_file_that_grows_while_read_is_stored_reported_and_warned_about() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a.txt"), "a\n").unwrap();
+    // /proc/version: its stat says 0 bytes, reading it gives more.
+    env.write_config(
+        "\n[[sources]]\nname = \"kernel\"\nkind = \"configs\"\npath = \"/proc/version\"\n",
+    );
+    let o = env.run(&["backup"]);
+    assert!(
+        o.status.success(),
+        "a changing file fails no backup by default: {}",
+        text(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("changed while read") && err.contains("/proc/version") && err.contains("grew"),
+        "{err}"
+    );
+    assert!(!err.contains("no archive was written"), "{err}");
+    let manifest = support::files_under(&env.backups())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .unwrap();
+    let m = std::fs::read_to_string(manifest).unwrap();
+    assert!(
+        m.contains("\"changed\"") && m.contains("/proc/version"),
+        "{m}"
+    );
+}

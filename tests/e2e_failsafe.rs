@@ -310,3 +310,66 @@ fn a_refused_connection_fails_at_once_naming_host_port_and_cause() {
         );
     }
 }
+
+#[test]
+fn read_only_commands_never_create_a_missing_remote_folder() {
+    let env = Env::new();
+    source(&env);
+    env.write_config("");
+    let o = env.run(&["backup"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A typo, or a NAS that is not mounted: the remote folder does not exist.
+    for args in [
+        &["list"][..],
+        &["verify", "--remote", "nas"][..],
+        &["pull", "latest"][..],
+    ] {
+        let o = env.run(args);
+        let all = text(&o);
+        assert!(
+            o.status.code().is_some_and(|c| c != 0) && !all.contains("panicked"),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains(&env.remote().display().to_string()) && all.contains("does not exist"),
+            "{args:?} names the missing folder: {all}"
+        );
+        assert!(
+            !env.remote().exists(),
+            "{args:?} created {}",
+            env.remote().display()
+        );
+    }
+    // A push creates it (a brand-new remote needs no extra step).
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(archives_under(&env.remote()).len(), 1);
+}
+
+#[test]
+fn pull_to_an_unusable_folder_fails_before_downloading() {
+    let env = Env::new();
+    source(&env);
+    env.write_config("");
+    for args in [&["backup"][..], &["push"][..]] {
+        let o = env.run(args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    std::fs::remove_dir_all(env.backups()).unwrap();
+    // A plain file where the destination folder (or one of its parents) should be.
+    std::fs::write(env.path("restore-here"), "a file").unwrap();
+    for to in ["restore-here", "restore-here/sub"] {
+        let o = env.run(&["pull", "latest", "--to", env.path(to).to_str().unwrap()]);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains("is not a folder") && all.contains("restore-here"),
+            "{all}"
+        );
+        assert!(
+            archives_under(&env.backups()).is_empty(),
+            "nothing was downloaded: {:?}",
+            files_under(&env.backups())
+        );
+    }
+}

@@ -163,6 +163,9 @@ pub struct SftpConfig {
     pub accept_new_host_key: bool,
     /// How finished files are verified.
     pub remote_hash: RemoteHash,
+    /// Create the remote folder when it is missing (true, for writing); false for
+    /// read-only use, where a missing folder is an error that names it.
+    pub create_root: bool,
 }
 
 impl SftpConfig {
@@ -220,6 +223,7 @@ impl SftpConfig {
             connect_timeout: None,
             accept_new_host_key: false,
             remote_hash: RemoteHash::ReadBack,
+            create_root: true,
         })
     }
 }
@@ -757,6 +761,13 @@ impl Inner {
                 )))
             }
             Err(e) => match kind_of(&e) {
+                Kind::NotFound if !self.cfg.create_root => {
+                    return Err(BackendError::Permanent(format!(
+                        "{}: the remote folder {root} does not exist on {} (a typo in the URL, or a disk not mounted there?); nothing was created",
+                        self.cfg.url,
+                        self.host_desc()
+                    )))
+                }
                 Kind::NotFound => {
                     let mut prefixes = Vec::new();
                     let mut cur = if root.starts_with('/') {

@@ -399,9 +399,75 @@ impl Sink {
 
 type Gz = ParCompress<'static, ProbedGzip, Sink>;
 
+/// gzp's parallel compressor, made safe to use after an I/O error.
+///
+/// gzp tears its threads down when its writer thread fails (a full disk, a file size
+/// limit, EIO) and returns the error once; any later `write`, `flush` or `finish` — the
+/// tar trailer, the cleanup after a failed walk — would then panic on its dropped
+/// channels. This wrapper remembers the first error and returns it again instead of
+/// touching gzp, so an I/O error ends the backup with a message, never a panic.
+struct GzWriter {
+    /// `None` once finished.
+    gz: Option<Gz>,
+    /// The first error gzp returned (kind and text, to return it again).
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl GzWriter {
+    fn new(gz: Gz) -> GzWriter {
+        GzWriter {
+            gz: Some(gz),
+            failed: None,
+        }
+    }
+
+    /// Runs `f` on the compressor unless it failed before; remembers a failure.
+    fn call<T>(&mut self, f: impl FnOnce(&mut Gz) -> io::Result<T>) -> io::Result<T> {
+        if let Some((kind, msg)) = &self.failed {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        let Some(gz) = self.gz.as_mut() else {
+            return Err(io::Error::other("the gzip stream is already finished"));
+        };
+        f(gz).inspect_err(|e| self.failed = Some((e.kind(), e.to_string())))
+    }
+
+    /// Ends the gzip stream; returns the sink.
+    fn finish(&mut self) -> io::Result<Sink> {
+        self.call(|gz| {
+            gz.finish().map_err(|e| match e {
+                gzp::GzpError::Io(e) => e,
+                e => io::Error::other(e),
+            })
+        })
+        .inspect(|_| self.gz = None)
+    }
+}
+
+impl Write for GzWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.call(|gz| gz.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.call(|gz| gz.flush())
+    }
+}
+
+impl Drop for GzWriter {
+    fn drop(&mut self) {
+        // gzp's own Drop would finish the stream and panic on an error: finish it here
+        // (the result no longer matters), or not at all when it failed (gzp has then
+        // already stopped its threads, and its Drop does nothing).
+        if self.failed.is_none() && self.gz.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
 /// The compressor the tar stream goes through.
 enum Compressor {
-    Gzip(Gz),
+    Gzip(GzWriter),
     Zstd(zstd::stream::write::Encoder<'static, Sink>),
 }
 
@@ -431,7 +497,7 @@ impl Write for Compressor {
 impl Compressor {
     fn new(opts: &WriteOptions, threads: usize, sink: Sink) -> Result<Compressor> {
         Ok(match opts.codec {
-            Codec::Gzip => Compressor::Gzip(
+            Codec::Gzip => Compressor::Gzip(GzWriter::new(
                 ParCompressBuilder::<ProbedGzip>::new()
                     .num_threads(threads)
                     .map_err(|e| anyhow!("gzip: {e}"))?
@@ -439,7 +505,7 @@ impl Compressor {
                     .map_err(|e| anyhow!("gzip: {e}"))?
                     .compression_level(Compression::new(opts.level))
                     .from_writer(sink),
-            ),
+            )),
             Codec::Zstd => {
                 let mut z = zstd::stream::write::Encoder::new(sink, opts.level as i32)
                     .context("zstd: creating the compressor")?;
@@ -458,9 +524,7 @@ impl Compressor {
     /// Ends the compressed stream; returns the sink.
     fn finish(self) -> Result<Sink> {
         match self {
-            Compressor::Gzip(mut gz) => gz
-                .finish()
-                .map_err(|e| anyhow!("finishing the gzip stream: {e}")),
+            Compressor::Gzip(mut gz) => gz.finish().context("finishing the gzip stream"),
             Compressor::Zstd(z) => z.finish().context("finishing the zstd stream"),
         }
     }
@@ -517,7 +581,7 @@ fn write_into(
     let sources = match result {
         Ok(s) => s,
         Err(e) => {
-            // Shut the compressor down explicitly (its Drop would panic on a late I/O error).
+            // Shut the compressor down; a late I/O error no longer matters (see GzWriter).
             if let Ok(c) = tar.into_inner() {
                 let _ = c.finish();
             }

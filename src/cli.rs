@@ -324,7 +324,7 @@ pub fn main() -> i32 {
     match res {
         Ok(code) => code,
         Err(e) => {
-            crate::logging::final_error(&format!("{e:#}"));
+            crate::logging::final_error(&crate::error::describe(&e));
             exit_code(&e)
         }
     }
@@ -376,9 +376,54 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Standard output that a reader gone away (`| head`, a closed pipe) never turns into a
+/// failed command: after the first EPIPE the rest of the output is dropped, and the
+/// command (a push, a backup) finishes and exits as it would have.
+struct Stdout<W: Write> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> Stdout<W> {
+    fn closed(&mut self, e: &std::io::Error) -> bool {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            if !self.closed {
+                tracing::debug!("standard output is closed; the rest of the output is dropped");
+            }
+            self.closed = true;
+        }
+        self.closed
+    }
+}
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if self.closed(&e) => Ok(buf.len()),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if self.closed(&e) => Ok(()),
+            r => r,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = Stdout {
+        inner: stdout.lock(),
+        closed: false,
+    };
     // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
     let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
     match cli.command {

@@ -206,6 +206,9 @@ impl RawRetention {
     }
 }
 
+/// Most `[local] threads` accepted (each thread holds a few compression blocks).
+pub const MAX_THREADS: i64 = 1024;
+
 /// The default of `[retention] max_delete_fraction`.
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
 
@@ -241,7 +244,7 @@ struct RawLocal {
     prefix: Option<Spanned<String>>,
     compression: Option<Spanned<String>>,
     level: Option<Spanned<u32>>,
-    threads: Option<usize>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -390,7 +393,17 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         prefix,
         compression,
         level,
-        threads: raw.local.threads.unwrap_or(0),
+        threads: match &raw.local.threads {
+            Some(t) if !(0..=MAX_THREADS).contains(t.get_ref()) => {
+                return Err(at.err(
+                    t.span().start,
+                    "local.threads",
+                    &format!("a number of compression threads from 0 (all cores) to {MAX_THREADS}"),
+                ));
+            }
+            Some(t) => *t.get_ref() as usize,
+            None => 0,
+        },
         home: None,
     };
 
@@ -582,6 +595,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         });
     }
 
+    check_layout(&at, &raw.remotes, &local.dir, &remotes)?;
+
     // [hook] [notify] [log] [metrics] [status]
     let hook = crate::hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
     let notify = crate::notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
@@ -631,6 +646,94 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         encryption,
         max_extract_size,
     })
+}
+
+/// Refuse layouts that defeat the copies: a file:// remote that is the backup folder,
+/// lies inside it or contains it (a second copy on the same disk, or archives taken for
+/// each other's), and two remotes at the same place (one copy counted twice).
+fn check_layout(
+    at: &Locator,
+    raw: &[RawRemote],
+    local_dir: &Path,
+    remotes: &[Remote],
+) -> Result<()> {
+    let local = real_path(local_dir);
+    let mut places: HashMap<String, (String, usize)> = HashMap::new();
+    for (i, (r, rr)) in remotes.iter().zip(raw).enumerate() {
+        let key = format!("remotes[{i}].url");
+        let offset = rr.url.span().start;
+        let place = match &r.location {
+            RemoteLocation::File(p) => {
+                let root = real_path(p);
+                let problem = if root == local {
+                    Some("a folder other than the backup folder ([local] dir): a copy there is no second copy")
+                } else if root.starts_with(&local) {
+                    Some("a folder outside the backup folder ([local] dir): a remote inside it goes with it when the disk fails")
+                } else if local.starts_with(&root) {
+                    Some("a folder that does not contain the backup folder ([local] dir): the local archives would be taken for the remote's")
+                } else {
+                    None
+                };
+                if let Some(p) = problem {
+                    return Err(at.err(
+                        offset,
+                        &key,
+                        &format!("{p}; {} is {}", r.url, local.display()),
+                    ));
+                }
+                format!("file://{}", root.display())
+            }
+            _ => r.url.trim_end_matches('/').to_string(),
+        };
+        let place = match &r.host_id {
+            Some(h) => format!("{place} (host_id {h})"),
+            None => place,
+        };
+        if let Some((other, line)) = places.insert(place.clone(), (r.name.clone(), at.line(offset)))
+        {
+            return Err(at.err(
+                offset,
+                &key,
+                &format!(
+                    "a place no other remote uses; remote '{other}' (line {line}) is already at {place}: two remotes there are one copy, not two"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `p` made absolute with `.` and `..` resolved, through the real path (symlinks
+/// resolved) of its longest existing ancestor: two spellings of one folder compare equal,
+/// whether it exists yet or not.
+pub(crate) fn real_path(p: &Path) -> PathBuf {
+    let mut lexical = PathBuf::new();
+    for c in std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .components()
+    {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            c => lexical.push(c),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, name| acc.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
 }
 
 /// Parse a remote URL into its location. Errors say what is expected.
@@ -701,14 +804,17 @@ impl Locator<'_> {
 
     fn name(&self, v: &Spanned<String>, key: &str) -> Result<String> {
         let s = v.get_ref();
+        // `.` and `..` would name the folder itself or its parent inside the archive.
         let ok = !s.is_empty()
+            && s != "."
+            && s != ".."
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
             return Err(self.err(
                 v.span().start,
                 key,
-                "a name of letters, digits, '-', '_' or '.'",
+                "a name of letters, digits, '-', '_' or '.' (not `.` or `..`)",
             ));
         }
         Ok(s.clone())

@@ -59,3 +59,19 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         .find_map(|c| c.downcast_ref::<ExitError>().map(|x| x.code))
         .unwrap_or(EXIT_ERROR)
 }
+
+/// What to do about the operating-system error behind `e`, if it is one a user can act on:
+/// a full disk, a file size limit, a read-only filesystem, a failing disk, a permission.
+pub fn advice(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .and_then(pronto_backends::io_advice)
+}
+
+/// The error as one line (`{e:#}`), with [`advice`] appended when there is some.
+pub fn describe(e: &anyhow::Error) -> String {
+    match advice(e) {
+        Some(a) => format!("{e:#} ({a})"),
+        None => format!("{e:#}"),
+    }
+}

@@ -343,6 +343,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Run the hook; returns the exit code. Failures of steps are in the report, not errors.
+///
+/// Every run that gets past the config reports, whatever stops it: a step that cannot
+/// even start (the backup folder cannot be created or locked, a full disk) is an error in
+/// the report like a failed step, and the state file, the metrics textfile and the
+/// notifications are written and sent before the exit. Writing them may fail in turn (a
+/// read-only folder): that is logged at ERROR and never replaces the run's own error.
 pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32> {
     let t0 = Instant::now();
     let started = Utc::now().trunc_subsecs(0);
@@ -355,7 +361,45 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
         std::process::id(),
         cfg.file.display()
     );
+    // The hook's lock, held until the report is out (a second run must not start before).
+    let mut lock: Option<Box<dyn std::any::Any>> = None;
+    let busy = match run_steps(cfg, opts, &rt, &notifier, &mut report, &mut lock, out) {
+        Ok(busy) => busy,
+        // Nothing could start (the backup folder cannot be created or locked): the
+        // backup failed, and says why.
+        Err(e) => {
+            report.backup = Some(backup_step(Err(e), &mut report));
+            false
+        }
+    };
 
+    // The report: state and metrics files, stdout, notifications.
+    report.finish(t0, busy);
+    record_state(cfg, &report);
+    match report.status {
+        Outcome::Success => tracing::info!("{}", report.summary),
+        _ => tracing::error!("{}", report.summary),
+    }
+    let printed = print_report(&report, opts.json, out);
+    rt.block_on(notifier.finish(&report));
+    if let Err(e) = printed {
+        tracing::error!("printing the report: {e:#}");
+    }
+    drop(lock);
+    Ok(report.exit_code)
+}
+
+/// The steps of a run, into `report`: lock (kept in `lock`), backup, push, prune. Returns
+/// whether another run held the lock (busy). An error is a step that could not start.
+fn run_steps(
+    cfg: &Config,
+    opts: &HookOptions,
+    rt: &tokio::runtime::Runtime,
+    notifier: &Notifier,
+    report: &mut Report,
+    lock: &mut Option<Box<dyn std::any::Any>>,
+    out: &mut dyn Write,
+) -> Result<bool> {
     let wait = opts.lock_wait.unwrap_or(cfg.hook.lock_wait);
     // The one local lock for the whole run; the backup, push and prune inside take it
     // again at once (it is held by this process, see `crate::lock`).
@@ -367,13 +411,11 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             );
             tracing::error!("{msg}");
             report.errors.push(msg);
-            report.finish(t0, true);
-            print_report(&report, opts.json, out)?;
-            rt.block_on(notifier.finish(&report));
-            return Ok(report.exit_code);
+            return Ok(true);
         }
         Err(e) => return Err(e),
     };
+    *lock = Some(Box::new(_lock));
     rt.block_on(notifier.start());
 
     // 1. backup, and 2. push (every remote; even after a failed backup, older archives
@@ -388,22 +430,22 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             archive: None,
             error: None,
         });
-        no_backup_warning(cfg, &mut report);
+        no_backup_warning(cfg, report);
     } else if cfg.hook.stream_upload && !cfg.remotes.is_empty() {
         let streamed = crate::stream_upload::backup_and_push(
             cfg,
-            &rt,
+            rt,
             &crate::stream_upload::Options {
                 prune: true,
                 push_after_failed_backup: true,
             },
             push_out,
         );
-        report.backup = Some(backup_step(streamed.backup, &mut report));
-        add_remote_steps(&mut report, streamed.remotes);
+        report.backup = Some(backup_step(streamed.backup, report));
+        add_remote_steps(report, streamed.remotes);
         pushed = true;
     } else {
-        report.backup = Some(backup_step(crate::backup::run(cfg), &mut report));
+        report.backup = Some(backup_step(crate::backup::run(cfg), report));
     }
 
     if cfg.remotes.is_empty() {
@@ -412,7 +454,7 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
             .push("no [[remotes]] configured: nothing was pushed off-site".into());
     } else if !pushed {
         match rt.block_on(crate::push::run_reports(cfg, None, false, push_out)) {
-            Ok(reps) => add_remote_steps(&mut report, reps),
+            Ok(reps) => add_remote_steps(report, reps),
             Err(e) => {
                 tracing::error!("push failed: {e:#}");
                 for r in &cfg.remotes {
@@ -441,34 +483,29 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
     } else {
         let mut sink = std::io::sink();
         let prune_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
-        prune_step(cfg, &rt, prune_out)
+        prune_step(cfg, rt, prune_out)
     });
     if let Some(e) = report.prune.as_ref().and_then(|p| p.error.clone()) {
         report.errors.push(format!("prune: {e}"));
     }
+    Ok(false)
+}
 
-    // 4. report
-    report.finish(t0, false);
+/// The state file and the metrics textfile after a run; failures are logged only.
+fn record_state(cfg: &Config, report: &Report) {
     let mut state = crate::metrics::State::load(&cfg.local.dir);
-    state.record(cfg, &report);
+    state.record(cfg, report);
     if let Err(e) = state.save(&cfg.local.dir) {
-        tracing::error!("saving the run state: {e:#}");
+        tracing::error!("saving the run state: {}", crate::error::describe(&e));
     }
     if let Some(m) = &cfg.metrics {
         match crate::metrics::render(cfg, &state)
             .and_then(|t| crate::metrics::write_textfile(m, &t))
         {
             Ok(()) => tracing::debug!("metrics written to {}", m.textfile.display()),
-            Err(e) => tracing::error!("metrics: {e:#}"),
+            Err(e) => tracing::error!("metrics: {}", crate::error::describe(&e)),
         }
     }
-    match report.status {
-        Outcome::Success => tracing::info!("{}", report.summary),
-        _ => tracing::error!("{}", report.summary),
-    }
-    print_report(&report, opts.json, out)?;
-    rt.block_on(notifier.finish(&report));
-    Ok(report.exit_code)
 }
 
 /// The backup step of the report from the backup's result.
@@ -491,13 +528,14 @@ fn backup_step(
             }
         }
         Err(e) => {
-            tracing::error!("backup failed: {e:#}");
-            report.errors.push(format!("backup: {e:#}"));
+            let msg = crate::error::describe(&e);
+            tracing::error!("backup failed: {msg}");
+            report.errors.push(format!("backup: {msg}"));
             report.exit_code = exit_code(&e);
             BackupStep {
                 skipped: false,
                 archive: None,
-                error: Some(format!("{e:#}")),
+                error: Some(msg),
             }
         }
     }

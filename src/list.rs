@@ -36,7 +36,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
     let selected = remotes::selected(cfg, only)?;
     let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
     for remote in &selected {
-        let st = match remotes::open(remote) {
+        let st = match remotes::open_read_only(remote) {
             Ok(r) => retry(r.retry, &format!("listing of {}", r.name), || {
                 r.backend.list("")
             })

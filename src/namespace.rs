@@ -205,7 +205,7 @@ pub async fn list_all_hosts(
     for remote in crate::remotes::selected(cfg, only)? {
         let mut whole = remote.clone();
         whole.host_id = None;
-        let listing = match crate::remotes::open(&whole) {
+        let listing = match crate::remotes::open_read_only(&whole) {
             Ok(r) => crate::retry::retry(r.retry, &format!("listing of {}", r.name), || {
                 r.backend.list("")
             })

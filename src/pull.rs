@@ -117,6 +117,9 @@ async fn run_inner(
             ))
         })?)
     };
+    if let Some(to) = to {
+        check_destination(to)?;
+    }
     let selected = remotes::selected(cfg, only)?;
     if selected.is_empty() {
         return Err(usage(format!(
@@ -130,7 +133,7 @@ async fn run_inner(
     let mut any_archive = false;
     let mut errors = Vec::new();
     for remote in &selected {
-        let r = match remotes::open(remote) {
+        let r = match remotes::open_read_only(remote) {
             Ok(r) => r,
             Err(e) => {
                 errors.push(format!("{}: {e:#}", remote.name));
@@ -357,4 +360,49 @@ fn names(remotes: &[&crate::config::Remote]) -> String {
         .map(|r| r.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `--to DIR` can take the extraction — a folder (or a path whose nearest existing
+/// ancestor is a folder) we can write in — checked before anything is downloaded.
+fn check_destination(to: &Path) -> Result<()> {
+    let mut probe_dir = to;
+    loop {
+        match std::fs::metadata(probe_dir) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => bail!(
+                "pull --to {}: {} is not a folder; nothing was downloaded",
+                to.display(),
+                probe_dir.display()
+            ),
+            // Missing, or a file on the way (ENOTDIR): look at the parent.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                probe_dir = match probe_dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "pull --to {}: cannot use {}",
+                        to.display(),
+                        probe_dir.display()
+                    )
+                })
+            }
+        }
+    }
+    let probe = fsutil::temp_name(&probe_dir.join(".pronto-offsite-probe"));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "pull --to {}: cannot write in {}; nothing was downloaded",
+                to.display(),
+                probe_dir.display()
+            )
+        })
 }

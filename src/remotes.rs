@@ -11,16 +11,33 @@ use crate::namespace::NamespacedBackend;
 use crate::replicate::RemoteHandle;
 use crate::retry::RetryPolicy;
 
-/// Open one remote.
+/// Open one remote, creating its folder (file://, sftp://) when missing: for writing.
 pub fn open(remote: &Remote) -> Result<RemoteHandle> {
+    open_with(remote, true)
+}
+
+/// Open one remote to read it (`list`, `verify`, `pull`, `status`): a missing file:// or
+/// sftp:// folder is an error that names it, and nothing is created.
+pub fn open_read_only(remote: &Remote) -> Result<RemoteHandle> {
+    open_with(remote, false)
+}
+
+fn open_with(remote: &Remote, create: bool) -> Result<RemoteHandle> {
     let backend: Arc<dyn pronto_backends::Backend> = match &remote.location {
         RemoteLocation::File(path) => Arc::new(
-            LocalBackend::new(path.clone())
-                .with_context(|| format!("remote {}: opening {}", remote.name, path.display()))?,
+            if create {
+                LocalBackend::new(path.clone())
+            } else {
+                LocalBackend::open_existing(path.clone())
+            }
+            .with_context(|| format!("remote {}: opening {}", remote.name, path.display()))?,
         ),
         RemoteLocation::Sftp(cfg) => Arc::new(
-            pronto_backends::sftp::SftpBackend::new(cfg.clone())
-                .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url))?,
+            pronto_backends::sftp::SftpBackend::new(pronto_backends::sftp::SftpConfig {
+                create_root: create,
+                ..cfg.clone()
+            })
+            .with_context(|| format!("remote {}: opening {}", remote.name, cfg.url))?,
         ),
         RemoteLocation::S3(cfg) => Arc::new(
             pronto_backends::s3::S3Backend::new(cfg.clone())

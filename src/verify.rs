@@ -140,7 +140,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Res
     }
 
     for remote in remotes {
-        let found = match remotes::open(remote) {
+        let found = match remotes::open_read_only(remote) {
             Ok(r) => {
                 check_remote(
                     cfg,

@@ -705,3 +705,218 @@ fn push_json_reports_each_remote() {
         .unwrap()
         .contains("not a folder"));
 }
+
+// ---- every failure path reports (issue 17) ----------------------------------------------
+
+/// `[notify]` that writes the report to notified.txt on a failure, and a metrics textfile.
+fn reporting(env: &Env) -> String {
+    format!(
+        r#"
+[notify]
+command = ["sh", "-c", "cat > {}"]
+command_on = ["failure"]
+
+[metrics]
+textfile = "pronto_offsite.prom"
+"#,
+        env.path("notified.txt").display()
+    )
+}
+
+/// The run exited `code` without a panic, the failure notification went out and says
+/// `needle`, and the metrics textfile has this run's exit code.
+#[track_caller]
+fn assert_reported(env: &Env, o: &std::process::Output, code: i32, needle: &str) {
+    let all = text(o);
+    assert_eq!(o.status.code(), Some(code), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    let note = std::fs::read_to_string(env.path("notified.txt"))
+        .unwrap_or_else(|e| panic!("no failure notification ({e}): {all}"));
+    assert!(
+        note.contains(&format!("(exit {code})")) && note.contains(needle),
+        "the notification says what failed ({needle}): {note}"
+    );
+    let prom = std::fs::read_to_string(env.path("pronto_offsite.prom"))
+        .unwrap_or_else(|e| panic!("no metrics textfile ({e}): {all}"));
+    assert_eq!(
+        parse_prom(&prom)["pronto_offsite_last_run_exit_code"],
+        f64::from(code),
+        "{prom}"
+    );
+}
+
+/// A folder made immutable with `chattr +i` (root ignores modes), undone on drop.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(dir: &std::path::Path) -> Immutable {
+        let o = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .expect("chattr (e2fsprogs) is needed to make a folder read-only as root");
+        assert!(o.status.success(), "chattr +i failed: {}", text(&o));
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_hook_that_finds_the_lock_held_reports_it() {
+    let env = Env::new();
+    source(&env);
+    // The first run holds the lock while its (slow) success notification runs; every
+    // run writes its report to a file of its own.
+    env.write_config(&format!(
+        r#"
+[notify]
+command = ["sh", "-c", "cat > {}/note-$$.txt; sleep 5"]
+command_on = ["failure", "success"]
+
+[metrics]
+textfile = "pronto_offsite.prom"
+"#,
+        env.path("").display()
+    ));
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    let mut first = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(env.config())
+        .arg("hook")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = env.backups().join(".pronto-offsite.state.json");
+    wait_for("the first hook's report", Duration::from_secs(60), || {
+        state.exists()
+    });
+    let o = env.run(&["hook", "--lock-wait", "1s"]);
+    assert!(first.wait().unwrap().success());
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    let notes: Vec<String> = names_in(&env.path(""))
+        .into_iter()
+        .filter(|n| n.starts_with("note-"))
+        .map(|n| std::fs::read_to_string(env.path(&n)).unwrap())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("(exit 6)") && n.contains("another hook run holds the lock")),
+        "{notes:?}"
+    );
+    // The busy run is the last one in the state file (the first one saved it before
+    // its notification, the busy one after).
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(st["last_run"]["exit_code"], 6, "{st}");
+}
+
+#[test]
+fn a_hook_with_a_read_only_backup_folder_reports_it() {
+    let env = Env::new();
+    source(&env);
+    env.write_config(&reporting(&env));
+    std::fs::create_dir_all(env.backups()).unwrap();
+    let _ro = Immutable::new(&env.backups());
+    let o = env.run(&["hook"]);
+    assert_reported(&env, &o, 1, &env.backups().display().to_string());
+    assert!(stdout_of(&o).contains("backup   FAILED"), "{}", text(&o));
+}
+
+#[test]
+fn a_hook_on_a_full_disk_reports_it() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    source(&env);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(env.path("src/video.mp4"), noise).unwrap();
+    env.write_config(&reporting(&env));
+    // No file may grow past 1 MiB: the archive's writes fail with EFBIG, as on a full disk.
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
+    c.arg("--config").arg(env.config()).arg("hook");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    assert_reported(&env, &o, 1, ".tar.gz.partial");
+    assert!(local_archives(&env).is_empty());
+}
+
+#[test]
+fn a_hook_whose_source_is_missing_reports_it() {
+    let env = Env::new();
+    env.write_config(&reporting(&env));
+    let o = env.run(&["hook"]);
+    assert_reported(&env, &o, 1, "does not exist");
+}
+
+#[test]
+fn a_hook_whose_database_is_down_reports_it() {
+    let env = Env::new();
+    std::fs::write(
+        env.config(),
+        format!(
+            r#"[local]
+dir = "backups"
+
+[[sources]]
+name = "db"
+kind = "postgres"
+url = "postgresql://pronto@127.0.0.1:{}/postgres"
+
+[[remotes]]
+name = "nas"
+url = "file://{}"
+{}"#,
+            closed_port(),
+            env.remote().display(),
+            reporting(&env)
+        ),
+    )
+    .unwrap();
+    let o = env.run(&["hook"]);
+    assert_reported(&env, &o, 1, "backup   FAILED");
+    assert!(local_archives(&env).is_empty());
+}
+
+#[test]
+fn a_hook_whose_every_remote_is_down_reports_it() {
+    let env = Env::new();
+    source(&env);
+    env.write_config(&reporting(&env));
+    // A plain file where the remote folder should be: the remote cannot be written.
+    std::fs::write(env.remote(), "not a folder").unwrap();
+    let o = env.run(&["hook"]);
+    assert_reported(&env, &o, 3, "push FAILED to nas");
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -61,7 +61,33 @@ impl BackendError {
             Interrupted | TimedOut | WouldBlock => {
                 BackendError::transient(format!("{context}: {e}"))
             }
-            _ => BackendError::Permanent(format!("{context}: {e}")),
+            _ => match io_advice(&e) {
+                Some(a) => BackendError::Permanent(format!("{context}: {e} ({a})")),
+                None => BackendError::Permanent(format!("{context}: {e}")),
+            },
         }
     }
+}
+
+/// What to do about a local I/O error a user can act on — a full disk, a file size limit,
+/// a read-only filesystem, a failing disk, a permission — or `None`.
+pub fn io_advice(e: &std::io::Error) -> Option<&'static str> {
+    Some(match e.raw_os_error()? {
+        libc::ENOSPC | libc::EDQUOT => {
+            "the disk (or quota) is full: free space there, e.g. with `prune`, or move the folder to a larger disk, then run again"
+        }
+        libc::EFBIG => {
+            "the file grew past the largest file allowed here (`ulimit -f`, or the filesystem's limit): raise the limit or use another filesystem"
+        }
+        libc::EROFS => {
+            "the filesystem is mounted read-only: remount it read-write or choose another folder"
+        }
+        libc::EIO => {
+            "the disk reported an I/O error: check it (dmesg, smartctl) before trusting what is on it"
+        }
+        libc::EACCES | libc::EPERM => {
+            "permission denied: run as the user that owns the folder, or fix its permissions (an immutable flag: lsattr)"
+        }
+        _ => return None,
+    })
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-pub use error::{BackendError, Result};
+pub use error::{io_advice, BackendError, Result};
 
 /// A stream of bytes read from a backend.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;

@@ -97,11 +97,27 @@ struct UploadInfo {
 impl LocalBackend {
     /// Open (and create, mode `0700`, if missing) a local backend rooted at `root`.
     pub fn new(root: PathBuf) -> Result<Self> {
+        Self::open(root, true)
+    }
+
+    /// Open a local backend whose root must exist already (read-only commands: a missing
+    /// folder is a typo or a disk that is not mounted, never an empty remote).
+    pub fn open_existing(root: PathBuf) -> Result<Self> {
+        Self::open(root, false)
+    }
+
+    fn open(root: PathBuf, create: bool) -> Result<Self> {
         let root = std::path::absolute(&root)
             .map_err(|e| BackendError::from_io(&format!("resolve {}", root.display()), e))?;
         let ctx = format!("backend root {}", root.display());
         let meta = match fs::metadata(&root) {
             Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => {
+                return Err(BackendError::Permanent(format!(
+                    "the remote folder {} does not exist (a typo in the URL, or the disk or NAS not mounted?); nothing was created",
+                    root.display()
+                )))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
                     .recursive(true)

@@ -799,6 +799,14 @@ pub fn map_error(
             )));
         }
     }
+    if status.is_none() && transport.is_some() {
+        if let Some(cause) = unhealable_connect(&text) {
+            let to = endpoint_in(&text).unwrap_or_else(|| "the endpoint".into());
+            return BackendError::Permanent(
+                redactor.redact(&format!("{ctx}: cannot connect to {to}: {cause}")),
+            );
+        }
+    }
     if status.is_none() {
         if let Some(t) = transport {
             return BackendError::Transient {
@@ -875,6 +883,59 @@ pub fn map_error(
             BackendError::Permanent(redactor.redact(&format!("{ctx}: {first}")))
         }
     }
+}
+
+/// A connection error that asking again will not heal — nothing listens at the address,
+/// the host name does not resolve, no route — as the cause to report, from the text of
+/// an error chain. A timeout or a reset is not one of them (those are retried).
+pub fn unhealable_connect(text: &str) -> Option<&'static str> {
+    const CAUSES: [(&str, &str); 6] = [
+        (
+            "Connection refused",
+            "connection refused (is the server running, and are the host and port right?)",
+        ),
+        (
+            "failed to lookup address",
+            "unknown host: the name does not resolve (check the endpoint, and DNS)",
+        ),
+        (
+            "Name or service not known",
+            "unknown host: the name does not resolve (check the endpoint, and DNS)",
+        ),
+        (
+            "nodename nor servname",
+            "unknown host: the name does not resolve (check the endpoint, and DNS)",
+        ),
+        (
+            "No route to host",
+            "no route to host (is it up and reachable from here?)",
+        ),
+        (
+            "Network is unreachable",
+            "network unreachable (is this machine's network up?)",
+        ),
+    ];
+    CAUSES
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, cause)| *cause)
+}
+
+/// `scheme://host:port` of the first URL in an error text (reqwest names the URL it was
+/// sending to).
+fn endpoint_in(text: &str) -> Option<String> {
+    let start = text.find("http://").or_else(|| text.find("https://"))?;
+    let rest = &text[start..];
+    let after_scheme = rest.find("://")? + 3;
+    let end = rest[after_scheme..]
+        .find(|c: char| c == '/' || c == ')' || c == '?' || c.is_whitespace())
+        .map_or(rest.len(), |i| after_scheme + i);
+    let url = &rest[..end];
+    // Never a user or password, should one be in the URL.
+    Some(match url[after_scheme..].rsplit_once('@') {
+        Some((_, host)) => format!("{}{host}", &url[..after_scheme]),
+        None => url.to_string(),
+    })
 }
 
 fn reason(status: u16) -> &'static str {

@@ -123,8 +123,9 @@ const IN_FLIGHT: usize = 16;
 const EXEC_HASH_MIN: u64 = 1024 * 1024;
 /// How often a write retries when a concurrent `delete` pruned the folder it writes to.
 const DIR_RACE_RETRIES: usize = 8;
-/// Without `connect_timeout`, how long a whole connection attempt may take.
-const DEFAULT_CONNECT_LIMIT: Duration = Duration::from_secs(120);
+/// Without `connect_timeout`, ssh's `ConnectTimeout`: a host that never answers (a
+/// firewall dropping packets) fails in seconds, not minutes.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the backend verifies a finished file before renaming it into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,6 +163,9 @@ pub struct SftpConfig {
     pub accept_new_host_key: bool,
     /// How finished files are verified.
     pub remote_hash: RemoteHash,
+    /// Create the remote folder when it is missing (true, for writing); false for
+    /// read-only use, where a missing folder is an error that names it.
+    pub create_root: bool,
 }
 
 impl SftpConfig {
@@ -219,6 +223,7 @@ impl SftpConfig {
             connect_timeout: None,
             accept_new_host_key: false,
             remote_hash: RemoteHash::ReadBack,
+            create_root: true,
         })
     }
 }
@@ -473,8 +478,9 @@ impl Inner {
         }
         let timeout = cfg
             .connect_timeout
-            .map(|t| t.as_secs().max(1))
-            .unwrap_or(15);
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            .as_secs()
+            .max(1);
         a.push("-o".into());
         a.push(format!("ConnectTimeout={timeout}").into());
         a
@@ -563,9 +569,8 @@ impl Inner {
         if let Some(f) = &cfg.known_hosts_file {
             b.user_known_hosts_file(f);
         }
-        if let Some(t) = cfg.connect_timeout {
-            b.connect_timeout(Duration::from_secs(t.as_secs().max(1)));
-        }
+        let connect_timeout = cfg.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        b.connect_timeout(Duration::from_secs(connect_timeout.as_secs().max(1)));
         b.known_hosts_check(if cfg.accept_new_host_key {
             KnownHosts::Add
         } else {
@@ -576,10 +581,8 @@ impl Inner {
             std::num::NonZeroUsize::new(30).expect("nonzero"),
         ));
         b.server_alive_interval(Duration::from_secs(15));
-        let limit = cfg
-            .connect_timeout
-            .map(|t| t * 3 + Duration::from_secs(5))
-            .unwrap_or(DEFAULT_CONNECT_LIMIT);
+        // The whole attempt (TCP, key exchange, login): a few round trips.
+        let limit = connect_timeout * 3 + Duration::from_secs(5);
         self.connects.fetch_add(1, Ordering::Relaxed);
         let session = match tokio::time::timeout(limit, b.connect_mux(&cfg.host)).await {
             Err(_) => {
@@ -688,6 +691,30 @@ impl Inner {
         if has("Could not resolve hostname") || has("Bad configuration option") || has("Bad port") {
             return BackendError::Permanent(format!("{url}: ssh: {text}"));
         }
+        // Nothing listens there, or no route to it: asking again in a minute will not
+        // help (and a remote that is only down for maintenance fails the same night
+        // either way); say so at once, with host and port.
+        for (cause, hint) in [
+            (
+                "Connection refused",
+                "connection refused: is sshd running there, and is the port right?",
+            ),
+            (
+                "No route to host",
+                "no route to host: is the host up and reachable from here?",
+            ),
+            (
+                "Network is unreachable",
+                "network unreachable: is this machine's network up?",
+            ),
+        ] {
+            if has(cause) {
+                return BackendError::Permanent(format!(
+                    "{url}: cannot connect to {}:{}: {hint}",
+                    who.hostname, who.port
+                ));
+            }
+        }
         BackendError::transient(format!(
             "{url}: could not connect to {}: {}",
             self.host_desc(),
@@ -785,6 +812,13 @@ impl Inner {
                 )))
             }
             Err(e) => match kind_of(&e) {
+                Kind::NotFound if !self.cfg.create_root => {
+                    return Err(BackendError::Permanent(format!(
+                        "{}: the remote folder {root} does not exist on {} (a typo in the URL, or a disk not mounted there?); nothing was created",
+                        self.cfg.url,
+                        self.host_desc()
+                    )))
+                }
                 Kind::NotFound => {
                     let mut prefixes = Vec::new();
                     let mut cur = if root.starts_with('/') {

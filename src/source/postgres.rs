@@ -650,6 +650,33 @@ impl<'a> PgClient<'a> {
             .collect())
     }
 
+    /// What a backup of this source would leave out, one sentence each: databases that
+    /// refuse connections (without a `databases` list) and relations in schemas `pg_dump`
+    /// skips. For `doctor`; a backup logs the same as warnings.
+    pub fn left_out(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        let unconnectable = self.unconnectable_databases()?;
+        let dbs = match &self.src.databases {
+            Some(list) => list.clone(),
+            None => {
+                for d in &unconnectable {
+                    v.push(format!(
+                        "database {d} refuses connections (ALLOW_CONNECTIONS false) and is left out; list it in `databases` to include it"
+                    ));
+                }
+                self.list_databases()?
+            }
+        };
+        for db in dbs.iter().filter(|d| !unconnectable.contains(d)) {
+            for rel in self.relations_in_skipped_schemas(db).unwrap_or_default() {
+                v.push(format!(
+                    "database {db}: {rel} is in a schema pg_dump leaves out; move it to a schema of its own"
+                ));
+            }
+        }
+        Ok(v)
+    }
+
     fn set_allow_connections(&self, db: &str, allow: bool) -> Result<()> {
         self.query(
             &self.src.maintenance_db,

@@ -72,6 +72,7 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
         checks.extend(local_checks(cfg));
         checks.extend(rt.block_on(remote_checks(cfg)));
         checks.extend(tool_checks(cfg));
+        checks.extend(postgres_checks(cfg));
         checks.extend(ops_checks(cfg));
         checks.extend(encryption_checks(cfg));
     }
@@ -109,6 +110,46 @@ fn print(checks: &[Check], json: bool, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "{failed} of {} checks FAILED", checks.len())?;
     }
     Ok(())
+}
+
+/// Each postgres source that answers: what its backup would leave out (databases that
+/// refuse connections, relations in schemas pg_dump skips). A server that does not
+/// answer is left to the backup to report.
+fn postgres_checks(cfg: &Config) -> Vec<Check> {
+    let mut v = Vec::new();
+    for s in &cfg.sources {
+        let Some(pg) = &s.postgres else { continue };
+        let name = format!("postgres {}", s.name);
+        // A pgpass file is written only for a password_file: then in a private temp folder.
+        let work = match &pg.password_file {
+            Some(_) => match crate::source::WorkDir::create(
+                std::env::temp_dir().join(format!("pronto-offsite-doctor-{}", std::process::id())),
+            ) {
+                Ok(w) => Some(w),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let dir = work
+            .as_ref()
+            .map_or_else(std::env::temp_dir, |w| w.path().to_path_buf());
+        let Ok(client) = crate::source::postgres::PgClient::new(pg, &dir) else {
+            continue;
+        };
+        if client.server_version().is_err() {
+            continue;
+        }
+        match client.left_out() {
+            Ok(l) if l.is_empty() => v.push(ok(name, "a backup leaves nothing out")),
+            Ok(l) => v.push(fail(
+                name,
+                format!("a backup would leave out: {}", l.join("; ")),
+                "include or move what is named above, so the archive holds it",
+            )),
+            Err(_) => {}
+        }
+    }
+    v
 }
 
 /// `[encryption]`: what archives are encrypted to, and whether the identity file (when

@@ -489,6 +489,21 @@ fn backups_name_what_they_leave_out_and_include_closed_databases_when_asked() {
         "{t}"
     );
 
+    // doctor says the same before any backup runs.
+    let o = env.run(&["doctor"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(
+            "FAIL  postgres db: a backup would leave out: database frozen refuses connections"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("information_schema.hidden is in a schema pg_dump leaves out"),
+        "{t}"
+    );
+
     // The drill notices what the archive lacks: the manifest knew the table.
     run_ok(&env, &["push"]);
     let o = env.run(&["verify", &id, "--restore-test"]);

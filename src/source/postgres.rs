@@ -501,6 +501,18 @@ impl<'a> PgClient<'a> {
             stop.store(true, Ordering::SeqCst);
             r
         });
+        if res.is_err() {
+            // A tool we killed may leave its backend waiting for the lock (a backend
+            // notices its client is gone only when the wait ends): cancel what is left.
+            let _ = self.query(
+                &self.src.maintenance_db,
+                &format!(
+                    "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity \
+                     WHERE application_name = {} AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
+                    quote_literal(&self.app_name)
+                ),
+            );
+        }
         match (res, blocked.into_inner().unwrap_or(None)) {
             (Err(e), Some(who)) => Err(anyhow!(
                 "waited more than {} for a lock, so the session was cancelled; the lock is held by {who}. \
@@ -512,8 +524,9 @@ impl<'a> PgClient<'a> {
         }
     }
 
-    /// Every half second: our sessions waiting for a lock, and who blocks them; one that
-    /// has waited `limit` is cancelled and its blockers are kept in `blocked`.
+    /// Every tenth of `limit` (0.2 s to 5 s, so a long dump costs few polls): our sessions
+    /// waiting for a lock, and who blocks them; one seen waiting for `limit` is cancelled
+    /// and its blockers are kept in `blocked`.
     fn lock_watchdog(&self, limit: Duration, stop: &AtomicBool, blocked: &Mutex<Option<String>>) {
         let sql = format!(
             "SELECT w.pid::text || E'\\t' || coalesce(string_agg(format('pid %s (user %s, %s): %s', \
@@ -526,12 +539,14 @@ impl<'a> PgClient<'a> {
             quote_literal(&self.app_name)
         );
         let mut waiting: std::collections::HashMap<String, Instant> = Default::default();
+        let every = (limit / 10).clamp(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            for _ in 0..5 {
+            let slept = Instant::now();
+            while slept.elapsed() < every {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(50));
             }
             let Ok(out) = self.query(&self.src.maintenance_db, &sql) else {
                 continue;
@@ -633,6 +648,33 @@ impl<'a> PgClient<'a> {
             .lines()
             .map(str::to_string)
             .collect())
+    }
+
+    /// What a backup of this source would leave out, one sentence each: databases that
+    /// refuse connections (without a `databases` list) and relations in schemas `pg_dump`
+    /// skips. For `doctor`; a backup logs the same as warnings.
+    pub fn left_out(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        let unconnectable = self.unconnectable_databases()?;
+        let dbs = match &self.src.databases {
+            Some(list) => list.clone(),
+            None => {
+                for d in &unconnectable {
+                    v.push(format!(
+                        "database {d} refuses connections (ALLOW_CONNECTIONS false) and is left out; list it in `databases` to include it"
+                    ));
+                }
+                self.list_databases()?
+            }
+        };
+        for db in dbs.iter().filter(|d| !unconnectable.contains(d)) {
+            for rel in self.relations_in_skipped_schemas(db).unwrap_or_default() {
+                v.push(format!(
+                    "database {db}: {rel} is in a schema pg_dump leaves out; move it to a schema of its own"
+                ));
+            }
+        }
+        Ok(v)
     }
 
     fn set_allow_connections(&self, db: &str, allow: bool) -> Result<()> {
@@ -1125,7 +1167,7 @@ impl<'a> PgClient<'a> {
         if let Err(e) = res {
             // A `--create` restore that failed leaves a half-built database: drop it, so
             // the next attempt starts from nothing, as this one did.
-            if mode == RestoreMode::Create || (mode == RestoreMode::Created && !exists) {
+            if matches!(mode, RestoreMode::Create | RestoreMode::Created) {
                 if let Err(d) = self.drop_database(target) {
                     return Err(e.context(format!(
                         "and the half-restored database {target} could not be dropped ({d:#}); drop it by hand"

@@ -203,6 +203,7 @@ pub fn run_watched(
         postgres,
         redis,
         safety: bopts.safety,
+        adopted: false,
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;

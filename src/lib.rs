@@ -4,6 +4,7 @@
 //! [`retention`] (pure) → [`plan`] (pure) → [`replicate`] → remotes
 //! (`pronto_backends::Backend`) → [`pull`] and [`extract`].
 
+pub mod adopt;
 pub mod archive;
 pub mod backup;
 pub mod bwlimit;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod doctor;
+pub mod doctor_services;
 pub mod drill;
 pub mod error;
 pub mod exclude;

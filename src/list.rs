@@ -144,6 +144,9 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 writeln!(out, "WARNING: {}", catalog::future_warning(&row.file, time))?;
             }
         }
+        if let Some(h) = crate::adopt::hint(&local) {
+            writeln!(out, "{h}")?;
+        }
         for (name, st) in &states {
             if let Err(e) = st {
                 writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;

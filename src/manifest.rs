@@ -111,6 +111,9 @@ pub struct Manifest {
     /// cap; prune keeps the [`SAFETY_KEEP`] newest and deletes older ones.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub safety: bool,
+    /// Made outside pronto-offsite and taken in by `adopt` (read whole first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// How many safety backups a prune keeps (the newest ones).

@@ -24,7 +24,7 @@ use crate::manifest::{Manifest, SourceSummary};
 /// Run `adopt`; exit 0 when every archive was adopted (or there was none), 4 when one
 /// was refused.
 pub fn run(cfg: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<i32> {
-    let _lock = crate::fsutil::FolderLock::acquire(&cfg.local.dir, crate::backup::LOCK_WAIT)?;
+    let _lock = crate::lock::acquire(&cfg.local.dir, "adopt", crate::lock::DEFAULT_WAIT)?;
     let all = catalog::scan(&cfg.local)?;
     let picked: Vec<Result<&LocalArchive, String>> = if paths.is_empty() {
         all.iter()

@@ -122,6 +122,12 @@ pub async fn run_with(
             crate::lock::DEFAULT_WAIT,
         )?)
     };
+    // An archive whose manifest write was killed gets it back first (reported).
+    if !dry_run {
+        for line in crate::backup::repair_orphans(cfg) {
+            writeln!(out, "{line}")?;
+        }
+    }
     // Safety backups (taken before a restore) stay local: not scheduled backups.
     let local: Vec<catalog::LocalArchive> = catalog::scan(&cfg.local)?
         .into_iter()

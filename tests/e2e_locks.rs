@@ -533,3 +533,45 @@ fn safety_backups_take_no_retention_slot_and_have_their_own_rule() {
         "the oldest safety backup beyond the newest 3 stays: {left:?}"
     );
 }
+
+/// Self-recovery: an archive renamed into place whose manifest write was killed gets
+/// its manifest back (after being hashed and read whole) on the next push, which says
+/// "repaired: ..." and uploads it. (Before, it stayed without a manifest for ever and was
+/// never pushed.)
+#[test]
+fn an_archive_whose_manifest_write_was_killed_is_repaired_and_pushed() {
+    let env = Env::new();
+    env.write_config("");
+    let id = "20250101-020000";
+    fabricate(&env.backups(), id, "test");
+    let original = std::fs::read(env.backups().join(manifest_of(id))).unwrap();
+    std::fs::remove_file(env.backups().join(manifest_of(id))).unwrap();
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "repaired: rebuilt the manifest of {}",
+            file_of(id)
+        )),
+        "{}",
+        text(&o)
+    );
+    let rebuilt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.backups().join(manifest_of(id))).unwrap())
+            .unwrap();
+    let original: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert_eq!(rebuilt["sha256"], original["sha256"]);
+    assert_eq!(rebuilt["size"], original["size"]);
+    assert!(names_in(&env.remote()).contains(&manifest_of(id)));
+
+    // A file under our name that is not a readable archive is left alone.
+    let junk = "20250102-020000";
+    std::fs::write(env.backups().join(file_of(junk)), b"not an archive").unwrap();
+    let o = env.run(&["push"]);
+    assert!(
+        !env.backups().join(manifest_of(junk)).exists(),
+        "{}",
+        text(&o)
+    );
+}

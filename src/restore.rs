@@ -703,7 +703,7 @@ pub fn top_folder(prefix: &str, file: &str) -> String {
 /// The local copy of archive `what` when it is complete and its SHA-256 and size match
 /// its manifest. Not for `latest` (that is the newest on the remotes, not a safety backup
 /// made here), nor when `--remote` asks for a remote's copy.
-fn local_intact(
+pub(crate) fn local_intact(
     cfg: &Config,
     what: &str,
     remote_given: bool,

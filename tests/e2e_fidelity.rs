@@ -172,3 +172,24 @@ fn pull_to_and_restore_use_the_verified_local_copy_with_no_remote_reachable() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(stderr(&o).contains("nas"), "{}", text(&o));
 }
+
+#[test]
+fn a_restore_cleans_up_what_an_interrupted_one_left() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.write_config("");
+    let before = snapshot(&src);
+    let id = run_ok(&env, &["backup"]).trim().to_string();
+    // A killed restore: a half-made copy and the moved-aside old folder, src missing.
+    std::fs::create_dir_all(env.path(".src.pronto-restore-99999/half")).unwrap();
+    std::fs::rename(&src, env.path(".src.pronto-old-99998")).unwrap();
+    run_ok(&env, &["pull", &id, "--restore", "--no-safety-backup"]);
+    assert_eq!(snapshot(&src), before);
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pronto-restore-") || n.contains(".pronto-old-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

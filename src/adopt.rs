@@ -116,6 +116,7 @@ fn adopt_one(a: &LocalArchive) -> Result<Manifest> {
         postgres: Vec::new(),
         redis: Vec::new(),
         adopted: true,
+        safety: false,
     };
     crate::fsutil::write_atomic(&a.manifest_path(), &m.to_json())?;
     Ok(m)
@@ -162,6 +163,7 @@ fn summarise(path: &Path, codec: Codec, top: &str) -> Result<Vec<SourceSummary>>
                 symlinks: 0,
                 bytes: 0,
                 skipped: Vec::new(),
+                changed: Vec::new(),
                 exclude: Vec::new(),
             });
         match entry.header().entry_type() {

@@ -319,6 +319,7 @@ fn rebuild_manifest(cfg: &Config, a: &catalog::LocalArchive) -> Result<Manifest>
         postgres: Vec::new(),
         redis: Vec::new(),
         safety: false,
+        adopted: false,
     };
     fsutil::write_atomic(&a.manifest_path(), &m.to_json())?;
     Ok(m)

@@ -120,6 +120,13 @@ async fn run_inner(
     if let Some(to) = to {
         check_destination(to)?;
     }
+    // A complete local copy whose hash matches its manifest is the source: no remote is
+    // asked (none need be reachable). `--remote NAME` forces one.
+    if only.is_none() {
+        if let Some(path) = crate::restore::local_intact(cfg, what, false, out)? {
+            return from_local(cfg, path, to, out);
+        }
+    }
     let selected = remotes::selected(cfg, only)?;
     if selected.is_empty() {
         return Err(usage(format!(
@@ -349,6 +356,54 @@ async fn run_inner(
         size: manifest.size,
         verified: true,
         downloaded,
+        extracted_to: to.map(Path::to_path_buf),
+        extracted,
+    })
+}
+
+/// `pull` of an intact local copy (see [`crate::restore::local_intact`]): extracted into
+/// `to` when given, with the same checks as a downloaded one.
+fn from_local(
+    cfg: &Config,
+    path: PathBuf,
+    to: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<Pulled> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = Manifest::read(&path.with_file_name(Manifest::file_name_for(&name)))?;
+    let mut extracted = None;
+    if let Some(to) = to {
+        let opts = crate::extract::ExtractOptions::for_archive(cfg, &path)?;
+        let stats = crate::extract::extract_with(&path, to, &opts)
+            .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
+        writeln!(
+            out,
+            "extracted {} files, {} folders, {} symlinks into {}",
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            to.display()
+        )?;
+        extracted = Some(ExtractedCounts {
+            files: stats.files,
+            dirs: stats.dirs,
+            symlinks: stats.symlinks,
+            bytes: stats.bytes,
+        });
+    }
+    writeln!(out, "{}", path.display())?;
+    Ok(Pulled {
+        id: manifest.id.clone(),
+        file: name,
+        remote: "local".into(),
+        path,
+        sha256: manifest.sha256.clone(),
+        size: manifest.size,
+        verified: true,
+        downloaded: false,
         extracted_to: to.map(Path::to_path_buf),
         extracted,
     })

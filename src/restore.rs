@@ -753,7 +753,7 @@ pub fn top_folder(prefix: &str, file: &str) -> String {
 /// The local copy of archive `what` when it is complete and its SHA-256 and size match
 /// its manifest. Not for `latest` (that is the newest on the remotes, not a safety backup
 /// made here), nor when `--remote` asks for a remote's copy.
-fn local_intact(
+pub(crate) fn local_intact(
     cfg: &Config,
     what: &str,
     remote_given: bool,
@@ -1251,6 +1251,7 @@ fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
     let pid = std::process::id();
     let tmp = parent.join(format!(".{name}.pronto-restore-{pid}"));
     let old = parent.join(format!(".{name}.pronto-old-{pid}"));
+    finish_interrupted_swaps(parent, &name, target);
     let _ = std::fs::remove_dir_all(&tmp);
     let mut counts = (0u64, 0u64);
     // On the same file system the extracted tree moves as it is (hard links, sparse files
@@ -1295,6 +1296,50 @@ fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
             .with_context(|| format!("removing the replaced {}", old.display()))?;
     }
     Ok(counts)
+}
+
+/// What a killed restore left beside `target` (the swap's names are its journal): a
+/// half-made `.NAME.pronto-restore-PID` copy is removed; a `.NAME.pronto-old-PID` is put
+/// back when `target` is missing (the kill fell between the two renames), else removed.
+fn finish_interrupted_swaps(parent: &Path, name: &str, target: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let (new_prefix, old_prefix) = (
+        format!(".{name}.pronto-restore-"),
+        format!(".{name}.pronto-old-"),
+    );
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if n.strip_prefix(&new_prefix)
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+        {
+            tracing::info!(
+                "removing {}, left by an interrupted restore",
+                path.display()
+            );
+            let _ = std::fs::remove_dir_all(&path);
+        } else if n
+            .strip_prefix(&old_prefix)
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+        {
+            if std::fs::symlink_metadata(target).is_err() {
+                tracing::warn!(
+                    "{} was missing after an interrupted restore: putting the previous content back from {}",
+                    target.display(),
+                    path.display()
+                );
+                let _ = std::fs::rename(&path, target);
+            } else {
+                tracing::info!(
+                    "removing {}, left by an interrupted restore",
+                    path.display()
+                );
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
 }
 
 /// Empty `target` and move `from`'s entries into it (same filesystem as `target`'s parent).

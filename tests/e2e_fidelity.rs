@@ -132,3 +132,64 @@ fn a_file_that_grows_while_read_is_stored_reported_and_warned_about() {
         "{m}"
     );
 }
+
+#[test]
+fn pull_to_and_restore_use_the_verified_local_copy_with_no_remote_reachable() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    // The only remote is unreachable: its folder is a plain file.
+    std::fs::write(env.path("not-a-folder"), "x").unwrap();
+    let cfg = format!(
+        "[local]\ndir = \"backups\"\n\n[[sources]]\nname = \"site\"\nkind = \"static_content\"\npath = \"src\"\n\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}/remote\"\n",
+        env.path("not-a-folder").display()
+    );
+    std::fs::write(env.config(), cfg).unwrap();
+    let before = snapshot(&src);
+    let id = run_ok(&env, &["backup"]).trim().to_string();
+    let out = env.path("out");
+    let said = run_ok(&env, &["pull", &id, "--to", out.to_str().unwrap()]);
+    assert!(said.contains("using the local copy"), "{said}");
+    let top = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(snapshot(&top.join("static_content/site")), before);
+    std::fs::remove_file(src.join("dangling")).unwrap();
+    run_ok(&env, &["pull", &id, "--restore", "--no-safety-backup"]);
+    assert_eq!(snapshot(&src), before);
+    // --remote forces the remote: here it fails, naming it.
+    let o = env.run(&[
+        "pull",
+        &id,
+        "--remote",
+        "nas",
+        "--to",
+        env.path("out2").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(stderr(&o).contains("nas"), "{}", text(&o));
+}
+
+#[test]
+fn a_restore_cleans_up_what_an_interrupted_one_left() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.write_config("");
+    let before = snapshot(&src);
+    let id = run_ok(&env, &["backup"]).trim().to_string();
+    // A killed restore: a half-made copy and the moved-aside old folder, src missing.
+    std::fs::create_dir_all(env.path(".src.pronto-restore-99999/half")).unwrap();
+    std::fs::rename(&src, env.path(".src.pronto-old-99998")).unwrap();
+    run_ok(&env, &["pull", &id, "--restore", "--no-safety-backup"]);
+    assert_eq!(snapshot(&src), before);
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pronto-restore-") || n.contains(".pronto-old-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -208,3 +208,74 @@ fn an_archive_the_remote_retention_dropped_is_not_uploaded_again() {
         text(&o)
     );
 }
+
+/// Self-recovery: a resumed upload whose parts on the remote were damaged (what a crash
+/// of the server can leave) fails the archive's checksum at completion; the push starts
+/// the upload over at once and succeeds, instead of failing on its journal forever.
+#[test]
+fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    support::write_noise(&env.path("src/noise.bin"), 40 << 20, 3);
+    env.write_config("");
+    let o = env.run(&["backup"]);
+    assert!(o.status.success(), "backup: {}", text(&o));
+    let id = stdout(&o).trim().to_string();
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let journal = env
+        .backups()
+        .join(".journal/nas")
+        .join(format!("{file}.json"));
+
+    // A push slowed down, killed once its journal records a part.
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(env.config())
+        .args(["push", "--bwlimit", "4MiB"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read(&journal)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["parts"].as_array().map(|a| a.len()))
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journaled part within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The server damages the part it holds.
+    let parts: Vec<_> = support::files_under(&env.remote().join(".uploads"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect();
+    assert!(!parts.is_empty(), "the killed push left its parts");
+    for p in &parts {
+        let mut b = std::fs::read(p).unwrap();
+        b[100] ^= 0xff;
+        std::fs::write(p, b).unwrap();
+    }
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
+    assert!(support::stderr(&o).contains("repaired"), "{}", text(&o));
+    assert!(
+        std::fs::read(env.remote().join(&file)).unwrap()
+            == std::fs::read(support::find_file(&env.backups(), &file).unwrap()).unwrap(),
+        "the remote copy is the archive"
+    );
+    assert!(!journal.exists());
+}

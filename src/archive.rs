@@ -568,6 +568,17 @@ fn write_into(
             tar: &mut tar,
             out,
             out_id,
+            out_dir_id: out
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    }
+                })
+                .and_then(|p| fs::metadata(p).ok())
+                .map(|m| (m.dev(), m.ino())),
             now: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -626,6 +637,9 @@ struct Walker<'a> {
     out: &'a Path,
     /// (dev, ino) of the archive being written, never stored in itself.
     out_id: (u64, u64),
+    /// (dev, ino) of the folder the archive is written in (the backup folder): when it
+    /// lies inside a source, it is left out (else every archive holds all the earlier ones).
+    out_dir_id: Option<(u64, u64)>,
     now: u64,
     /// Counts the source bytes read (a bar on a terminal).
     progress: Option<&'a crate::progress::Progress>,
@@ -953,6 +967,18 @@ impl Walker<'_> {
         if (meta.dev(), meta.ino()) == self.out_id {
             sum.skipped.push(format!(
                 "{}: the archive being written, not stored",
+                fs_path.display()
+            ));
+            return Ok(None);
+        }
+        if meta.is_dir() && Some((meta.dev(), meta.ino())) == self.out_dir_id {
+            tracing::warn!(
+                "source '{}': {} is the backup folder: left out of the archive",
+                input.name,
+                fs_path.display()
+            );
+            sum.skipped.push(format!(
+                "{}: the backup folder, not stored in its own archives",
                 fs_path.display()
             ));
             return Ok(None);

@@ -373,3 +373,39 @@ fn pull_to_an_unusable_folder_fails_before_downloading() {
         );
     }
 }
+
+#[test]
+fn a_backup_folder_inside_a_source_is_left_out_so_sizes_do_not_double() {
+    let env = Env::new();
+    source(&env);
+    // The backup folder lies inside the source it backs up.
+    std::fs::write(
+        env.config(),
+        "[local]\ndir = \"src/backups\"\n\n[[sources]]\nname = \"site\"\nkind = \"static_content\"\npath = \"src\"\n",
+    )
+    .unwrap();
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let o = env.run(&["backup"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(stderr(&o).contains("is the backup folder"), "{}", text(&o));
+        let id = support::stdout(&o).trim().to_string();
+        let archive = files_under(&env.path("src/backups"))
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(&format!("{id}.tar.gz")))
+            .unwrap();
+        sizes.push(std::fs::metadata(&archive).unwrap().len());
+        let listing = Command::new("tar")
+            .arg("-tzf")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(listing.status.success());
+        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        assert!(!names.contains("backups/"), "{names}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // No archive holds the earlier ones: the sizes stay within a few KiB.
+    let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+    assert!(max - min < 64 << 10, "{sizes:?}");
+}

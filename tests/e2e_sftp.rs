@@ -547,3 +547,23 @@ fn sftp_config_keys_are_checked_and_the_example_parses() {
         .iter()
         .any(|c| c.identity_file.is_some() && c.connect_timeout.is_some()));
 }
+
+#[test]
+fn read_only_commands_never_create_a_missing_sftp_folder() {
+    let sshd = Sshd::start();
+    let env = Env::new();
+    source_tree(&env, 1 << 10);
+    write_config(&env, &sshd, "", "");
+    let remote = remote_dir(&sshd);
+    backup_id(&env, &sshd);
+    for args in [&["list"][..], &["pull", "latest"][..]] {
+        let o = run(&env, &sshd, args);
+        let all = text(&o);
+        assert!(o.status.code().is_some_and(|c| c != 0), "{args:?}: {all}");
+        assert!(
+            all.contains("does not exist") && all.contains("srv/backups/pronto"),
+            "{args:?} names the missing folder: {all}"
+        );
+        assert!(!remote.exists(), "{args:?} created {}", remote.display());
+    }
+}

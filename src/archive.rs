@@ -155,6 +155,8 @@ pub struct WriteOptions {
     pub level: u32,
     /// Compression threads; 0 means one per available core.
     pub threads: usize,
+    /// What the walk leaves out (patterns, CACHEDIR.TAG folders).
+    pub exclude: crate::exclude::Excludes,
 }
 
 impl WriteOptions {
@@ -165,6 +167,7 @@ impl WriteOptions {
             codec: Codec::Gzip,
             level: 6,
             threads: 0,
+            exclude: Default::default(),
         }
     }
 }
@@ -501,6 +504,7 @@ fn write_into(
                 .map_or(0, |d| d.as_secs()),
             buf: Vec::new(),
             progress,
+            exclude: &opts.exclude,
         };
         w.write_all(&opts.top, inputs, info)
     };
@@ -556,6 +560,7 @@ struct Walker<'a> {
     buf: Vec<u8>,
     /// Counts the source bytes read (a bar on a terminal).
     progress: Option<&'a crate::progress::Progress>,
+    exclude: &'a crate::exclude::Excludes,
 }
 
 /// One folder being walked: its remaining children, sorted, last one first.
@@ -716,6 +721,7 @@ impl Walker<'_> {
                 symlinks: 0,
                 bytes: 0,
                 skipped: Vec::new(),
+                exclude: self.exclude.patterns(&i.name),
             })
             .collect();
         let mut order: Vec<usize> = (0..inputs.len()).collect();
@@ -825,6 +831,12 @@ impl Walker<'_> {
                 return Ok(None);
             }
         };
+        if self
+            .exclude
+            .skips(&input.name, &input.path, &fs_path, meta.is_dir())
+        {
+            return Ok(None);
+        }
         if (meta.dev(), meta.ino()) == self.out_id {
             sum.skipped.push(format!(
                 "{}: the archive being written, not stored",
@@ -1112,6 +1124,7 @@ mod tests {
                 codec: Codec::Gzip,
                 level: 1,
                 threads: 1,
+                exclude: Default::default(),
             },
             &[
                 input("z", Section::Configs, &tmp.path().join("d")),

@@ -143,6 +143,7 @@ pub fn run_watched(
         codec,
         level: cfg.local.level,
         threads: cfg.local.threads,
+        exclude: excludes(&sources)?,
     };
     let info = |sources: &[SourceSummary]| {
         let sources = services.patch_origins(sources.to_vec());
@@ -283,4 +284,16 @@ pub fn backup_info(
         }
     }
     s
+}
+
+/// The exclude filter of the selected folder sources (their `exclude` patterns, with any
+/// `backup --exclude` already appended to each).
+fn excludes(sources: &[&crate::config::Source]) -> Result<crate::exclude::Excludes> {
+    let mut ex = crate::exclude::Excludes::default();
+    for s in sources {
+        if let Some(p) = &s.path {
+            ex.add(&s.name, p, &s.exclude)?;
+        }
+    }
+    Ok(ex)
 }

@@ -46,6 +46,13 @@ pronto-offsite backup --push    # upload to every remote while archiving, then p
         /// lines go to stderr. Exit 3 when the archive was made but a remote failed
         #[arg(long)]
         push: bool,
+        /// Leave out paths matching this gitignore-style pattern, in every folder source
+        /// (repeatable; added to each source's `exclude`)
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// List what would be archived (each file with its size, a total per source) and write nothing
+        #[arg(long, conflicts_with = "push")]
+        dry_run: bool,
     },
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
@@ -365,9 +372,19 @@ fn run(cli: Cli) -> Result<i32> {
     // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
     let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
     match cli.command {
-        Command::Backup { push } => {
+        Command::Backup {
+            push,
+            exclude,
+            dry_run,
+        } => {
             crate::progress::enable(bars);
-            let cfg = load_config(cli.config.as_deref())?;
+            let mut cfg = load_config(cli.config.as_deref())?;
+            for s in cfg.sources.iter_mut() {
+                s.exclude.extend(exclude.iter().cloned());
+            }
+            if dry_run {
+                return crate::exclude::dry_run_cmd(&cfg, &mut out);
+            }
             let started = std::time::Instant::now();
             let (m, path, code) = if push {
                 // The push's lines go to stderr (stdout carries the id), not with -q.

@@ -102,6 +102,8 @@ pub struct Source {
     pub path: Option<PathBuf>,
     /// Skip unreadable or vanished files instead of failing (recorded in backup_info.txt).
     pub skip_unreadable: bool,
+    /// `exclude`: gitignore-style patterns left out (see [`crate::exclude`]).
+    pub exclude: Vec<String>,
     /// For `kind = "postgres"`: how to reach the server and what to dump.
     pub postgres: Option<crate::source::PgSource>,
     /// For `kind = "redis"`: how to reach the server, and how to restore into it.
@@ -247,6 +249,8 @@ struct RawSource {
     path: Option<Spanned<String>>,
     #[serde(default)]
     skip_unreadable: bool,
+    /// Gitignore-style patterns left out of the archive (folder sources).
+    exclude: Option<Spanned<Vec<String>>>,
     // postgres and redis sources
     url: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
@@ -471,11 +475,27 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             crate::source::Service::Redis(r) => (None, Some(r)),
             crate::source::Service::None => (None, None),
         };
+        let exclude = s
+            .exclude
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.get_ref().clone());
+        if let (Some(e), Some(p)) = (&s.exclude, &path) {
+            crate::exclude::Excludes::default()
+                .add(&name, p, &exclude)
+                .map_err(|err| {
+                    at.err(
+                        e.span().start,
+                        &format!("{key}.exclude"),
+                        &format!("gitignore-style patterns ({err:#})"),
+                    )
+                })?;
+        }
         sources.push(Source {
             name,
             kind,
             path,
             skip_unreadable: s.skip_unreadable,
+            exclude,
             postgres,
             redis,
         });

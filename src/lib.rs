@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod doctor;
 pub mod drill;
 pub mod error;
+pub mod exclude;
 pub mod extract;
 pub mod fsutil;
 pub mod hook;

@@ -61,6 +61,9 @@ pub struct SourceSummary {
     /// unreadable or vanished files only when the source allows skipping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// The exclude patterns applied to this source (`exclude` and `backup --exclude`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// The manifest of one archive.

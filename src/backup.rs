@@ -34,6 +34,8 @@ pub struct BackupOptions {
     /// A safety backup before a restore: a configured PostgreSQL database that no longer
     /// exists is left out (with a warning) instead of failing the backup.
     pub safety: bool,
+    /// `backup --output`: the archive stays where it was written, never filed into tiers.
+    pub one_off: bool,
 }
 
 /// Run a backup of some sources; returns the manifest of the new archive and its path.
@@ -209,6 +211,9 @@ pub fn run_watched(
     )?;
     // Still under the lock: file every keeper (the new archive too) under its tier. The
     // archive is complete either way, so a failure here is a warning, not a failed backup.
+    if bopts.one_off {
+        return Ok((manifest, final_path));
+    }
     let final_path = match crate::prune::file_after_backup(cfg, &manifest.id) {
         Ok(Some(moved)) => moved,
         Ok(None) => final_path,
@@ -296,4 +301,31 @@ fn excludes(sources: &[&crate::config::Source]) -> Result<crate::exclude::Exclud
         }
     }
     Ok(ex)
+}
+
+/// `backup --output DIR`: a one-off archive (and its manifest) written into `DIR`, outside
+/// the backup folder and its tiers, so retention, push, prune and `list` never see it.
+/// `DIR` is created if missing; the backup folder itself (or a folder inside it) is
+/// refused: an archive there would join the rotation.
+pub fn run_to(cfg: &Config, dir: &std::path::Path) -> Result<(Manifest, PathBuf)> {
+    let local = std::path::absolute(&cfg.local.dir)?;
+    let out = std::path::absolute(dir)?;
+    if out.starts_with(&local) {
+        return Err(crate::error::usage(format!(
+            "backup --output {}: that is inside the backup folder {}, where the archive would join retention and push; give a folder outside it, or run `backup` without --output",
+            out.display(),
+            local.display()
+        )));
+    }
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("backup --output: creating {}", out.display()))?;
+    let mut one_off = cfg.clone();
+    one_off.local.dir = out;
+    run_with(
+        &one_off,
+        &BackupOptions {
+            one_off: true,
+            ..Default::default()
+        },
+    )
 }

@@ -53,6 +53,10 @@ pronto-offsite backup --push    # upload to every remote while archiving, then p
         /// List what would be archived (each file with its size, a total per source) and write nothing
         #[arg(long, conflicts_with = "push")]
         dry_run: bool,
+        /// Write a one-off archive (with its manifest) into DIR, outside the backup folder:
+        /// never pruned, pushed or listed
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["push", "dry_run"])]
+        output: Option<PathBuf>,
     },
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<i32> {
             push,
             exclude,
             dry_run,
+            output,
         } => {
             crate::progress::enable(bars);
             let mut cfg = load_config(cli.config.as_deref())?;
@@ -386,7 +391,10 @@ fn run(cli: Cli) -> Result<i32> {
                 return crate::exclude::dry_run_cmd(&cfg, &mut out);
             }
             let started = std::time::Instant::now();
-            let (m, path, code) = if push {
+            let (m, path, code) = if let Some(dir) = &output {
+                let (m, path) = crate::backup::run_to(&cfg, dir)?;
+                (m, path, EXIT_OK)
+            } else if push {
                 // The push's lines go to stderr (stdout carries the id), not with -q.
                 let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
                 let lines: &mut dyn Write = if cli.quiet { &mut quiet } else { &mut lines };

@@ -620,6 +620,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                 &crate::backup::BackupOptions {
                     only_sources: Some(names.clone()),
                     safety: true,
+                    ..Default::default()
                 },
             )
             .map(|(m, p)| {

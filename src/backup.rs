@@ -202,6 +202,7 @@ pub fn run_watched(
         sources: written_sources,
         postgres,
         redis,
+        adopted: false,
     };
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;

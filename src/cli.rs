@@ -58,6 +58,12 @@ pronto-offsite backup --push    # upload to every remote while archiving, then p
         #[arg(long, value_name = "DIR", conflicts_with_all = ["push", "dry_run"])]
         output: Option<PathBuf>,
     },
+    /// Take in archives made outside pronto-offsite (same names, no manifest): read each
+    /// whole, refuse damaged or hostile ones, write a manifest marked adopted
+    Adopt {
+        /// Archives to adopt (default: every manifest-less archive in the backup folder and its tiers)
+        paths: Vec<PathBuf>,
+    },
     /// Upload local archives that a remote lacks, verified end to end; then prune each
     /// remote whose uploads all succeeded (unless its `prune = false`, or --no-prune)
     #[command(
@@ -647,6 +653,10 @@ fn run(cli: Cli) -> Result<i32> {
             };
             crate::crypto::keygen(&output, &mut out)?;
             Ok(EXIT_OK)
+        }
+        Command::Adopt { paths } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::adopt::run(&cfg, &paths, &mut out)
         }
         Command::Doctor { json } => crate::doctor::run(cli.config.as_deref(), json, &mut out),
         Command::Completions { shell } => {

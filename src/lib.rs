@@ -4,6 +4,7 @@
 //! [`retention`] (pure) → [`plan`] (pure) → [`replicate`] → remotes
 //! (`pronto_backends::Backend`) → [`pull`] and [`extract`].
 
+pub mod adopt;
 pub mod archive;
 pub mod backup;
 pub mod bwlimit;

@@ -123,6 +123,9 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
             rows.len(),
             cfg.local.dir.display()
         )?;
+        if let Some(h) = crate::adopt::hint(&local) {
+            writeln!(out, "{h}")?;
+        }
         for (name, st) in &states {
             if let Err(e) = st {
                 writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;

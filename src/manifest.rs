@@ -101,6 +101,9 @@ pub struct Manifest {
     /// Redis sources: the RDB snapshot and its key count per database.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis: Vec<RedisSummary>,
+    /// Made outside pronto-offsite and taken in by `adopt` (read whole first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// What a PostgreSQL source put into `postgres_data/<source>/`.

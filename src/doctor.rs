@@ -75,6 +75,7 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
         checks.extend(ops_checks(cfg));
         checks.extend(encryption_checks(cfg));
         checks.extend(crate::adopt::doctor_check(cfg));
+        checks.extend(crate::doctor_services::checks(cfg));
     }
     print(&checks, json, out)?;
     Ok(if cfg.is_none() {

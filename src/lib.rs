@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod doctor;
+pub mod doctor_services;
 pub mod drill;
 pub mod error;
 pub mod exclude;

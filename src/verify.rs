@@ -261,7 +261,7 @@ async fn check_local(cfg: &Config, a: &LocalArchive, full: bool) -> Check {
             "local",
             &file,
             Outcome::Warning,
-            format!("{shown}: incomplete: no manifest (an interrupted backup, or not ours); never pushed or restored"),
+            format!("{shown}: incomplete: no manifest (an interrupted backup, or not ours); never pushed or restored; if another script made it, `pronto-offsite adopt` takes it in"),
         );
     };
     let size = match std::fs::metadata(&a.path) {

@@ -52,7 +52,9 @@ fn seed_archives_are_adopted_and_damaged_or_hostile_ones_refused() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let hostile = seed_archive(&env, "pronto-app-backup-20260103-020000", &["elsewhere"]);
 
-    // list and doctor point at adopt.
+    // list, doctor and verify point at adopt.
+    let o = env.run(&["verify", "--local"]);
+    assert!(stdout(&o).contains("pronto-offsite adopt"), "{}", text(&o));
     let o = env.run(&["list"]);
     assert!(stdout(&o).contains("pronto-offsite adopt"), "{}", text(&o));
     let o = env.run(&["doctor"]);

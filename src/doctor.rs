@@ -405,7 +405,7 @@ pub async fn versioning_check(
         Ok(Some(v)) => Some(fail(
             name,
             versioning_warning(&v, &desc),
-            "add a lifecycle rule with NoncurrentVersionExpiration (README: \"Versioned buckets\"), or suspend versioning on the bucket",
+            "add a lifecycle rule with NoncurrentVersionExpiration (docs/backends/s3-gcs.md: \"Versioned buckets\"), or suspend versioning on the bucket",
         )),
         Err(e) => Some(fail(
             name,

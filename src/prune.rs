@@ -392,7 +392,7 @@ async fn note_versioning(r: &RemoteHandle, rep: &LocationReport, out: &mut dyn W
             tracing::warn!("remote {}: {msg}", r.name);
             let _ = writeln!(
                 out,
-                "  NOTE: {msg} (README: \"Versioned buckets\" gives the rule)"
+                "  NOTE: {msg} (docs/backends/s3-gcs.md, \"Versioned buckets\", gives the rule)"
             );
         }
         Ok(_) => {}

@@ -90,13 +90,14 @@ fn fires(expr: &str, samples: &[Sample], now: f64) -> Vec<Labels> {
         .collect()
 }
 
-/// (alert name, expr) from the README's rules block.
+/// (alert name, expr) from the rules block of the operations page (docs/operations.md).
 fn readme_rules() -> Vec<(String, String)> {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
     let start = readme
         .find("- name: pronto-offsite")
-        .expect("the alert rules block in the README");
+        .expect("the alert rules block in docs/operations.md");
     let block = &readme[start..start + readme[start..].find("```").unwrap()];
     let mut rules = Vec::new();
     let mut name = None;

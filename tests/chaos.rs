@@ -387,8 +387,18 @@ fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
                     }
                     let id = known[rng.below(known.len() as u64) as usize].clone();
                     let pin = !pins.contains(&id);
+                    // A pin keeps what exists; it cannot bring back an archive that every
+                    // location had already pruned (pin accepts such an id, with a warning).
+                    let exists = verified_in(&env.backups(), true).contains(&id)
+                        || verified_in(&env.remote(), false).contains(&id)
+                        || complete_on_s3(ls, &bucket, "prod/host-1/").contains(&id);
                     let o = run(&env, &[if pin { "pin" } else { "unpin" }, &id]);
-                    if o.status.success() {
+                    eprintln!(
+                        "round {rounds}: {} {id} (exists: {exists}) -> {:?}",
+                        if pin { "pin" } else { "unpin" },
+                        o.status.code()
+                    );
+                    if o.status.success() && (exists || !pin) {
                         if pin {
                             pins.insert(id);
                         } else {
@@ -409,6 +419,13 @@ fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
                 }
                 None => run(&env, &args),
             };
+            eprintln!(
+                "round {rounds}: {args:?}{} -> {:?}",
+                kill_after
+                    .map(|k| format!(" (kill after {k:?})"))
+                    .unwrap_or_default(),
+                o.status.code()
+            );
             if args == ["backup"] && o.status.success() {
                 let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
                 assert!(

@@ -430,7 +430,7 @@ fn wrong_or_missing_identity_exits_2_before_anything_is_written() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("intact"),
+        String::from_utf8_lossy(&o.stdout).contains("using the local copy"),
         "{}",
         text(&o)
     );

@@ -810,7 +810,7 @@ textfile = "pronto_offsite.prom"
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("(exit 6)") && n.contains("another hook run holds the lock")),
+            .any(|n| n.contains("(exit 6)") && n.contains("holds the lock")),
         "{notes:?}"
     );
     // The busy run is the last one in the state file (the first one saved it before

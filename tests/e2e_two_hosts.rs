@@ -424,21 +424,45 @@ fn restoring_another_hosts_archive_keeps_this_hosts_backups_its_own() {
         .path(&format!("backups-web1/hosts/web2/{P}-{id2}.tar.gz"))
         .exists());
 
-    // web1's own list: its backup and the safety backup (of "<h1>web1</h1>"), not web2's.
+    // web1's own list on the remote: its backup, not web2's. The safety backup (of
+    // "<h1>web1</h1>") stays in web1's backup folder: safety backups are not scheduled
+    // backups and are never pushed (docs/invariant.md).
     let o = run(&env, &web1, &["push"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let ids = own_list(&env, &web1);
-    assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(ids.contains(&id1) && !ids.contains(&id2), "{ids:?}");
-    let safety = ids.iter().find(|i| **i != id1).unwrap().clone();
-    // web2 can fetch it from web1's namespace: the state web1 had before the restore.
-    pull_from(&env, &web2, "web1", &safety, "safety");
-    let restored = env.path(&format!(
-        "safety/{P}-{safety}/static_content/site/index.html"
-    ));
+    assert_eq!(ids, vec![id1.clone()], "{ids:?}");
+    let safety: Vec<std::path::PathBuf> = support::files_under(&env.path("backups-web1"))
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.ends_with(".manifest.json")
+                && std::fs::read_to_string(p)
+                    .unwrap()
+                    .contains("\"safety\": true")
+        })
+        .collect();
     assert_eq!(
-        std::fs::read_to_string(&restored).unwrap(),
-        "<h1>web1</h1>\n"
+        safety.len(),
+        1,
+        "one safety backup in web1's folder: {safety:?}"
+    );
+    let archive = std::path::PathBuf::from(
+        safety[0]
+            .to_string_lossy()
+            .trim_end_matches(".manifest.json")
+            .to_string(),
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(&archive)
+        .arg("--wildcards")
+        .arg("*/static_content/site/index.html")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout),
+        "<h1>web1</h1>\n",
+        "the safety backup holds web1's state before the restore"
     );
     assert_eq!(
         std::fs::read_dir(bucket.join("web2"))

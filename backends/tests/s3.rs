@@ -406,12 +406,15 @@ async fn errors_are_mapped_and_never_show_secrets() {
     assert!(matches!(e, BackendError::UploadNotFound(_)), "{e:?}");
     messages.push(e.to_string());
 
-    // A server that does not answer at all: a transport error, Transient.
+    // A server that refuses the connection cannot heal by retrying: Permanent, with host,
+    // port and the cause in the message (issue 17).
     let dead = open(config("http://127.0.0.1:9", &bucket, "p"));
     let e = dead.head("k").await.unwrap_err();
     assert!(
-        e.is_retryable(),
-        "connection refused should be retryable: {e:?}"
+        !e.is_retryable()
+            && e.to_string().contains("127.0.0.1:9")
+            && e.to_string().contains("connection refused"),
+        "a refused connection fails at once, naming host, port and cause: {e:?}"
     );
     messages.push(e.to_string());
 

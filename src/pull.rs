@@ -329,22 +329,7 @@ async fn run_inner(
             ..Default::default()
         };
         opts.limit(Some(&manifest), cfg.max_extract_size);
-        let stats = crate::extract::extract_with(&path, to, &opts)
-            .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
-        writeln!(
-            out,
-            "extracted {} files, {} folders, {} symlinks into {}",
-            stats.files,
-            stats.dirs,
-            stats.symlinks,
-            to.display()
-        )?;
-        extracted = Some(ExtractedCounts {
-            files: stats.files,
-            dirs: stats.dirs,
-            symlinks: stats.symlinks,
-            bytes: stats.bytes,
-        });
+        extracted = Some(extract_into(&path, to, &opts, out)?);
     }
     writeln!(out, "{}", path.display())?;
     Ok(Pulled {
@@ -377,22 +362,7 @@ fn from_local(
     let mut extracted = None;
     if let Some(to) = to {
         let opts = crate::extract::ExtractOptions::for_archive(cfg, &path)?;
-        let stats = crate::extract::extract_with(&path, to, &opts)
-            .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
-        writeln!(
-            out,
-            "extracted {} files, {} folders, {} symlinks into {}",
-            stats.files,
-            stats.dirs,
-            stats.symlinks,
-            to.display()
-        )?;
-        extracted = Some(ExtractedCounts {
-            files: stats.files,
-            dirs: stats.dirs,
-            symlinks: stats.symlinks,
-            bytes: stats.bytes,
-        });
+        extracted = Some(extract_into(&path, to, &opts, out)?);
     }
     writeln!(out, "{}", path.display())?;
     Ok(Pulled {
@@ -406,6 +376,32 @@ fn from_local(
         downloaded: false,
         extracted_to: to.map(Path::to_path_buf),
         extracted,
+    })
+}
+
+/// Extract a verified archive into `to` (the safe extraction every restore uses) and
+/// say what arrived; shared by the downloaded and the local-copy paths.
+fn extract_into(
+    path: &Path,
+    to: &Path,
+    opts: &crate::extract::ExtractOptions,
+    out: &mut dyn Write,
+) -> Result<ExtractedCounts> {
+    let stats = crate::extract::extract_with(path, to, opts)
+        .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
+    writeln!(
+        out,
+        "extracted {} files, {} folders, {} symlinks into {}",
+        stats.files,
+        stats.dirs,
+        stats.symlinks,
+        to.display()
+    )?;
+    Ok(ExtractedCounts {
+        files: stats.files,
+        dirs: stats.dirs,
+        symlinks: stats.symlinks,
+        bytes: stats.bytes,
     })
 }
 

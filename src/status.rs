@@ -291,7 +291,7 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
             error: None,
         };
         let listed = async {
-            let r = crate::remotes::open(remote)?;
+            let r = crate::remotes::open_read_only(remote)?;
             st.location = r.backend.describe();
             let l = retry(r.retry, &format!("listing of {}", r.name), || {
                 r.backend.list("")

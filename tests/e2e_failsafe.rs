@@ -323,6 +323,7 @@ fn read_only_commands_never_create_a_missing_remote_folder() {
         &["list"][..],
         &["verify", "--remote", "nas"][..],
         &["pull", "latest"][..],
+        &["status"][..],
     ] {
         let o = env.run(args);
         let all = text(&o);

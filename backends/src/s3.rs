@@ -378,26 +378,8 @@ fn versioning_probe(
                 let (client, credentials) = (client.clone(), Arc::clone(&credentials));
                 async move {
                     let what = format!("read the bucket's {query} configuration");
-                    let fail = |e: &dyn fmt::Display| {
-                        BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
-                    };
-                    let cred = credentials.get_credential().await.map_err(|e| {
-                        BackendError::Auth(
-                            redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")),
-                        )
-                    })?;
-                    let mut req = http::Request::builder()
-                        .method(http::Method::GET)
-                        .uri(format!("{base}?{query}"))
-                        .body(object_store::client::HttpRequestBody::empty())
-                        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-                    object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
-                        .try_authorize(&mut req, None)
-                        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-                    let resp = client.execute(req).await.map_err(|e| fail(&e))?;
-                    let status = resp.status().as_u16();
-                    let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
-                    Ok::<_, BackendError>((status, String::from_utf8_lossy(&body).into_owned()))
+                    let uri = format!("{base}?{query}");
+                    signed_get(&client, &credentials, region, redactor, url, &what, &uri).await
                 }
             };
             let (status, text) = get("versioning").await?;
@@ -429,6 +411,38 @@ fn versioning_probe(
     }))
 }
 
+/// One SigV4-signed GET of `uri` (a bucket sub-resource object_store has no call for),
+/// sent through object_store's HTTP layer; returns the status and the body as text.
+/// `what` names the request in errors (which are redacted).
+async fn signed_get(
+    client: &object_store::client::HttpClient,
+    credentials: &AwsCredentialProvider,
+    region: &str,
+    redactor: &Redactor,
+    url: &str,
+    what: &str,
+    uri: &str,
+) -> Result<(u16, String)> {
+    let fail = |e: &dyn fmt::Display| {
+        BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
+    };
+    let cred = credentials.get_credential().await.map_err(|e| {
+        BackendError::Auth(redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")))
+    })?;
+    let mut req = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(uri)
+        .body(object_store::client::HttpRequestBody::empty())
+        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+    object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
+        .try_authorize(&mut req, None)
+        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+    let resp = client.execute(req).await.map_err(|e| fail(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// The bucket's URL: `ENDPOINT/BUCKET` (path style) or `BUCKET.ENDPOINT`, AWS by default.
 fn bucket_base(cfg: &S3Config, region: &str, path_style: bool) -> String {
     match (&cfg.endpoint, path_style) {
@@ -455,21 +469,13 @@ fn upload_lister(
     let client = Connector { content_md5: false }
         .connect(&client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
         .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
-    let base = match (&cfg.endpoint, path_style) {
-        (Some(ep), true) => format!("{}/{}", ep.trim_end_matches('/'), cfg.bucket),
-        (Some(ep), false) => virtual_hosted_endpoint(ep.trim_end_matches('/'), &cfg.bucket),
-        (None, true) => format!("https://s3.{region}.amazonaws.com/{}", cfg.bucket),
-        (None, false) => format!("https://{}.s3.{region}.amazonaws.com", cfg.bucket),
-    };
+    let base = bucket_base(cfg, region, path_style);
     let ctx = Arc::new((base, region.to_string(), redactor.clone(), url.to_string()));
     Ok(Arc::new(move |prefix: String| {
         let (client, credentials, ctx) = (client.clone(), Arc::clone(&credentials), ctx.clone());
         Box::pin(async move {
             let (base, region, redactor, url) = &*ctx;
             let what = "list uploads in progress";
-            let fail = |e: &dyn fmt::Display| {
-                BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
-            };
             let mut out = Vec::new();
             let mut markers: Option<(String, String)> = None;
             loop {
@@ -483,23 +489,16 @@ fn upload_lister(
                             .append_pair("upload-id-marker", id);
                     }
                 }
-                let cred = credentials.get_credential().await.map_err(|e| {
-                    BackendError::Auth(
-                        redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")),
-                    )
-                })?;
-                let mut req = http::Request::builder()
-                    .method(http::Method::GET)
-                    .uri(u.as_str())
-                    .body(object_store::client::HttpRequestBody::empty())
-                    .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-                object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
-                    .try_authorize(&mut req, None)
-                    .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-                let resp = client.execute(req).await.map_err(|e| fail(&e))?;
-                let status = resp.status().as_u16();
-                let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
-                let text = String::from_utf8_lossy(&body);
+                let (status, text) = signed_get(
+                    &client,
+                    &credentials,
+                    region,
+                    redactor,
+                    url,
+                    what,
+                    u.as_str(),
+                )
+                .await?;
                 if !(200..300).contains(&status) {
                     let code = objstore::xml_tag(&text, "Code").unwrap_or_default();
                     let msg = redactor.redact(&format!("{url}: {what}: {code} (HTTP {status})"));

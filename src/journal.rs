@@ -73,7 +73,10 @@ impl Journal {
 }
 
 /// What this host is about to upload: recorded *before* an archive's upload starts
-/// (before `create_upload`, before a `put`), removed once its manifest is on the remote.
+/// (before `create_upload`, before a `put`), removed once its manifest is on the remote
+/// — unless an earlier push of the same archive was stopped (its intent was still
+/// there): that push may have left an upload that no journal names, and only this file
+/// proves it ours, so it stays until `push --cleanup` finds no such upload left.
 ///
 /// It is the proof `push --cleanup` needs before it aborts an upload that no journal
 /// names (a push killed between starting an upload and journaling its id, or a temp
@@ -106,8 +109,15 @@ impl Intent {
     }
 
     /// Record, durably, that this process is about to upload archive `file` to `remote`.
-    pub fn record(backup_dir: &Path, remote: &str, file: &str) -> Result<PathBuf> {
+    pub fn record(backup_dir: &Path, remote: &str, file: &str) -> Result<Recorded> {
         let path = Self::path(backup_dir, remote, file);
+        // An intent of another process still here: that push was stopped mid-upload.
+        let after_a_stopped_push = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice::<Intent>(&b).map_or(true, |i| i.pid != std::process::id())
+            }
+            Err(_) => false,
+        };
         let intent = Intent {
             key: file.to_string(),
             started_unix: std::time::SystemTime::now()
@@ -122,7 +132,10 @@ impl Intent {
         let bytes = serde_json::to_vec(&intent).context("serializing upload intent")?;
         fsutil::write_atomic(&path, &bytes)
             .with_context(|| format!("recording the upload of {file} to {remote}"))?;
-        Ok(path)
+        Ok(Recorded {
+            path,
+            after_a_stopped_push,
+        })
     }
 
     /// Every readable intent in a remote's journal folder, with its file.
@@ -143,5 +156,27 @@ impl Intent {
     /// Remove an intent file (missing is fine).
     pub fn remove(path: &Path) -> Result<()> {
         Journal::remove(path)
+    }
+}
+
+/// An intent just recorded, for the upload that recorded it to settle when it is done.
+#[derive(Debug)]
+#[must_use = "settle the intent with `done` once the manifest is on the remote"]
+pub struct Recorded {
+    pub path: PathBuf,
+    /// An earlier push of this archive to this remote was stopped after recording its
+    /// intent: what it may have left on the remote is proved ours only by this file.
+    pub after_a_stopped_push: bool,
+}
+
+impl Recorded {
+    /// The archive is complete on the remote: the intent is removed, unless an earlier
+    /// push was stopped (then `push --cleanup` removes it once no upload of the archive
+    /// is left in progress on the remote).
+    pub fn done(self) -> Result<()> {
+        if self.after_a_stopped_push {
+            return Ok(());
+        }
+        Intent::remove(&self.path)
     }
 }

@@ -89,6 +89,7 @@ pub async fn upload_archive_with(
                 "{}: {file} is already there complete (manifest and verified copy): not uploaded again",
                 r.name
             );
+            intent.done()?;
             return Ok(UploadStats::default());
         }
         Some(_) => {
@@ -141,7 +142,7 @@ pub async fn upload_archive_with(
 
     verify_remote(r, file, size, sha).await?;
     write_manifest(r, &up.manifest, file).await?;
-    Intent::remove(&intent)?;
+    intent.done()?;
     Ok(stats)
 }
 

@@ -178,7 +178,7 @@ impl Job {
         };
         let res = self.stream(&file, &mut rx, &bar, &mut multipart).await;
         if matches!(res, Ok(Next::Uploaded(_))) {
-            let _ = Intent::remove(&intent);
+            let _ = intent.done();
         }
         if let Some((id, jpath)) = multipart.take() {
             // Failed, or handed over: nothing of this upload may stay on the remote.

@@ -168,6 +168,93 @@ fn cleanup_on_s3_never_aborts_another_hosts_or_programs_upload() {
     );
 }
 
+/// The race the kill test found: a push killed after S3 started an upload but before
+/// its id reached the journal leaves an orphan; a later push then completes the archive
+/// (another upload). Its intent must outlive that success, or `push --cleanup` can no
+/// longer prove the orphan ours and it stays in progress (and billed) forever.
+#[test]
+fn an_upload_left_by_a_stopped_push_is_aborted_after_a_later_push_completes_the_archive() {
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("cleanup-after-success");
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    let cfg = format!(
+        "{STATIC_SITE}{}",
+        s3_remote("s3", &ls.endpoint, &bucket, "")
+    );
+    std::fs::write(env.config(), cfg).unwrap();
+    support::fabricate(&env.backups(), "20260101-000000", "host-1");
+    let file = "pronto-app-backup-20260101-000000.tar.gz";
+    // What the killed push left: its intent, and an upload no journal names.
+    plant_intent(&env, "s3", file);
+    foreign_upload(ls, &bucket, file);
+
+    let o = KEYS.run(&env, &["push"]);
+    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
+    assert!(stdout(&o).contains("s3: uploaded 1"), "{}", text(&o));
+    assert_eq!(
+        ls.uploads(&bucket),
+        vec![file.to_string()],
+        "the orphan is still there"
+    );
+
+    let o = KEYS.run(&env, &["push", "--cleanup"]);
+    assert_eq!(o.status.code(), Some(0), "push --cleanup: {}", text(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "s3: abort the unfinished upload of {file}: no journal knows it"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(ls.uploads(&bucket), Vec::<String>::new(), "{}", text(&o));
+    let intent = env
+        .backups()
+        .join(".journal/s3")
+        .join(format!("{file}.intent"));
+    assert!(!intent.exists(), "the spent intent is dropped");
+    // The archive itself is untouched, complete and verified.
+    let o = KEYS.run(&env, &["verify", "--remote", "s3", "--deep"]);
+    assert_eq!(o.status.code(), Some(0), "verify: {}", text(&o));
+}
+
+/// A file:// `create_upload` killed after it made the staging folder but before its
+/// `upload.json` got its final name leaves `.uploads/<id>/.upload.json.tmp-*`: the
+/// key in that temp file proves it ours, and `push --cleanup` removes the folder.
+#[test]
+fn a_staging_folder_whose_creation_was_killed_is_cleaned_up() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    env.write_config("");
+    support::fabricate(&env.backups(), "20260101-000000", "host-1");
+    let file = "pronto-app-backup-20260101-000000.tar.gz";
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
+
+    let staging = env.remote().join(".uploads/abcdefghij0123456789");
+    write(
+        &staging.join(".upload.json.tmp-klmnopqrstuv"),
+        &format!("{{\"key\": \"{file}\", \"created_unix\": 1}}"),
+    );
+    // Another upload whose creation was killed, of a key no push of this host started.
+    let foreign = env.remote().join(".uploads/zyxwvutsrq9876543210");
+    write(
+        &foreign.join(".upload.json.tmp-klmnopqrstuv"),
+        "{\"key\": \"pronto-app-backup-20200101-000000.tar.gz\", \"created_unix\": 1}",
+    );
+    plant_intent(&env, "nas", file);
+
+    let o = env.run(&["push", "--cleanup"]);
+    assert_eq!(o.status.code(), Some(0), "push --cleanup: {}", text(&o));
+    assert!(!staging.exists(), "{}", text(&o));
+    assert!(foreign.exists(), "not proven ours: {}", text(&o));
+    assert!(
+        stdout(&o).contains("leaving the unfinished upload of pronto-app-backup-20200101"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Memory of remote pruning: an old archive that the remote's retention removed is not
 /// uploaded again by every later push (only to be pruned again), and the local prune
 /// may still drop it (it was off-site until the policy removed it there).

@@ -519,10 +519,10 @@ impl Inner {
         Ok(UploadId(id))
     }
 
-    /// The staging folder of upload `up` for `key`, or `UploadNotFound`.
     /// The staging folders under `.uploads/` whose key starts with `prefix` (a folder
-    /// without a readable `upload.json`, from a `create_upload` that crashed, names no key
-    /// and is not listed), and the temp files of writes that never finished
+    /// whose `create_upload` was killed before `upload.json` got its name is listed by
+    /// the key in its temp file; one killed before even that names no key and is not
+    /// listed), and the temp files of writes that never finished
     /// (`.<name>.tmp-<random>`, left by a killed process) as uploads with id
     /// `tmp-<random>`, which `abort_upload` removes.
     fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, UploadId)>> {
@@ -543,10 +543,7 @@ impl Inner {
             if !is_valid_upload_id(&id) || !e.path().is_dir() {
                 continue; // a temp file of create_upload's, or not ours
             }
-            let key = fs::read(e.path().join(UPLOAD_JSON))
-                .ok()
-                .and_then(|j| serde_json::from_slice::<UploadInfo>(&j).ok())
-                .map(|i| i.key);
+            let key = staged_upload_info(&e.path()).map(|i| i.key);
             if let Some(key) = key.filter(|k| k.starts_with(prefix)) {
                 out.push((key, UploadId(id)));
             }
@@ -585,6 +582,7 @@ impl Inner {
         Ok(out)
     }
 
+    /// The staging folder of upload `up` for `key`, or `UploadNotFound`.
     fn open_upload(&self, key: &str, up: &UploadId) -> Result<PathBuf> {
         let not_found = || BackendError::UploadNotFound(format!("{} (for {key})", up.0));
         if !is_valid_upload_id(&up.0) {
@@ -783,17 +781,14 @@ impl Inner {
             return Ok(()); // cannot exist
         }
         let dir = self.root.join(UPLOADS).join(&up.0);
-        let json_path = dir.join(UPLOAD_JSON);
-        match fs::read(&json_path) {
-            Ok(json) => match serde_json::from_slice::<UploadInfo>(&json) {
-                // Another key's upload: not ours to remove, and ours does not exist.
-                Ok(info) if info.key != key => return Ok(()),
-                _ => {}
-            },
+        match staged_upload_info(&dir) {
+            // Another key's upload: not ours to remove, and ours does not exist.
+            Some(info) if info.key != key => return Ok(()),
+            Some(_) => {}
             // No upload folder at all: already gone.
-            Err(e) if is_missing(&e) && !dir.exists() => return Ok(()),
-            // A folder without its upload.json is a create_upload that crashed: garbage.
-            Err(_) => {}
+            None if !dir.exists() => return Ok(()),
+            // A folder naming no key is a create_upload killed before it wrote one.
+            None => {}
         }
         match fs::remove_dir_all(&dir) {
             Ok(()) => fsync_dir(&self.root.join(UPLOADS)),
@@ -1009,6 +1004,25 @@ fn check_prefix(prefix: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a staging folder's `upload.json` says; when a killed `create_upload` left it
+/// under its temp name (`.upload.json.tmp-<random>`), what that complete temp file says.
+fn staged_upload_info(staging: &Path) -> Option<UploadInfo> {
+    let parse = |p: &Path| serde_json::from_slice::<UploadInfo>(&fs::read(p).ok()?).ok();
+    if let Some(info) = parse(&staging.join(UPLOAD_JSON)) {
+        return Some(info);
+    }
+    let temp_prefix = format!(".{UPLOAD_JSON}{TMP_MARK}");
+    fs::read_dir(staging)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&temp_prefix))
+        })
+        .find_map(|e| parse(&e.path()))
 }
 
 fn is_temp_name(name: &str) -> bool {

@@ -116,6 +116,7 @@ fn adopt_one(a: &LocalArchive) -> Result<Manifest> {
         postgres: Vec::new(),
         redis: Vec::new(),
         adopted: true,
+        sealed: None,
         safety: false,
     };
     crate::fsutil::write_atomic(&a.manifest_path(), &m.to_json())?;

@@ -182,7 +182,7 @@ pub fn run_watched(
     warn_skipped_and_changed(&written_sources);
     let (postgres, redis) = services.finish();
 
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: FORMAT,
         id: name.id.clone(),
         file: file.clone(),
@@ -205,7 +205,12 @@ pub fn run_watched(
         redis,
         safety: bopts.safety,
         adopted: false,
+        sealed: None,
     };
+    // Encrypted: what the archive holds goes to remotes sealed to the same recipients.
+    if let Some(r) = &recipients {
+        manifest.seal(r)?;
+    }
     std::fs::rename(&partial, &final_path)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
     fsutil::write_atomic(
@@ -320,6 +325,7 @@ fn rebuild_manifest(cfg: &Config, a: &catalog::LocalArchive) -> Result<Manifest>
         redis: Vec::new(),
         safety: false,
         adopted: false,
+        sealed: None,
     };
     fsutil::write_atomic(&a.manifest_path(), &m.to_json())?;
     Ok(m)

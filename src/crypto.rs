@@ -245,6 +245,18 @@ impl Recipients {
     }
 }
 
+impl Recipients {
+    /// `plain` encrypted to these recipients (an age file, whole, in memory): for the
+    /// small sealed section of a manifest.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut w = self.wrap(&mut out).context("age: starting to encrypt")?;
+        w.write_all(plain).context("age: encrypting")?;
+        w.finish().context("age: finishing")?;
+        Ok(out)
+    }
+}
+
 impl std::fmt::Debug for Recipients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.fingerprints()).finish()
@@ -402,6 +414,15 @@ impl Identities {
         }
         dec.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity))
             .map_err(|e| header_error(e, what, self, expected))
+    }
+
+    /// The plaintext of a small age file held in memory (see [`Recipients::seal`]).
+    pub fn open_sealed(&self, sealed: &[u8], what: &str, expected: &[String]) -> Result<Vec<u8>> {
+        let mut r = self.decrypt(sealed, what, expected)?;
+        let mut plain = Vec::new();
+        r.read_to_end(&mut plain)
+            .map_err(|e| verification(format!("{what}: cannot be decrypted: {e}")))?;
+        Ok(plain)
     }
 
     /// Check the identities against the start of an archive (at least its header). `Ok`

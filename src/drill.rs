@@ -219,7 +219,10 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let manifest = Manifest::read(&path.with_file_name(Manifest::file_name_for(&file)))?;
+    let manifest = Manifest::read_unsealed(
+        &path.with_file_name(Manifest::file_name_for(&file)),
+        xopts.identities.as_ref(),
+    )?;
 
     remove_stale_work_dirs(&cfg.local.dir, DRILL_PREFIX);
     let work = WorkDir::create(cfg.local.dir.join(format!(

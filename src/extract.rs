@@ -110,11 +110,10 @@ impl ExtractOptions {
             |n| n.to_string_lossy().into_owned(),
         );
         let mpath = archive.with_file_name(crate::manifest::Manifest::file_name_for(&name));
-        let manifest = crate::manifest::Manifest::read(&mpath).ok();
+        let mut manifest = crate::manifest::Manifest::read(&mpath).ok();
         if let Some(m) = &manifest {
             opts.expected_recipients = m.recipient_fingerprints.clone();
         }
-        opts.limit(manifest.as_ref(), cfg.max_extract_size);
         let head = crate::crypto::read_head(archive, crate::crypto::HEADER_PROBE as usize)?;
         if crate::crypto::is_age(&head) {
             let Some(ids) = cfg.encryption.identities()? else {
@@ -124,8 +123,13 @@ impl ExtractOptions {
                 ));
             };
             ids.check_header(&head, &name, &opts.expected_recipients)?;
+            // A manifest pulled without the identity holds its contents sealed.
+            if let Some(m) = &mut manifest {
+                m.unseal(&ids)?;
+            }
             opts.identities = Some(ids);
         }
+        opts.limit(manifest.as_ref(), cfg.max_extract_size);
         Ok(opts)
     }
 }

@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{Identities, Recipients};
+
 /// Version of the manifest format, bumped on incompatible changes.
 pub const FORMAT: u32 = 1;
 
@@ -114,6 +116,24 @@ pub struct Manifest {
     /// Made outside pronto-offsite and taken in by `adopt` (read whole first).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+    /// An encrypted archive's [`Contents`] (its sources with their paths and origins,
+    /// databases, tables and row counts), encrypted to the archive's recipients: an age
+    /// file, hex-encoded. The copy of the manifest a remote gets ([`Manifest::for_remote`])
+    /// carries this section instead of the plaintext fields; [`Manifest::unseal`] puts them
+    /// back with the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+/// What an archive holds, as a manifest tells it: the part an encrypted archive's
+/// manifest keeps from the remote (see [`Manifest::sealed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contents {
+    pub sources: Vec<SourceSummary>,
+    #[serde(default)]
+    pub postgres: Vec<PgSummary>,
+    #[serde(default)]
+    pub redis: Vec<RedisSummary>,
 }
 
 /// How many safety backups a prune keeps (the newest ones).
@@ -233,5 +253,64 @@ impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json(&bytes, &path.display().to_string())
+    }
+
+    /// [`Manifest::read`], then [`Manifest::unseal`] when an identity is at hand.
+    pub fn read_unsealed(path: &Path, ids: Option<&Identities>) -> Result<Manifest> {
+        let mut m = Self::read(path)?;
+        if let Some(ids) = ids {
+            m.unseal(ids)?;
+        }
+        Ok(m)
+    }
+
+    /// For an encrypted archive: encrypt what it holds to its recipients into
+    /// [`Manifest::sealed`] (the plaintext fields stay, for the local copy).
+    pub fn seal(&mut self, recipients: &Recipients) -> Result<()> {
+        let contents = Contents {
+            sources: self.sources.clone(),
+            postgres: self.postgres.clone(),
+            redis: self.redis.clone(),
+        };
+        let plain = serde_json::to_vec(&contents).context("serializing the manifest's contents")?;
+        self.sealed = Some(hex::encode(recipients.seal(&plain)?));
+        Ok(())
+    }
+
+    /// The manifest a remote gets. For a sealed (encrypted) archive only what push,
+    /// prune and verify need: id, file, times, size, hash, compression, encryption,
+    /// recipient fingerprints, host and version, and the sealed section; no source path,
+    /// origin, database, table or row count. Any other manifest as it is (archives of
+    /// versions before sealing keep their plaintext fields, so they still restore).
+    pub fn for_remote(&self) -> Manifest {
+        let mut m = self.clone();
+        if m.sealed.is_some() {
+            m.sources.clear();
+            m.postgres.clear();
+            m.redis.clear();
+        }
+        m
+    }
+
+    /// Put back what [`Manifest::for_remote`] left out, from the sealed section, with the
+    /// identity that opens the archive. Nothing to do without a sealed section or when
+    /// the plaintext fields are already there.
+    pub fn unseal(&mut self, ids: &Identities) -> Result<()> {
+        let Some(sealed) = &self.sealed else {
+            return Ok(());
+        };
+        if !self.sources.is_empty() {
+            return Ok(());
+        }
+        let what = format!("the sealed section of {}'s manifest", self.file);
+        let bytes = hex::decode(sealed)
+            .map_err(|e| crate::error::verification(format!("{what}: not hex: {e}")))?;
+        let plain = ids.open_sealed(&bytes, &what, &self.recipient_fingerprints)?;
+        let c: Contents = serde_json::from_slice(&plain)
+            .map_err(|e| crate::error::verification(format!("{what}: unreadable: {e}")))?;
+        self.sources = c.sources;
+        self.postgres = c.postgres;
+        self.redis = c.redis;
+        Ok(())
     }
 }

@@ -261,6 +261,16 @@ async fn run_inner(
         }
     }
 
+    // What a sealed (encrypted) archive holds comes back into the local manifest.
+    let mut manifest = manifest;
+    if let Some(ids) = &identities {
+        match manifest.unseal(ids) {
+            Ok(()) => {}
+            Err(e) if need_key => return Err(e),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+
     let dir = &cfg.local.dir;
     let _lock = crate::lock::acquire(dir, "pull", crate::lock::DEFAULT_WAIT)?;
     // Already here and intact? Use the local copy.

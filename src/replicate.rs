@@ -168,7 +168,7 @@ async fn remote_manifest(r: &RemoteHandle, file: &str) -> Result<Option<Option<M
 /// Put `manifest` beside the archive `file` on the remote: the commit marker, always
 /// written last (an archive without one is an incomplete upload).
 async fn write_manifest(r: &RemoteHandle, manifest: &Manifest, file: &str) -> Result<()> {
-    let body = Bytes::from(manifest.to_json());
+    let body = Bytes::from(manifest.for_remote().to_json());
     let msha = sha256_of(&body);
     let mkey = Manifest::file_name_for(file);
     retry(r.retry, &format!("upload of {mkey} to {}", r.name), || {

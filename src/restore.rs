@@ -418,7 +418,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     ));
-    let manifest = Manifest::read(&manifest_path)?;
+    let manifest = Manifest::read_unsealed(&manifest_path, xopts.identities.as_ref())?;
     remove_stale_work_dirs(&cfg.local.dir, STAGING_PREFIX);
     let staging = WorkDir::create(cfg.local.dir.join(format!(
         "{STAGING_PREFIX}{}-{}",

@@ -396,6 +396,18 @@ pub async fn versioning_check(
 ) -> Option<Check> {
     let name = format!("remote {} versioning", remote.name);
     let desc = backend.describe();
+    let gcs = remote.url.starts_with("gs://");
+    let (rule_fix, permission_fix) = if gcs {
+        (
+            "add a lifecycle rule that deletes noncurrent versions (action Delete, condition daysSinceNoncurrentTime; docs/backends/s3-gcs.md: \"Versioned buckets\"), or turn versioning off on the bucket",
+            "allow storage.buckets.get to these credentials, so that doctor can tell whether deleted archives keep costing",
+        )
+    } else {
+        (
+            "add a lifecycle rule with NoncurrentVersionExpiration (docs/backends/s3-gcs.md: \"Versioned buckets\"), or suspend versioning on the bucket",
+            "allow s3:GetBucketVersioning and s3:GetLifecycleConfiguration to these credentials, so that doctor can tell whether deleted archives keep costing",
+        )
+    };
     match backend.versioning().await {
         Ok(None) => None,
         Ok(Some(v)) if v.noncurrent_expiration => Some(ok(
@@ -405,12 +417,12 @@ pub async fn versioning_check(
         Ok(Some(v)) => Some(fail(
             name,
             versioning_warning(&v, &desc),
-            "add a lifecycle rule with NoncurrentVersionExpiration (docs/backends/s3-gcs.md: \"Versioned buckets\"), or suspend versioning on the bucket",
+            rule_fix,
         )),
         Err(e) => Some(fail(
             name,
             format!("cannot read the bucket's versioning on {desc}: {e}"),
-            "allow s3:GetBucketVersioning and s3:GetLifecycleConfiguration to these credentials, so that doctor can tell whether deleted archives keep costing",
+            permission_fix,
         )),
     }
 }

@@ -28,7 +28,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::gcp::{GcpCredential, GcpSigningCredential, GoogleCloudStorageBuilder};
+use object_store::gcp::{
+    GcpCredential, GcpSigningCredential, GoogleCloudStorage, GoogleCloudStorageBuilder,
+};
 use object_store::StaticCredentialProvider;
 
 use crate::objstore::{
@@ -176,6 +178,98 @@ pub fn storage_emulator_host() -> Option<String> {
     })
 }
 
+/// The bucket's object versioning and lifecycle, from the JSON API (`GET
+/// /storage/v1/b/BUCKET?fields=versioning,lifecycle`, which object_store has no call
+/// for), with the token object_store's client uses (none when anonymous). `None`:
+/// versioning is off. A lifecycle rule that deletes noncurrent versions (`isLive:
+/// false`, `daysSinceNoncurrentTime` or `numNewerVersions`) counts as their expiry.
+fn versioning_probe(
+    cfg: &GcsConfig,
+    target: &Target,
+    store: Arc<GoogleCloudStorage>,
+    redactor: Redactor,
+    url: String,
+) -> Result<objstore::VersioningProbe> {
+    use object_store::client::HttpConnector;
+    let allow_http = cfg.allow_http || target.from == "STORAGE_EMULATOR_HOST";
+    let client = Connector { content_md5: false }
+        .connect(&client_options(allow_http, cfg.ca_bundle.as_ref()))
+        .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
+    let base = target
+        .base_url
+        .clone()
+        .unwrap_or_else(|| "https://storage.googleapis.com".into());
+    let uri = format!(
+        "{}/storage/v1/b/{}?fields=versioning,lifecycle",
+        base.trim_end_matches('/'),
+        cfg.bucket
+    );
+    let anonymous = target.anonymous;
+    Ok(Arc::new(move || {
+        let (client, store, redactor, url, uri) = (
+            client.clone(),
+            store.clone(),
+            redactor.clone(),
+            url.clone(),
+            uri.clone(),
+        );
+        Box::pin(async move {
+            let what = "read the bucket's versioning";
+            let fail = |e: &dyn fmt::Display| {
+                BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
+            };
+            let mut req = http::Request::builder().method(http::Method::GET).uri(&uri);
+            if !anonymous {
+                let cred = store.credentials().get_credential().await.map_err(|e| {
+                    BackendError::Auth(redactor.redact(&format!("{url}: {what}: {e}")))
+                })?;
+                if !cred.bearer.is_empty() {
+                    req = req.header("Authorization", format!("Bearer {}", cred.bearer));
+                }
+            }
+            let req = req
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            let resp = client.execute(req).await.map_err(|e| fail(&e))?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
+            if !(200..300).contains(&status) {
+                let msg = redactor.redact(&format!(
+                    "{url}: {what}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ));
+                return Err(match status {
+                    401 | 403 => BackendError::Auth(msg),
+                    _ => BackendError::transient(msg),
+                });
+            }
+            versioning_of(&body).map_err(|e| fail(&e))
+        })
+    }))
+}
+
+/// [`crate::Versioning`] from a bucket resource of the JSON API.
+fn versioning_of(body: &[u8]) -> std::result::Result<Option<crate::Versioning>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not a bucket resource: {e}"))?;
+    if v["versioning"]["enabled"].as_bool() != Some(true) {
+        return Ok(None);
+    }
+    let noncurrent_expiration = v["lifecycle"]["rule"].as_array().is_some_and(|rules| {
+        rules.iter().any(|r| {
+            let c = &r["condition"];
+            r["action"]["type"].as_str() == Some("Delete")
+                && (c["isLive"].as_bool() == Some(false)
+                    || c.get("daysSinceNoncurrentTime").is_some()
+                    || c.get("numNewerVersions").is_some())
+        })
+    });
+    Ok(Some(crate::Versioning {
+        status: "Enabled".into(),
+        noncurrent_expiration,
+    }))
+}
+
 /// Where a remote's requests go and whether they carry credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -238,7 +332,7 @@ impl GcsBackend {
             None => cfg.url(),
         };
         let redactor = Redactor::default();
-        let build = |reads: bool| -> Result<Arc<dyn objstore::Store>> {
+        let build = |reads: bool| -> Result<Arc<GoogleCloudStorage>> {
             let mut b = match (&cfg.service_account_file, &creds) {
                 (Some(p), Some(c)) if c.service_account => {
                     GoogleCloudStorageBuilder::new().with_service_account_path(p.to_string_lossy())
@@ -279,11 +373,18 @@ impl GcsBackend {
             })?;
             Ok(Arc::new(store))
         };
+        let main = build(false)?;
         let stores = Stores {
-            main: build(false)?,
+            main: main.clone(),
             reads: build(true)?,
             list_uploads: None,
-            versioning: None,
+            versioning: Some(versioning_probe(
+                &cfg,
+                &target,
+                main,
+                redactor.clone(),
+                url.clone(),
+            )?),
         };
         let open: objstore::OpenStores = Box::new(move || {
             let stores = stores.clone();
@@ -307,6 +408,38 @@ delegate_backend!(GcsBackend);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versioning_and_noncurrent_rules_are_read_from_the_bucket_resource() {
+        let v = |j: &str| versioning_of(j.as_bytes()).unwrap();
+        assert_eq!(v("{}"), None);
+        assert_eq!(v(r#"{"versioning": {"enabled": false}}"#), None);
+        let on = |expires| {
+            Some(crate::Versioning {
+                status: "Enabled".into(),
+                noncurrent_expiration: expires,
+            })
+        };
+        assert_eq!(v(r#"{"versioning": {"enabled": true}}"#), on(false));
+        // A rule that deletes live objects by age does not expire noncurrent versions.
+        assert_eq!(
+            v(r#"{"versioning": {"enabled": true}, "lifecycle": {"rule": [
+                {"action": {"type": "Delete"}, "condition": {"age": 30}},
+                {"action": {"type": "SetStorageClass"}, "condition": {"isLive": false}}]}}"#),
+            on(false)
+        );
+        for cond in [
+            r#"{"isLive": false}"#,
+            r#"{"daysSinceNoncurrentTime": 7}"#,
+            r#"{"numNewerVersions": 2}"#,
+        ] {
+            let j = format!(
+                r#"{{"versioning": {{"enabled": true}}, "lifecycle": {{"rule": [{{"action": {{"type": "Delete"}}, "condition": {cond}}}]}}}}"#
+            );
+            assert_eq!(v(&j), on(true), "{cond}");
+        }
+        assert!(versioning_of(b"<html>").is_err());
+    }
 
     #[test]
     fn urls() {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pronto_backends::conformance::test_data;
 use pronto_backends::gcs::{GcsBackend, GcsConfig};
-use pronto_backends::{sha256_of, Backend};
+use pronto_backends::{sha256_of, Backend, Versioning};
 
 /// A private emulator on a free port; killed on drop.
 struct Emulator {
@@ -204,9 +204,74 @@ async fn emulator_reached_by_env_and_endpoint_without_metadata_traffic() {
     )
     .await;
 
+    // 3. Object versioning (issue 22), read from the JSON API at the same endpoint: off
+    // on the default bucket; on, without and then with a rule that deletes noncurrent
+    // versions, on a bucket made as an admin would make it.
+    let mut cfg = GcsConfig::from_url("gs://bkt/prod").unwrap();
+    cfg.endpoint = Some(format!("http://127.0.0.1:{}", emu.port));
+    cfg.allow_http = true;
+    let b = GcsBackend::new(cfg.clone()).unwrap();
+    assert_eq!(b.versioning().await.unwrap(), None);
+    // Made, then versioning turned on as `gcloud storage buckets update --versioning`
+    // does it: a PATCH (the emulator's insert ignores the field).
+    raw_json(
+        emu.port,
+        "POST",
+        "/storage/v1/b?project=test",
+        r#"{"name": "vbkt"}"#,
+    );
+    raw_json(
+        emu.port,
+        "PATCH",
+        "/storage/v1/b/vbkt",
+        r#"{"versioning": {"enabled": true}}"#,
+    );
+    cfg.bucket = "vbkt".into();
+    let b = GcsBackend::new(cfg.clone()).unwrap();
+    assert_eq!(
+        b.versioning().await.unwrap(),
+        Some(Versioning {
+            status: "Enabled".into(),
+            noncurrent_expiration: false
+        })
+    );
+    raw_json(
+        emu.port,
+        "PATCH",
+        "/storage/v1/b/vbkt",
+        r#"{"lifecycle": {"rule": [{"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30}}]}}"#,
+    );
+    assert_eq!(
+        b.versioning().await.unwrap(),
+        Some(Versioning {
+            status: "Enabled".into(),
+            noncurrent_expiration: true
+        })
+    );
+
     assert_eq!(
         meta_hits.load(Ordering::SeqCst),
         0,
         "the metadata server was contacted although an emulator was configured"
+    );
+}
+
+/// A JSON API request to the emulator, as an admin's tool would send it; must succeed.
+fn raw_json(port: u16, method: &str, path: &str, body: &str) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(
+        resp.starts_with(b"HTTP/1.0 200") || resp.starts_with(b"HTTP/1.1 200"),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&resp)
     );
 }

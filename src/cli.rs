@@ -674,9 +674,31 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Policy(args) => {
-            let policy = match args.explicit_policy() {
-                Some(p) => p,
-                None => load_config(cli.config.as_deref())?.retention,
+            let policy = match (args.explicit_policy(), &args.remote) {
+                (Some(_), Some(_)) => {
+                    return Err(crate::error::usage(
+                        "--remote picks a configured policy and --keep-* give one: use either",
+                    ))
+                }
+                (Some(p), None) => p,
+                (None, None) => load_config(cli.config.as_deref())?.retention,
+                (None, Some(name)) => {
+                    let cfg = load_config(cli.config.as_deref())?;
+                    if !cfg.remotes.iter().any(|r| &r.name == name) {
+                        let names: Vec<&str> =
+                            cfg.remotes.iter().map(|r| r.name.as_str()).collect();
+                        return Err(crate::error::usage(format!(
+                            "no remote named '{name}' in {} (remotes: {})",
+                            cfg.file.display(),
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        )));
+                    }
+                    cfg.policy_for(name).clone()
+                }
             };
             let stdin = std::io::stdin();
             crate::policy_cmd::run(&policy, stdin.lock(), args.json, &mut out)?;

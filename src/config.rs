@@ -53,6 +53,18 @@ pub struct Config {
     pub max_extract_size: Option<u64>,
 }
 
+impl Config {
+    /// The retention policy of remote `name`: its own `[remotes.retention]` when it has
+    /// one, else `[retention]`'s (also for a name no remote has).
+    pub fn policy_for(&self, name: &str) -> &Policy {
+        self.remotes
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.retention.as_ref())
+            .unwrap_or(&self.retention)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Local {
     /// The backup folder; tiers live under `archive/{weekly,monthly,yearly}`.
@@ -143,6 +155,10 @@ pub struct Remote {
     pub host_id: Option<String>,
     /// `bwlimit`: a rate or a timetable for this remote's transfers (`None`: unlimited).
     pub bwlimit: Option<crate::bwlimit::Schedule>,
+    /// `[remotes.retention]`: this remote's own policy, replacing `[retention]`'s as a
+    /// whole for this remote's prune and push planning (`None`: the global one). See
+    /// [`Config::policy_for`].
+    pub retention: Option<Policy>,
 }
 
 // ---- raw, as written in the file ----
@@ -284,6 +300,7 @@ struct RawRemote {
     retry_budget: Option<Spanned<String>>,
     host_id: Option<Spanned<String>>,
     bwlimit: Option<Spanned<String>>,
+    retention: Option<Spanned<RawRetention>>,
     // sftp:// remotes
     identity_file: Option<Spanned<String>>,
     known_hosts_file: Option<Spanned<String>>,
@@ -583,6 +600,27 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 )
             })?),
         };
+        let retention = match &r.retention {
+            None => None,
+            Some(p) => {
+                if let Some(f) = &p.get_ref().max_delete_fraction {
+                    return Err(at.err(
+                        f.span().start,
+                        &format!("{key}.retention.max_delete_fraction"),
+                        "only the policy keys here (last, hourly, daily, weekly, monthly, yearly, within): max_delete_fraction is set once, in [retention]",
+                    ));
+                }
+                let policy = p.get_ref().policy();
+                if let Err(msg) = policy.validate() {
+                    return Err(usage(format!(
+                        "{}:{}: {key}.retention: {msg}",
+                        file.display(),
+                        at.line(p.span().start)
+                    )));
+                }
+                Some(policy)
+            }
+        };
         remotes.push(Remote {
             name,
             url,
@@ -592,6 +630,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             retry_budget,
             host_id,
             bwlimit,
+            retention,
         });
     }
 

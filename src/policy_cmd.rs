@@ -37,6 +37,9 @@ pub struct PolicyArgs {
     /// Keep every archive newer than the newest archive minus DURATION (e.g. 7d, 1y2m3d4h)
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<Span>,
+    /// Apply this remote's policy (its `[remotes.retention]`, else `[retention]`)
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
     /// Print one JSON object per input line instead of a table
     #[arg(long)]
     pub json: bool,

@@ -415,8 +415,9 @@ async fn prune_remote_over(
         location: r.name.clone(),
         ..Default::default()
     };
+    let policy = cfg.policy_for(&r.name);
     let rules = PruneRules {
-        policy: &cfg.retention,
+        policy,
         pins,
         now,
         max_delete_fraction: cfg.max_delete_fraction,
@@ -427,10 +428,9 @@ async fn prune_remote_over(
     fill_counts(&mut rep, &plan);
     warn_future(&format!("remote {}", r.name), &plan);
     let header = format!(
-        "remote {} ({}): policy {}",
+        "remote {} ({}): policy {policy}",
         r.name,
         r.backend.describe(),
-        cfg.retention
     );
     if let Err(e) = print_plan(out, &header, &plan) {
         rep.error = Some(format!("writing the plan: {e}"));

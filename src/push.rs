@@ -356,8 +356,9 @@ async fn without_policy_drops(
         }
     };
     let pins = local_pins.union(&remote_pins).cloned().collect();
+    let policy = cfg.policy_for(&r.name);
     let rules = plan::PruneRules {
-        policy: &cfg.retention,
+        policy,
         pins: &pins,
         now: chrono::Utc::now(),
         max_delete_fraction: cfg.max_delete_fraction,
@@ -369,7 +370,7 @@ async fn without_policy_drops(
         writeln!(
             out,
             "{}: not uploading {}: this remote's retention ({}) would delete it at once",
-            r.name, d.archive.name.file, cfg.retention
+            r.name, d.archive.name.file, policy
         )?;
         if !dry_run {
             crate::prune::record_offsite_pruned(&cfg.local, &d.archive.name.file);

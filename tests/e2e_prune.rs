@@ -704,3 +704,126 @@ fn push_prunes_each_remote_after_its_uploads_unless_told_not_to() {
         "markers cleaned up"
     );
 }
+
+/// Per-remote retention (issue 19): dailies on the NAS, monthlies forever in a cold
+/// bucket. Each remote's own policy decides what push sends there and what prune keeps
+/// there; `policy --remote` shows it; a remote table with max_delete_fraction is refused.
+#[test]
+fn each_remote_keeps_what_its_own_retention_says() {
+    let env = Env::new();
+    config(
+        &env,
+        &[
+            ("nas", ""),
+            ("cold", "[remotes.retention]\nmonthly = \"forever\"\n"),
+        ],
+        "[retention]\nlast = 2\nmax_delete_fraction = 1\n",
+    );
+    let ids = [
+        "20260105-010000",
+        "20260115-010000",
+        "20260205-010000",
+        "20260215-010000",
+        "20260301-010000",
+    ];
+    for id in ids {
+        fabricate(&env.backups(), id);
+    }
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The NAS: the two newest ([retention] last = 2); cold: the newest of each month
+    // (and, as restic does for a count not reached, the oldest).
+    assert_eq!(
+        archives_in(&env.path("nas")),
+        vec![file_of(ids[3]), file_of(ids[4])],
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        archives_in(&env.path("cold")),
+        vec![
+            file_of(ids[0]),
+            file_of(ids[1]),
+            file_of(ids[3]),
+            file_of(ids[4])
+        ],
+        "{}",
+        text(&o)
+    );
+    assert!(
+        stdout(&o).contains(&format!(
+            "cold: not uploading {}: this remote's retention (all monthly) would delete it at once",
+            file_of(ids[2])
+        )),
+        "{}",
+        text(&o)
+    );
+
+    // A newer archive: each remote's prune applies its own policy.
+    fabricate(&env.backups(), "20260302-010000");
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        archives_in(&env.path("nas")),
+        vec![file_of(ids[4]), file_of("20260302-010000")],
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        archives_in(&env.path("cold")),
+        vec![
+            file_of(ids[0]),
+            file_of(ids[1]),
+            file_of(ids[3]),
+            file_of("20260302-010000")
+        ],
+        "{}",
+        text(&o)
+    );
+    let o = env.run(&["prune", "--dry-run"]);
+    assert!(
+        stdout(&o).contains("remote cold (") && stdout(&o).contains("policy all monthly"),
+        "{}",
+        text(&o)
+    );
+
+    // `policy --remote`: that remote's policy over names given on stdin.
+    let names: String = ids.iter().map(|id| format!("{}\n", file_of(id))).collect();
+    let run_policy = |args: &[&str]| {
+        env.cmd()
+            .arg("policy")
+            .args(args)
+            .write_stdin(names.clone())
+            .output()
+            .unwrap()
+    };
+    let o = run_policy(&["--remote", "cold"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(stdout(&o).contains("4 kept, 1 forgotten"), "{}", text(&o));
+    let o = run_policy(&["--remote", "nas"]);
+    assert!(stdout(&o).contains("2 kept, 3 forgotten"), "{}", text(&o));
+    let o = run_policy(&["--remote", "attic"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("no remote named 'attic'") && text(&o).contains("nas, cold"),
+        "{}",
+        text(&o)
+    );
+
+    // The deletion cap is one setting, in [retention].
+    config(
+        &env,
+        &[(
+            "cold",
+            "[remotes.retention]\nmonthly = 3\nmax_delete_fraction = 1\n",
+        )],
+        "",
+    );
+    let o = env.run(&["status"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("remotes[0].retention.max_delete_fraction"),
+        "{}",
+        text(&o)
+    );
+}

@@ -138,9 +138,10 @@ fn postgres_checks(cfg: &Config) -> Vec<Check> {
         let Ok(client) = crate::source::postgres::PgClient::new(pg, &dir) else {
             continue;
         };
-        if client.server_version().is_err() {
+        let Ok(server) = client.server_version() else {
             continue;
-        }
+        };
+        v.push(pg_dump_check(&client, &s.name, &server));
         match client.left_out() {
             Ok(l) if l.is_empty() => v.push(ok(name, "a backup leaves nothing out")),
             Ok(l) => v.push(fail(
@@ -152,6 +153,31 @@ fn postgres_checks(cfg: &Config) -> Vec<Check> {
         }
     }
     v
+}
+
+/// pg_dump refuses to dump a server of a newer major version: the night's backup would
+/// fail. Compares `pg_dump --version` (as the backup runs it) with the server's.
+fn pg_dump_check(client: &crate::source::postgres::PgClient, source: &str, server: &str) -> Check {
+    use crate::source::postgres::major_version;
+    let name = format!("postgres {source} pg_dump");
+    let tool = match client.tool_version("pg_dump") {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(
+                name,
+                format!("{e:#}"),
+                "apt-get install postgresql-client (the server's major version or newer), or set command_prefix to run the server's own pg_dump",
+            )
+        }
+    };
+    match (major_version(&tool), major_version(server)) {
+        (Some(t), Some(srv)) if t < srv => fail(
+            name,
+            format!("{tool} is older than the server ({server}): pg_dump refuses to dump a newer major version, so the backup would fail"),
+            format!("install postgresql-client-{srv} (apt.postgresql.org has every version), or set command_prefix to run the server's own pg_dump (e.g. [\"docker\", \"compose\", \"exec\", \"-T\", \"postgres\"])"),
+        ),
+        _ => ok(name, format!("{tool} can dump the server ({server})")),
+    }
 }
 
 /// `[encryption]`: what archives are encrypted to, and whether the identity file (when

@@ -239,6 +239,18 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// `"name"` with inner quotes doubled.
+/// The major version in a PostgreSQL version string: `15` from `15.10 (Debian …)` or
+/// from `pg_dump (PostgreSQL) 15.10`, `9` from `9.6.24`. `None` when there is no number.
+pub fn major_version(v: &str) -> Option<u32> {
+    let word = v
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    word.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -417,9 +429,9 @@ impl<'a> PgClient<'a> {
         &self.secrets
     }
 
-    /// A command for tool `name` (through the prefix if any), with `-w` and `--dbname`.
-    fn tool(&self, name: &str, db: &str) -> Command {
-        let mut c = if let Some((first, rest)) = self.src.command_prefix.split_first() {
+    /// Tool `name` as it runs: through the prefix if any, else from the bin folder or PATH.
+    fn program(&self, name: &str) -> Command {
+        if let Some((first, rest)) = self.src.command_prefix.split_first() {
             let mut c = Command::new(first);
             c.args(rest).arg(name);
             c
@@ -427,7 +439,29 @@ impl<'a> PgClient<'a> {
             Command::new(dir.join(name))
         } else {
             Command::new(name)
-        };
+        }
+    }
+
+    /// What `name --version` prints (e.g. `pg_dump (PostgreSQL) 15.10`), as the backup
+    /// would run it.
+    pub fn tool_version(&self, name: &str) -> Result<String> {
+        let mut c = self.program(name);
+        c.arg("--version").stdin(Stdio::null());
+        let out = c
+            .output()
+            .with_context(|| format!("running {name} --version"))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{name} --version failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A command for tool `name` (through the prefix if any), with `-w` and `--dbname`.
+    fn tool(&self, name: &str, db: &str) -> Command {
+        let mut c = self.program(name);
         self.set_env(&mut c);
         c.stdin(Stdio::null());
         c.arg("-w").arg(format!(
@@ -1636,6 +1670,15 @@ impl Drop for Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn major_versions_are_read_from_server_and_tool_strings() {
+        assert_eq!(major_version("15.10 (Debian 15.10-0+deb12u1)"), Some(15));
+        assert_eq!(major_version("pg_dump (PostgreSQL) 16.4"), Some(16));
+        assert_eq!(major_version("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(major_version("17beta1"), Some(17));
+        assert_eq!(major_version("pg_dump (PostgreSQL)"), None);
+    }
 
     #[test]
     fn url_becomes_keywords_without_a_password() {

@@ -77,6 +77,7 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
         checks.extend(encryption_checks(cfg));
         checks.extend(crate::adopt::doctor_check(cfg));
         checks.extend(crate::doctor_services::checks(cfg));
+        checks.push(schedule_check());
     }
     print(&checks, json, out)?;
     Ok(if cfg.is_none() {
@@ -394,15 +395,22 @@ async fn remote_checks(cfg: &Config) -> Vec<Check> {
         let body = Bytes::from_static(b"pronto-offsite doctor probe; safe to delete\n");
         let sha = pronto_backends::sha256_of(&body);
         let wname = format!("remote {} write", remote.name);
+        let before = std::time::SystemTime::now();
         match r.backend.put(&key, body, sha).await {
-            Ok(_) => match r.backend.delete(&key).await {
+            Ok(_) => {
+                let after = std::time::SystemTime::now();
+                if let Ok(Some(at)) = r.backend.head(&key).await.map(|m| m.modified) {
+                    v.push(clock_check(&remote.name, &desc, before, after, at));
+                }
+                match r.backend.delete(&key).await {
                 Ok(()) => v.push(ok(wname, format!("wrote and deleted a probe object in {desc}"))),
                 Err(e) => v.push(fail(
                     wname,
                     format!("wrote {key} in {desc} but could not delete it: {e}"),
                     "the credentials need delete permission too (pruning needs it); remove the probe object by hand",
                 )),
-            },
+                }
+            }
             Err(e) => {
                 let e = anyhow::Error::new(e);
                 let fix = remote_fix(&e, &desc);
@@ -411,6 +419,132 @@ async fn remote_checks(cfg: &Config) -> Vec<Check> {
         }
     }
     v
+}
+
+/// Where `doctor` looks for the schedule that runs the tool at night (files, or folders
+/// whose files it reads), besides `crontab -l` and `~/.config/systemd/user`.
+/// `PRONTO_OFFSITE_SCHEDULE_PATHS` (`:`-separated) replaces them all.
+const SCHEDULE_PATHS: &[&str] = &[
+    "/etc/crontab",
+    "/etc/cron.d",
+    "/etc/cron.daily",
+    "/etc/cron.hourly",
+    "/var/spool/cron/crontabs",
+    "/var/spool/cron",
+    "/etc/systemd/system",
+];
+
+/// Whether a cron table or systemd unit runs pronto-offsite: an uncommented line that
+/// names it, in the places cron and systemd read. Nothing scheduled means no backup
+/// tonight, whatever else passes.
+fn schedule_check() -> Check {
+    let (paths, defaults) = match std::env::var_os("PRONTO_OFFSITE_SCHEDULE_PATHS") {
+        Some(v) => (std::env::split_paths(&v).collect::<Vec<_>>(), false),
+        None => {
+            let mut p: Vec<PathBuf> = SCHEDULE_PATHS.iter().map(PathBuf::from).collect();
+            if let Some(home) = std::env::var_os("HOME") {
+                p.push(PathBuf::from(home).join(".config/systemd/user"));
+            }
+            (p, true)
+        }
+    };
+    let mut found: Vec<String> = Vec::new();
+    for p in &paths {
+        let files: Vec<PathBuf> = if p.is_dir() {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|f| f.is_file())
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            vec![p.clone()]
+        };
+        for f in files {
+            if std::fs::read(&f).is_ok_and(|b| schedules_us(&String::from_utf8_lossy(&b))) {
+                found.push(f.display().to_string());
+            }
+        }
+    }
+    if defaults {
+        let crontab = std::process::Command::new("crontab")
+            .arg("-l")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output();
+        if let Ok(o) = crontab {
+            if o.status.success() && schedules_us(&String::from_utf8_lossy(&o.stdout)) {
+                found.push("crontab -l".into());
+            }
+        }
+    }
+    if found.is_empty() {
+        fail(
+            "schedule",
+            "no cron table or systemd unit runs pronto-offsite: nothing makes tonight's backup",
+            "schedule `pronto-offsite -q hook` nightly with cron or a systemd timer (docs/operations.md shows both)",
+        )
+    } else {
+        ok(
+            "schedule",
+            format!("pronto-offsite is run from {}", found.join(", ")),
+        )
+    }
+}
+
+/// An uncommented line of a cron table or unit file that runs pronto-offsite.
+fn schedules_us(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        !l.starts_with('#') && !l.starts_with(';') && l.contains("pronto-offsite")
+    })
+}
+
+/// How far the store's clock may be from ours before doctor fails: the tolerance under
+/// which an archive is not yet "named in the future".
+const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The store's clock against ours: `at` is when the store says it wrote the probe
+/// object, which this host wrote between `before` and `after` (stores round to the
+/// second, so a second of slack). Archive names carry this host's time while `status`
+/// and S3 request signing rely on the store's: a skew of minutes confuses both.
+fn clock_check(
+    remote: &str,
+    desc: &str,
+    before: std::time::SystemTime,
+    after: std::time::SystemTime,
+    at: std::time::SystemTime,
+) -> Check {
+    let slack = std::time::Duration::from_secs(1);
+    let (skew, way) = if let Ok(d) = (before - slack).duration_since(at) {
+        (d, "behind")
+    } else if let Ok(d) = at.duration_since(after + slack) {
+        (d, "ahead of")
+    } else {
+        (std::time::Duration::ZERO, "")
+    };
+    let name = format!("remote {remote} clock");
+    if skew > CLOCK_TOLERANCE {
+        fail(
+            name,
+            format!(
+                "the clock of {desc} is {} minutes {way} this host's (it stamped a probe object written now at {})",
+                (skew.as_secs() + 30) / 60,
+                chrono::DateTime::<chrono::Utc>::from(at).format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            "set the clocks right with NTP (timedatectl set-ntp true) on this host and, if it is yours, on the server",
+        )
+    } else {
+        ok(
+            name,
+            format!(
+                "the clock of {desc} agrees with this host's (within {}s)",
+                skew.as_secs().max(1)
+            ),
+        )
+    }
 }
 
 /// A bucket with versioning keeps every deleted archive as a noncurrent version: prune
@@ -565,4 +699,43 @@ fn ops_checks(cfg: &Config) -> Vec<Check> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_store_clock_minutes_away_fails_and_one_within_the_tolerance_passes() {
+        let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let after = before + Duration::from_secs(2);
+        let check = |at| clock_check("s3", "s3://b", before, after, at);
+        // Rounded down to the second, or a little late: agrees.
+        assert!(check(before - Duration::from_millis(900)).ok);
+        assert!(check(after + Duration::from_secs(200)).ok);
+        let behind = check(before - Duration::from_secs(11 * 60));
+        assert!(!behind.ok);
+        assert!(
+            behind.detail.contains("11 minutes behind"),
+            "{}",
+            behind.detail
+        );
+        assert!(behind.fix.as_deref().unwrap().contains("NTP"));
+        let ahead = check(after + Duration::from_secs(3600));
+        assert!(schedules_us(
+            "0 3 * * * root /usr/local/bin/pronto-offsite -q hook\n"
+        ));
+        assert!(schedules_us(
+            "[Service]\nExecStart=/usr/local/bin/pronto-offsite hook\n"
+        ));
+        assert!(!schedules_us(
+            "# 0 3 * * * root pronto-offsite -q hook\n0 4 * * * other\n"
+        ));
+        assert!(
+            !ahead.ok && ahead.detail.contains("60 minutes ahead of"),
+            "{}",
+            ahead.detail
+        );
+    }
 }

@@ -526,6 +526,7 @@ mod tests {
 
     fn obj(key: &str, size: u64) -> ObjectMeta {
         ObjectMeta {
+            modified: None,
             key: key.into(),
             size,
             sha256: None,

@@ -21,6 +21,8 @@ fn doctor_passes_on_a_good_setup_and_leaves_no_probe() {
         "source site",
         "remote nas",
         "remote nas write",
+        "remote nas clock",
+        "schedule",
         "log file",
         "metrics",
     ] {
@@ -31,6 +33,30 @@ fn doctor_passes_on_a_good_setup_and_leaves_no_probe() {
         );
     }
     assert!(out.contains("checks passed"));
+    assert!(
+        out.contains(&format!(
+            "ok    schedule: pronto-offsite is run from {}",
+            env.schedule().display()
+        )),
+        "{out}"
+    );
+
+    // No schedule (a commented-out line does not count): that check fails, with the fix.
+    std::fs::write(
+        env.schedule(),
+        "# 0 3 * * * root pronto-offsite -q hook
+",
+    )
+    .unwrap();
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("FAIL  schedule: no cron table or systemd unit runs pronto-offsite")
+            && out.contains("fix: schedule `pronto-offsite -q hook` nightly"),
+        "{out}"
+    );
+    assert!(out.contains("1 of "), "{out}");
     // The write probe was deleted again.
     assert!(
         support::names_in(&env.remote())

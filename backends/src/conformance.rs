@@ -496,8 +496,23 @@ pub async fn put_get_head_list_delete_roundtrip(h: &Harness) {
         list_keys(b, &p).await.is_empty(),
         "a fresh prefix is not empty"
     );
+    let before = std::time::SystemTime::now();
     put_ok(b, &k1, &d1).await;
     assert_object(b, &k1, &d1, "after put").await;
+    // `head` says when the store wrote it, by the store's clock (here on this host, so
+    // within a few minutes of ours; stores round to the second).
+    let written = head_ok(b, &k1)
+        .await
+        .modified
+        .unwrap_or_else(|| panic!("head({k1}) reports no modification time"));
+    let skew = match written.duration_since(before) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(
+        skew < std::time::Duration::from_secs(300),
+        "head({k1}).modified is {skew:?} away from the time of the put"
+    );
     put_ok(b, &k2, &d2).await;
     put_ok(b, &k3, &d3).await;
 

@@ -36,6 +36,11 @@ pub struct ObjectMeta {
     pub size: u64,
     /// The SHA-256 the writer recorded for this object, when the backend can store one.
     pub sha256: Option<[u8; 32]>,
+    /// When the store last wrote the object, by the store's own clock (S3/GCS
+    /// `Last-Modified`, the file's mtime on file:// and sftp). `head` fills it in where
+    /// the store reports it (`None`: unknown); `doctor` compares it with this host's
+    /// clock after writing a probe object.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Limits of a backend that the replicator must respect when it sizes parts.

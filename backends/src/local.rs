@@ -420,6 +420,7 @@ impl Inner {
             };
             if meta.is_file() {
                 out.push(ObjectMeta {
+                    modified: meta.modified().ok(),
                     sha256: read_sha_xattr(&path, &meta),
                     size: meta.len(),
                     key,
@@ -437,6 +438,7 @@ impl Inner {
             return Err(BackendError::NotFound(key.to_string()));
         }
         Ok(ObjectMeta {
+            modified: meta.modified().ok(),
             key: key.to_string(),
             size: meta.len(),
             sha256: read_sha_xattr(&path, &meta),
@@ -458,6 +460,7 @@ impl Inner {
                 e => e,
             })?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: body.len() as u64,
             sha256: Some(sha256),
@@ -474,6 +477,7 @@ impl Inner {
             .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
         self.finish(tmp, &dir, &name, Some(sha256))?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: body.len() as u64,
             sha256: Some(sha256),
@@ -756,6 +760,7 @@ impl Inner {
             let _ = fsync_dir(&self.root.join(UPLOADS));
         }
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: total,
             sha256: Some(sha256),

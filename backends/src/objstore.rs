@@ -279,6 +279,7 @@ impl Backend for ObjectStoreBackend {
                 if let Some(key) = full.strip_prefix(self.root.as_str()) {
                     if key.starts_with(prefix) && !key.is_empty() {
                         out.push(ObjectMeta {
+                            modified: Some(o.last_modified.into()),
                             key: key.to_string(),
                             size: o.size,
                             sha256: None,
@@ -314,6 +315,7 @@ impl Backend for ObjectStoreBackend {
             .get(&Attribute::Metadata(Cow::Borrowed(SHA256_METADATA)))
             .and_then(|v| parse_sha_hex(v.as_ref()));
         Ok(ObjectMeta {
+            modified: Some(res.meta.last_modified.into()),
             key: key.to_string(),
             size: res.meta.size,
             sha256,
@@ -375,6 +377,7 @@ impl Backend for ObjectStoreBackend {
             .await
             .map_err(|e| self.err(&format!("put {key}"), e))?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size,
             sha256: Some(sha256),
@@ -455,6 +458,7 @@ impl Backend for ObjectStoreBackend {
             .await
             .map_err(|e| self.err(&format!("complete upload of {key}"), e))?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size,
             sha256: None,
@@ -547,6 +551,7 @@ impl Backend for ObjectStoreBackend {
             .await
         {
             Ok(_) => Ok(ObjectMeta {
+                modified: None,
                 key: key.to_string(),
                 size,
                 sha256: Some(sha256),

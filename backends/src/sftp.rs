@@ -1581,6 +1581,7 @@ impl Backend for SftpBackend {
                 continue;
             };
             out.push(ObjectMeta {
+                modified: None,
                 key,
                 size,
                 sha256: None,
@@ -1611,6 +1612,7 @@ impl Backend for SftpBackend {
             .read_sidecar(&c, key, meta.modified().map(|t| t.into_raw()))
             .await;
         Ok(ObjectMeta {
+            modified: meta.modified().map(|t| t.as_system_time()),
             key: key.to_string(),
             size: meta.len().unwrap_or(0),
             sha256,
@@ -1687,6 +1689,7 @@ impl Backend for SftpBackend {
         }
         res?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: body.len() as u64,
             sha256: Some(sha256),
@@ -1803,6 +1806,7 @@ impl Backend for SftpBackend {
                                 drop(f);
                                 inner.write_sidecar(&c, key, sha256).await?;
                                 Ok(ObjectMeta {
+                                    modified: None,
                                     sha256: Some(sha256),
                                     ..meta
                                 })
@@ -1893,6 +1897,7 @@ impl Backend for SftpBackend {
         inner.close(&c, f, &partial).await?;
         inner.commit(&c, key, &partial, sha256).await?;
         Ok(ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: total,
             sha256: Some(sha256),
@@ -2005,6 +2010,7 @@ impl Backend for SftpBackend {
         }
         let url = inner.cfg.url.as_str();
         let meta = ObjectMeta {
+            modified: None,
             key: key.to_string(),
             size: body.len() as u64,
             sha256: Some(sha256),

@@ -17,9 +17,16 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env {
+        let env = Env {
             dir: tempfile::tempdir().unwrap(),
-        }
+        };
+        // A nightly schedule for `doctor` to find (PRONTO_OFFSITE_SCHEDULE_PATHS).
+        std::fs::write(env.schedule(), "0 3 * * * root pronto-offsite -q hook\n").unwrap();
+        env
+    }
+    /// The cron table the binary's `doctor` reads instead of the machine's.
+    pub fn schedule(&self) -> PathBuf {
+        self.path(".schedule.cron")
     }
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -56,6 +63,7 @@ url = "file://{}"
         let mut c = Command::cargo_bin("pronto-offsite").unwrap();
         c.arg("--config").arg(self.config());
         c.env_remove("PRONTO_OFFSITE_CONFIG");
+        c.env("PRONTO_OFFSITE_SCHEDULE_PATHS", self.schedule());
         c
     }
     pub fn run(&self, args: &[&str]) -> Output {

@@ -40,6 +40,7 @@ pub fn bin_at(env: &Env, config: &Path) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("pronto-offsite"));
     c.arg("--config").arg(config);
     isolate(&mut c, env);
+    c.env("PRONTO_OFFSITE_SCHEDULE_PATHS", env.schedule());
     c
 }
 

@@ -684,19 +684,8 @@ fn run(cli: Cli) -> Result<i32> {
                 (None, None) => load_config(cli.config.as_deref())?.retention,
                 (None, Some(name)) => {
                     let cfg = load_config(cli.config.as_deref())?;
-                    if !cfg.remotes.iter().any(|r| &r.name == name) {
-                        let names: Vec<&str> =
-                            cfg.remotes.iter().map(|r| r.name.as_str()).collect();
-                        return Err(crate::error::usage(format!(
-                            "no remote named '{name}' in {} (remotes: {})",
-                            cfg.file.display(),
-                            if names.is_empty() {
-                                "none".to_string()
-                            } else {
-                                names.join(", ")
-                            }
-                        )));
-                    }
+                    // The one message for an unknown remote name.
+                    crate::remotes::selected(&cfg, Some(name))?;
                     cfg.policy_for(name).clone()
                 }
             };

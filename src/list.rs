@@ -149,7 +149,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
         }
         for (name, st) in &states {
             if let Err(e) = st {
-                writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;
+                writeln!(out, "ERROR: {}", crate::remotes::unlisted(name, e))?;
             }
         }
     }

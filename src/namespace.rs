@@ -290,7 +290,7 @@ pub async fn list_all_hosts(
             rows.len()
         )?;
         for (name, e) in &errors {
-            writeln!(out, "ERROR: remote {name} could not be listed: {e}")?;
+            writeln!(out, "ERROR: {}", crate::remotes::unlisted(name, e))?;
         }
     }
     Ok(if errors.is_empty() {

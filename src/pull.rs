@@ -192,8 +192,16 @@ async fn run_inner(
         if !any_archive && errors.is_empty() && cfg.local.home.is_some() {
             bail!(no_archives_message(&selected));
         }
-        let which = wanted.as_deref().unwrap_or("any complete archive");
-        let mut msg = format!("{which} was not found complete on {}", names(&selected));
+        let mut msg = match wanted.as_deref() {
+            Some(id) => format!(
+                "no complete archive {id} on {} (`pronto-offsite list` shows what each location holds)",
+                names(&selected)
+            ),
+            None => format!(
+                "no complete archive on {}: nothing to pull yet (push one first)",
+                names(&selected)
+            ),
+        };
         if !errors.is_empty() {
             msg.push_str(&format!(" (errors: {})", errors.join("; ")));
         }

@@ -65,6 +65,14 @@ fn open_with(remote: &Remote, create: bool) -> Result<RemoteHandle> {
     })
 }
 
+/// The line saying remote `name` could not be listed, without the error's own
+/// `remote NAME:` prefix (said once).
+pub fn unlisted(name: &str, e: &dyn std::fmt::Display) -> String {
+    let e = e.to_string();
+    let e = e.strip_prefix(&format!("remote {name}: ")).unwrap_or(&e);
+    format!("remote {name} could not be listed: {e}")
+}
+
 /// The remotes a command works on: all, or the one `--remote NAME` names.
 pub fn selected<'a>(cfg: &'a Config, only: Option<&str>) -> Result<Vec<&'a Remote>> {
     match only {

@@ -514,7 +514,7 @@ fn print_text(r: &StatusReport, max_age: Duration, out: &mut dyn Write) -> Resul
     if r.problems.is_empty() {
         writeln!(
             out,
-            "OK: the newest archive is within {} locally and on every remote",
+            "OK: the newest archive is less than {} old, locally and on every remote",
             human_age(max_age)
         )?;
     } else {

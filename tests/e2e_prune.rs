@@ -805,7 +805,8 @@ fn each_remote_keeps_what_its_own_retention_says() {
     let o = run_policy(&["--remote", "attic"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("no remote named 'attic'") && text(&o).contains("nas, cold"),
+        text(&o).contains("no remote named 'attic'")
+            && text(&o).contains("configured remotes: nas, cold"),
         "{}",
         text(&o)
     );

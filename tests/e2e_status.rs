@@ -32,7 +32,7 @@ fn fresh_archives_exit_0_and_stale_ones_exit_5() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("OK: the newest archive is within 1d 2h"),
+        out.contains("OK: the newest archive is less than 1d 2h old"),
         "{out}"
     );
     assert!(

@@ -57,6 +57,23 @@ fn doctor_passes_on_a_good_setup_and_leaves_no_probe() {
         "{out}"
     );
     assert!(out.contains("1 of "), "{out}");
+    // The cron table and the systemd units the docs ship are found as schedules.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for place in [examples.join("cron"), examples.join("systemd")] {
+        let o = env
+            .cmd()
+            .env("PRONTO_OFFSITE_SCHEDULE_PATHS", &place)
+            .arg("doctor")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}: {}",
+            place.display(),
+            text(&o)
+        );
+    }
     // The write probe was deleted again.
     assert!(
         support::names_in(&env.remote())

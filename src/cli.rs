@@ -92,6 +92,11 @@ pronto-offsite push --bwlimit 10MiB --json"
         /// ("08:00-18:00 2MiB, 18:00-08:00 off"); replaces the remotes' `bwlimit`
         #[arg(long, value_name = "RATE", value_parser = crate::bwlimit::Schedule::parse)]
         bwlimit: Option<crate::bwlimit::Schedule>,
+        /// Start a remote afresh whose marker is gone (a remote emptied on purpose):
+        /// without it, push refuses a file:// or sftp remote this host initialized
+        /// before and that has no marker now (not mounted?)
+        #[arg(long)]
+        init_remote: bool,
     },
     /// Apply the retention policy to the local folder and every remote, each over what it
     /// holds; file local keepers under archive/{yearly,monthly,weekly}
@@ -480,8 +485,12 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             bwlimit,
             cleanup,
+            init_remote,
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
+            if init_remote {
+                cfg.remotes.iter_mut().for_each(|r| r.init_marker = true);
+            }
             if let Some(b) = bwlimit {
                 cfg.remotes
                     .iter_mut()

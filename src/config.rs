@@ -159,6 +159,9 @@ pub struct Remote {
     /// whole for this remote's prune and push planning (`None`: the global one). See
     /// [`Config::policy_for`].
     pub retention: Option<Policy>,
+    /// Not a config key: `push --init-remote` writes this remote's marker although this
+    /// host initialized it before and the marker is gone (see [`crate::marker`]).
+    pub init_marker: bool,
 }
 
 // ---- raw, as written in the file ----
@@ -631,6 +634,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             host_id,
             bwlimit,
             retention,
+            init_marker: false,
         });
     }
 

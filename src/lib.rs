@@ -27,6 +27,7 @@ pub mod list;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod marker;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;

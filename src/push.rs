@@ -179,6 +179,9 @@ pub async fn run_with(
             };
             let res = async {
                 let r = remotes::open(remote)?;
+                // Before anything is written: is this still the remote we pushed to?
+                crate::marker::ensure(cfg, remote, &r, remote.init_marker, dry_run, &mut rout)
+                    .await?;
                 // A remote that push prunes keeps what the policy keeps: plan by it.
                 let pins = remote.prune.then_some(local_pins);
                 let uploads = push_one(cfg, &r, local, pins, dry_run, &mut rep, &mut rout).await?;

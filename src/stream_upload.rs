@@ -490,7 +490,20 @@ pub fn backup_and_push(
         .remotes
         .iter()
         .map(|remote| {
-            let slot = match crate::remotes::open(remote) {
+            // A remote that lost its marker (not mounted?) gets nothing streamed: the
+            // push after the backup refuses it with the reason.
+            let opened = crate::remotes::open(remote).and_then(|r| {
+                rt.block_on(crate::marker::ensure(
+                    cfg,
+                    remote,
+                    &r,
+                    remote.init_marker,
+                    false,
+                    &mut std::io::sink(),
+                ))
+                .map(|()| r)
+            });
+            let slot = match opened {
                 Ok(r) => {
                     let caps = r.backend.capabilities();
                     let bar = Progress::bytes(format!("{}: upload", r.name), None);

@@ -99,12 +99,16 @@ fn journals(env: &Env) -> Vec<PathBuf> {
 }
 
 /// Names in a file:// remote's folder, and what its unfinished uploads hold.
+/// What a remote folder holds besides its staging folder and its marker.
 fn remote_names(dir: &Path) -> Vec<String> {
     names_in(dir)
         .into_iter()
-        .filter(|n| n != ".uploads")
+        .filter(|n| n != ".uploads" && n != MARKER)
         .collect()
 }
+
+/// The remote's marker, written by the first push (see src/marker.rs).
+const MARKER: &str = ".pronto-offsite-remote";
 
 fn remote_staging(dir: &Path) -> Vec<PathBuf> {
     let mut v = files_under(&dir.join(".uploads"));

@@ -253,8 +253,17 @@ impl LocalStack {
         name
     }
 
-    /// Every key in a bucket (unsigned ListObjectsV2; fine for test-sized buckets).
+    /// Every key in a bucket but the tool's remote markers (unsigned ListObjectsV2; fine
+    /// for test-sized buckets).
     pub fn keys(&self, bucket: &str) -> Vec<String> {
+        self.all_keys(bucket)
+            .into_iter()
+            .filter(|k| !k.ends_with(REMOTE_MARKER))
+            .collect()
+    }
+
+    /// Every object key in a bucket, the tool's remote markers included.
+    pub fn all_keys(&self, bucket: &str) -> Vec<String> {
         let (status, body) = http("GET", self.port, &format!("/{bucket}?list-type=2"), &[])
             .unwrap_or_else(|e| panic!("list {bucket}: {e}"));
         assert_eq!(status, 200, "list {bucket}: {body}");
@@ -279,3 +288,7 @@ impl LocalStack {
             .collect()
     }
 }
+
+/// The marker the first push writes at a remote's root (src/marker.rs): [`LocalStack::keys`]
+/// leaves it out, so that tests count archives and manifests.
+pub const REMOTE_MARKER: &str = ".pronto-offsite-remote";

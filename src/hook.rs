@@ -418,6 +418,15 @@ fn run_steps(
     *lock = Some(Box::new(_lock));
     rt.block_on(notifier.start());
 
+    // 0. Room for tonight's archive: a full disk is pruned by retention first.
+    if !opts.no_backup {
+        let mut sink = std::io::sink();
+        let prune_out: &mut dyn Write = if opts.json { &mut sink } else { &mut *out };
+        if let Some(note) = make_room(cfg, rt, prune_out) {
+            report.warnings.push(note);
+        }
+    }
+
     // 1. backup, and 2. push (every remote; even after a failed backup, older archives
     // still go off-site). With `[hook] stream_upload` (the default) the new archive goes
     // to the remotes while it is written, and the push then finds it there.
@@ -632,6 +641,44 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
         tracing::warn!("{m}");
         report.warnings.push(m);
     }
+}
+
+/// Disk-full recovery, before the backup: when the backup folder's disk cannot hold the
+/// next archive (estimated from the last ones, [`crate::status::next_archive_estimate`]),
+/// prune the local folder by retention first — the same local prune as step 3, so never
+/// an archive that no remote holds complete and never the newest one. Returns what it
+/// did, for the report's warnings; `None` when there is room (or nothing to go by).
+fn make_room(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -> Option<String> {
+    use crate::fsutil::human_bytes;
+    let need = crate::status::next_archive_estimate(cfg)?;
+    let disk = crate::status::free_space(&cfg.local.dir)?;
+    if disk.free_bytes >= need {
+        return None;
+    }
+    tracing::warn!(
+        "{} free on {}, the next archive needs about {}: pruning the local folder by retention first",
+        human_bytes(disk.free_bytes),
+        disk.path,
+        human_bytes(need)
+    );
+    let step = prune_step(cfg, rt, out);
+    let after = crate::status::free_space(&cfg.local.dir).map_or(0, |d| d.free_bytes);
+    let mut note = format!(
+        "disk-full recovery: {} free on {}, the next archive needs about {}; pruned the local folder by retention first ({}); now {} free",
+        human_bytes(disk.free_bytes),
+        disk.path,
+        human_bytes(need),
+        step.error
+            .as_deref()
+            .or(step.message.as_deref())
+            .unwrap_or("nothing done"),
+        human_bytes(after)
+    );
+    if after < need {
+        note.push_str(": still not enough; archives not yet on a remote and the newest one are never pruned to make room");
+    }
+    tracing::warn!("{note}");
+    Some(note)
 }
 
 /// The prune step: each remote was already pruned by the push, right after its own

@@ -568,6 +568,23 @@ pub fn policy_line(p: &Policy) -> String {
     v.join(", ")
 }
 
+/// The room the next archive needs in the backup folder: the median size of the last
+/// [`RECENT`] complete archives (safety backups aside), plus 10%. `None` before the
+/// first archive.
+pub fn next_archive_estimate(cfg: &crate::config::Config) -> Option<u64> {
+    let all = crate::catalog::scan(&cfg.local).ok()?;
+    let mut sizes: Vec<u64> = all
+        .iter()
+        .filter(|a| !a.is_safety())
+        .filter_map(|a| a.manifest.as_ref().map(|m| (a.name.time, m.size)))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .rev()
+        .take(RECENT)
+        .collect();
+    median(&mut sizes).map(|m| m.saturating_add(m / 10))
+}
+
 fn median(v: &mut [u64]) -> Option<u64> {
     if v.is_empty() {
         return None;

@@ -44,7 +44,8 @@ pub fn remote_state(prefix: &str, objects: &[ObjectMeta]) -> RemoteState {
     let mut st = RemoteState::default();
     let pins_key = crate::pins::file_name(prefix);
     for o in objects {
-        if o.key == pins_key {
+        // Our own pins object and remote marker: neither an archive nor foreign.
+        if o.key == pins_key || o.key == crate::marker::MARKER {
             continue;
         }
         let (file, is_manifest) = match o.key.strip_suffix(".manifest.json") {

@@ -396,12 +396,18 @@ fn metered(o: &std::process::Output, dir: &std::path::Path) -> Vec<(u64, u64)> {
 }
 
 /// Bytes of the archive `id` and its manifest in `dir`: what a push sends there.
+/// What a first push to the remote folder `dir` sent: the archive, its manifest and the
+/// remote's marker (src/marker.rs).
 fn pushed_bytes(dir: &std::path::Path, id: &str) -> u64 {
     let file = format!("pronto-app-backup-{id}.tar.gz");
-    [file.clone(), format!("{file}.manifest.json")]
-        .iter()
-        .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
-        .sum()
+    [
+        file.clone(),
+        format!("{file}.manifest.json"),
+        ".pronto-offsite-remote".into(),
+    ]
+    .iter()
+    .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
+    .sum()
 }
 
 /// The evidence is the limiter's own record, not a stopwatch: every byte sent to a limited

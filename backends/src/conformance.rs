@@ -115,6 +115,7 @@ pub const CASES: &[&str] = &[
     "head_and_get_missing_key_not_found",
     "list_missing_prefix_is_empty",
     "put_if_absent_creates_once",
+    "put_file_stores_the_file_or_declines",
 ];
 
 /// Generate one `#[tokio::test]` per conformance case, inside a `mod conformance`.
@@ -189,6 +190,7 @@ macro_rules! conformance_suite {
             __case!(head_and_get_missing_key_not_found);
             __case!(list_missing_prefix_is_empty);
             __case!(put_if_absent_creates_once);
+            __case!(put_file_stores_the_file_or_declines);
         }
     };
 }
@@ -755,6 +757,62 @@ pub async fn put_wrong_sha256_is_checksum_mismatch_and_invisible(h: &Harness) {
         keys(&list_keys(b, &p).await),
         vec![k.as_str()],
         "after a failed overwrite only the old object is listed"
+    );
+    delete_ok(b, &k).await;
+}
+
+/// `put_file` either declines (`None`: the caller uploads otherwise) or stores the file
+/// exactly, telling `on_bytes` of every byte; a file that does not hash to the given
+/// SHA-256 leaves nothing, and an old object under the key stays as it was.
+pub async fn put_file_stores_the_file_or_declines(h: &Harness) {
+    let b = h.backend().await;
+    let b = b.as_ref();
+    let p = unique_prefix();
+    let k = format!("{p}file.tar.gz");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = test_data(9 * 1024 * 1024 + 17, 21);
+    let src = dir.path().join("src");
+    std::fs::write(&src, &data).expect("write source");
+    let counted = Arc::new(AtomicU64::new(0));
+    let c = counted.clone();
+    let on_bytes: crate::OnBytes = Arc::new(move |n| {
+        c.fetch_add(n, Ordering::Relaxed);
+    });
+    let r = b.put_file(&k, &src, sha256_of(&data), on_bytes).await;
+    let meta = match r {
+        Ok(None) => {
+            assert_absent(b, &k, &p, "after a declined put_file").await;
+            return;
+        }
+        Ok(Some(meta)) => meta,
+        Err(e) => panic!("put_file of a good file failed: {e}"),
+    };
+    assert_eq!(meta.size, data.len() as u64, "put_file reports the size");
+    assert_eq!(
+        counted.load(Ordering::Relaxed),
+        data.len() as u64,
+        "on_bytes saw every byte"
+    );
+    assert_object(b, &k, &data, "after put_file").await;
+
+    // The source changed under the caller: nothing replaces the stored object.
+    let other = test_data(5000, 22);
+    std::fs::write(&src, &other).expect("rewrite source");
+    expect_checksum_mismatch(
+        b.put_file(&k, &src, sha256_of(&data), Arc::new(|_| {}))
+            .await,
+        "put_file of a file that does not hash to the given sha256",
+    );
+    assert_object(b, &k, &data, "after a put_file with a wrong sha256").await;
+    assert_eq!(
+        keys(&list_keys(b, &p).await),
+        vec![k.as_str()],
+        "after a failed put_file only the old object is listed"
+    );
+    let uploads = b.list_uploads(&p).await.expect("list uploads");
+    assert!(
+        uploads.unwrap_or_default().is_empty(),
+        "a failed put_file left something behind"
     );
     delete_ok(b, &k).await;
 }

@@ -81,6 +81,9 @@ pub struct Versioning {
     pub noncurrent_expiration: bool,
 }
 
+/// A callback told of the bytes a long write has done (a progress bar's counter).
+pub type OnBytes = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
 /// One remote store.
 ///
 /// # Contract (checked by [`conformance`])
@@ -114,6 +117,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream>;
     /// Store `body` under `key` atomically, after checking it against `sha256`.
     async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta>;
+    /// Store the local file at `path` under `key` in one pass, where this backend writes
+    /// to local files itself (file://): it reads the file once, hashes what it writes,
+    /// syncs once and renames; nothing is visible under `key` unless what was written
+    /// hashes to `sha256` ([`BackendError::ChecksumMismatch`] otherwise, nothing left).
+    /// `on_bytes` is told of each chunk written (progress). `Ok(None)`: this backend has
+    /// no such path (the default); the caller then uses [`put`](Backend::put) or a
+    /// multipart upload.
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        sha256: [u8; 32],
+        on_bytes: OnBytes,
+    ) -> Result<Option<ObjectMeta>> {
+        let _ = (key, path, sha256, on_bytes);
+        Ok(None)
+    }
     /// Start a multipart upload to `key`.
     async fn create_upload(&self, key: &str) -> Result<UploadId>;
     /// Start a multipart upload to `key` whose whole object will hash to `sha256`.

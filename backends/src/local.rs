@@ -60,6 +60,10 @@ use crate::{
 
 /// Folder under the root that holds multipart staging folders.
 const UPLOADS: &str = ".uploads";
+/// Bytes copied per call in [`Inner::put_file`] (one progress step).
+const COPY_CHUNK: usize = 8 << 20;
+/// The prefix of a staging folder being removed (see `Inner::retire_staging`).
+const RETIRED: &str = ".retired-";
 /// Marker in the name of a write in progress: `.<name>.tmp-<random>`.
 const TMP_MARK: &str = ".tmp-";
 /// Id prefix of a write that never finished, as `list_uploads` reports it.
@@ -237,6 +241,20 @@ impl Backend for LocalBackend {
         check_sha(key, &body, &sha256)?;
         let key = key.to_string();
         self.blocking(move |i| i.put(&key, &body, sha256)).await
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        sha256: [u8; 32],
+        on_bytes: crate::OnBytes,
+    ) -> Result<Option<ObjectMeta>> {
+        check_key(key)?;
+        let (key, path) = (key.to_string(), path.to_path_buf());
+        self.blocking(move |i| i.put_file(&key, &path, sha256, &*on_bytes))
+            .await
+            .map(Some)
     }
 
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
@@ -484,10 +502,66 @@ impl Inner {
         })
     }
 
+    /// A local file copied in, then proven by reading the copy back: the data goes
+    /// from file to file inside the kernel (`copy_file_range`: a reflink where the
+    /// filesystem shares extents, never through our buffers; a read/write loop where it
+    /// cannot), the copy is synced, then read back and hashed. Only a copy whose own
+    /// bytes hash to `sha256` is renamed into place, and that hash is the one recorded
+    /// (never the hash we were told). The remote needs the file's size free, nothing
+    /// more. A mismatch (the source changed under us) leaves nothing.
+    fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        sha256: [u8; 32],
+        on_bytes: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<ObjectMeta> {
+        self.check_root()?;
+        let src_ctx = path.display().to_string();
+        let src = File::open(path).map_err(|e| BackendError::from_io(&src_ctx, e))?;
+        let len = src
+            .metadata()
+            .map_err(|e| BackendError::from_io(&src_ctx, e))?
+            .len();
+        let (dir, name) = self.split_key(key);
+        let tmp = self.temp_beside(&dir, &name, true)?;
+        let tmp_ctx = tmp.path().display().to_string();
+        // Reserve the space up front: a full disk fails now, not at 90 %.
+        preallocate(tmp.as_file(), len).map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        let copied = copy_all(&src, tmp.as_file(), 0, on_bytes).map_err(|(e, on_src)| {
+            BackendError::from_io(if on_src { &src_ctx } else { &tmp_ctx }, e)
+        })?;
+        // Preallocation reserved `len`; a file that shrank meanwhile is cut to what came.
+        tmp.as_file()
+            .set_len(copied)
+            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        let (actual, size) =
+            hash_file(tmp.as_file()).map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        if actual != sha256 || size != copied {
+            // `tmp` is removed on drop.
+            return Err(BackendError::ChecksumMismatch {
+                key: key.to_string(),
+                expected: hex::encode(sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        self.finish(tmp, &dir, &name, Some(actual))?;
+        Ok(ObjectMeta {
+            modified: None,
+            key: key.to_string(),
+            size,
+            sha256: Some(actual),
+        })
+    }
+
     fn create_upload(&self, key: &str) -> Result<UploadId> {
         self.check_root()?;
         let uploads = self.root.join(UPLOADS);
         self.ensure_dirs(UPLOADS)?;
+        self.sweep_retired()?;
         let staging = tempfile::Builder::new()
             .prefix("")
             .rand_bytes(20)
@@ -694,14 +768,9 @@ impl Inner {
             }
         }
 
-        // Assemble into a temp file in the upload's staging folder (under the root, so on
-        // the same filesystem as the final name), hashing as we go: a process killed here
-        // leaves it where a resumed completion or `abort_upload` removes it with the
-        // folder, never a stray temp file beside the object.
-        self.check_root()?;
-        let (dir, name) = self.split_key(key);
-        let mut tmp = self.temp_beside(&staging, &name, false)?;
-        let tmp_ctx = tmp.path().display().to_string();
+        // 1. Prove the parts, reading only: each against its receipt, all of them in
+        //    order against the whole object's hash. A mismatch leaves the upload as it
+        //    was, to be completed with the right receipts or aborted.
         let mut whole = sha2::Sha256::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -720,9 +789,6 @@ impl Inner {
                 };
                 hasher.update(&buf[..n]);
                 whole.update(&buf[..n]);
-                tmp.as_file_mut()
-                    .write_all(&buf[..n])
-                    .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
                 size += n as u64;
             }
             let actual: [u8; 32] = hasher.finalize().into();
@@ -744,21 +810,73 @@ impl Inner {
         }
         let actual: [u8; 32] = whole.finalize().into();
         if actual != sha256 {
-            // `tmp` is removed on drop; the staged parts stay, so the upload can still be
-            // completed with the right receipts or aborted.
             return Err(BackendError::ChecksumMismatch {
                 key: key.to_string(),
                 expected: hex::encode(sha256),
                 actual: hex::encode(actual),
             });
         }
+
+        // 2. Take the upload out of reach, atomically: from here a process killed leaves a
+        //    retired folder (swept by the next write) and a resumed push learns "upload
+        //    not found" and starts over; nobody ever resumes a half-assembled upload.
+        self.check_root()?;
+        let uploads = self.root.join(UPLOADS);
+        let retired = uploads.join(format!("{RETIRED}{}", up.0));
+        fs::rename(&staging, &retired)
+            .map_err(|e| BackendError::from_io(&staging.display().to_string(), e))?;
+        fsync_dir(&uploads)?;
+
+        // 3. Assemble in place: the first part grows by each next one (copied inside the
+        //    kernel), which is removed once appended; the disk holds at most the object
+        //    plus one part, never parts plus a whole copy.
+        let acc_path = retired.join(part_name(parts[0].number));
+        let acc_ctx = acc_path.display().to_string();
+        let acc = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&acc_path)
+            .map_err(|e| BackendError::from_io(&acc_ctx, e))?;
+        let mut len = parts[0].size;
+        for part in &parts[1..] {
+            let path = retired.join(part_name(part.number));
+            let ctx = path.display().to_string();
+            let file = File::open(&path).map_err(|e| BackendError::from_io(&ctx, e))?;
+            len += copy_all(&file, &acc, len, &|_| {}).map_err(|(e, on_src)| {
+                BackendError::from_io(if on_src { &ctx } else { &acc_ctx }, e)
+            })?;
+            drop(file);
+            fs::remove_file(&path).map_err(|e| BackendError::from_io(&ctx, e))?;
+        }
+
+        // 4. Prove the assembled bytes: synced, read back, hashed.
+        acc.sync_all()
+            .map_err(|e| BackendError::from_io(&acc_ctx, e))?;
+        let (actual, size) = hash_file(&acc).map_err(|e| BackendError::from_io(&acc_ctx, e))?;
+        if actual != sha256 || size != total || size != len {
+            let _ = self.sweep_retired();
+            return Err(BackendError::ChecksumMismatch {
+                key: key.to_string(),
+                expected: hex::encode(sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        if let Ok(meta) = acc.metadata() {
+            write_sha_xattr(&acc, &sha256, &meta);
+        }
+        drop(acc);
+
+        // 5. Under its final name; the rest of the retired folder goes.
         let rel = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         self.ensure_dirs(rel)?;
-        self.finish(tmp, &dir, &name, Some(sha256))?;
-        // The object is committed; failing to tidy the staging folder must not undo that.
-        if fs::remove_dir_all(&staging).is_ok() {
-            let _ = fsync_dir(&self.root.join(UPLOADS));
-        }
+        let (dir, name) = self.split_key(key);
+        let dest = dir.join(&name);
+        fs::rename(&acc_path, &dest).map_err(|e| {
+            BackendError::from_io(&format!("rename {acc_ctx} to {}", dest.display()), e)
+        })?;
+        fsync_dir(&dir)?;
+        // The object is committed; failing to tidy must not undo that.
+        let _ = self.sweep_retired();
         Ok(ObjectMeta {
             modified: None,
             key: key.to_string(),
@@ -795,11 +913,57 @@ impl Inner {
             // A folder naming no key is a create_upload killed before it wrote one.
             None => {}
         }
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => fsync_dir(&self.root.join(UPLOADS)),
-            Err(e) if is_missing(&e) => Ok(()),
-            Err(e) => Err(BackendError::from_io(&dir.display().to_string(), e)),
+        self.retire_staging(&up.0)
+    }
+
+    /// Remove upload `id`'s staging folder so that no process ever sees it half removed:
+    /// it is first renamed (atomically) to `.uploads/.retired-<id>`, a name no upload id
+    /// can take, and only then emptied. A process killed while emptying it leaves a
+    /// retired folder that `open_upload` and `list_uploads` no longer see (a resumed push
+    /// learns "upload not found" and starts over, never "part 3 was never stored") and
+    /// that the next `create_upload` or `abort_upload` sweeps away.
+    fn retire_staging(&self, id: &str) -> Result<()> {
+        let uploads = self.root.join(UPLOADS);
+        let dir = uploads.join(id);
+        let retired = uploads.join(format!("{RETIRED}{id}"));
+        match fs::rename(&dir, &retired) {
+            Ok(()) => fsync_dir(&uploads)?,
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(BackendError::from_io(&dir.display().to_string(), e)),
         }
+        self.sweep_retired()
+    }
+
+    /// Remove every retired staging folder (see `retire_staging`). Two processes sweeping
+    /// at once is harmless: what one removes the other finds gone.
+    fn sweep_retired(&self) -> Result<()> {
+        let uploads = self.root.join(UPLOADS);
+        let rd = match fs::read_dir(&uploads) {
+            Ok(rd) => rd,
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) => return Err(BackendError::from_io(&uploads.display().to_string(), e)),
+        };
+        let mut removed = false;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_prefix(RETIRED)) else {
+                continue;
+            };
+            if !is_valid_upload_id(id) {
+                continue; // not a name we give
+            }
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => removed = true,
+                Err(err) if is_missing(&err) => {}
+                Err(err) => {
+                    return Err(BackendError::from_io(&e.path().display().to_string(), err))
+                }
+            }
+        }
+        if removed {
+            fsync_dir(&uploads)?;
+        }
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -1030,6 +1194,107 @@ fn staged_upload_info(staging: &Path) -> Option<UploadInfo> {
         .find_map(|e| parse(&e.path()))
 }
 
+/// Copy all of `src` (from its offset 0) into `dst` at offset `at`, whatever their
+/// cursors, telling `on_bytes` of each chunk; the bytes copied. `copy_file_range` first; where the
+/// kernel or filesystem pair cannot (`EXDEV`, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`), a plain
+/// read/write loop. An error says whether it was the source's (`true`) or the copy's.
+fn copy_all(
+    src: &File,
+    dst: &File,
+    at: u64,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> std::result::Result<u64, (io::Error, bool)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let mut done = 0u64;
+    let mut in_kernel = true;
+    let mut buf = Vec::new();
+    loop {
+        if in_kernel {
+            let mut off_in = done as libc::loff_t;
+            let mut off_out = (at + done) as libc::loff_t;
+            // SAFETY: valid descriptors, offsets owned by this frame, a plain length.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    COPY_CHUNK,
+                    0,
+                )
+            };
+            if n >= 0 {
+                if n == 0 {
+                    return Ok(done);
+                }
+                done += n as u64;
+                on_bytes(n as u64);
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) if done == 0 => {
+                    in_kernel = false;
+                    buf = vec![0u8; COPY_CHUNK];
+                    continue;
+                }
+                // Which side failed is not told; ENOSPC, EFBIG and EDQUOT are the copy's.
+                Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => return Err((e, false)),
+                _ => return Err((e, true)),
+            }
+        }
+        let n = match src.read_at(&mut buf, done) {
+            Ok(0) => return Ok(done),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((e, true)),
+        };
+        dst.write_all_at(&buf[..n], at + done)
+            .map_err(|e| (e, false))?;
+        done += n as u64;
+        on_bytes(n as u64);
+    }
+}
+
+/// SHA-256 and length of a whole file, read from its start.
+fn hash_file(f: &File) -> io::Result<([u8; 32], u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; COPY_CHUNK.min(4 << 20)];
+    let mut off = 0u64;
+    loop {
+        match f.read_at(&mut buf, off) {
+            Ok(0) => return Ok((hasher.finalize().into(), off)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reserve `len` bytes for `f` (fallocate); a filesystem that cannot is no error.
+fn preallocate(f: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a valid open file descriptor and plain integer arguments.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(TMP_MARK)
 }
@@ -1166,6 +1431,47 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    /// A process killed while removing a completed (or aborted) upload's staging folder
+    /// must never leave that upload half there: a resumed push would then fail its
+    /// completion ("part 3 was never stored") on every run instead of starting over.
+    #[test]
+    fn a_half_removed_staging_folder_is_gone_for_every_reader_and_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(root.path().join("r")).unwrap();
+        let i = &b.inner;
+        let body = vec![7u8; 1000];
+        let sha: [u8; 32] = sha2::Sha256::digest(&body).into();
+        let up = i.create_upload("a/x.tar.gz").unwrap();
+        let p1 = i.put_part("a/x.tar.gz", &up, 1, &body, sha).unwrap();
+        let p2 = i.put_part("a/x.tar.gz", &up, 2, &body, sha).unwrap();
+
+        // The state a kill leaves in the middle of `retire_staging`: renamed, part 2
+        // already removed, the rest still there.
+        let uploads = i.root.join(UPLOADS);
+        let retired = uploads.join(format!("{RETIRED}{}", up.0));
+        fs::rename(uploads.join(&up.0), &retired).unwrap();
+        fs::remove_file(retired.join(part_name(2))).unwrap();
+
+        let whole: [u8; 32] = sha2::Sha256::digest([body.clone(), body].concat()).into();
+        let r = i.complete_upload("a/x.tar.gz", &up, &[p1, p2], whole, 1);
+        assert!(
+            matches!(r, Err(BackendError::UploadNotFound(_))),
+            "a resumed completion must learn the upload is gone: {r:?}"
+        );
+        assert_eq!(i.list_uploads("").unwrap(), vec![]);
+        assert!(matches!(
+            i.head("a/x.tar.gz"),
+            Err(BackendError::NotFound(_))
+        ));
+
+        // The next write sweeps it; nothing of the upload stays on the disk.
+        let up2 = i.create_upload("a/y.tar.gz").unwrap();
+        assert!(!retired.exists(), "the retired folder was not swept");
+        i.abort_upload("a/y.tar.gz", &up2).unwrap();
+        let left: Vec<_> = fs::read_dir(&uploads).unwrap().flatten().collect();
+        assert!(left.is_empty(), "left in .uploads: {left:?}");
     }
 
     #[test]

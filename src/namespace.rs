@@ -122,6 +122,19 @@ impl Backend for NamespacedBackend {
     async fn put(&self, key: &str, body: Bytes, sha256: [u8; 32]) -> Result<ObjectMeta> {
         Ok(self.strip(self.inner.put(&self.key(key), body, sha256).await?))
     }
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        sha256: [u8; 32],
+        on_bytes: pronto_backends::OnBytes,
+    ) -> Result<Option<ObjectMeta>> {
+        let meta = self
+            .inner
+            .put_file(&self.key(key), path, sha256, on_bytes)
+            .await?;
+        Ok(meta.map(|m| self.strip(m)))
+    }
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         self.inner.create_upload(&self.key(key)).await
     }

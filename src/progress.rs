@@ -76,6 +76,16 @@ impl Progress {
         }
     }
 
+    /// A counter for this bar that a backend's long write can call from any thread.
+    pub fn counter(&self) -> pronto_backends::OnBytes {
+        let bar = self.bar.clone();
+        std::sync::Arc::new(move |n| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        })
+    }
+
     /// Done: the bar is cleared (also when dropped unfinished, e.g. on an error).
     pub fn finish(self) {}
 }

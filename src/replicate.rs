@@ -102,7 +102,9 @@ pub async fn upload_archive_with(
         }
     }
 
-    let stats = if size <= part_size {
+    let stats = if let Some(stats) = put_file(r, backup_dir, up, sha, progress).await? {
+        stats
+    } else if size <= part_size {
         let path = up.archive.path.clone();
         let body = tokio::task::spawn_blocking(move || std::fs::read(&path))
             .await?
@@ -144,6 +146,47 @@ pub async fn upload_archive_with(
     write_manifest(r, &up.manifest, file).await?;
     intent.done()?;
     Ok(stats)
+}
+
+/// The one-pass upload of a backend that writes local files itself (file://; see
+/// [`Backend::put_file`]); `None` when the remote has no such path. A multipart upload
+/// of the same archive that an earlier push left (its journal) is aborted once the
+/// copy is in place: its parts are no longer needed.
+async fn put_file(
+    r: &RemoteHandle,
+    backup_dir: &Path,
+    up: &Upload,
+    sha: [u8; 32],
+    progress: Option<&crate::progress::Progress>,
+) -> Result<Option<UploadStats>> {
+    let file = &up.archive.name.file;
+    let path = &up.archive.path;
+    let counter = progress.map(|p| p.counter());
+    let stored = retry(r.retry, &format!("upload of {file} to {}", r.name), || {
+        let on_bytes = counter
+            .clone()
+            .unwrap_or_else(|| std::sync::Arc::new(|_| {}));
+        r.backend.put_file(file, path, sha, on_bytes)
+    })
+    .await;
+    let meta = match stored {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return Ok(None),
+        Err(BackendError::ChecksumMismatch { .. }) => bail!(
+            "local archive {} no longer matches its manifest (sha256 differs); run `pronto-offsite verify`",
+            path.display()
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: uploading {file}", r.name))),
+    };
+    let jpath = Journal::path(backup_dir, &r.name, file);
+    if let Some(old) = Journal::load(&jpath) {
+        let _ = r.backend.abort_upload(&old.key, &old.upload_id).await;
+        Journal::remove(&jpath)?;
+    }
+    Ok(Some(UploadStats {
+        bytes_sent: meta.size,
+        parts_resumed: 0,
+    }))
 }
 
 /// The remote's manifest of archive `file`: `None` when it has none, `Some(None)` when

@@ -128,3 +128,52 @@ fn the_hook_prunes_by_retention_first_when_the_disk_cannot_hold_the_next_archive
     // Tonight's archive went off-site too.
     assert!(names_in(&env.remote()).contains(&after[0]));
 }
+
+/// A file:// remote needs the archive's size plus at most one part (issue 17): a
+/// multipart upload (a rate-limited remote) assembles in place, each part removed once
+/// appended, and a plain push copies in one pass. The remote is a tmpfs with room for
+/// the archive, one part and 1 MiB: parts-then-a-whole-copy needed twice the archive.
+#[test]
+fn a_file_remote_with_room_for_the_archive_plus_one_part_takes_it() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    support::write_noise(&env.path("src/photo.bin"), 24 << 20, 9);
+    env.write_config("");
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(0), "backup: {}", text(&o));
+    let id = support::stdout(&o).trim().to_string();
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let local = support::find_file(&env.backups(), &file).expect("the archive");
+    let size = std::fs::metadata(&local).unwrap().len();
+    let part = 8u64 << 20;
+    let room = size + part + (1 << 20);
+    let _disk = match Tmpfs::mount(&env.remote(), &format!("{}k", room.div_ceil(1024))) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIPPED: the remote-space test needs a tmpfs mount (root): {e}");
+            return;
+        }
+    };
+    assert!(
+        size > 2 * part && 2 * size > room,
+        "a test that shows the difference"
+    );
+
+    // Multipart (a rate limit far above what is sent keeps the multipart path).
+    let o = env.run(&["push", "--bwlimit", "4GiB", "--no-prune"]);
+    assert_eq!(o.status.code(), Some(0), "multipart push: {}", text(&o));
+    assert!(
+        std::fs::read(env.remote().join(&file)).unwrap() == std::fs::read(&local).unwrap(),
+        "the remote copy is the archive"
+    );
+
+    // One pass, onto the same disk after the copy is taken away.
+    std::fs::remove_file(env.remote().join(&file)).unwrap();
+    std::fs::remove_file(env.remote().join(format!("{file}.manifest.json"))).unwrap();
+    let o = env.run(&["push", "--no-prune"]);
+    assert_eq!(o.status.code(), Some(0), "one-pass push: {}", text(&o));
+    assert!(
+        std::fs::read(env.remote().join(&file)).unwrap() == std::fs::read(&local).unwrap(),
+        "the remote copy is the archive"
+    );
+}

@@ -356,7 +356,10 @@ fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
         std::fs::write(p, b).unwrap();
     }
 
-    let o = env.run(&["push"]);
+    // Still rate-limited (a limit far above what is sent): a bwlimit'ed file:// remote
+    // resumes the multipart upload; without a limit the push copies in one pass instead
+    // (see `a_one_pass_push_clears_a_killed_multipart_upload`).
+    let o = env.run(&["push", "--bwlimit", "4GiB"]);
     assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
     assert!(support::stderr(&o).contains("repaired"), "{}", text(&o));
     assert!(
@@ -365,4 +368,58 @@ fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
         "the remote copy is the archive"
     );
     assert!(!journal.exists());
+}
+
+/// A push killed in the middle of a multipart upload (rate-limited), then a plain push,
+/// which copies a local archive to file:// in one pass: the archive arrives whole, and
+/// the killed upload's staging folder and journal are gone (nothing left to resume or
+/// to clean up by hand).
+#[test]
+fn a_one_pass_push_clears_a_killed_multipart_upload() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    support::write_noise(&env.path("src/noise.bin"), 40 << 20, 4);
+    env.write_config("");
+    let o = env.run(&["backup"]);
+    assert!(o.status.success(), "backup: {}", text(&o));
+    let id = stdout(&o).trim().to_string();
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let journal = env
+        .backups()
+        .join(".journal/nas")
+        .join(format!("{file}.json"));
+
+    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(env.config())
+        .args(["push", "--bwlimit", "4MiB"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !journal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journal within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
+    assert!(
+        std::fs::read(env.remote().join(&file)).unwrap()
+            == std::fs::read(support::find_file(&env.backups(), &file).unwrap()).unwrap(),
+        "the remote copy is the archive"
+    );
+    assert!(
+        !journal.exists(),
+        "the journal of the killed upload is gone"
+    );
+    let staged = support::files_under(&env.remote().join(".uploads"));
+    assert!(staged.is_empty(), "staging left on the remote: {staged:?}");
 }

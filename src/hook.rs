@@ -11,7 +11,8 @@
 //!
 //! Exit codes: 0 everything succeeded; 3 partial (the archive was made but a remote or
 //! the prune failed); 1 failure (the backup failed, or nothing succeeded); 2 config;
-//! 6 busy. A failed notification or metrics write is logged at ERROR and changes nothing.
+//! 6 busy. A failed metrics write is logged at ERROR and changes nothing; a failed
+//! notification is logged at ERROR and turns a good run's 0 into 1 (never another code).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -381,12 +382,27 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
         _ => tracing::error!("{}", report.summary),
     }
     let printed = print_report(&report, opts.json, out);
-    rt.block_on(notifier.finish(&report));
+    let unsent = rt.block_on(notifier.finish(&report));
     if let Err(e) = printed {
         tracing::error!("printing the report: {e:#}");
     }
     drop(lock);
-    Ok(report.exit_code)
+    Ok(final_exit_code(report.exit_code, &unsent))
+}
+
+/// The hook's exit code: the run's own, except that a good run whose notification failed
+/// exits 1, so that a broken alert channel shows (in cron's mail, in `systemctl
+/// --failed`) before the night it is needed. A failed run keeps its code: a failed
+/// notification never hides the original error.
+fn final_exit_code(run: i32, unsent: &[&str]) -> i32 {
+    if run != EXIT_OK || unsent.is_empty() {
+        return run;
+    }
+    tracing::error!(
+        "the run itself succeeded, but its notification failed ({}): fix [notify] (see the errors above), or failures will reach nobody",
+        unsent.join(", ")
+    );
+    EXIT_ERROR
 }
 
 /// The steps of a run, into `report`: lock (kept in `lock`), backup, push, prune. Returns

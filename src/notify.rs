@@ -361,9 +361,11 @@ impl Notifier {
         }
     }
 
-    /// Everything a finished run fires, per `on`. Failures are logged, never returned.
-    pub async fn finish(&self, report: &Report) {
+    /// Everything a finished run fires, per `on`. Each failure is logged at ERROR; the
+    /// channels that failed (`webhook`, `ping`, `command`) are returned, for the exit code.
+    pub async fn finish(&self, report: &Report) -> Vec<&'static str> {
         let outcome = report.status;
+        let mut failed = Vec::new();
         if let Some(w) = &self.cfg.webhook {
             if w.on.fires(outcome) {
                 let body = match w.format {
@@ -380,7 +382,8 @@ impl Notifier {
                         outcome.label()
                     ),
                     Err(e) => {
-                        tracing::error!("notify: webhook {} failed: {e:#}", redact_url(&w.url))
+                        tracing::error!("notify: webhook {} failed: {e:#}", redact_url(&w.url));
+                        failed.push("webhook");
                     }
                 }
             }
@@ -403,7 +406,8 @@ impl Notifier {
                         if outcome.is_success() { "" } else { " (/fail)" }
                     ),
                     Err(e) => {
-                        tracing::error!("notify: ping to {} failed: {e:#}", redact_url(&p.url))
+                        tracing::error!("notify: ping to {} failed: {e:#}", redact_url(&p.url));
+                        failed.push("ping");
                     }
                 }
             }
@@ -414,10 +418,14 @@ impl Notifier {
                     Ok(()) => {
                         tracing::info!("notify: command {} ran ({})", c.argv[0], outcome.label())
                     }
-                    Err(e) => tracing::error!("notify: command {} failed: {e:#}", c.argv[0]),
+                    Err(e) => {
+                        tracing::error!("notify: command {} failed: {e:#}", c.argv[0]);
+                        failed.push("command");
+                    }
                 }
             }
         }
+        failed
     }
 
     async fn http(

@@ -490,7 +490,7 @@ command_on = ["success"]
 }
 
 #[test]
-fn a_failing_notification_never_fails_the_run() {
+fn a_failing_notification_is_logged_and_a_good_run_exits_1() {
     let env = Env::new();
     source(&env);
     let rx = Receiver::start(500);
@@ -507,8 +507,16 @@ timeout = "2s"
         rx.url("/ping/another-secret")
     ));
     let o = env.run(&["hook"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The backup and push succeeded, but nobody was told: that shows in the exit code.
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(local_archives(&env).len(), 1, "the backup itself was made");
     let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(
+            "the run itself succeeded, but its notification failed (webhook, ping, command)"
+        ),
+        "{stderr}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(
         errors
@@ -915,6 +923,28 @@ fn a_hook_whose_every_remote_is_down_reports_it() {
     std::fs::write(env.remote(), "not a folder").unwrap();
     let o = env.run(&["hook"]);
     assert_reported(&env, &o, 3, "push FAILED to nas");
+}
+
+/// A failed notification never hides the run's own error: the code stays the run's.
+#[test]
+fn a_failing_notification_keeps_a_failed_runs_exit_code() {
+    let env = Env::new();
+    source(&env);
+    env.write_config(
+        r#"
+[notify]
+command = ["false"]
+on = ["failure", "success"]
+"#,
+    );
+    std::fs::write(env.remote(), "not a folder").unwrap();
+    let o = env.run(&["hook"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("command false failed"),
+        "{}",
+        text(&o)
+    );
 }
 
 fn stdout_of(o: &std::process::Output) -> String {

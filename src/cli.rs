@@ -157,8 +157,9 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
     Pull {
         /// Archive id (20260201-170521), name, or `latest`
         id: String,
-        /// Only this remote
-        #[arg(long, value_name = "NAME")]
+        /// Download from this remote even when the local archive is intact (default: the
+        /// local copy when it verifies, else the first remote that has it)
+        #[arg(long, visible_alias = "from", value_name = "NAME")]
         remote: Option<String>,
         /// Extract into this folder (must be empty or absent)
         #[arg(long, value_name = "DIR", conflicts_with = "restore")]

@@ -288,6 +288,27 @@ async fn run_inner(
         .find(|a| a.name.id == archive.name.id && a.name.file == file);
     let mut downloaded = false;
     let path = match existing {
+        // `--from NAME` with an intact local copy: the remote's copy is still downloaded
+        // and checked (what a drill of that remote is for), then set aside: its bytes
+        // are the local copy's, which is used.
+        Some(a) if only.is_some() && crate::archive::sha256_file(&a.path)?.0 == expected => {
+            let check = dir.join(format!(".{file}.from-{}{PARTIAL}", r.name));
+            let res = download_checked(&r, &file, &check, archive.size, &manifest).await;
+            let _ = std::fs::remove_file(&check);
+            res?;
+            writeln!(
+                out,
+                "{}'s copy verified (sha256 {}); it is the local copy {}",
+                r.name,
+                manifest.sha256,
+                a.path.display()
+            )?;
+            if a.manifest.is_none() {
+                fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
+            }
+            downloaded = true;
+            a.path.clone()
+        }
         Some(a) if crate::archive::sha256_file(&a.path)?.0 == expected => {
             writeln!(out, "local copy {} is intact; not downloading", a.path.display())?;
             if a.manifest.is_none() {
@@ -303,37 +324,15 @@ async fn run_inner(
         None => {
             let partial = dir.join(format!("{file}{PARTIAL}"));
             let _ = std::fs::remove_file(&partial);
-            // Big archives come in concurrent ranges (the listing gave the size).
-            let bar = crate::progress::Progress::bytes(
-                format!("{}: {}", r.name, archive.name.id),
-                archive.size.or(Some(manifest.size)),
-            );
-            let res =
-                replicate::download_sized_with(&r, &file, &partial, archive.size, Some(&bar))
-                    .await;
-            bar.finish();
-            let (got, size) = match res {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e);
-                }
-            };
-            if got != expected || size != manifest.size {
+            if let Err(e) = download_checked(&r, &file, &partial, archive.size, &manifest).await {
                 let _ = std::fs::remove_file(&partial);
-                return Err(verification(format!(
-                    "{}: {file} is corrupt: sha256 {} and {size} bytes, but its manifest says {} and {} bytes; nothing was written. Try another remote with --remote",
-                    r.name,
-                    hex::encode(got),
-                    manifest.sha256,
-                    manifest.size
-                )));
+                return Err(e);
             }
             let final_path = dir.join(&file);
             std::fs::rename(&partial, &final_path)
                 .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
             fsutil::write_atomic(&dir.join(&mkey), &manifest.to_json())?;
-            writeln!(out, "verified sha256 {} ({size} bytes)", manifest.sha256)?;
+            writeln!(out, "verified sha256 {} ({} bytes)", manifest.sha256, manifest.size)?;
             downloaded = true;
             final_path
         }
@@ -362,6 +361,36 @@ async fn run_inner(
         extracted_to: to.map(Path::to_path_buf),
         extracted,
     })
+}
+
+/// Download `file` from `r` into `dest` (created; the caller removes it on error) with a
+/// progress bar, and check its size and SHA-256 against `manifest`: a mismatch is a
+/// verification error (exit 4) that names the remote.
+async fn download_checked(
+    r: &RemoteHandle,
+    file: &str,
+    dest: &Path,
+    listed_size: Option<u64>,
+    manifest: &Manifest,
+) -> Result<()> {
+    // Big archives come in concurrent ranges (the listing gave the size).
+    let bar = crate::progress::Progress::bytes(
+        format!("{}: {}", r.name, manifest.id),
+        listed_size.or(Some(manifest.size)),
+    );
+    let res = replicate::download_sized_with(r, file, dest, listed_size, Some(&bar)).await;
+    bar.finish();
+    let (got, size) = res?;
+    if got != manifest.sha256_bytes()? || size != manifest.size {
+        return Err(verification(format!(
+            "{}: {file} is corrupt: sha256 {} and {size} bytes, but its manifest says {} and {} bytes; nothing was written. Try another remote with --remote",
+            r.name,
+            hex::encode(got),
+            manifest.sha256,
+            manifest.size
+        )));
+    }
+    Ok(())
 }
 
 /// `pull` of an intact local copy (see [`crate::restore::local_intact`]): extracted into

@@ -479,3 +479,69 @@ fn push_cleanup_aborts_uploads_no_longer_needed() {
     assert!(!journal.exists(), "journal removed");
     assert_eq!(staged(&env), 0, "no incomplete upload left on the remote");
 }
+
+/// A restore reads the local archive when it is intact (no remote needed), and
+/// `--from REMOTE` (the old spelling `--remote` too) downloads from that remote anyway.
+#[test]
+fn pull_uses_the_intact_local_archive_and_from_forces_the_remote() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a.txt"), "hello\n").unwrap();
+    env.write_config("");
+    let id = backup_id(&env);
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let pulled = |args: &[&str], to: &str| -> serde_json::Value {
+        let dir = env.path(to);
+        let mut all = vec!["pull", id.as_str(), "--json", "--to", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = env.run(&all);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("static_content/site/a.txt"))
+                .or_else(|_| std::fs::read_to_string(
+                    support::find_file(&dir, "a.txt").expect("a.txt restored")
+                ))
+                .unwrap(),
+            "hello\n"
+        );
+        serde_json::from_slice(&o.stdout).expect("one JSON object")
+    };
+    let local = pulled(&[], "out-local");
+    assert_eq!(local["downloaded"], false, "{local}");
+    let forced = pulled(&["--from", "nas"], "out-from");
+    assert_eq!(forced["downloaded"], true, "{forced}");
+    assert_eq!(forced["remote"], "nas", "{forced}");
+    let old = pulled(&["--remote", "nas"], "out-remote");
+    assert_eq!(old["downloaded"], true, "{old}");
+
+    // A damaged remote copy: `--from nas` proves it bad (exit 4, nothing extracted),
+    // though the local copy is intact; without it the local copy restores.
+    let file = local["file"].as_str().unwrap().to_string();
+    let remote_copy = support::find_file(&env.remote(), &file).expect("the remote copy");
+    let mut bytes = std::fs::read(&remote_copy).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&remote_copy, bytes).unwrap();
+    let to = env.path("out-bad");
+    let o = env.run(&["pull", &id, "--from", "nas", "--to", to.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("nas: ") && text(&o).contains("is corrupt"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !to.exists() || names_in(&to).is_empty(),
+        "nothing extracted"
+    );
+    assert!(
+        std::fs::read_dir(env.backups())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains(".from-nas")),
+        "the checked download was removed"
+    );
+    pulled(&[], "out-local-again");
+}

@@ -301,45 +301,7 @@ fn an_archive_the_remote_retention_dropped_is_not_uploaded_again() {
 /// the upload over at once and succeeds, instead of failing on its journal forever.
 #[test]
 fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
-    let env = Env::new();
-    std::fs::create_dir_all(env.path("src")).unwrap();
-    support::write_noise(&env.path("src/noise.bin"), 40 << 20, 3);
-    env.write_config("");
-    let o = env.run(&["backup"]);
-    assert!(o.status.success(), "backup: {}", text(&o));
-    let id = stdout(&o).trim().to_string();
-    let file = format!("pronto-app-backup-{id}.tar.gz");
-    let journal = env
-        .backups()
-        .join(".journal/nas")
-        .join(format!("{file}.json"));
-
-    // A push slowed down, killed once its journal records a part.
-    let bin = assert_cmd::cargo::cargo_bin("pronto-offsite");
-    let mut child = std::process::Command::new(&bin)
-        .arg("--config")
-        .arg(env.config())
-        .args(["push", "--bwlimit", "4MiB"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read(&journal)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|j| j["parts"].as_array().map(|a| a.len()))
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no journaled part within 60 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let (env, file, journal) = a_killed_multipart_push(3);
 
     // The server damages the part it holds.
     let parts: Vec<_> = support::files_under(&env.remote().join(".uploads"))
@@ -376,9 +338,31 @@ fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
 /// to clean up by hand).
 #[test]
 fn a_one_pass_push_clears_a_killed_multipart_upload() {
+    let (env, file, journal) = a_killed_multipart_push(4);
+    assert!(journal.exists(), "the killed push left its journal");
+
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
+    assert!(
+        std::fs::read(env.remote().join(&file)).unwrap()
+            == std::fs::read(support::find_file(&env.backups(), &file).unwrap()).unwrap(),
+        "the remote copy is the archive"
+    );
+    assert!(
+        !journal.exists(),
+        "the journal of the killed upload is gone"
+    );
+    let staged = support::files_under(&env.remote().join(".uploads"));
+    assert!(staged.is_empty(), "staging left on the remote: {staged:?}");
+}
+
+/// A workspace with one 40 MiB archive, and a push to `nas` slowed down by a rate limit
+/// and killed once its journal records a part: a multipart upload left half done.
+/// Returns the workspace, the archive's file name and its journal.
+fn a_killed_multipart_push(seed: u64) -> (Env, String, std::path::PathBuf) {
     let env = Env::new();
     std::fs::create_dir_all(env.path("src")).unwrap();
-    support::write_noise(&env.path("src/noise.bin"), 40 << 20, 4);
+    support::write_noise(&env.path("src/noise.bin"), 40 << 20, seed);
     env.write_config("");
     let o = env.run(&["backup"]);
     assert!(o.status.success(), "backup: {}", text(&o));
@@ -399,27 +383,20 @@ fn a_one_pass_push_clears_a_killed_multipart_upload() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !journal.exists() {
+    while std::fs::read(&journal)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["parts"].as_array().map(|a| a.len()))
+        .unwrap_or(0)
+        == 0
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "no journal within 60 s"
+            "no journaled part within 60 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-
-    let o = env.run(&["push"]);
-    assert_eq!(o.status.code(), Some(0), "push: {}", text(&o));
-    assert!(
-        std::fs::read(env.remote().join(&file)).unwrap()
-            == std::fs::read(support::find_file(&env.backups(), &file).unwrap()).unwrap(),
-        "the remote copy is the archive"
-    );
-    assert!(
-        !journal.exists(),
-        "the journal of the killed upload is gone"
-    );
-    let staged = support::files_under(&env.remote().join(".uploads"));
-    assert!(staged.is_empty(), "staging left on the remote: {staged:?}");
+    (env, file, journal)
 }

@@ -322,6 +322,18 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
                 "fix the source's `path`, or run pronto-offsite as a user that can read it (root for Docker volumes)",
             )),
         }
+        let left = crate::restore::interrupted_restore_leftovers(path);
+        if !left.is_empty() {
+            let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
+            v.push(fail(
+                format!("source {} restore leftovers", s.name),
+                format!("left by an interrupted restore: {}", list.join(", ")),
+                format!(
+                    "the next `pull --restore` of it finishes or undoes the swap; or check that {} holds what you want and remove these copies",
+                    path.display()
+                ),
+            ));
+        }
     }
     v
 }

@@ -127,8 +127,20 @@ async fn run_inner(
             return from_local(cfg, path, to, out);
         }
     }
+    // `latest` is the newest archive anywhere: the newest complete local one (not a safety
+    // backup, not named in the future) unless a remote holds a newer one. So a restore of
+    // `latest` works with no remote reachable, and before the first push.
+    let local_newest = match (&wanted, only) {
+        (None, None) => newest_local(cfg)?,
+        _ => None,
+    };
     let selected = remotes::selected(cfg, only)?;
     if selected.is_empty() {
+        if let Some((id, _)) = &local_newest {
+            if let Some(path) = crate::restore::local_intact(cfg, id, false, out)? {
+                return from_local(cfg, path, to, out);
+            }
+        }
         return Err(usage(format!(
             "{}: no [[remotes]] configured: nowhere to pull from",
             cfg.file.display()
@@ -184,6 +196,21 @@ async fn run_inner(
             }
             if wanted.is_some() {
                 break;
+            }
+        }
+    }
+    if let Some((id, time)) = &local_newest {
+        let remote_newer = found.as_ref().is_some_and(|(_, a)| a.name.time > *time);
+        if !remote_newer {
+            if !errors.is_empty() {
+                writeln!(
+                    out,
+                    "not every remote could be listed ({}); the newest local archive is {id}",
+                    errors.join("; ")
+                )?;
+            }
+            if let Some(path) = crate::restore::local_intact(cfg, id, false, out)? {
+                return from_local(cfg, path, to, out);
             }
         }
     }
@@ -361,6 +388,19 @@ async fn run_inner(
         extracted_to: to.map(Path::to_path_buf),
         extracted,
     })
+}
+
+/// The id and time of the newest complete local archive that `latest` may name: not a
+/// safety backup, not named in the future.
+fn newest_local(cfg: &Config) -> Result<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+    let now = chrono::Utc::now();
+    Ok(catalog::scan(&cfg.local)?
+        .into_iter()
+        .filter(|a| {
+            a.manifest.is_some() && !a.is_safety() && !catalog::named_in_future(a.name.time, now)
+        })
+        .max_by_key(|a| a.name.time)
+        .map(|a| (a.name.id, a.name.time)))
 }
 
 /// Download `file` from `r` into `dest` (created; the caller removes it on error) with a

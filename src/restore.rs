@@ -440,6 +440,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
     // 2. Plan, with the checks that need no change.
     let mut steps: Vec<Step> = Vec::new();
     let mut safety_names = Vec::new();
+    // Sources whose current state holds nothing a restore could lose (a new host in a
+    // disaster recovery): left out of the safety backup, with the reason.
+    let mut nothing_to_save: Vec<(String, String)> = Vec::new();
     // Databases outside a source's `databases` that the safety backup must hold too.
     let mut extra_safety_dbs: Vec<(String, String)> = Vec::new();
     for s in &selected {
@@ -536,6 +539,29 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             }
             if let Some(t) = &opts.target_db {
                 check_target_db(&client, s, t, opts, &mut extra_safety_dbs, out)?;
+            } else if !opts.reset_roles {
+                // Missing roles are created and existing ones left alone, so only a
+                // database the restore goes into holds something to lose.
+                let existing: Vec<&str> = dbs
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .filter(|db| {
+                        client.database_exists(db).unwrap_or(true)
+                            && client.relation_count(db).map_or(true, |n| n > 0)
+                    })
+                    .collect();
+                if existing.is_empty() {
+                    nothing_to_save.push((
+                        s.name.clone(),
+                        format!(
+                            "none of {} exists on the server with a table in it",
+                            dbs.iter()
+                                .map(|d| d.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
             }
             for d in dbs {
                 steps.push(Step::PgDatabase {
@@ -566,7 +592,8 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                 );
             }
             let mut dbfilename = "dump.rdb".to_string();
-            if client.ping() {
+            let answers = client.ping();
+            if answers {
                 if client.config_get("appendonly").as_deref() == Some("yes") {
                     bail!(
                         "redis source '{}': appendonly is on, so Redis would load its AOF and ignore the restored dump.rdb. \
@@ -590,6 +617,32 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                     r.describe()
                 )?;
             }
+            let keys: Option<u64> = if answers {
+                client
+                    .keyspace()
+                    .ok()
+                    .map(|dbs| dbs.iter().map(|d| d.keys).sum())
+            } else {
+                None
+            };
+            let on_disk = data_dir.join(&dbfilename).exists();
+            if keys == Some(0) && !on_disk {
+                nothing_to_save.push((
+                    s.name.clone(),
+                    format!(
+                        "the server holds no key and {} has no {dbfilename}",
+                        data_dir.display()
+                    ),
+                ));
+            } else if !answers && !on_disk {
+                nothing_to_save.push((
+                    s.name.clone(),
+                    format!(
+                        "the server is down and {} has no {dbfilename}",
+                        data_dir.display()
+                    ),
+                ));
+            }
             steps.push(Step::Redis {
                 src: s,
                 rdb: staged.join(&summary.file),
@@ -606,9 +659,14 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                     parent.display()
                 );
             }
+            if let Some(why) = empty_folder(p) {
+                nothing_to_save.push((s.name.clone(), why));
+            }
             steps.push(Step::Folder { src: s, staged });
         }
-        safety_names.push(s.name.clone());
+        if !nothing_to_save.iter().any(|(n, _)| n == &s.name) {
+            safety_names.push(s.name.clone());
+        }
     }
     if steps.is_empty() {
         bail!(
@@ -617,8 +675,22 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         );
     }
     if opts.safety_backup {
-        steps.insert(0, Step::SafetyBackup(safety_names));
+        for (name, why) in &nothing_to_save {
+            writeln!(
+                out,
+                "  {name}: nothing to save ({why}); not in the safety backup"
+            )?;
+        }
+        if safety_names.is_empty() {
+            writeln!(
+                out,
+                "  no safety backup: the sources hold nothing to save (a new host?)"
+            )?;
+        } else {
+            steps.insert(0, Step::SafetyBackup(safety_names.clone()));
+        }
     }
+    let safety_skipped = opts.safety_backup && safety_names.is_empty();
     if !cfg.health_checks.is_empty() {
         steps.push(Step::HealthChecks);
     }
@@ -682,7 +754,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             } => restore_pg_database(src, file, db, target, *tables, *rows, staging.path()).map(
                 |(d, replaced)| {
                     if replaced {
-                        d + &old_state_note(safety.as_deref())
+                        d + &replaced_note(&nothing_to_save, &src.name, safety.as_deref())
                     } else {
                         d
                     }
@@ -694,7 +766,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                 summary,
                 dbfilename,
             } => restore_redis(src, rdb, summary, dbfilename, out)
-                .map(|d| d + &old_state_note(safety.as_deref())),
+                .map(|d| d + &replaced_note(&nothing_to_save, &src.name, safety.as_deref())),
             Step::Folder { src, staged } => restore_folder(src, staged),
             Step::HealthChecks => {
                 let results = run_health_checks(cfg, &rt, staging.path(), out)?;
@@ -717,6 +789,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
                     (Some(id), _) => format!(
                         "the state before this restore is in safety backup {id}; `pronto-offsite pull {id} --restore --no-safety-backup` brings it back"
                     ),
+                    (None, true) if safety_skipped => {
+                        "no safety backup was taken: the sources held nothing to save".to_string()
+                    }
                     (None, true) => "nothing was changed".to_string(),
                     (None, false) => "no safety backup was taken (--no-safety-backup)".to_string(),
                 };
@@ -751,8 +826,8 @@ pub fn top_folder(prefix: &str, file: &str) -> String {
 }
 
 /// The local copy of archive `what` when it is complete and its SHA-256 and size match
-/// its manifest. Not for `latest` (that is the newest on the remotes, not a safety backup
-/// made here), nor when `--remote` asks for a remote's copy.
+/// its manifest. Not for `latest` (the pull decides: the newest local archive unless a
+/// remote holds a newer one), nor when `--remote` asks for a remote's copy.
 pub(crate) fn local_intact(
     cfg: &Config,
     what: &str,
@@ -819,6 +894,32 @@ fn only_user_database<'p>(
     match (user.next(), user.next()) {
         (Some(d), None) => Some(d),
         _ => None,
+    }
+}
+
+/// Why a restored folder's current state holds nothing to save: it does not exist, or it
+/// is an empty folder. `None` when it holds something (or cannot be read: then the
+/// safety backup tries, and says what is wrong).
+fn empty_folder(p: &Path) -> Option<String> {
+    match std::fs::symlink_metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("{} does not exist", p.display()))
+        }
+        Ok(m) if m.is_dir() => match std::fs::read_dir(p).map(|mut rd| rd.next().is_none()) {
+            Ok(true) => Some(format!("{} is empty", p.display())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// [`old_state_note`] for a step of source `name`; nothing when its state held nothing to
+/// save (so the safety backup left it out).
+fn replaced_note(nothing_to_save: &[(String, String)], name: &str, safety: Option<&str>) -> String {
+    if nothing_to_save.iter().any(|(n, _)| n == name) {
+        String::new()
+    } else {
+        old_state_note(safety)
     }
 }
 
@@ -1268,6 +1369,22 @@ fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
     }
     let exists = std::fs::symlink_metadata(target).is_ok();
     if exists {
+        // One atomic exchange where the filesystem has it: at every instant the live
+        // name holds the old content or the new, never nothing. `tmp` then holds the old
+        // content, removed last (a kill meanwhile leaves it for the next restore's
+        // `finish_interrupted_swaps`, or for `doctor` to point at).
+        match exchange(&tmp, target) {
+            Ok(()) => {
+                let _ = crate::fsutil::sync_dir(parent);
+                std::fs::remove_dir_all(&tmp)
+                    .with_context(|| format!("removing the replaced {}", tmp.display()))?;
+                return Ok(counts);
+            }
+            Err(e) => tracing::debug!(
+                "no atomic exchange of {} ({e}); two renames instead",
+                target.display()
+            ),
+        }
         if let Err(e) = std::fs::rename(target, &old) {
             // A mount point (EBUSY) or a parent we may not change: replace the content.
             tracing::debug!(
@@ -1296,6 +1413,58 @@ fn replace_dir(staged: &Path, target: &Path) -> Result<(u64, u64)> {
             .with_context(|| format!("removing the replaced {}", old.display()))?;
     }
     Ok(counts)
+}
+
+/// Swap the two names `a` and `b` in one step (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+
+/// on ext4, XFS, btrfs, tmpfs…); an error where the filesystem or kernel cannot.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that outlive the call; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// What an interrupted restore left beside a live folder: the `.NAME.pronto-restore-PID`
+/// and `.NAME.pronto-old-PID` copies in its parent (listed by `doctor`).
+pub fn interrupted_restore_leftovers(target: &Path) -> Vec<PathBuf> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let prefixes = [
+        format!(".{name}.pronto-restore-"),
+        format!(".{name}.pronto-old-"),
+    ];
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            prefixes.iter().any(|p| {
+                n.strip_prefix(p.as_str())
+                    .is_some_and(|pid| pid.parse::<u32>().is_ok())
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
 }
 
 /// What a killed restore left beside `target` (the swap's names are its journal): a

@@ -158,3 +158,48 @@ fn doctor_checks_the_command_prefix_program_not_host_pg_dump() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+/// A restore killed in the middle of replacing a live folder leaves a copy beside it:
+/// doctor names it, and the next restore of that folder clears it; a restore that
+/// finishes leaves none.
+#[test]
+fn doctor_lists_what_an_interrupted_restore_left_beside_a_source() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/a"), "a").unwrap();
+    env.write_config("");
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // A full restore replaces the live folder and leaves nothing beside it.
+    let o = env.run(&["backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::write(env.path("src/a"), "changed").unwrap();
+    let o = env.run(&["pull", "latest", "--restore", "--only", "static_content"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(env.path("src/a")).unwrap(), "a");
+    let beside: Vec<String> = support::names_in(env.dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".pronto-"))
+        .collect();
+    assert!(beside.is_empty(), "left beside the live folder: {beside:?}");
+
+    // What a kill between the steps of a two-rename swap leaves.
+    let left = env.path(".src.pronto-old-4242");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("a"), "old").unwrap();
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("source site restore leftovers")
+            && out.contains(&left.display().to_string())
+            && out.contains("pull --restore"),
+        "{out}"
+    );
+    let o = env.run(&["pull", "latest", "--restore", "--only", "static_content"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!left.exists(), "the next restore cleared the leftover");
+    let o = env.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -322,7 +322,7 @@ fn read_only_commands_never_create_a_missing_remote_folder() {
     for args in [
         &["list"][..],
         &["verify", "--remote", "nas"][..],
-        &["pull", "latest"][..],
+        &["pull", "latest", "--from", "nas"][..],
         &["status"][..],
     ] {
         let o = env.run(args);
@@ -341,6 +341,21 @@ fn read_only_commands_never_create_a_missing_remote_folder() {
             env.remote().display()
         );
     }
+    // Without `--from`, `latest` is the intact local archive: the pull works, and still
+    // names the remote it could not read (and creates nothing).
+    let o = env.run(&["pull", "latest"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("using the local copy")
+            && all.contains(&env.remote().display().to_string())
+            && all.contains("does not exist"),
+        "{all}"
+    );
+    assert!(
+        !env.remote().exists(),
+        "pull latest created the remote folder"
+    );
     // A push creates it (a brand-new remote needs no extra step).
     let o = env.run(&["push"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

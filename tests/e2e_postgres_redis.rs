@@ -8,6 +8,8 @@
 mod pg;
 #[path = "support/redis.rs"]
 mod redis;
+#[path = "../backends/tests/support/sshd.rs"]
+mod sshd;
 mod support;
 
 use std::collections::BTreeMap;
@@ -122,10 +124,16 @@ fn redis_source(r: &Redis) -> String {
 }
 
 fn write_config(env: &Env, body: &str) {
-    let text = format!(
-        "[local]\ndir = \"backups\"\n\n[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\n\n{body}",
+    let remote = format!(
+        "[[remotes]]\nname = \"nas\"\nurl = \"file://{}\"\n",
         env.remote().display()
     );
+    write_config_with(env, &remote, body);
+}
+
+/// The config with `remote` (a `[[remotes]]` table) and `body`, and the password files.
+fn write_config_with(env: &Env, remote: &str, body: &str) {
+    let text = format!("[local]\ndir = \"backups\"\n\n{remote}\n{body}");
     std::fs::write(env.config(), text).unwrap();
     std::fs::write(env.path("pg.pass"), format!("{PG_PASSWORD}\n")).unwrap();
     std::fs::write(env.path("redis.pass"), format!("{REDIS_PASSWORD}\n")).unwrap();
@@ -898,4 +906,140 @@ fn a_failing_restore_step_is_named_with_the_safety_backup_that_undoes_it() {
     // And the archive itself restores.
     run_ok(&env, &["pull", &id, "--restore", "--no-safety-backup"]);
     assert_same("redis", &at_backup, &r.fingerprint(0));
+}
+
+/// The commands of docs/restore.md's "Disaster recovery on a new machine" block, as
+/// written: each line's words, comment removed, without the leading `pronto-offsite`.
+fn runbook_commands() -> Vec<Vec<String>> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/restore.md"))
+            .unwrap();
+    let section = doc
+        .split("## Disaster recovery on a new machine")
+        .nth(1)
+        .expect("docs/restore.md has the runbook section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the runbook has a sh block");
+    let cmds: Vec<Vec<String>> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut w = l.split_whitespace().map(str::to_string);
+            assert_eq!(w.next().as_deref(), Some("pronto-offsite"), "{l}");
+            w.collect()
+        })
+        .collect();
+    assert!(cmds.len() >= 2, "{block}");
+    cmds
+}
+
+/// The runbook, end to end: the lost host pushed to an sftp remote; the new host has
+/// empty PostgreSQL and Redis servers, no folders and an empty backup folder, and runs
+/// the documented commands with no extra flag. Everything comes back identical, the
+/// restore says why it took no safety backup, and the first backup reaches the remote.
+#[test]
+fn the_disaster_recovery_runbook_restores_a_new_host_from_sftp() {
+    let sshd = sshd::Sshd::start();
+    let remote_dir = sshd.dir.path().join("srv/backups/pronto");
+    let remote = format!(
+        "[[remotes]]\nname = \"offsite\"\nurl = \"{}\"\nidentity_file = \"{}\"\nknown_hosts_file = \"{}\"\nssh_config_file = \"/dev/null\"\n",
+        sshd.url(&remote_dir),
+        sshd.client_key.display(),
+        sshd.known_hosts.display()
+    );
+    let folders = "[[sources]]\nname = \"site\"\nkind = \"static_content\"\npath = \"site\"\n\n\
+                   [[sources]]\nname = \"etc\"\nkind = \"configs\"\npath = \"etc/pronto\"\n\n\
+                   [[health_checks]]\nname = \"orders\"\nsql = \"SELECT COUNT(*) FROM orders\"\nsource = \"db\"\ndatabase = \"pronto\"\n";
+
+    // The lost host.
+    let (pg_before, redis_before, site_before, etc_before, lost_id) = {
+        let pg = Pg::start();
+        fill_postgres(&pg);
+        let r = Redis::start(Some(REDIS_PASSWORD));
+        fill_redis(&r);
+        let env = Env::new();
+        let site = env.path("site");
+        std::fs::create_dir_all(site.join("img")).unwrap();
+        std::fs::write(site.join("index.html"), "<h1>Pronto</h1>\n").unwrap();
+        std::fs::write(site.join("img/logo.svg"), "<svg/>\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", site.join("host")).unwrap();
+        let etc = env.path("etc/pronto");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("app.env"), "MODE=production\n").unwrap();
+        write_config_with(
+            &env,
+            &remote,
+            &format!("{}{}\n{folders}", pg_source(&pg, ""), redis_source(&r)),
+        );
+        run_ok(&env, &["backup", "--push"]);
+        let id = local_ids(&env).pop().expect("one archive");
+        (
+            pg_state(&pg),
+            r.fingerprint(3000),
+            snapshot(&site),
+            snapshot(&etc),
+            id,
+        )
+    };
+
+    // The new host: empty servers (with the role the config connects as), no folders.
+    let pg = Pg::start();
+    pg.script(
+        "postgres",
+        &format!("CREATE ROLE pronto LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}';\n"),
+    );
+    let r = Redis::start(Some(REDIS_PASSWORD));
+    let env = Env::new();
+    write_config_with(
+        &env,
+        &remote,
+        &format!("{}{}\n{folders}", pg_source(&pg, ""), redis_source(&r)),
+    );
+    assert!(!env.path("site").exists() && !env.path("etc").exists());
+    std::fs::create_dir_all(env.path("etc")).unwrap(); // the parent of etc/pronto
+
+    let mut outputs = Vec::new();
+    for cmd in runbook_commands() {
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        outputs.push((cmd.join(" "), run_ok(&env, &args)));
+    }
+    let all: String = outputs
+        .iter()
+        .map(|(c, o)| format!("$ {c}\n{o}\n"))
+        .collect();
+    assert!(
+        all.contains(&lost_id),
+        "the runbook names the lost host's archive:\n{all}"
+    );
+    assert!(
+        all.contains("no safety backup: the sources hold nothing to save"),
+        "{all}"
+    );
+    assert!(all.contains("restore complete"), "{all}");
+    assert!(all.contains("pass  orders: ok: 120000"), "{all}");
+
+    assert_same("postgres", &pg_before, &pg_state(&pg));
+    assert_same("redis", &redis_before, &r.fingerprint(3000));
+    assert_same("site", &site_before, &snapshot(&env.path("site")));
+    assert_same("etc", &etc_before, &snapshot(&env.path("etc/pronto")));
+    assert_eq!(
+        std::fs::read_link(env.path("site/host")).unwrap(),
+        Path::new("/etc/hostname"),
+        "an absolute symlink comes back verbatim"
+    );
+    // The new host's own first backup is off-site too: two archives on the remote now.
+    let on_remote: Vec<String> = names_in(&remote_dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect();
+    assert_eq!(on_remote.len(), 2, "{on_remote:?}");
+    // No safety backup was written: the backup folder holds the pulled archive and the
+    // new backup only.
+    let local = local_ids(&env);
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert!(local.contains(&lost_id), "{local:?}");
 }

@@ -565,7 +565,7 @@ fn read_only_commands_never_create_a_missing_sftp_folder() {
     write_config(&env, &sshd, "", "");
     let remote = remote_dir(&sshd);
     backup_id(&env, &sshd);
-    for args in [&["list"][..], &["pull", "latest"][..]] {
+    for args in [&["list"][..], &["pull", "latest", "--from", "offsite"][..]] {
         let o = run(&env, &sshd, args);
         let all = text(&o);
         assert!(o.status.code().is_some_and(|c| c != 0), "{args:?}: {all}");
@@ -575,4 +575,14 @@ fn read_only_commands_never_create_a_missing_sftp_folder() {
         );
         assert!(!remote.exists(), "{args:?} created {}", remote.display());
     }
+    // Without `--from`, `latest` is the intact local archive: the pull works, still names
+    // the folder it could not read, and creates nothing.
+    let o = run(&env, &sshd, &["pull", "latest"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("using the local copy") && all.contains("srv/backups/pronto"),
+        "{all}"
+    );
+    assert!(!remote.exists(), "pull latest created {}", remote.display());
 }

@@ -163,6 +163,7 @@ fn summarise(path: &Path, codec: Codec, top: &str) -> Result<Vec<SourceSummary>>
                 dirs: 0,
                 symlinks: 0,
                 bytes: 0,
+                specials: 0,
                 skipped: Vec::new(),
                 changed: Vec::new(),
                 exclude: Vec::new(),
@@ -171,6 +172,7 @@ fn summarise(path: &Path, codec: Codec, top: &str) -> Result<Vec<SourceSummary>>
             tar::EntryType::Directory => s.dirs += 1,
             tar::EntryType::Symlink => s.symlinks += 1,
             tar::EntryType::Link => s.files += 1,
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => s.specials += 1,
             t if t.is_file() => {
                 s.files += 1;
                 s.bytes += entry.size();

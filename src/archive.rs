@@ -780,6 +780,20 @@ fn dir_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The tar entry type of a fifo or device node; `None` for anything else (a socket is
+/// not stored: GNU tar leaves sockets out too).
+fn node_entry_type(ft: &fs::FileType) -> Option<EntryType> {
+    if ft.is_fifo() {
+        Some(EntryType::Fifo)
+    } else if ft.is_char_device() {
+        Some(EntryType::Char)
+    } else if ft.is_block_device() {
+        Some(EntryType::Block)
+    } else {
+        None
+    }
+}
+
 fn special_kind(ft: &fs::FileType) -> &'static str {
     if ft.is_socket() {
         "socket"
@@ -842,6 +856,7 @@ impl Walker<'_> {
                 dirs: 0,
                 symlinks: 0,
                 bytes: 0,
+                specials: 0,
                 skipped: Vec::new(),
                 exclude: self.exclude.patterns(&i.name),
                 changed: Vec::new(),
@@ -1023,6 +1038,28 @@ impl Walker<'_> {
             Ok(None)
         } else if ft.is_file() {
             self.visit_file(input, &fs_path, &ar_path, sum)?;
+            Ok(None)
+        } else if let Some(kind) = node_entry_type(&ft) {
+            // A fifo or a device node: a header only (with the device's numbers), as GNU
+            // tar stores them; restored by `mknod` (devices only as root).
+            let mut h = self.entry_header(kind, &meta, 0, &[])?;
+            let rdev = meta.rdev();
+            if kind != EntryType::Fifo {
+                h.set_device_major(libc::major(rdev))
+                    .and_then(|()| h.set_device_minor(libc::minor(rdev)))
+                    .with_context(|| format!("{}: device numbers", fs_path.display()))?;
+            }
+            self.tar
+                .append_data(&mut h, &ar_path, std::io::empty())
+                .with_context(|| {
+                    format!(
+                        "writing {}: {} {}",
+                        self.out.display(),
+                        special_kind(&ft),
+                        fs_path.display()
+                    )
+                })?;
+            sum.specials += 1;
             Ok(None)
         } else {
             sum.skipped.push(format!(
@@ -1531,7 +1568,7 @@ mod tests {
     }
 
     #[test]
-    fn fifo_is_skipped_with_a_note_and_output_inside_source_is_not_stored() {
+    fn fifo_is_stored_and_output_inside_source_is_not() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         fs::create_dir(&src).unwrap();
@@ -1548,13 +1585,13 @@ mod tests {
         )
         .unwrap();
         let s = &w.sources[0];
-        assert_eq!(s.files, 1);
-        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
-        assert!(s.skipped.iter().any(|n| n.contains("pipe: fifo")));
-        assert!(s
-            .skipped
-            .iter()
-            .any(|n| n.contains("archive being written")));
+        assert_eq!((s.files, s.specials), (1, 1));
+        assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
+        assert!(
+            s.skipped[0].contains("archive being written"),
+            "{:?}",
+            s.skipped
+        );
     }
 
     #[test]

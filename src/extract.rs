@@ -4,8 +4,9 @@
 //! [`extract`] validates every entry before writing it (the one validation that
 //! [`check_readable`], and so `verify`, applies too) and refuses hostile archives with
 //! exit 4: `..` components, absolute paths, hardlinks to anything but an earlier entry,
-//! device files and fifos, and entries whose parent path goes through a symlink (the
-//! symlink-then-write-through attack). Symlinks themselves are restored verbatim, whatever
+//! and entries whose parent path goes through a symlink (the symlink-then-write-through
+//! attack). Fifos are made with `mknodat`, device nodes too when running as root (as GNU
+//! tar does; otherwise each is skipped with a warning). Symlinks themselves are restored verbatim, whatever
 //! they point to (absolute, above the tree, dangling): safety comes from never writing
 //! through one. Every entry is created relative to an open folder (`openat`,
 //! `O_NOFOLLOW`), so no path is resolved through a link and none nears `PATH_MAX`.
@@ -60,6 +61,8 @@ pub struct ExtractStats {
     pub dirs: u64,
     /// Symlinks.
     pub symlinks: u64,
+    /// Fifos and device nodes.
+    pub specials: u64,
     /// Bytes of file content.
     pub bytes: u64,
 }
@@ -627,6 +630,9 @@ enum Kind {
     Symlink(Vec<u8>),
     /// A hard link to an earlier entry (its sanitized path).
     Hardlink(PathBuf),
+    /// A fifo or a device node: its file type bits (`S_IFIFO`, `S_IFCHR`, `S_IFBLK`) and
+    /// device number.
+    Node(libc::mode_t, libc::dev_t),
 }
 
 /// An entry that passed [`Model::admit`]: where it goes, what it is, the folders
@@ -725,8 +731,20 @@ impl Model {
                 }
                 Kind::Hardlink(trel)
             }
-            EntryType::Char | EntryType::Block => return refuse(&name, "device file"),
-            EntryType::Fifo => return refuse(&name, "fifo (named pipe)"),
+            EntryType::Fifo => Kind::Node(libc::S_IFIFO, 0),
+            EntryType::Char | EntryType::Block => {
+                let h = entry.header();
+                let (Ok(Some(major)), Ok(Some(minor))) = (h.device_major(), h.device_minor())
+                else {
+                    return refuse(&name, "device file without valid device numbers");
+                };
+                let fmt = if ty == EntryType::Char {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                Kind::Node(fmt, libc::makedev(major, minor))
+            }
             other => return refuse(&name, format!("unsupported entry type {other:?}")),
         };
         let new_parents = self.parents(&rel, &name)?;
@@ -750,6 +768,9 @@ impl Model {
             if let Kind::Symlink(_) = kind {
                 self.symlinks.insert(rel.clone());
                 self.stats.symlinks += 1;
+            } else if let Kind::Node(..) = kind {
+                self.files.insert(key);
+                self.stats.specials += 1;
             } else {
                 self.files.insert(key);
                 self.stats.files += 1;
@@ -1067,6 +1088,34 @@ impl Unpacker {
                     })
                     .with_context(|| format!("chown {}", rel.display()))?;
                 }
+                let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
+                check(unsafe {
+                    libc::utimensat(fd, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                })
+                .with_context(|| format!("setting the mtime of {}", rel.display()))?;
+            }
+            Kind::Node(fmt, dev) => {
+                let mode = fmt | (meta.mode as libc::mode_t);
+                if let Err(e) = check(unsafe { libc::mknodat(fd, n.as_ptr(), mode, dev) }) {
+                    if fmt != libc::S_IFIFO && e.kind() == io::ErrorKind::PermissionDenied {
+                        tracing::warn!(
+                            "{}: device node not created: only root can make one ({e})",
+                            rel.display()
+                        );
+                        return Ok(());
+                    }
+                    return Err(e).with_context(|| format!("creating {}", rel.display()));
+                }
+                if let Some((u, g)) = meta.owner {
+                    check(unsafe {
+                        libc::fchownat(fd, n.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW)
+                    })
+                    .with_context(|| format!("chown {}", rel.display()))?;
+                }
+                // mknod's mode went through the umask; set it exactly (after the chown,
+                // which clears set-id bits).
+                check(unsafe { libc::fchmodat(fd, n.as_ptr(), meta.mode as libc::mode_t, 0) })
+                    .with_context(|| format!("chmod {}", rel.display()))?;
                 let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
                 check(unsafe {
                     libc::utimensat(fd, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)

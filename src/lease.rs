@@ -313,10 +313,26 @@ mod tests {
     async fn a_long_prune_keeps_its_lease_fresh() {
         let dir = tempfile::tempdir().unwrap();
         let r = handle(dir.path());
-        let ttl = Duration::from_millis(600);
+        let ttl = Duration::from_secs(2);
         let lease = acquire_with(&r, "p", ttl).await.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // Well past the first expiry, still held (refreshed).
+        let read = || -> Body {
+            serde_json::from_slice(&std::fs::read(dir.path().join("p.prune-lease.json")).unwrap())
+                .unwrap()
+        };
+        let first = read().expires;
+        // Evidence, not a clock: wait (however slow the machine) until the first expiry
+        // has passed and the lease file shows a later, still valid one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let now = Utc::now();
+            let body = read();
+            if now > first && body.expires > now {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the lease was never refreshed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Past the first expiry, still held (refreshed).
         let err = acquire_with(&r, "p", ttl).await.err().unwrap().to_string();
         assert!(err.contains("another prune holds the lease"), "{err}");
         lease.release().await;

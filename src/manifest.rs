@@ -59,7 +59,10 @@ pub struct SourceSummary {
     pub symlinks: u64,
     /// Bytes of file content stored (before compression).
     pub bytes: u64,
-    /// Paths that were not stored, with the reason: sockets, fifos and devices always;
+    /// Fifos and device nodes stored (headers only; devices are restored as root).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub specials: u64,
+    /// Paths that were not stored, with the reason: sockets always;
     /// unreadable or vanished files only when the source allows skipping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
@@ -313,4 +316,8 @@ impl Manifest {
         self.redis = c.redis;
         Ok(())
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

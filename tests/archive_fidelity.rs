@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -112,6 +112,16 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
             }
             // A folder's size and blocks depend on the file system's history, not on us.
             ("dir", 0, 0, String::new())
+        } else if ft.is_fifo() {
+            ("fifo", 0, 0, String::new())
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let k = if ft.is_char_device() { "char" } else { "block" };
+            (
+                k,
+                0,
+                0,
+                format!("dev {}:{}", libc::major(m.rdev()), libc::minor(m.rdev())),
+            )
         } else {
             ("file", m.len(), m.blocks(), String::new())
         };
@@ -188,6 +198,23 @@ fn make_tree(root: &Path) {
     fs::create_dir_all(&deep).unwrap();
     fs::write(deep.join(format!("{}.txt", "f".repeat(200))), b"deep").unwrap();
     std::os::unix::fs::symlink("x".repeat(300), deep.join("long-target")).unwrap();
+    // A fifo, and as root device nodes (GNU tar stores their numbers).
+    let mknod = |name: &str, mode: libc::mode_t, dev: libc::dev_t| {
+        let c = cpath(&root.join(name));
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), mode, dev) },
+            0,
+            "mknod {name}"
+        );
+    };
+    mknod("etc/queue", libc::S_IFIFO | 0o640, 0);
+    fs::set_permissions(root.join("etc/queue"), fs::Permissions::from_mode(0o640)).unwrap();
+    if is_root() {
+        mknod("null-dev", libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+        fs::set_permissions(root.join("null-dev"), fs::Permissions::from_mode(0o666)).unwrap();
+        mknod("loop-dev", libc::S_IFBLK | 0o600, libc::makedev(7, 42));
+        fs::set_permissions(root.join("loop-dev"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     // Owners: another numeric owner (with a name: nobody) when we can.
     if is_root() {
         std::os::unix::fs::lchown(root.join("etc/app.conf"), Some(65534), Some(65534)).unwrap();
@@ -260,6 +287,15 @@ fn listing_is_identical_after_backup_and_restore() {
         String::from_utf8_lossy(&o.stderr)
     );
     let t = by_tar.join(TOP).join("static_content/site");
+    assert!(fs::symlink_metadata(t.join("etc/queue"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    if is_root() {
+        let d = fs::symlink_metadata(t.join("loop-dev")).unwrap();
+        assert!(d.file_type().is_block_device());
+        assert_eq!((libc::major(d.rdev()), libc::minor(d.rdev())), (7, 42));
+    }
     let m1 = fs::metadata(t.join("etc/shared.txt")).unwrap();
     let m3 = fs::metadata(t.join("shared-3.txt")).unwrap();
     assert_eq!(

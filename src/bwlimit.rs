@@ -257,6 +257,9 @@ impl Backend for ThrottledBackend {
     async fn versioning(&self) -> Result<Option<pronto_backends::Versioning>> {
         self.inner.versioning().await
     }
+    async fn store_checksum(&self, key: &str) -> Result<Option<pronto_backends::StoreChecksum>> {
+        self.inner.store_checksum(key).await
+    }
 }
 
 #[cfg(test)]

@@ -329,7 +329,10 @@ mod tests {
             if now > first && body.expires > now {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the lease was never refreshed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease was never refreshed"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Past the first expiry, still held (refreshed).

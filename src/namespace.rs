@@ -192,6 +192,9 @@ impl Backend for NamespacedBackend {
     async fn versioning(&self) -> Result<Option<pronto_backends::Versioning>> {
         self.inner.versioning().await
     }
+    async fn store_checksum(&self, key: &str) -> Result<Option<pronto_backends::StoreChecksum>> {
+        self.inner.store_checksum(&self.key(key)).await
+    }
 }
 
 /// `list --all-hosts`: every host's archives on each remote (read from the whole root,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use pronto_backends::{sha256_of, Backend, BackendError, Capabilities, PartReceipt};
+use pronto_backends::{sha256_of, Backend, BackendError, Capabilities, PartReceipt, StoreChecksum};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -72,6 +72,8 @@ pub async fn upload_archive_with(
     let part_size = part_size_for(size, &caps);
     // Before anything is written: `push --cleanup` may abort what this upload leaves.
     let intent = Intent::record(backup_dir, &r.name, file)?;
+    // What the store's own checksum of the copy is checked against.
+    let local = LocalCopy::open(&up.archive.path, part_size).ok();
 
     // A re-upload never takes away a complete copy of this very archive (another push
     // may have finished it since this one listed the remote): when the remote's
@@ -83,7 +85,9 @@ pub async fn upload_archive_with(
         Some(Some(m))
             if m.sha256 == up.manifest.sha256
                 && m.size == size
-                && verify_remote(r, file, size, sha).await.is_ok() =>
+                && verify_remote(r, file, size, sha, local.as_ref())
+                    .await
+                    .is_ok() =>
         {
             tracing::info!(
                 "{}: {file} is already there complete (manifest and verified copy): not uploaded again",
@@ -142,7 +146,7 @@ pub async fn upload_archive_with(
         .await?
     };
 
-    verify_remote(r, file, size, sha).await?;
+    verify_remote(r, file, size, sha, local.as_ref()).await?;
     write_manifest(r, &up.manifest, file).await?;
     intent.done()?;
     Ok(stats)
@@ -236,26 +240,57 @@ pub async fn verify_and_write_manifest(
     r: &RemoteHandle,
     manifest: &Manifest,
     parts_checked: bool,
+    local: Option<&LocalCopy>,
 ) -> Result<()> {
     let file = &manifest.file;
     let sha = manifest.sha256_bytes()?;
-    verify_remote_with(r, file, manifest.size, sha, !parts_checked).await?;
+    verify_remote_with(r, file, manifest.size, sha, !parts_checked, local).await?;
     write_manifest(r, manifest, file).await
 }
 
-/// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
-async fn verify_remote(r: &RemoteHandle, key: &str, size: u64, sha: [u8; 32]) -> Result<()> {
-    verify_remote_with(r, key, size, sha, true).await
+/// The local archive an uploaded copy is checked against, and the part size its
+/// upload used (to rebuild a store's composite checksum of a multipart upload).
+pub struct LocalCopy {
+    pub file: Arc<std::fs::File>,
+    pub part_size: u64,
 }
 
-/// Check the remote copy's size, then its SHA-256: the one the backend recorded, else
-/// (with `read_back`) the object read back and hashed; without either, size alone.
+impl LocalCopy {
+    pub fn open(path: &Path, part_size: u64) -> Result<LocalCopy> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening {} to check its upload", path.display()))?;
+        Ok(LocalCopy {
+            file: Arc::new(file),
+            part_size,
+        })
+    }
+}
+
+/// Check the remote copy: the backend's recorded hash when it keeps one, else read it back.
+async fn verify_remote(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    local: Option<&LocalCopy>,
+) -> Result<()> {
+    verify_remote_with(r, key, size, sha, true, local).await
+}
+
+/// Check the remote copy's size, then its bytes. First by the checksum the store
+/// computed from the bytes it holds ([`Backend::store_checksum`]): a whole-object
+/// SHA-256 against the manifest's; a composite of part checksums against the same
+/// composite of the local archive (read once here, its whole SHA-256 checked against
+/// the manifest too). A store without one: the SHA-256 the backend recorded (file://
+/// and sftp compute it from the bytes they read back at completion), else (with
+/// `read_back`) the object read back and hashed; without either, size alone.
 async fn verify_remote_with(
     r: &RemoteHandle,
     key: &str,
     size: u64,
     sha: [u8; 32],
     read_back: bool,
+    local: Option<&LocalCopy>,
 ) -> Result<()> {
     let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
         r.backend.head(key)
@@ -268,6 +303,21 @@ async fn verify_remote_with(
             r.name,
             meta.size
         );
+    }
+    let computed = retry(r.retry, &format!("checksum of {key} on {}", r.name), || {
+        r.backend.store_checksum(key)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "{}: reading the checksum the store computed for {key}",
+            r.name
+        )
+    })?;
+    if let Some(c) = computed {
+        if store_checksum_matches(r, key, size, sha, c, local).await? {
+            return Ok(());
+        }
     }
     let got = match meta.sha256 {
         Some(h) => h,
@@ -283,6 +333,96 @@ async fn verify_remote_with(
         )));
     }
     Ok(())
+}
+
+/// Judge the store's own checksum `c` of `key`: `Ok(true)` when it proves the bytes,
+/// a verification error when it contradicts them, `Ok(false)` when it cannot decide
+/// (a composite without the local archive, or of another part size).
+async fn store_checksum_matches(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    c: StoreChecksum,
+    local: Option<&LocalCopy>,
+) -> Result<bool> {
+    let (want, got, what) = match c {
+        StoreChecksum::Sha256(got) => (sha, got, "sha256"),
+        StoreChecksum::Sha256OfParts { digest, parts } => {
+            let Some(l) = local else {
+                return Ok(false);
+            };
+            let (file, part_size) = (Arc::clone(&l.file), l.part_size);
+            let (whole, composite, n) =
+                tokio::task::spawn_blocking(move || hash_parts(&file, size, part_size))
+                    .await?
+                    .with_context(|| format!("reading the local copy of {key}"))?;
+            if whole != sha {
+                bail!(
+                    "the local archive {key} no longer matches its manifest (sha256 {}, manifest {}); run `pronto-offsite verify`",
+                    hex::encode(whole),
+                    hex::encode(sha)
+                );
+            }
+            if n != parts {
+                tracing::debug!(
+                    "{}: {key} was uploaded in {parts} parts, not {n} of {part_size} bytes: its composite checksum cannot be rebuilt here",
+                    r.name
+                );
+                return Ok(false);
+            }
+            (composite, digest, "composite sha256 of its parts")
+        }
+    };
+    if want != got {
+        return Err(crate::error::verification(format!(
+            "{}: the store computed {what} {} for {key}, but the local archive gives {}",
+            r.name,
+            hex::encode(got),
+            hex::encode(want)
+        )));
+    }
+    tracing::info!(
+        "{}: {key} verified by the {what} the store computed",
+        r.name
+    );
+    Ok(true)
+}
+
+/// Read `file` once: its whole SHA-256, and the SHA-256 of the concatenated SHA-256s
+/// of its `part_size` parts (S3's composite checksum) with the number of parts.
+fn hash_parts(
+    file: &std::fs::File,
+    size: u64,
+    part_size: u64,
+) -> std::io::Result<([u8; 32], [u8; 32], u32)> {
+    use std::os::unix::fs::FileExt;
+    let part_size = part_size.max(1);
+    let mut whole = Sha256::new();
+    let mut of_parts = Sha256::new();
+    let mut part = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pos, mut in_part, mut parts) = (0u64, 0u64, 0u32);
+    while pos < size {
+        let want = (size - pos).min(part_size - in_part).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ends at {pos} bytes, expected {size}"),
+            ));
+        }
+        whole.update(&buf[..n]);
+        part.update(&buf[..n]);
+        pos += n as u64;
+        in_part += n as u64;
+        if in_part == part_size || pos == size {
+            of_parts.update(std::mem::replace(&mut part, Sha256::new()).finalize());
+            parts += 1;
+            in_part = 0;
+        }
+    }
+    Ok((whole.finalize().into(), of_parts.finalize().into(), parts))
 }
 
 /// Stream an object and hash it.

@@ -358,14 +358,21 @@ impl Job {
         .with_context(|| format!("{}: completing upload of {file}", r.name))?;
         *multipart = None;
         Journal::remove(&jpath)?;
-        replicate::verify_and_write_manifest(r, &m, true).await?;
+        let local = match rx.borrow().reader.clone() {
+            Some(Ok(file)) => Some(replicate::LocalCopy {
+                file,
+                part_size: self.part_size,
+            }),
+            _ => None,
+        };
+        replicate::verify_and_write_manifest(r, &m, true, local.as_ref()).await?;
         Ok(Next::Uploaded(m.size))
     }
 
     /// An archive that fits in one part: one `put` once it is finished, as `push` does.
     async fn single_put(&self, reader: Arc<File>, m: &Manifest, bar: &Progress) -> Result<Next> {
         let r = &self.r;
-        let (body, sha, _) = match read_part(reader, 0, m.size, Sha256::new()).await {
+        let (body, sha, _) = match read_part(Arc::clone(&reader), 0, m.size, Sha256::new()).await {
             Ok(x) => x,
             Err(e) => return Ok(Next::Handover(Some(format!("{e:#}")))),
         };
@@ -383,7 +390,11 @@ impl Job {
         .await
         .with_context(|| format!("{}: uploading {}", r.name, m.file))?;
         bar.inc(m.size);
-        replicate::verify_and_write_manifest(r, m, false).await?;
+        let local = replicate::LocalCopy {
+            file: reader,
+            part_size: self.part_size,
+        };
+        replicate::verify_and_write_manifest(r, m, false, Some(&local)).await?;
         Ok(Next::Uploaded(m.size))
     }
 }

@@ -460,3 +460,27 @@ fn random_kills_never_leave_a_manifest_for_an_incomplete_archive() {
     assert!(ls.keys(&bucket).contains(&manifest));
     assert_eq!(s3_object_size(ls.port, &object), Some(size));
 }
+
+/// Verification proves the bytes (issue 15, Deliver 7): after an upload, push checks
+/// the checksum the store computed from the bytes it holds — a whole-object SHA-256 for
+/// a single PUT, the composite of the parts' SHA-256s (rebuilt from the local archive)
+/// for a multipart upload — not the hash it recorded beside them.
+#[test]
+fn push_verifies_by_the_checksum_the_store_computed() {
+    let ls = localstack::shared();
+    for (bucket, mib) in [
+        (ls.new_bucket("sum-one"), 0),
+        (ls.new_bucket("sum-multi"), 20),
+    ] {
+        let env = s3_env(&ls.endpoint, &bucket, "", mib);
+        backup(&env);
+        let o = run(with_env_keys(bin(&env)), &["-v", "push"]);
+        assert!(o.status.success(), "push: {}", text(&o));
+        let how = if mib == 0 {
+            "verified by the sha256 the store computed"
+        } else {
+            "verified by the composite sha256 of its parts the store computed"
+        };
+        assert!(text(&o).contains(how), "{}", text(&o));
+    }
+}

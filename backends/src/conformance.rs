@@ -116,6 +116,7 @@ pub const CASES: &[&str] = &[
     "list_missing_prefix_is_empty",
     "put_if_absent_creates_once",
     "put_file_stores_the_file_or_declines",
+    "store_checksum_is_computed_from_the_stored_bytes",
 ];
 
 /// Generate one `#[tokio::test]` per conformance case, inside a `mod conformance`.
@@ -191,6 +192,7 @@ macro_rules! conformance_suite {
             __case!(list_missing_prefix_is_empty);
             __case!(put_if_absent_creates_once);
             __case!(put_file_stores_the_file_or_declines);
+            __case!(store_checksum_is_computed_from_the_stored_bytes);
         }
     };
 }
@@ -836,6 +838,62 @@ pub async fn multipart_parts_out_of_order(h: &Harness) {
     assert_object(b, &k, &data, "after out-of-order upload").await;
     assert_eq!(keys(&list_keys(b, &p).await), vec![k.as_str()]);
     delete_ok(b, &k).await;
+}
+
+/// [`Backend::store_checksum`]: `None` (the store keeps none), or exactly the checksum
+/// of the bytes stored — whole-object for a `put`, the composite of the part digests
+/// for a multipart upload — and a missing key is `NotFound` or `None`.
+pub async fn store_checksum_is_computed_from_the_stored_bytes(h: &Harness) {
+    use sha2::Digest as _;
+    let b = h.backend().await;
+    let b = b.as_ref();
+    let p = unique_prefix();
+    let one = format!("{p}one.bin");
+    let body = Bytes::from(test_data(70_000, 31));
+    put_ok(b, &one, &body).await;
+    match b.store_checksum(&one).await {
+        Ok(None) => {}
+        Ok(Some(c)) => assert_eq!(
+            c,
+            crate::StoreChecksum::Sha256(sha256_of(&body)),
+            "the store's checksum of a put"
+        ),
+        Err(e) => panic!("store_checksum of a stored object: {e}"),
+    }
+    let multi = format!("{p}multi.bin");
+    let (data, psize) = three_part_data(&b.capabilities(), 32);
+    let parts = split_parts(&data, psize);
+    let up = create_ok(b, &multi).await;
+    let mut receipts = Vec::new();
+    let mut digests = sha2::Sha256::new();
+    for (n, part) in &parts {
+        receipts.push(part_ok(b, &multi, &up, *n, part).await);
+        digests.update(sha256_of(part));
+    }
+    complete_ok(b, &multi, &up, &receipts, &data).await;
+    match b.store_checksum(&multi).await {
+        Ok(None) => {}
+        Ok(Some(crate::StoreChecksum::Sha256OfParts { digest, parts: n })) => {
+            assert_eq!(n as usize, parts.len(), "parts in the composite checksum");
+            assert_eq!(
+                digest,
+                <[u8; 32]>::from(digests.finalize()),
+                "composite digest"
+            );
+        }
+        Ok(Some(c)) => assert_eq!(
+            c,
+            crate::StoreChecksum::Sha256(sha256_of(&data)),
+            "the store's checksum of a multipart object"
+        ),
+        Err(e) => panic!("store_checksum of a multipart object: {e}"),
+    }
+    match b.store_checksum(&format!("{p}missing")).await {
+        Ok(None) | Err(BackendError::NotFound(_)) => {}
+        other => panic!("store_checksum of a missing key: {other:?}"),
+    }
+    delete_ok(b, &one).await;
+    delete_ok(b, &multi).await;
 }
 
 /// A one-part upload smaller than the minimum part size (the last part may be short).

@@ -378,6 +378,9 @@ impl GcsBackend {
             main: main.clone(),
             reads: build(true)?,
             list_uploads: None,
+            // GCS's crc32c and md5 are not read yet: push checks the hash recorded at
+            // upload (see docs/backends/s3-gcs.md).
+            checksums: None,
             versioning: Some(versioning_probe(
                 &cfg,
                 &target,

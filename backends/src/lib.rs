@@ -43,6 +43,17 @@ pub struct ObjectMeta {
     pub modified: Option<std::time::SystemTime>,
 }
 
+/// A checksum that a store computed from the bytes it holds (see
+/// [`Backend::store_checksum`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChecksum {
+    /// The SHA-256 of the whole object (S3 `FULL_OBJECT`: a single PUT).
+    Sha256([u8; 32]),
+    /// S3's composite checksum of a multipart upload: the SHA-256 of the concatenated
+    /// SHA-256 digests of its `parts` parts, in part order.
+    Sha256OfParts { digest: [u8; 32], parts: u32 },
+}
+
 /// Limits of a backend that the replicator must respect when it sizes parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
@@ -178,6 +189,14 @@ pub trait Backend: Send + Sync + 'static {
     /// store has no such thing, the default). Read by `doctor` and prune, which say that
     /// deleted archives keep costing until a lifecycle rule expires old versions.
     async fn versioning(&self) -> Result<Option<Versioning>> {
+        Ok(None)
+    }
+    /// The checksum the store itself computed from the bytes it holds under `key` (not
+    /// one a writer recorded beside them): S3's `x-amz-checksum-sha256`, whole-object for
+    /// a single PUT, composite for a multipart upload. `None` (the default): this store
+    /// keeps none, or not for this object; the caller then relies on what else it has.
+    async fn store_checksum(&self, key: &str) -> Result<Option<StoreChecksum>> {
+        let _ = key;
         Ok(None)
     }
     /// Whether [`put_if_absent`](Backend::put_if_absent) is implemented (prune leases use it).

@@ -92,7 +92,14 @@ pub struct Stores {
     pub list_uploads: Option<UploadLister>,
     /// Reads the bucket's versioning and lifecycle (S3); `None`: not supported.
     pub versioning: Option<VersioningProbe>,
+    /// Reads the checksum the store computed for an object (raw, bucket-relative path);
+    /// `None`: the store keeps none (see [`Backend::store_checksum`]).
+    pub checksums: Option<ChecksumProbe>,
 }
+
+/// See [`Stores::checksums`].
+pub type ChecksumProbe =
+    Arc<dyn Fn(String) -> BoxFuture<'static, Result<Option<crate::StoreChecksum>>> + Send + Sync>;
 
 /// See [`Stores::versioning`].
 pub type VersioningProbe =
@@ -489,6 +496,14 @@ impl Backend for ObjectStoreBackend {
         }
     }
 
+    async fn store_checksum(&self, key: &str) -> Result<Option<crate::StoreChecksum>> {
+        let path = self.path(key)?;
+        match self.stores().await?.checksums.clone() {
+            Some(probe) => probe(path.as_ref().to_string()).await,
+            None => Ok(None),
+        }
+    }
+
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, UploadId)>>> {
         check_prefix(prefix)?;
         let Some(lister) = self.stores().await?.list_uploads.clone() else {
@@ -652,6 +667,12 @@ macro_rules! delegate_backend {
             }
             async fn versioning(&self) -> $crate::Result<Option<$crate::Versioning>> {
                 self.inner.versioning().await
+            }
+            async fn store_checksum(
+                &self,
+                key: &str,
+            ) -> $crate::Result<Option<$crate::StoreChecksum>> {
+                self.inner.store_checksum(key).await
             }
             fn supports_put_if_absent(&self) -> bool {
                 self.inner.supports_put_if_absent()

@@ -345,10 +345,105 @@ async fn open_stores(cfg: &S3Config, redactor: &Redactor, url: &str) -> Result<S
             cfg,
             &region,
             path_style,
-            credentials,
+            Arc::clone(&credentials),
             redactor,
             url,
         )?),
+        // Only objects sent with `x-amz-checksum-sha256` have one the store computed.
+        checksums: if cfg.checksum == S3Checksum::Sha256 {
+            Some(checksum_probe(
+                cfg,
+                &region,
+                path_style,
+                credentials,
+                redactor,
+                url,
+            )?)
+        } else {
+            None
+        },
+    })
+}
+
+/// HeadObject with `x-amz-checksum-mode: ENABLED` (object_store's head has no such
+/// option): the `x-amz-checksum-sha256` the store computed, whole-object (`BASE64`) or
+/// composite for a multipart upload (`BASE64-N`). `None` when the object has none.
+fn checksum_probe(
+    cfg: &S3Config,
+    region: &str,
+    path_style: bool,
+    credentials: AwsCredentialProvider,
+    redactor: &Redactor,
+    url: &str,
+) -> Result<objstore::ChecksumProbe> {
+    use object_store::client::HttpConnector;
+    let client = Connector { content_md5: false }
+        .connect(&client_options(cfg.allow_http, cfg.ca_bundle.as_ref()))
+        .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
+    let base = bucket_base(cfg, region, path_style);
+    let ctx = Arc::new((base, region.to_string(), redactor.clone(), url.to_string()));
+    Ok(Arc::new(move |path: String| {
+        let (client, credentials, ctx) = (client.clone(), Arc::clone(&credentials), ctx.clone());
+        Box::pin(async move {
+            let (base, region, redactor, url) = &*ctx;
+            let what = format!("read the checksum the store computed for {path}");
+            let mut u = url::Url::parse(base)
+                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            u.path_segments_mut()
+                .map_err(|()| BackendError::Permanent(format!("{url}: {what}: not a base URL")))?
+                .pop_if_empty()
+                .extend(path.split('/'));
+            let (status, headers, _) = signed_request(
+                &client,
+                &credentials,
+                region,
+                redactor,
+                url,
+                &what,
+                http::Method::HEAD,
+                u.as_str(),
+                &[("x-amz-checksum-mode", "ENABLED")],
+            )
+            .await?;
+            if !(200..300).contains(&status) {
+                let msg = redactor.redact(&format!("{url}: {what}: HTTP {status}"));
+                return Err(match status {
+                    404 => BackendError::NotFound(msg),
+                    401 | 403 => BackendError::Auth(msg),
+                    408 | 429 | 500..=599 => BackendError::transient(msg),
+                    _ => BackendError::Permanent(msg),
+                });
+            }
+            let Some(v) = headers
+                .get("x-amz-checksum-sha256")
+                .and_then(|v| v.to_str().ok())
+            else {
+                return Ok(None);
+            };
+            parse_checksum_sha256(v).map(Some).ok_or_else(|| {
+                BackendError::Permanent(format!(
+                    "{url}: {what}: unreadable x-amz-checksum-sha256 {v:?}"
+                ))
+            })
+        }) as futures::future::BoxFuture<'static, Result<Option<crate::StoreChecksum>>>
+    }))
+}
+
+/// `BASE64` (a whole object's SHA-256) or `BASE64-N` (composite of N parts).
+fn parse_checksum_sha256(v: &str) -> Option<crate::StoreChecksum> {
+    use base64::Engine as _;
+    let (b64, parts) = match v.rsplit_once('-') {
+        Some((b, n)) => (b, Some(n.parse::<u32>().ok()?)),
+        None => (v, None),
+    };
+    let digest: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()?
+        .try_into()
+        .ok()?;
+    Some(match parts {
+        Some(parts) => crate::StoreChecksum::Sha256OfParts { digest, parts },
+        None => crate::StoreChecksum::Sha256(digest),
     })
 }
 
@@ -423,15 +518,46 @@ async fn signed_get(
     what: &str,
     uri: &str,
 ) -> Result<(u16, String)> {
+    let (status, _, body) = signed_request(
+        client,
+        credentials,
+        region,
+        redactor,
+        url,
+        what,
+        http::Method::GET,
+        uri,
+        &[],
+    )
+    .await?;
+    Ok((status, body))
+}
+
+/// One SigV4-signed request (`headers` signed with it); returns the status, the
+/// response headers and the body as text.
+#[allow(clippy::too_many_arguments)]
+async fn signed_request(
+    client: &object_store::client::HttpClient,
+    credentials: &AwsCredentialProvider,
+    region: &str,
+    redactor: &Redactor,
+    url: &str,
+    what: &str,
+    method: http::Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, String)> {
     let fail = |e: &dyn fmt::Display| {
         BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
     };
     let cred = credentials.get_credential().await.map_err(|e| {
         BackendError::Auth(redactor.redact(&format!("{url}: {what}: S3 credentials: {e}")))
     })?;
-    let mut req = http::Request::builder()
-        .method(http::Method::GET)
-        .uri(uri)
+    let mut req = http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req
         .body(object_store::client::HttpRequestBody::empty())
         .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
     object_store::aws::AwsAuthorizer::new(&cred, "s3", region)
@@ -439,8 +565,9 @@ async fn signed_get(
         .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
     let resp = client.execute(req).await.map_err(|e| fail(&e))?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The bucket's URL: `ENDPOINT/BUCKET` (path style) or `BUCKET.ENDPOINT`, AWS by default.
@@ -796,6 +923,26 @@ mod tests {
         );
         c.storage_class = Some("standard".into());
         assert_eq!(c.validate().unwrap_err().0, "storage_class");
+    }
+
+    #[test]
+    fn store_checksums_parse_whole_and_composite() {
+        use base64::Engine as _;
+        let d = [7u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(d);
+        assert_eq!(
+            parse_checksum_sha256(&b64),
+            Some(crate::StoreChecksum::Sha256(d))
+        );
+        assert_eq!(
+            parse_checksum_sha256(&format!("{b64}-3")),
+            Some(crate::StoreChecksum::Sha256OfParts {
+                digest: d,
+                parts: 3
+            })
+        );
+        assert_eq!(parse_checksum_sha256("AAAA"), None, "not 32 bytes");
+        assert_eq!(parse_checksum_sha256(&format!("{b64}-x")), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use gzp::{Compression, ZWriter};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header, HeaderMode};
 
+pub use crate::config::codec::Codec;
 use crate::manifest::{Section, SourceSummary};
 
 mod gzblock;
@@ -46,6 +47,9 @@ use gzblock::ProbedGzip;
 
 /// Read and write buffer size used for file data (1 MiB).
 pub const IO_BUF: usize = 1 << 20;
+
+/// The pax prefix of extended attributes (GNU tar, star, bsdtar).
+pub(crate) const XATTR_PAX: &str = "SCHILY.xattr.";
 
 /// Size of the blocks handed to the compression threads. gzp's pure-Rust
 /// build compresses each block without the previous one as a dictionary
@@ -85,58 +89,7 @@ pub struct ArchiveInput {
     pub strict: bool,
 }
 
-/// The compression of an archive (`[local] compression`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Codec {
-    /// pigz-style parallel gzip: one gzip member, `.tar.gz`.
-    #[default]
-    Gzip,
-    /// Multithreaded zstd (one frame, with its content checksum), `.tar.zst`.
-    Zstd,
-}
-
 impl Codec {
-    /// The name in the config and in the manifest's `compression`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Gzip => "gzip",
-            Codec::Zstd => "zstd",
-        }
-    }
-
-    /// `gzip` or `zstd`.
-    pub fn parse(name: &str) -> Option<Codec> {
-        match name {
-            "gzip" => Some(Codec::Gzip),
-            "zstd" => Some(Codec::Zstd),
-            _ => None,
-        }
-    }
-
-    /// The archive extension before any encryption suffix: `.tar.gz` or `.tar.zst`.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Codec::Gzip => ".tar.gz",
-            Codec::Zstd => ".tar.zst",
-        }
-    }
-
-    /// The levels `[local] level` accepts: gzip 1-9, zstd 1-19.
-    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
-        match self {
-            Codec::Gzip => 1..=9,
-            Codec::Zstd => 1..=19,
-        }
-    }
-
-    /// The default level: gzip 6 (gzip's own default), zstd 3 (zstd's own default).
-    pub fn default_level(self) -> u32 {
-        match self {
-            Codec::Gzip => 6,
-            Codec::Zstd => 3,
-        }
-    }
-
     /// The codec a compressed stream starts with: gzip `1f 8b`, zstd `28 b5 2f fd`.
     pub fn sniff(head: &[u8]) -> Option<Codec> {
         if head.starts_with(&[0x1f, 0x8b]) {
@@ -1223,7 +1176,7 @@ impl Walker<'_> {
             }
         }
         for (k, v) in attrs {
-            pax.push((format!("{}{k}", crate::extract::XATTR_PAX), v.clone()));
+            pax.push((format!("{}{k}", XATTR_PAX), v.clone()));
         }
         if !pax.is_empty() {
             self.tar

@@ -328,7 +328,7 @@ pub fn main() -> i32 {
     };
     crate::logging::init(cli.quiet, cli.verbose, cli.log_format);
     // -q on what cron runs: nothing on success, a short summary on failure.
-    let res = if cli.quiet && crate::quiet::applies(&cli.command) {
+    let res = if cli.quiet && quiet_applies(&cli.command) {
         crate::quiet::run(|| run(cli))
     } else {
         run(cli)
@@ -451,7 +451,7 @@ fn run(cli: Cli) -> Result<i32> {
                 s.exclude.extend(exclude.iter().cloned());
             }
             if dry_run {
-                return crate::exclude::dry_run_cmd(&cfg, &mut out);
+                return crate::backup::dry_run_cmd(&cfg, &mut out);
             }
             let started = std::time::Instant::now();
             let (m, path, code) = if let Some(dir) = &output {
@@ -752,5 +752,14 @@ fn run(cli: Cli) -> Result<i32> {
             clap_mangen::Man::new(cmd).render(&mut out)?;
             Ok(EXIT_OK)
         }
+    }
+}
+
+/// Whether `-q` silences this command's stdout on success.
+fn quiet_applies(cmd: &Command) -> bool {
+    match cmd {
+        Command::Hook { json, .. } | Command::Push { json, .. } => !json,
+        Command::Prune { dry_run, .. } => !dry_run,
+        _ => false,
     }
 }

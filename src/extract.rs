@@ -50,7 +50,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use flate2::bufread::MultiGzDecoder;
 use tar::{Archive, Entry, EntryType};
 
-use crate::archive::IO_BUF;
+use crate::archive::{IO_BUF, XATTR_PAX};
 
 /// What an archive held (for [`extract`]: what was written).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -854,9 +854,6 @@ struct Meta {
     /// `SCHILY.xattr.NAME` records (as `tar --xattrs` writes them).
     xattrs: Vec<(CString, Vec<u8>)>,
 }
-
-/// The pax prefix of extended attributes (GNU tar, star, bsdtar).
-pub(crate) const XATTR_PAX: &str = "SCHILY.xattr.";
 
 fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) -> Result<Meta> {
     let h = entry.header();

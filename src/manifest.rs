@@ -10,34 +10,11 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Section;
 use crate::crypto::{Identities, Recipients};
 
 /// Version of the manifest format, bumped on incompatible changes.
 pub const FORMAT: u32 = 1;
-
-/// Which of the seed's sections a source is filed under inside the archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Section {
-    PostgresData,
-    RedisData,
-    StaticContent,
-    Configs,
-    DockerVolumes,
-}
-
-impl Section {
-    /// The folder name inside the archive (the seed's layout).
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            Section::PostgresData => "postgres_data",
-            Section::RedisData => "redis_data",
-            Section::StaticContent => "static_content",
-            Section::Configs => "configs",
-            Section::DockerVolumes => "docker_volumes",
-        }
-    }
-}
 
 /// What one source contributed to an archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,52 +13,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use toml::Spanned;
 
 use crate::catalog::{self, Tier};
-use crate::config::{Config, Locator};
+pub use crate::config::metrics::MetricsConfig;
+use crate::config::Config;
 use crate::hook::Report;
 
 /// The state file's name in the backup folder.
 pub const STATE_FILE: &str = ".pronto-offsite.state.json";
-
-/// `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// Where the `.prom` file goes (node_exporter's `--collector.textfile.directory`).
-    pub textfile: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawMetrics {
-    textfile: Spanned<String>,
-}
-
-impl MetricsConfig {
-    pub(crate) fn from_raw(
-        raw: Option<&RawMetrics>,
-        at: &Locator,
-        base: &Path,
-    ) -> Result<Option<MetricsConfig>> {
-        let Some(raw) = raw else { return Ok(None) };
-        let f = at.nonempty(
-            &raw.textfile,
-            "metrics.textfile",
-            "a file path ending in .prom",
-        )?;
-        if !f.ends_with(".prom") {
-            return Err(at.err(
-                raw.textfile.span().start,
-                "metrics.textfile",
-                "a file name ending in .prom (node_exporter only reads those)",
-            ));
-        }
-        Ok(Some(MetricsConfig {
-            textfile: crate::config::resolve(base, f),
-        }))
-    }
-}
 
 /// What one target (the local folder or a remote) last did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -12,23 +12,11 @@ use pronto_backends::{
     Backend, ByteStream, Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
 };
 
+pub use crate::config::valid_host_id;
+
 /// How `list --all-hosts` shows the flat layout (archives at the remote's root, no
 /// `host_id`), and what `pull --host` takes to reach them.
 pub const FLAT: &str = "-";
-
-/// Whether `id` can name a host's namespace: one path segment of letters, digits,
-/// `.`, `-`, `_`, not `.` or `..`, and not starting with `-` (that would be [`FLAT`], how
-/// the flat layout is shown, or read as an option by `pull --host`).
-pub fn valid_host_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id != "."
-        && id != ".."
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-}
 
 /// This machine's host name as a host id (`host_id` when none is configured for
 /// `pull --host` / `list --all-hosts` output): unusable characters become `_`.

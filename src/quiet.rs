@@ -9,20 +9,9 @@
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use crate::cli::Command;
-
 /// At most this many lines of a failed command's output are shown (the hook's report is
 /// shown whole: it is already a summary).
 const TAIL_LINES: usize = 12;
-
-/// Whether `-q` silences this command's stdout on success.
-pub fn applies(cmd: &Command) -> bool {
-    match cmd {
-        Command::Hook { json, .. } | Command::Push { json, .. } => !json,
-        Command::Prune { dry_run, .. } => !dry_run,
-        _ => false,
-    }
-}
 
 /// Run `f` with stdout captured; print nothing when it returns `Ok(0)`, else the
 /// [`summary`] of what it printed. When stdout cannot be redirected, `f` just runs.

@@ -1,15 +1,28 @@
 //! The TOML config: where it is found, what it may say, and errors that name the
 //! file, the line, the key and what was expected (exit code 2).
 
+pub mod codec;
+pub mod drill;
+pub mod encryption;
+pub mod health;
+pub mod hook;
+pub mod log;
+pub mod metrics;
+pub mod notify;
+pub mod postgres;
+pub mod redis;
+pub mod service_keys;
+pub mod services;
+pub mod status;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::usage;
-use crate::manifest::Section;
 use crate::retention::Policy;
 
 /// Default archive name prefix (the seed's).
@@ -32,21 +45,21 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub remotes: Vec<Remote>,
     /// `[hook]`: lock wait for the scheduled entry point.
-    pub hook: crate::hook::HookConfig,
+    pub hook: hook::HookConfig,
     /// `[notify]`: webhook, ping URL, command.
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: notify::NotifyConfig,
     /// `[log]`: a log file with size-based rotation.
-    pub log: Option<crate::logging::LogConfig>,
+    pub log: Option<log::LogConfig>,
     /// `[metrics]`: the Prometheus textfile.
-    pub metrics: Option<crate::metrics::MetricsConfig>,
+    pub metrics: Option<metrics::MetricsConfig>,
     /// `[status]`: max age of the newest archive.
-    pub status: crate::status::StatusConfig,
+    pub status: status::StatusConfig,
     /// `[[health_checks]]`: run after a restore (HTTP URLs that must answer 2xx, SQL that must succeed).
-    pub health_checks: Vec<crate::restore::HealthCheck>,
+    pub health_checks: Vec<health::HealthCheck>,
     /// `[drill]`: where `verify --restore-test` restores (a scratch server or a private instance).
-    pub drill: crate::drill::DrillConfig,
+    pub drill: drill::DrillConfig,
     /// `[encryption]`: age recipients archives are encrypted to, and the identity to decrypt.
-    pub encryption: crate::crypto::EncryptionConfig,
+    pub encryption: encryption::EncryptionConfig,
     /// `[restore] max_extract_size`: extraction (`pull --to`, restores, drills) refuses to
     /// write more file content than this (a decompression-bomb guard on top of the limit
     /// each archive's manifest implies). `None`: only the manifest's limit.
@@ -72,7 +85,7 @@ pub struct Local {
     /// Archive name prefix, default `pronto-app-backup`.
     pub prefix: String,
     /// `compression`: "gzip" (default, `.tar.gz`) or "zstd" (`.tar.zst`).
-    pub compression: crate::archive::Codec,
+    pub compression: codec::Codec,
     /// Compression level: gzip 1..=9 (default 6), zstd 1..=19 (default 3).
     pub level: u32,
     /// Compression threads, 0 = all cores.
@@ -81,6 +94,30 @@ pub struct Local {
     /// download folder `<backup folder>/hosts/H`: the backup folder proper, where this
     /// host's own backups (a restore's safety backup) go. `None` otherwise.
     pub home: Option<PathBuf>,
+}
+
+/// Which of the seed's sections a source is filed under inside the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    PostgresData,
+    RedisData,
+    StaticContent,
+    Configs,
+    DockerVolumes,
+}
+
+impl Section {
+    /// The folder name inside the archive (the seed's layout).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Section::PostgresData => "postgres_data",
+            Section::RedisData => "redis_data",
+            Section::StaticContent => "static_content",
+            Section::Configs => "configs",
+            Section::DockerVolumes => "docker_volumes",
+        }
+    }
 }
 
 /// What kind of thing a source backs up.
@@ -120,9 +157,9 @@ pub struct Source {
     /// read and listed as changed).
     pub strict: bool,
     /// For `kind = "postgres"`: how to reach the server and what to dump.
-    pub postgres: Option<crate::source::PgSource>,
+    pub postgres: Option<postgres::PgSource>,
     /// For `kind = "redis"`: how to reach the server, and how to restore into it.
-    pub redis: Option<crate::source::RedisSource>,
+    pub redis: Option<redis::RedisSource>,
 }
 
 /// The kind of a remote, from its URL scheme.
@@ -160,7 +197,7 @@ pub struct Remote {
     /// [`Config::policy_for`].
     pub retention: Option<Policy>,
     /// Not a config key: `push --init-remote` writes this remote's marker although this
-    /// host initialized it before and the marker is gone (see [`crate::marker`]).
+    /// host initialized it before and the marker is gone (see the `marker` module).
     pub init_marker: bool,
 }
 
@@ -175,15 +212,15 @@ struct RawConfig {
     sources: Vec<RawSource>,
     #[serde(default)]
     remotes: Vec<RawRemote>,
-    hook: Option<crate::hook::RawHook>,
-    notify: Option<crate::notify::RawNotify>,
-    log: Option<crate::logging::RawLog>,
-    metrics: Option<crate::metrics::RawMetrics>,
-    status: Option<crate::status::RawStatus>,
+    hook: Option<hook::RawHook>,
+    notify: Option<notify::RawNotify>,
+    log: Option<log::RawLog>,
+    metrics: Option<metrics::RawMetrics>,
+    status: Option<status::RawStatus>,
     #[serde(default)]
-    health_checks: Vec<crate::restore::RawHealthCheck>,
-    drill: Option<crate::drill::RawDrill>,
-    encryption: Option<Spanned<crate::crypto::RawEncryption>>,
+    health_checks: Vec<health::RawHealthCheck>,
+    drill: Option<drill::RawDrill>,
+    encryption: Option<Spanned<encryption::RawEncryption>>,
     restore: Option<RawRestore>,
 }
 
@@ -289,8 +326,8 @@ struct RawSource {
     globals: Option<Spanned<bool>>,
     lock_timeout: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
-    stop_command: Option<Spanned<crate::source::CommandLine>>,
-    start_command: Option<Spanned<crate::source::CommandLine>>,
+    stop_command: Option<Spanned<service_keys::CommandLine>>,
+    start_command: Option<Spanned<service_keys::CommandLine>>,
 }
 
 #[derive(Deserialize)]
@@ -388,20 +425,20 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         None => DEFAULT_PREFIX.to_string(),
     };
     let compression = match &raw.local.compression {
-        Some(c) => crate::archive::Codec::parse(c.get_ref()).ok_or_else(|| {
+        Some(c) => codec::Codec::parse(c.get_ref()).ok_or_else(|| {
             at.err(
                 c.span().start,
                 "local.compression",
                 "\"gzip\" (the default) or \"zstd\"",
             )
         })?,
-        None => crate::archive::Codec::Gzip,
+        None => codec::Codec::Gzip,
     };
     let level = match &raw.local.level {
         Some(l) if !compression.levels().contains(l.get_ref()) => {
             let expected = match compression {
-                crate::archive::Codec::Gzip => "a gzip level from 1 to 9 (default 6)",
-                crate::archive::Codec::Zstd => "a zstd level from 1 to 19 (default 3)",
+                codec::Codec::Gzip => "a gzip level from 1 to 9 (default 6)",
+                codec::Codec::Zstd => "a zstd level from 1 to 19 (default 3)",
             };
             return Err(at.err(l.span().start, "local.level", expected));
         }
@@ -497,7 +534,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 ));
             }
         };
-        let keys = crate::source::RawKeys {
+        let keys = service_keys::RawKeys {
             url: s.url.as_ref(),
             host: s.host.as_ref(),
             port: s.port.as_ref(),
@@ -511,10 +548,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             stop_command: s.stop_command.as_ref(),
             start_command: s.start_command.as_ref(),
         };
-        let (postgres, redis) = match crate::source::from_raw(kind, &keys, &at, &base, &key)? {
-            crate::source::Service::Postgres(p) => (Some(p), None),
-            crate::source::Service::Redis(r) => (None, Some(r)),
-            crate::source::Service::None => (None, None),
+        let (postgres, redis) = match services::from_raw(kind, &keys, &at, &base, &key)? {
+            services::Service::Postgres(p) => (Some(p), None),
+            services::Service::Redis(r) => (None, Some(r)),
+            services::Service::None => (None, None),
         };
         let exclude = s
             .exclude
@@ -584,7 +621,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         };
         let host_id = match &r.host_id {
             None => None,
-            Some(h) if crate::namespace::valid_host_id(h.get_ref()) => Some(h.get_ref().clone()),
+            Some(h) if valid_host_id(h.get_ref()) => Some(h.get_ref().clone()),
             Some(h) => {
                 return Err(at.err(
                     h.span().start,
@@ -641,17 +678,16 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     check_layout(&at, &raw.remotes, &local.dir, &remotes)?;
 
     // [hook] [notify] [log] [metrics] [status]
-    let hook = crate::hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
-    let notify = crate::notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
-    let log = crate::logging::LogConfig::from_raw(raw.log.as_ref(), &at, &base)?;
-    let metrics = crate::metrics::MetricsConfig::from_raw(raw.metrics.as_ref(), &at, &base)?;
-    let status = crate::status::StatusConfig::from_raw(raw.status.as_ref(), &at, &base)?;
+    let hook = hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
+    let notify = notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
+    let log = log::LogConfig::from_raw(raw.log.as_ref(), &at, &base)?;
+    let metrics = metrics::MetricsConfig::from_raw(raw.metrics.as_ref(), &at, &base)?;
+    let status = status::StatusConfig::from_raw(raw.status.as_ref(), &at, &base)?;
     // [[health_checks]] [drill]
-    let health_checks = crate::restore::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
-    let drill = crate::drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
+    let health_checks = health::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
+    let drill = drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
     // [encryption]
-    let encryption =
-        crate::crypto::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
+    let encryption = encryption::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
 
     // [restore]
     let max_extract_size = match raw
@@ -660,7 +696,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         .and_then(|r| r.max_extract_size.as_ref())
     {
         None => None,
-        Some(v) => match crate::logging::parse_size(v.get_ref()) {
+        Some(v) => match log::parse_size(v.get_ref()) {
             Ok(n) if n > 0 => Some(n),
             _ => {
                 return Err(at.err(
@@ -1097,4 +1133,18 @@ fn cloud_options(
             Ok(other)
         }
     }
+}
+
+/// Whether `id` can name a host's namespace: one path segment of letters, digits,
+/// `.`, `-`, `_`, not `.` or `..`, and not starting with `-` (that would be `-`, how
+/// the flat layout is shown, or read as an option by `pull --host`).
+pub fn valid_host_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }

@@ -110,7 +110,7 @@ fn adopt_one(a: &LocalArchive) -> Result<Manifest> {
         compression: codec.name().into(),
         encryption: crate::crypto::SCHEME_NONE.into(),
         recipient_fingerprints: Vec::new(),
-        host: crate::backup::hostname(),
+        host: crate::fsutil::hostname(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         sources,
         postgres: Vec::new(),
@@ -208,20 +208,6 @@ pub fn hint(all: &[LocalArchive]) -> Option<String> {
         format!(
             "{n} archive(s) without a manifest (an interrupted backup, or made by another script): if they are finished archives, `pronto-offsite adopt` reads them whole and takes them in"
         )
-    })
-}
-
-/// `doctor`: a failed check when manifest-less archives of ours are in the folder.
-pub fn doctor_check(cfg: &Config) -> Option<crate::doctor::Check> {
-    let all = catalog::scan(&cfg.local).ok()?;
-    let detail = hint(&all)?;
-    Some(crate::doctor::Check {
-        name: "adopt".into(),
-        ok: false,
-        detail,
-        fix: Some(
-            "run `pronto-offsite adopt` (it refuses damaged ones with the reason); delete an interrupted backup's file by hand".into(),
-        ),
     })
 }
 

@@ -15,7 +15,7 @@ use chrono::{SubsecRound, Utc};
 use crate::archive::{write_archive_tapped, ArchiveInput, WriteOptions, WriteTap};
 use crate::catalog::{self, PARTIAL};
 use crate::config::Config;
-use crate::fsutil;
+use crate::fsutil::{self, hostname};
 use crate::manifest::{Manifest, SourceSummary, FORMAT};
 
 /// Run a backup; returns the manifest of the new archive and its path.
@@ -356,11 +356,6 @@ fn remove_stale_partials(cfg: &Config) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// This host's name.
-pub fn hostname() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 /// The text of `backup_info.txt`: when, host, tool version, each source. No secrets.

@@ -311,12 +311,12 @@ pub fn move_to_tier(local: &Local, a: &LocalArchive, tier: Tier) -> Result<PathB
 }
 
 /// Whether an archive named at `time` is in the future at `now` by more than the
-/// clock-skew tolerance ([`crate::plan::FUTURE_TOLERANCE_SECS`]): a clock was wrong when
+/// clock-skew tolerance ([`FUTURE_TOLERANCE_SECS`]): a clock was wrong when
 /// it was made (or is now). Such an archive is flagged by `backup`, `list`, `status` and
 /// `doctor`, kept by prune but never the newest it counts back from, never `latest`,
 /// and never counted as a fresh backup.
 pub fn named_in_future(time: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    time > now + chrono::TimeDelta::seconds(crate::plan::FUTURE_TOLERANCE_SECS)
+    time > now + chrono::TimeDelta::seconds(FUTURE_TOLERANCE_SECS)
 }
 
 /// A warning for an archive named in the future (see [`named_in_future`]).
@@ -338,6 +338,58 @@ impl LocalArchive {
 /// Find one complete local archive by id.
 pub fn find_complete<'a>(all: &'a [LocalArchive], id: &str) -> Option<&'a LocalArchive> {
     all.iter().find(|a| a.name.id == id && a.manifest.is_some())
+}
+
+/// The local copy of archive `what` when it is complete and its SHA-256 and size match
+/// its manifest. Not for `latest` (the pull decides: the newest local archive unless a
+/// remote holds a newer one), nor when `--remote` asks for a remote's copy.
+pub fn local_intact(
+    cfg: &crate::config::Config,
+    what: &str,
+    remote_given: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<Option<PathBuf>> {
+    if what == "latest" || remote_given {
+        return Ok(None);
+    }
+    let Some(id) = id_from_user(&cfg.local.prefix, what) else {
+        return Ok(None);
+    };
+    let all = scan(&cfg.local)?;
+    let Some(a) = find_complete(&all, &id) else {
+        return Ok(None);
+    };
+    let m = a.manifest.as_ref().expect("complete");
+    let (sha, size) = crate::archive::sha256_file(&a.path)?;
+    if hex::encode(sha) != m.sha256 || size != m.size {
+        writeln!(
+            out,
+            "the local copy {} does not match its manifest; fetching it from a remote",
+            a.path.display()
+        )?;
+        return Ok(None);
+    }
+    writeln!(
+        out,
+        "using the local copy {} (sha256 {} verified)",
+        a.path.display(),
+        m.sha256
+    )?;
+    Ok(Some(a.path.clone()))
+}
+
+// ---- names of our own files beside the archives ----
+
+/// An archive named more than this many seconds after now is clock skew: it is kept,
+/// warned about, and never the newest archive the policy counts back from.
+pub const FUTURE_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// The marker's key at the remote's root: a dot name, never one of our archive names.
+pub const MARKER: &str = ".pronto-offsite-remote";
+
+/// The pins document's file name and remote key for a prefix: `PREFIX.pins.json`.
+pub fn pins_file_name(prefix: &str) -> String {
+    format!("{prefix}.pins.json")
 }
 
 #[cfg(test)]

@@ -559,7 +559,7 @@ fn run(cli: Cli) -> Result<i32> {
             all_hosts: true,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
-            runtime()?.block_on(crate::namespace::list_all_hosts(
+            runtime()?.block_on(crate::list::list_all_hosts(
                 &cfg,
                 remote.as_deref(),
                 json,

@@ -6,6 +6,8 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
+use pronto_backends::ObjectMeta;
+
 use crate::catalog;
 use crate::config::Config;
 use crate::fsutil::human_bytes;
@@ -157,5 +159,124 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
         crate::error::EXIT_PARTIAL
     } else {
         crate::error::EXIT_OK
+    })
+}
+
+/// `list --all-hosts`: every host's archives on each remote (read from the whole root,
+/// not only this host's namespace), with `-` for archives in the flat layout.
+pub async fn list_all_hosts(
+    cfg: &crate::config::Config,
+    only: Option<&str>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<i32> {
+    use crate::fsutil::human_bytes;
+
+    #[derive(serde::Serialize)]
+    struct Row {
+        remote: String,
+        host: String,
+        id: String,
+        file: String,
+        size: Option<u64>,
+        status: &'static str,
+    }
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for remote in crate::remotes::selected(cfg, only)? {
+        let mut whole = remote.clone();
+        whole.host_id = None;
+        let listing = match crate::remotes::open_read_only(&whole) {
+            Ok(r) => crate::retry::retry(r.retry, &format!("listing of {}", r.name), || {
+                r.backend.list("")
+            })
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push((remote.name.clone(), e));
+                continue;
+            }
+        };
+        // The flat layout first, then each host's namespace.
+        let mut groups: Vec<(String, Vec<ObjectMeta>)> = vec![(
+            crate::namespace::FLAT.into(),
+            listing
+                .iter()
+                .filter(|o| !o.key.contains('/'))
+                .cloned()
+                .collect(),
+        )];
+        for h in crate::namespace::hosts_in(&listing) {
+            let ns = format!("{h}/");
+            let mine = listing
+                .iter()
+                .filter_map(|o| {
+                    let k = o.key.strip_prefix(&ns)?;
+                    Some(ObjectMeta {
+                        key: k.to_string(),
+                        ..o.clone()
+                    })
+                })
+                .collect();
+            groups.push((h, mine));
+        }
+        for (host, objs) in groups {
+            let st = crate::plan::remote_state(&cfg.local.prefix, &objs);
+            for a in st.archives.values() {
+                rows.push(Row {
+                    remote: remote.name.clone(),
+                    host: host.clone(),
+                    id: a.name.id.clone(),
+                    file: a.name.file.clone(),
+                    size: a.size,
+                    status: if a.complete() {
+                        "complete"
+                    } else {
+                        "incomplete"
+                    },
+                });
+            }
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "archives": rows,
+            "errors": errors.iter().map(|(n, e)| serde_json::json!({"remote": n, "error": e})).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:<12} {:<20} {:<16} {:>10}  STATUS",
+            "REMOTE", "HOST", "ID", "SIZE"
+        )?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:<12} {:<20} {:<16} {:>10}  {}",
+                r.remote,
+                r.host,
+                r.id,
+                r.size.map(human_bytes).unwrap_or_else(|| "?".into()),
+                r.status
+            )?;
+        }
+        writeln!(
+            out,
+            "{} archive(s); restore another host's with `pull --host HOST ID`",
+            rows.len()
+        )?;
+        for (name, e) in &errors {
+            writeln!(out, "ERROR: {}", crate::remotes::unlisted(name, e))?;
+        }
+    }
+    Ok(if errors.is_empty() {
+        crate::error::EXIT_OK
+    } else {
+        crate::error::EXIT_PARTIAL
     })
 }

@@ -23,8 +23,7 @@ use crate::replicate::RemoteHandle;
 use crate::retry::retry;
 use pronto_backends::BackendError;
 
-/// The marker's key at the remote's root: a dot name, never one of our archive names.
-pub const MARKER: &str = ".pronto-offsite-remote";
+pub use crate::catalog::MARKER;
 
 /// What the marker holds (for a human who finds it; the tool only checks it exists).
 #[derive(Serialize, Deserialize)]
@@ -113,7 +112,7 @@ pub async fn ensure(
     let marker = Marker {
         format: 1,
         created: Utc::now(),
-        host: crate::backup::hostname(),
+        host: crate::fsutil::hostname(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
     let body = Bytes::from(serde_json::to_vec_pretty(&marker)?);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, Tier};
 pub use crate::config::metrics::MetricsConfig;
 use crate::config::Config;
-use crate::hook::Report;
+use crate::report::Report;
 
 /// The state file's name in the backup folder.
 pub const STATE_FILE: &str = ".pronto-offsite.state.json";
@@ -108,7 +108,7 @@ pub struct LastRun {
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     pub duration_seconds: f64,
-    pub status: crate::notify::Outcome,
+    pub status: crate::report::Outcome,
     pub exit_code: i32,
     /// Size of the archive the run made, if it made one.
     #[serde(default)]

@@ -11,35 +11,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 pub use crate::config::notify::{
     CommandNotify, NotifyConfig, On, Ping, Webhook, WebhookFormat, DEFAULT_TIMEOUT,
 };
-use crate::hook::Report;
-
-/// What a run came to, for `on = [...]`: `partial` counts as a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Success,
-    Partial,
-    Failure,
-}
-
-impl Outcome {
-    pub fn is_success(self) -> bool {
-        self == Outcome::Success
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Partial => "partial",
-            Outcome::Failure => "failure",
-        }
-    }
-}
+pub use crate::report::{Outcome, Report};
 
 impl On {
     /// Whether a channel with this setting fires for a run that came to `o`.

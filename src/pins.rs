@@ -38,10 +38,7 @@ use crate::retry::retry;
 /// Version of the pins document.
 pub const FORMAT: u32 = 1;
 
-/// The pins document's file name and remote key for a prefix: `PREFIX.pins.json`.
-pub fn file_name(prefix: &str) -> String {
-    format!("{prefix}.pins.json")
-}
+pub use crate::catalog::pins_file_name as file_name;
 
 /// The local pins file.
 pub fn local_path(local: &Local) -> PathBuf {

@@ -42,10 +42,10 @@ pub struct RemoteState {
 /// Read a listing into a [`RemoteState`]. Only names of our prefix and format count.
 pub fn remote_state(prefix: &str, objects: &[ObjectMeta]) -> RemoteState {
     let mut st = RemoteState::default();
-    let pins_key = crate::pins::file_name(prefix);
+    let pins_key = crate::catalog::pins_file_name(prefix);
     for o in objects {
         // Our own pins object and remote marker: neither an archive nor foreign.
-        if o.key == pins_key || o.key == crate::marker::MARKER {
+        if o.key == pins_key || o.key == crate::catalog::MARKER {
             continue;
         }
         let (file, is_manifest) = match o.key.strip_suffix(".manifest.json") {
@@ -196,9 +196,7 @@ impl RemoteState {
 
 // ---- prune ----
 
-/// An archive named more than this many seconds after now is clock skew: it is kept,
-/// warned about, and never the newest archive the policy counts back from.
-pub const FUTURE_TOLERANCE_SECS: i64 = 5 * 60;
+pub use crate::catalog::FUTURE_TOLERANCE_SECS;
 
 /// One archive a location holds, as prune sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -388,7 +388,7 @@ async fn note_versioning(r: &RemoteHandle, rep: &LocationReport, out: &mut dyn W
     }
     match r.backend.versioning().await {
         Ok(Some(v)) if !v.noncurrent_expiration => {
-            let msg = crate::doctor::versioning_warning(&v, &r.backend.describe());
+            let msg = crate::remotes::versioning_warning(&v, &r.backend.describe());
             tracing::warn!("remote {}: {msg}", r.name);
             let _ = writeln!(
                 out,

@@ -123,7 +123,7 @@ async fn run_inner(
     // A complete local copy whose hash matches its manifest is the source: no remote is
     // asked (none need be reachable). `--remote NAME` forces one.
     if only.is_none() {
-        if let Some(path) = crate::restore::local_intact(cfg, what, false, out)? {
+        if let Some(path) = crate::catalog::local_intact(cfg, what, false, out)? {
             return from_local(cfg, path, to, out);
         }
     }
@@ -137,7 +137,7 @@ async fn run_inner(
     let selected = remotes::selected(cfg, only)?;
     if selected.is_empty() {
         if let Some((id, _)) = &local_newest {
-            if let Some(path) = crate::restore::local_intact(cfg, id, false, out)? {
+            if let Some(path) = crate::catalog::local_intact(cfg, id, false, out)? {
                 return from_local(cfg, path, to, out);
             }
         }
@@ -209,7 +209,7 @@ async fn run_inner(
                     errors.join("; ")
                 )?;
             }
-            if let Some(path) = crate::restore::local_intact(cfg, id, false, out)? {
+            if let Some(path) = crate::catalog::local_intact(cfg, id, false, out)? {
                 return from_local(cfg, path, to, out);
             }
         }
@@ -433,7 +433,7 @@ async fn download_checked(
     Ok(())
 }
 
-/// `pull` of an intact local copy (see [`crate::restore::local_intact`]): extracted into
+/// `pull` of an intact local copy (see [`crate::catalog::local_intact`]): extracted into
 /// `to` when given, with the same checks as a downloaded one.
 fn from_local(
     cfg: &Config,

@@ -94,3 +94,11 @@ pub fn selected<'a>(cfg: &'a Config, only: Option<&str>) -> Result<Vec<&'a Remot
         },
     }
 }
+
+/// What a versioned bucket without a noncurrent-version rule means for prune.
+pub fn versioning_warning(v: &pronto_backends::Versioning, desc: &str) -> String {
+    format!(
+        "bucket versioning is {} on {desc}: a deleted (pruned) archive stays as a noncurrent version and keeps costing until a lifecycle rule expires noncurrent versions; none does",
+        v.status
+    )
+}

@@ -227,7 +227,7 @@ async fn write_manifest(r: &RemoteHandle, manifest: &Manifest, file: &str) -> Re
 }
 
 /// Finish an archive whose bytes reached the remote some other way (`backup --push`
-/// streams them while the archive is written, see [`crate::stream_upload`]): check the
+/// streams them while the archive is written, see the `stream_upload` module): check the
 /// remote copy as [`upload_archive`] does (size, then the SHA-256 the backend recorded,
 /// else a read-back), then write the manifest, the commit marker, last.
 ///

@@ -249,7 +249,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let path = match local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
+    let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
         Some(p) => p,
         None => rt.block_on(crate::pull::run_for_extract(
             cfg,
@@ -671,44 +671,6 @@ pub fn top_folder(prefix: &str, file: &str) -> String {
         Some(n) => n.stem().to_string(),
         None => file.split(".tar").next().unwrap_or(file).to_string(),
     }
-}
-
-/// The local copy of archive `what` when it is complete and its SHA-256 and size match
-/// its manifest. Not for `latest` (the pull decides: the newest local archive unless a
-/// remote holds a newer one), nor when `--remote` asks for a remote's copy.
-pub(crate) fn local_intact(
-    cfg: &Config,
-    what: &str,
-    remote_given: bool,
-    out: &mut dyn Write,
-) -> Result<Option<PathBuf>> {
-    if what == "latest" || remote_given {
-        return Ok(None);
-    }
-    let Some(id) = crate::catalog::id_from_user(&cfg.local.prefix, what) else {
-        return Ok(None);
-    };
-    let all = crate::catalog::scan(&cfg.local)?;
-    let Some(a) = crate::catalog::find_complete(&all, &id) else {
-        return Ok(None);
-    };
-    let m = a.manifest.as_ref().expect("complete");
-    let (sha, size) = crate::archive::sha256_file(&a.path)?;
-    if hex::encode(sha) != m.sha256 || size != m.size {
-        writeln!(
-            out,
-            "the local copy {} does not match its manifest; fetching it from a remote",
-            a.path.display()
-        )?;
-        return Ok(None);
-    }
-    writeln!(
-        out,
-        "using the local copy {} (sha256 {} verified)",
-        a.path.display(),
-        m.sha256
-    )?;
-    Ok(Some(a.path.clone()))
 }
 
 fn restore_globals(

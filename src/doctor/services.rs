@@ -3,8 +3,9 @@
 //! answering PING with its `data_dir` readable (and the one the server uses), and every
 //! configured stop/start command's program present. Each failure says how to fix it.
 
+use super::check::Check;
 use crate::config::Config;
-use crate::doctor::{which, Check};
+use crate::fsutil::which;
 use crate::source::CommandLine;
 
 fn check(name: String, res: Result<String, (String, &str)>) -> Check {

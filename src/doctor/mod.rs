@@ -9,43 +9,22 @@
 //!
 //! Exit 0 when every check passes, 1 when one fails, 2 when the config itself is broken.
 
+mod check;
+pub mod services;
+
+use crate::fsutil::which;
+pub use check::Check;
+use check::{fail, ok};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use bytes::Bytes;
-use serde::Serialize;
 
 use crate::config::{Config, SourceKind};
 use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 use crate::fsutil::human_bytes;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-    /// What to do about a failure.
-    pub fix: Option<String>,
-}
-
-fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        ok: true,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        ok: false,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
-}
 
 /// Run doctor on a config file (loaded here, so that a broken one is a failed check).
 pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Result<i32> {
@@ -75,8 +54,8 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
         checks.extend(postgres_checks(cfg));
         checks.extend(ops_checks(cfg));
         checks.extend(encryption_checks(cfg));
-        checks.extend(crate::adopt::doctor_check(cfg));
-        checks.extend(crate::doctor_services::checks(cfg));
+        checks.extend(adopt_check(cfg));
+        checks.extend(services::checks(cfg));
         checks.push(schedule_check());
     }
     print(&checks, json, out)?;
@@ -588,7 +567,7 @@ pub async fn versioning_check(
         )),
         Ok(Some(v)) => Some(fail(
             name,
-            versioning_warning(&v, &desc),
+            crate::remotes::versioning_warning(&v, &desc),
             rule_fix,
         )),
         Err(e) => Some(fail(
@@ -597,32 +576,6 @@ pub async fn versioning_check(
             permission_fix,
         )),
     }
-}
-
-/// What a versioned bucket without a noncurrent-version rule means for prune.
-pub fn versioning_warning(v: &pronto_backends::Versioning, desc: &str) -> String {
-    format!(
-        "bucket versioning is {} on {desc}: a deleted (pruned) archive stays as a noncurrent version and keeps costing until a lifecycle rule expires noncurrent versions; none does",
-        v.status
-    )
-}
-
-/// `name` on `$PATH` (or as given, when it has a slash).
-pub fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exe = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return is_exe(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_exe(p))
 }
 
 fn tool_checks(cfg: &Config) -> Vec<Check> {
@@ -711,6 +664,20 @@ fn ops_checks(cfg: &Config) -> Vec<Check> {
         }
     }
     v
+}
+
+/// `doctor`: a failed check when manifest-less archives of ours are in the folder.
+fn adopt_check(cfg: &Config) -> Option<Check> {
+    let all = crate::catalog::scan(&cfg.local).ok()?;
+    let detail = crate::adopt::hint(&all)?;
+    Some(Check {
+        name: "adopt".into(),
+        ok: false,
+        detail,
+        fix: Some(
+            "run `pronto-offsite adopt` (it refuses damaged ones with the reason); delete an interrupted backup's file by hand".into(),
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -232,7 +232,7 @@ Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill 
         #[arg(long, conflicts_with = "restore_test")]
         deep: bool,
         /// Hash, read and (--deep) download only a random share of the archives, e.g. 10%
-        #[arg(long, value_name = "SHARE", value_parser = crate::verify::parse_sample, conflicts_with = "restore_test")]
+        #[arg(long, value_name = "SHARE", value_parser = crate::cmd::verify::parse_sample, conflicts_with = "restore_test")]
         sample: Option<f64>,
         /// Restore into throwaway servers and compare with the manifest (required: the only mode so far)
         #[arg(long)]
@@ -260,7 +260,7 @@ The file is the `age-keygen` format: `age -d -i KEY NAME.tar.gz.age | tar -xz` w
     #[command(
         after_help = "Example (which of these the configured policy keeps):\n  ls /var/backups/pronto | pronto-offsite policy --json"
     )]
-    Policy(crate::policy_cmd::PolicyArgs),
+    Policy(crate::cmd::policy::PolicyArgs),
     /// For cron or a systemd timer: backup, push to every remote, prune, report and notify
     #[command(
         after_help = "Example (cron, daily at 2 AM):\n  0 2 * * * /usr/local/bin/pronto-offsite -q hook\n\n\
@@ -354,7 +354,7 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 }
 
 fn parse_max_age(s: &str) -> std::result::Result<std::time::Duration, String> {
-    crate::status::parse_max_age(s)
+    crate::cmd::status::parse_max_age(s)
 }
 
 /// Load the config, and from then on log to its `[log] file` too.
@@ -451,11 +451,11 @@ fn run(cli: Cli) -> Result<i32> {
                 s.exclude.extend(exclude.iter().cloned());
             }
             if dry_run {
-                return crate::backup::dry_run_cmd(&cfg, &mut out);
+                return crate::cmd::backup::dry_run_cmd(&cfg, &mut out);
             }
             let started = std::time::Instant::now();
             let (m, path, code) = if let Some(dir) = &output {
-                let (m, path) = crate::backup::run_to(&cfg, dir)?;
+                let (m, path) = crate::cmd::backup::run_to(&cfg, dir)?;
                 (m, path, EXIT_OK)
             } else if push {
                 // The backup and its push under the one lock, taken once.
@@ -464,9 +464,9 @@ fn run(cli: Cli) -> Result<i32> {
                 // The push's lines go to stderr (stdout carries the id), not with -q.
                 let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
                 let lines: &mut dyn Write = if cli.quiet { &mut quiet } else { &mut lines };
-                crate::stream_upload::run_backup_push(&cfg, lines)?
+                crate::cmd::backup_and_push::run_backup_push(&cfg, lines)?
             } else {
-                let (m, path) = crate::backup::run(&cfg)?;
+                let (m, path) = crate::cmd::backup::run(&cfg)?;
                 (m, path, EXIT_OK)
             };
             tracing::info!(
@@ -508,7 +508,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut quiet = std::io::sink();
             let mut lines = crate::progress::Suspending(&mut out);
             let progress: &mut dyn Write = if json { &mut quiet } else { &mut lines };
-            let reports = rt.block_on(crate::push::run_with(
+            let reports = rt.block_on(crate::cmd::push::run_with(
                 &cfg,
                 remote.as_deref(),
                 dry_run,
@@ -518,12 +518,17 @@ fn run(cli: Cli) -> Result<i32> {
             if cleanup {
                 let mut stderr = std::io::stderr();
                 let notes: &mut dyn Write = if json { &mut stderr } else { progress };
-                rt.block_on(crate::cleanup::run(&cfg, remote.as_deref(), dry_run, notes))?;
+                rt.block_on(crate::cmd::abandoned_uploads::run(
+                    &cfg,
+                    remote.as_deref(),
+                    dry_run,
+                    notes,
+                ))?;
             }
             if json {
-                crate::hook::print_push_json(&reports, dry_run, &mut out)
+                crate::cmd::hook::print_push_json(&reports, dry_run, &mut out)
             } else {
-                Ok(crate::push::exit_code(&reports))
+                Ok(crate::cmd::push::exit_code(&reports))
             }
         }
         Command::Prune {
@@ -534,16 +539,16 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let cfg = load_config(cli.config.as_deref())?;
             let scope = match (local, remote) {
-                (true, _) => crate::prune::Scope::Local,
-                (false, Some(name)) => crate::prune::Scope::Remote(name),
-                (false, None) => crate::prune::Scope::All,
+                (true, _) => crate::cmd::prune::Scope::Local,
+                (false, Some(name)) => crate::cmd::prune::Scope::Remote(name),
+                (false, None) => crate::cmd::prune::Scope::All,
             };
-            let opts = crate::prune::PruneOptions {
+            let opts = crate::cmd::prune::PruneOptions {
                 scope,
                 dry_run,
                 force,
             };
-            runtime()?.block_on(crate::prune::run(&cfg, &opts, &mut out))
+            runtime()?.block_on(crate::cmd::prune::run(&cfg, &opts, &mut out))
         }
         Command::Pin { id } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -559,7 +564,7 @@ fn run(cli: Cli) -> Result<i32> {
             all_hosts: true,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
-            runtime()?.block_on(crate::list::list_all_hosts(
+            runtime()?.block_on(crate::cmd::list::list_all_hosts(
                 &cfg,
                 remote.as_deref(),
                 json,
@@ -568,7 +573,12 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::List { remote, json, .. } => {
             let cfg = load_config(cli.config.as_deref())?;
-            runtime()?.block_on(crate::list::run(&cfg, remote.as_deref(), json, &mut out))
+            runtime()?.block_on(crate::cmd::list::run(
+                &cfg,
+                remote.as_deref(),
+                json,
+                &mut out,
+            ))
         }
         Command::Pull {
             id,
@@ -587,13 +597,13 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(h) = host {
-                cfg = crate::namespace::as_host(&cfg, &h)?;
+                cfg = crate::host_namespace::as_host(&cfg, &h)?;
             }
             override_identity(&mut cfg, identity);
             if max_extract_size.is_some() {
                 cfg.max_extract_size = max_extract_size;
             }
-            let opts = crate::restore::RestoreOptions {
+            let opts = crate::cmd::restore::RestoreOptions {
                 id,
                 remote,
                 only,
@@ -603,7 +613,7 @@ fn run(cli: Cli) -> Result<i32> {
                 replace_target_db,
                 reset_roles,
             };
-            crate::restore::run(&cfg, &opts, &mut out)
+            crate::cmd::restore::run(&cfg, &opts, &mut out)
         }
         Command::Verify {
             id,
@@ -617,7 +627,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let mut cfg = load_config(cli.config.as_deref())?;
             override_identity(&mut cfg, identity);
-            let opts = crate::verify::VerifyOptions {
+            let opts = crate::cmd::verify::VerifyOptions {
                 id,
                 local,
                 remote,
@@ -625,7 +635,7 @@ fn run(cli: Cli) -> Result<i32> {
                 deep,
                 json,
             };
-            let res = runtime()?.block_on(crate::verify::run(&cfg, &opts, &mut out));
+            let res = runtime()?.block_on(crate::cmd::verify::run(&cfg, &opts, &mut out));
             crate::metrics::record_verify(&cfg, &res);
             res
         }
@@ -644,8 +654,8 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let mut cfg = load_config(cli.config.as_deref())?;
             override_identity(&mut cfg, identity);
-            let opts = crate::drill::DrillOptions { id, remote, json };
-            let res = crate::drill::run(&cfg, &opts, &mut out);
+            let opts = crate::cmd::restore_drill::DrillOptions { id, remote, json };
+            let res = crate::cmd::restore_drill::run(&cfg, &opts, &mut out);
             crate::metrics::record_verify(&cfg, &res);
             res
         }
@@ -662,7 +672,7 @@ fn run(cli: Cli) -> Result<i32> {
             crate::progress::enable(bars && !json);
             let mut cfg = load_config(cli.config.as_deref())?;
             if let Some(h) = host {
-                cfg = crate::namespace::as_host(&cfg, &h)?;
+                cfg = crate::host_namespace::as_host(&cfg, &h)?;
             }
             override_identity(&mut cfg, identity);
             if max_extract_size.is_some() {
@@ -671,7 +681,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut sink = std::io::sink();
             let mut lines = crate::progress::Suspending(&mut out);
             let text: &mut dyn Write = if json { &mut sink } else { &mut lines };
-            let pulled = runtime()?.block_on(crate::pull::run_report(
+            let pulled = runtime()?.block_on(crate::cmd::pull::run_report(
                 &cfg,
                 &id,
                 remote.as_deref(),
@@ -700,7 +710,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             };
             let stdin = std::io::stdin();
-            crate::policy_cmd::run(&policy, stdin.lock(), args.json, &mut out)?;
+            crate::cmd::policy::run(&policy, stdin.lock(), args.json, &mut out)?;
             Ok(EXIT_OK)
         }
         Command::Hook {
@@ -709,12 +719,12 @@ fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
-            let opts = crate::hook::HookOptions {
+            let opts = crate::cmd::hook::HookOptions {
                 no_backup,
                 lock_wait,
                 json,
             };
-            crate::hook::run(&cfg, &opts, &mut out)
+            crate::cmd::hook::run(&cfg, &opts, &mut out)
         }
         Command::Status {
             max_age,
@@ -722,12 +732,12 @@ fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
-            let opts = crate::status::StatusOptions {
+            let opts = crate::cmd::status::StatusOptions {
                 max_age,
                 remote,
                 json,
             };
-            runtime()?.block_on(crate::status::run(&cfg, &opts, &mut out))
+            runtime()?.block_on(crate::cmd::status::run(&cfg, &opts, &mut out))
         }
         Command::Keygen { output } => {
             let output = match output {
@@ -739,9 +749,9 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Adopt { paths } => {
             let cfg = load_config(cli.config.as_deref())?;
-            crate::adopt::run(&cfg, &paths, &mut out)
+            crate::cmd::adopt::run(&cfg, &paths, &mut out)
         }
-        Command::Doctor { json } => crate::doctor::run(cli.config.as_deref(), json, &mut out),
+        Command::Doctor { json } => crate::cmd::doctor::run(cli.config.as_deref(), json, &mut out),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pronto-offsite", &mut out);

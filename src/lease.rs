@@ -72,7 +72,7 @@ pub async fn acquire_with(r: &RemoteHandle, prefix: &str, ttl: Duration) -> Resu
     let key = key(prefix);
     let started = Utc::now();
     let body = Body {
-        host: crate::namespace::default_host_id(),
+        host: crate::host_namespace::default_host_id(),
         pid: std::process::id(),
         started,
         expires: started + ttl,

@@ -1,52 +1,50 @@
 //! pronto-offsite: back up a self-hosted platform and keep the backups safe off-site.
 //!
-//! Flow: sources → [`archive`] (one streaming pass) → local [`catalog`] →
-//! [`retention`] (pure) → [`plan`] (pure) → [`replicate`] → remotes
-//! (`pronto_backends::Backend`) → [`pull`] and [`extract`].
+//! The layers, each importing only those below it (docs/architecture.md; `tests/architecture.rs`
+//! fails on an import circle):
+//!
+//! 1. [`cli`]: arguments, dispatch, `-q` ([`quiet`]).
+//! 2. [`cmd`]: one module per command (`backup`, `push`, `prune`, `pull`, `hook`, ...).
+//! 3. The engine: sources ([`source`]) → [`archive`] (one streaming pass) → the local
+//!    [`catalog`] → [`retention`] and [`plan`] (pure) → [`replicate`] (the one upload and
+//!    download loop) → remotes ([`remotes`], wrapped by [`host_namespace`] and [`bwlimit`])
+//!    → [`extract`]; around them [`lock`], [`lease`], [`journal`], [`pins`], [`marker`],
+//!    [`manifest`], [`crypto`], [`report`], [`metrics`], [`notify`].
+//! 4. [`config`] (every raw and validated type) and the leaves: [`error`] (exit codes),
+//!    [`retry`], [`fsutil`], [`secrets`].
+//! 5. The `pronto_backends` crate: the `Backend` trait and its four implementations.
 
-pub mod adopt;
+pub mod cli;
+pub mod cmd;
+pub mod quiet;
+
 pub mod archive;
-pub mod backup;
 pub mod bwlimit;
 pub mod catalog;
-pub mod cleanup;
-pub mod cli;
-pub mod config;
 pub mod crypto;
-pub mod doctor;
-pub mod drill;
-pub mod error;
 pub mod exclude;
 pub mod extract;
-pub mod fsutil;
-pub mod hook;
+pub mod host_namespace;
 pub mod journal;
 pub mod lease;
-pub mod list;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod marker;
 pub mod metrics;
-pub mod namespace;
 pub mod notify;
 pub mod owners;
 pub mod pins;
 pub mod plan;
-pub mod policy_cmd;
 pub mod progress;
-pub mod prune;
-pub mod pull;
-pub mod push;
-pub mod quiet;
 pub mod remotes;
 pub mod replicate;
 pub mod report;
-pub mod restore;
 pub mod retention;
+pub mod source;
+
+pub mod config;
+pub mod error;
+pub mod fsutil;
 pub mod retry;
 pub mod secrets;
-pub mod source;
-pub mod status;
-pub mod stream_upload;
-pub mod verify;

@@ -7,7 +7,7 @@ use pronto_backends::local::LocalBackend;
 
 use crate::config::{Config, Remote, RemoteLocation};
 use crate::error::usage;
-use crate::namespace::NamespacedBackend;
+use crate::host_namespace::NamespacedBackend;
 use crate::replicate::RemoteHandle;
 use crate::retry::RetryPolicy;
 

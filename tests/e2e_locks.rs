@@ -453,7 +453,7 @@ fn a_stale_lease_of_a_dead_local_pid_is_taken_over_at_once() {
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    let host = pronto_offsite::namespace::default_host_id();
+    let host = pronto_offsite::host_namespace::default_host_id();
     let now = chrono::Utc::now();
     let lease = serde_json::json!({
         "host": host,

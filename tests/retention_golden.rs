@@ -6,7 +6,7 @@
 mod reference;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use pronto_offsite::policy_cmd;
+use pronto_offsite::cmd::policy;
 use pronto_offsite::retention::{self, Count, Decision, Policy, Span, Tier};
 use reference::{ref_forget, RefPolicy};
 
@@ -707,7 +707,7 @@ fn golden_empty_policy_is_an_error_not_delete_everything() {
     assert_eq!(d[0].reasons, vec!["policy is empty"]);
     assert_eq!(d[1].reasons, vec!["pinned", "policy is empty"]);
 
-    let err = policy_cmd::run(
+    let err = policy::run(
         &empty,
         "x-20250101-000000\n".as_bytes(),
         true,
@@ -721,7 +721,7 @@ fn golden_empty_policy_is_an_error_not_delete_everything() {
 
 fn run(p: &Policy, input: &str, json: bool) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    policy_cmd::run(p, input.as_bytes(), json, &mut out)?;
+    policy::run(p, input.as_bytes(), json, &mut out)?;
     Ok(String::from_utf8(out).unwrap())
 }
 

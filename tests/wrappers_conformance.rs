@@ -25,7 +25,7 @@ fn wrapped(wrap: fn(Arc<dyn Backend>) -> Arc<dyn Backend>) -> Harness {
 
 mod namespaced {
     use super::*;
-    use pronto_offsite::namespace::NamespacedBackend;
+    use pronto_offsite::host_namespace::NamespacedBackend;
 
     fn harness() -> Harness {
         wrapped(|inner| Arc::new(NamespacedBackend::new(inner, "host-a")))

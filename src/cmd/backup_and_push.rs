@@ -48,14 +48,14 @@ use pronto_backends::UploadId;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
 
-use crate::backup::{BackupOptions, Started, Watch};
+use crate::cmd::backup::{BackupOptions, Started, Watch};
+use crate::cmd::push::RemoteReport;
 use crate::config::Config;
 use crate::error::{EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil::human_bytes;
 use crate::journal::{Intent, Journal};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
-use crate::push::RemoteReport;
 use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
 
@@ -83,7 +83,7 @@ struct Tail {
     end: Option<End>,
 }
 
-/// The writer's side: fed by [`crate::backup::Watch`], read by the uploaders.
+/// The writer's side: fed by [`crate::cmd::backup::Watch`], read by the uploaders.
 struct Feed {
     tx: watch::Sender<Tail>,
     partial: StdMutex<Option<PathBuf>>,
@@ -539,7 +539,7 @@ pub fn backup_and_push(
         on_start: Some(&on_start),
         tap: Some(Arc::new(move |n| tap_feed.written(n))),
     };
-    let backup = crate::backup::run_watched(cfg, &BackupOptions::default(), &watch);
+    let backup = crate::cmd::backup::run_watched(cfg, &BackupOptions::default(), &watch);
     feed.end(match &backup {
         Ok((m, _)) => End::Done(Arc::new(m.clone())),
         Err(_) => End::Failed,
@@ -608,7 +608,7 @@ pub fn backup_and_push(
         Ok(Vec::new())
     } else {
         let mut cut = DropSummary::new(&mut *out);
-        let res = rt.block_on(crate::push::run_with(
+        let res = rt.block_on(crate::cmd::push::run_with(
             &rest, None, false, opts.prune, &mut cut,
         ));
         cut.finish();

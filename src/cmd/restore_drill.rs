@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
+use crate::cmd::restore::top_folder;
 pub use crate::config::drill::DrillConfig;
 use crate::config::Config;
 use crate::error::{EXIT_OK, EXIT_VERIFY};
 use crate::manifest::{Manifest, Section};
-use crate::restore::top_folder;
 use crate::source::postgres::{PgClient, PgSource};
 use crate::source::rdb;
 use crate::source::redis::RedisClient;
@@ -138,7 +138,7 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         .build()?;
     let mut sink = std::io::sink();
     let pull_out: &mut dyn Write = if opts.json { &mut sink } else { out };
-    let path = rt.block_on(crate::pull::run_for_extract(
+    let path = rt.block_on(crate::cmd::pull::run_for_extract(
         cfg,
         &opts.id,
         opts.remote.as_deref(),

@@ -263,7 +263,7 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
             .filter_map(|a| a.manifest.map(|m| m.size))
             .next_back()
     });
-    match crate::status::free_space(dir) {
+    match crate::cmd::status::free_space(dir) {
         Some(d) => match newest {
             Some(size) if d.free_bytes < size.saturating_add(size / 10) => v.push(fail(
                 "disk space",
@@ -301,7 +301,7 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
                 "fix the source's `path`, or run pronto-offsite as a user that can read it (root for Docker volumes)",
             )),
         }
-        let left = crate::restore::interrupted_restore_leftovers(path);
+        let left = crate::cmd::restore::interrupted_restore_leftovers(path);
         if !left.is_empty() {
             let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
             v.push(fail(
@@ -669,7 +669,7 @@ fn ops_checks(cfg: &Config) -> Vec<Check> {
 /// `doctor`: a failed check when manifest-less archives of ours are in the folder.
 fn adopt_check(cfg: &Config) -> Option<Check> {
     let all = crate::catalog::scan(&cfg.local).ok()?;
-    let detail = crate::adopt::hint(&all)?;
+    let detail = crate::cmd::adopt::hint(&all)?;
     Some(Check {
         name: "adopt".into(),
         ok: false,

@@ -124,7 +124,7 @@ pub async fn run_with(
     };
     // An archive whose manifest write was killed gets it back first (reported).
     if !dry_run {
-        for line in crate::backup::repair_orphans(cfg) {
+        for line in crate::cmd::backup::repair_orphans(cfg) {
             writeln!(out, "{line}")?;
         }
     }
@@ -276,7 +276,7 @@ async fn prune_after_push(
     out: &mut dyn Write,
 ) -> Result<()> {
     let state = if dry_run {
-        crate::prune::list_state(cfg, r)
+        crate::cmd::prune::list_state(cfg, r)
             .await?
             .with_uploads(uploads)
     } else if r.backend.supports_put_if_absent() {
@@ -285,11 +285,11 @@ async fn prune_after_push(
         // empty state plans no deletion.)
         plan::RemoteState::default()
     } else {
-        crate::prune::list_state(cfg, r).await?
+        crate::cmd::prune::list_state(cfg, r).await?
     };
     let remote_pins = crate::pins::read_remote(r, &cfg.local.prefix).await?;
     let pins = local_pins.union(&remote_pins).cloned().collect();
-    let prep = crate::prune::prune_remote(
+    let prep = crate::cmd::prune::prune_remote(
         cfg,
         r,
         &state,
@@ -376,7 +376,7 @@ async fn without_policy_drops(
             r.name, d.archive.name.file, policy
         )?;
         if !dry_run {
-            crate::prune::record_offsite_pruned(&cfg.local, &d.archive.name.file);
+            crate::cmd::prune::record_offsite_pruned(&cfg.local, &d.archive.name.file);
         }
     }
     Ok(keep)

@@ -91,11 +91,11 @@ fn no_archives_message(selected: &[&crate::config::Remote]) -> String {
     let host = selected
         .first()
         .and_then(|r| r.host_id.clone())
-        .unwrap_or_else(|| crate::namespace::FLAT.to_string());
+        .unwrap_or_else(|| crate::host_namespace::FLAT.to_string());
     format!(
         "host '{host}' has no archives on {} (`pronto-offsite list --all-hosts` shows every host's archives; {} is the flat layout)",
         names(selected),
-        crate::namespace::FLAT
+        crate::host_namespace::FLAT
     )
 }
 

@@ -1,6 +1,6 @@
 //! `verify [<id>] [--local | --remote NAME] [--sample 10%] [--deep]`: check archives
 //! against their manifests, locally and on every remote, without restoring anything
-//! (`verify <id> --restore-test` is the restore drill, in [`crate::drill`]).
+//! (`verify <id> --restore-test` is the restore drill, in [`crate::cmd::restore_drill`]).
 //!
 //! - Local: each archive's size and SHA-256 against its manifest, then decompress it and
 //!   read every tar entry ([`crate::extract::check_readable_with`]). An encrypted archive

@@ -146,7 +146,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 writeln!(out, "WARNING: {}", catalog::future_warning(&row.file, time))?;
             }
         }
-        if let Some(h) = crate::adopt::hint(&local) {
+        if let Some(h) = crate::cmd::adopt::hint(&local) {
             writeln!(out, "{h}")?;
         }
         for (name, st) in &states {
@@ -203,14 +203,14 @@ pub async fn list_all_hosts(
         };
         // The flat layout first, then each host's namespace.
         let mut groups: Vec<(String, Vec<ObjectMeta>)> = vec![(
-            crate::namespace::FLAT.into(),
+            crate::host_namespace::FLAT.into(),
             listing
                 .iter()
                 .filter(|o| !o.key.contains('/'))
                 .cloned()
                 .collect(),
         )];
-        for h in crate::namespace::hosts_in(&listing) {
+        for h in crate::host_namespace::hosts_in(&listing) {
             let ns = format!("{h}/");
             let mine = listing
                 .iter()

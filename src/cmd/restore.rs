@@ -251,7 +251,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         .build()?;
     let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
         Some(p) => p,
-        None => rt.block_on(crate::pull::run_for_extract(
+        None => rt.block_on(crate::cmd::pull::run_for_extract(
             cfg,
             &opts.id,
             opts.remote.as_deref(),
@@ -563,9 +563,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         let started = Instant::now();
         let res: Result<String> = match step {
             // Into this host's backup folder, also when the archive is another host's.
-            Step::SafetyBackup(names) => crate::backup::run_with(
+            Step::SafetyBackup(names) => crate::cmd::backup::run_with(
                 &home_cfg,
-                &crate::backup::BackupOptions {
+                &crate::cmd::backup::BackupOptions {
                     only_sources: Some(names.clone()),
                     safety: true,
                     ..Default::default()

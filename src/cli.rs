@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::error::{exit_code, EXIT_OK, EXIT_USAGE};
+use crate::remotes::runtime;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -380,12 +381,6 @@ fn keygen_default_output(config: Option<&Path>) -> Result<PathBuf> {
             "keygen: give --output FILE (or `--output -` for stdout), or set [encryption] identity_file in the config",
         )
     })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }
 
 /// Standard output that a reader gone away (`| head`, a closed pipe) never turns into a

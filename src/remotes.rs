@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pronto_backends::local::LocalBackend;
+use pronto_backends::ObjectMeta;
 
 use crate::config::{Config, Remote, RemoteLocation};
 use crate::error::usage;
 use crate::host_namespace::NamespacedBackend;
+use crate::plan::RemoteState;
 use crate::replicate::RemoteHandle;
+use crate::retry::retry;
 use crate::retry::RetryPolicy;
 
 /// Open one remote, creating its folder (file://, sftp://) when missing: for writing.
@@ -101,4 +104,31 @@ pub fn versioning_warning(v: &pronto_backends::Versioning, desc: &str) -> String
         "bucket versioning is {} on {desc}: a deleted (pruned) archive stays as a noncurrent version and keeps costing until a lifecycle rule expires noncurrent versions; none does",
         v.status
     )
+}
+
+/// The async runtime that remote work runs on: the one builder every command uses
+/// (multi-threaded, with timers and I/O).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime (threads)")
+}
+
+/// Every object a remote holds under its root (this host's namespace), from one whole
+/// listing with the remote's retries. A failed listing is an error naming the remote,
+/// never an empty or partial list: nothing is ever deleted on the strength of a listing
+/// that did not come back whole.
+pub async fn list_all(r: &RemoteHandle) -> Result<Vec<ObjectMeta>> {
+    retry(r.retry, &format!("listing of {}", r.name), || {
+        r.backend.list("")
+    })
+    .await
+    .with_context(|| format!("listing {}", r.backend.describe()))
+}
+
+/// What a remote holds of ours (archives, manifests, pins, pruned markers, the marker),
+/// read from one whole listing: the one remote-state reader every command uses.
+pub async fn read_state(r: &RemoteHandle, prefix: &str) -> Result<RemoteState> {
+    Ok(crate::plan::remote_state(prefix, &list_all(r).await?))
 }

@@ -26,7 +26,6 @@ use anyhow::{Context, Result};
 use crate::catalog;
 use crate::config::Config;
 use crate::journal::{Intent, Journal, MAX_UPLOAD_FAILURES};
-use crate::plan;
 use crate::remotes;
 use crate::retry::retry;
 
@@ -73,12 +72,7 @@ pub async fn run(
         if journals.is_empty() {
             continue;
         }
-        let listing = retry(r.retry, &format!("listing of {}", r.name), || {
-            r.backend.list("")
-        })
-        .await
-        .with_context(|| format!("listing {}", r.backend.describe()))?;
-        let state = plan::remote_state(&cfg.local.prefix, &listing);
+        let state = remotes::read_state(&r, &cfg.local.prefix).await?;
         for path in journals {
             let Some(j) = Journal::load(&path) else {
                 writeln!(

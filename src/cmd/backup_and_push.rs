@@ -689,9 +689,7 @@ pub fn run_backup_push(cfg: &Config, out: &mut dyn Write) -> Result<(Manifest, P
             cfg.file.display()
         )));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::remotes::runtime()?;
     let outcome = backup_and_push(
         cfg,
         &rt,

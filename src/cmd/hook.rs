@@ -41,12 +41,6 @@ pub struct HookOptions {
 
 // ---- the run ----
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// Run the hook; returns the exit code. Failures of steps are in the report, not errors.
 ///
 /// Every run that gets past the config reports, whatever stops it: a step that cannot
@@ -57,7 +51,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32> {
     let t0 = Instant::now();
     let started = Utc::now().trunc_subsecs(0);
-    let rt = runtime()?;
+    let rt = crate::remotes::runtime()?;
     let notifier = Notifier::new(&cfg.notify);
     let mut report = Report::new(cfg, started);
     tracing::info!(

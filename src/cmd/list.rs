@@ -11,9 +11,8 @@ use pronto_backends::ObjectMeta;
 use crate::catalog;
 use crate::config::Config;
 use crate::fsutil::human_bytes;
-use crate::plan::{self, RemoteState};
+use crate::plan::RemoteState;
 use crate::remotes;
-use crate::retry::retry;
 
 #[derive(Serialize)]
 struct Row {
@@ -39,12 +38,9 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
     let mut states: Vec<(String, Result<RemoteState, String>)> = Vec::new();
     for remote in &selected {
         let st = match remotes::open_read_only(remote) {
-            Ok(r) => retry(r.retry, &format!("listing of {}", r.name), || {
-                r.backend.list("")
-            })
-            .await
-            .map(|l| plan::remote_state(&cfg.local.prefix, &l))
-            .map_err(|e| e.to_string()),
+            Ok(r) => remotes::read_state(&r, &cfg.local.prefix)
+                .await
+                .map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("{e:#}")),
         };
         states.push((remote.name.clone(), st));
@@ -187,11 +183,7 @@ pub async fn list_all_hosts(
         let mut whole = remote.clone();
         whole.host_id = None;
         let listing = match crate::remotes::open_read_only(&whole) {
-            Ok(r) => crate::retry::retry(r.retry, &format!("listing of {}", r.name), || {
-                r.backend.list("")
-            })
-            .await
-            .map_err(|e| e.to_string()),
+            Ok(r) => remotes::list_all(&r).await.map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("{e:#}")),
         };
         let listing = match listing {

@@ -126,12 +126,7 @@ pub async fn load_remote(
 /// A remote's listing, read into its state. An error for a failed listing: never an
 /// empty (or partial) one.
 pub async fn list_state(cfg: &Config, r: &RemoteHandle) -> Result<RemoteState> {
-    let listing = retry(r.retry, &format!("listing of {}", r.name), || {
-        r.backend.list("")
-    })
-    .await
-    .with_context(|| format!("listing {}", r.backend.describe()))?;
-    Ok(plan::remote_state(&cfg.local.prefix, &listing))
+    remotes::read_state(r, &cfg.local.prefix).await
 }
 
 /// Prune and return what happened at each location (remotes first, then local).

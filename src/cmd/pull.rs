@@ -159,18 +159,13 @@ async fn run_inner(
                 continue;
             }
         };
-        let listing = match retry(r.retry, &format!("listing of {}", r.name), || {
-            r.backend.list("")
-        })
-        .await
-        {
-            Ok(l) => l,
+        let state = match remotes::read_state(&r, &cfg.local.prefix).await {
+            Ok(s) => s,
             Err(e) => {
-                errors.push(format!("{}: {e}", remote.name));
+                errors.push(format!("{}: {e:#}", remote.name));
                 continue;
             }
         };
-        let state = plan::remote_state(&cfg.local.prefix, &listing);
         any_archive |= !state.archives.is_empty();
         let candidate = match &wanted {
             Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::StreamExt;
 
 use crate::catalog;
@@ -13,7 +13,6 @@ use crate::fsutil::human_bytes;
 use crate::plan;
 use crate::remotes;
 use crate::replicate::{self, RemoteHandle};
-use crate::retry::retry;
 
 /// How many remotes one push works on at once.
 pub const REMOTE_CONCURRENCY: usize = 4;
@@ -392,12 +391,7 @@ async fn push_one(
     rep: &mut RemoteReport,
     out: &mut dyn Write,
 ) -> Result<Vec<plan::Upload>> {
-    let listing = retry(r.retry, &format!("listing of {}", r.name), || {
-        r.backend.list("")
-    })
-    .await
-    .with_context(|| format!("listing {}", r.backend.describe()))?;
-    let state = plan::remote_state(&cfg.local.prefix, &listing);
+    let state = remotes::read_state(r, &cfg.local.prefix).await?;
     let uploads = plan::uploads(local, &state);
     let uploads = match pruned_with {
         Some(local_pins) => {

@@ -246,9 +246,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         .then(|| crate::lock::acquire(&cfg.local.dir, "restore", crate::lock::DEFAULT_WAIT))
         .transpose()?;
     // 1. Pull (or take the intact local copy of an id: a safety backup lives only here) and extract.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::remotes::runtime()?;
     let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
         Some(p) => p,
         None => rt.block_on(crate::cmd::pull::run_for_extract(

@@ -133,9 +133,7 @@ pub struct TreeCounts {
 
 /// Run the drill; returns the exit code (0 pass, 4 mismatch).
 pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::remotes::runtime()?;
     let mut sink = std::io::sink();
     let pull_out: &mut dyn Write = if opts.json { &mut sink } else { out };
     let path = rt.block_on(crate::cmd::pull::run_for_extract(

@@ -23,7 +23,6 @@ use crate::error::{EXIT_OK, EXIT_STALE};
 use crate::fsutil::human_bytes;
 use crate::metrics::{LastRun, State};
 use crate::retention::{self, Policy};
-use crate::retry::retry;
 
 /// How far the steady-state estimate looks ahead.
 pub const HORIZON_DAYS: i64 = 3 * 365;
@@ -242,11 +241,7 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         let listed = async {
             let r = crate::remotes::open_read_only(remote)?;
             st.location = r.backend.describe();
-            let l = retry(r.retry, &format!("listing of {}", r.name), || {
-                r.backend.list("")
-            })
-            .await?;
-            anyhow::Ok(crate::plan::remote_state(&cfg.local.prefix, &l))
+            crate::remotes::read_state(&r, &cfg.local.prefix).await
         }
         .await;
         match listed {

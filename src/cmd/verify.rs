@@ -22,14 +22,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::catalog::{self, LocalArchive};
 use crate::config::Config;
 use crate::error::{usage, EXIT_ERROR, EXIT_OK, EXIT_VERIFY};
 use crate::manifest::Manifest;
-use crate::plan::{self, RemoteArchive};
+use crate::plan::RemoteArchive;
 use crate::remotes;
 use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
@@ -344,12 +344,7 @@ async fn check_remote(
     local: &BTreeMap<String, Manifest>,
     out: &mut dyn Write,
 ) -> Result<Vec<Check>> {
-    let listing = retry(r.retry, &format!("listing of {}", r.name), || {
-        r.backend.list("")
-    })
-    .await
-    .with_context(|| format!("listing {}", r.backend.describe()))?;
-    let state = plan::remote_state(&cfg.local.prefix, &listing);
+    let state = remotes::read_state(r, &cfg.local.prefix).await?;
     let mut archives: Vec<&RemoteArchive> = state
         .archives
         .values()

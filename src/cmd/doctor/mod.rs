@@ -45,9 +45,7 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
     };
     if let Some(cfg) = &cfg {
         crate::logging::attach_file(cfg.log.as_ref());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
+        let rt = crate::remotes::runtime()?;
         checks.extend(local_checks(cfg));
         checks.extend(rt.block_on(remote_checks(cfg)));
         checks.extend(tool_checks(cfg));

@@ -378,6 +378,16 @@ pub fn local_intact(
     Ok(Some(a.path.clone()))
 }
 
+/// A line for `list` and `doctor` when manifest-less archives of ours are in the folder.
+pub fn adoption_hint(all: &[LocalArchive]) -> Option<String> {
+    let n = all.iter().filter(|a| a.manifest.is_none()).count();
+    (n > 0).then(|| {
+        format!(
+            "{n} archive(s) without a manifest (an interrupted backup, or made by another script): if they are finished archives, `pronto-offsite adopt` reads them whole and takes them in"
+        )
+    })
+}
+
 // ---- names of our own files beside the archives ----
 
 /// An archive named more than this many seconds after now is clock skew: it is kept,

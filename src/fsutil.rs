@@ -104,3 +104,55 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| is_exe(p))
 }
+
+/// An age in human units: `45s`, `12m 5s`, `3h 12m`, `2d 4h`.
+pub fn human_age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
+    let two = |a: u64, ua: &str, b: u64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua} {b}{ub}")
+        }
+    };
+    if days > 0 {
+        two(days, "d", hours, "h")
+    } else if hours > 0 {
+        two(hours, "h", mins, "m")
+    } else if mins > 0 {
+        two(mins, "m", secs, "s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Free and total bytes of one filesystem.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Disk {
+    pub path: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Free and total bytes of the filesystem holding `dir` (or its nearest existing parent).
+pub fn free_space(dir: &Path) -> Option<Disk> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = dir;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return None;
+    }
+    let frsize = s.f_frsize as u64;
+    Some(Disk {
+        path: p.display().to_string(),
+        free_bytes: (s.f_bavail as u64).saturating_mul(frsize),
+        total_bytes: (s.f_blocks as u64).saturating_mul(frsize),
+    })
+}

@@ -38,6 +38,7 @@ pub mod pins;
 pub mod plan;
 pub mod progress;
 pub mod remotes;
+pub mod repair;
 pub mod replicate;
 pub mod report;
 pub mod retention;

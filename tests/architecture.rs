@@ -25,16 +25,12 @@ const COMMAND_CALLS_COMMAND: &[(&str, &str)] = &[
     ("backup", "prune"), // file_after_backup: the tiers are filed after a backup
     ("backup_and_push", "backup"), // upload while archiving: a backup ...
     ("backup_and_push", "push"), // ... and a push
-    ("doctor", "adopt"), // hint about manifest-less archives
     ("doctor", "restore"), // interrupted_restore_leftovers
-    ("doctor", "status"), // free_space
     ("hook", "backup"),  // the hook is backup + push + prune + report
     ("hook", "backup_and_push"),
     ("hook", "prune"),
     ("hook", "push"),
     ("hook", "status"),
-    ("list", "adopt"),            // hint about manifest-less archives
-    ("push", "backup"),           // repair_orphans before planning
     ("push", "prune"),            // each remote is pruned right after its uploads
     ("restore", "backup"),        // the safety backup
     ("restore", "pull"),          // fetch and verify before extracting

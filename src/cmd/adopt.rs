@@ -201,16 +201,6 @@ fn inside<'a>(name: &'a str, top: &str) -> Result<&'a str> {
     }
 }
 
-/// A line for `list` and `doctor` when manifest-less archives of ours are in the folder.
-pub fn hint(all: &[LocalArchive]) -> Option<String> {
-    let n = all.iter().filter(|a| a.manifest.is_none()).count();
-    (n > 0).then(|| {
-        format!(
-            "{n} archive(s) without a manifest (an interrupted backup, or made by another script): if they are finished archives, `pronto-offsite adopt` reads them whole and takes them in"
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,7 +102,7 @@ pub fn run_watched(
     let dir = &cfg.local.dir;
     let _lock = crate::lock::acquire(dir, "backup", crate::lock::DEFAULT_WAIT)?;
     remove_stale_partials(cfg)?;
-    repair_orphans(cfg);
+    crate::repair::repair_orphans(cfg);
 
     // A name no other archive has: two backups in the same second wait for the next one.
     let (created, file) = loop {
@@ -259,76 +259,6 @@ fn warn_skipped_and_changed(sources: &[SourceSummary]) {
             tracing::warn!("source '{}': changed while read: {c}", src.name);
         }
     }
-}
-
-/// Give back its manifest to every local archive that has none (a run killed between
-/// renaming the archive into place and writing its manifest), once the archive was
-/// hashed and read whole (every entry, as `verify` does): only a complete, readable
-/// archive under our name gets one. Its list of sources is unknown (empty); everything
-/// else comes from its name and bytes. Returns what it repaired, one line each; an
-/// archive that cannot be read is left alone with a warning. Call under the lock.
-pub fn repair_orphans(cfg: &Config) -> Vec<String> {
-    let Ok(all) = catalog::scan(&cfg.local) else {
-        return Vec::new();
-    };
-    let mut repaired = Vec::new();
-    for a in all
-        .iter()
-        .filter(|a| a.manifest.is_none() && a.problem.is_none())
-    {
-        match rebuild_manifest(cfg, a) {
-            Ok(m) => {
-                let line = format!(
-                    "repaired: rebuilt the manifest of {} (hashed and read whole: {} bytes, sha256 {}; its source list is unknown)",
-                    a.name.file, m.size, m.sha256
-                );
-                tracing::warn!("{line}");
-                repaired.push(line);
-            }
-            Err(e) => tracing::warn!(
-                "{} has no manifest and was not repaired: {e:#}; it is left alone",
-                a.path.display()
-            ),
-        }
-    }
-    repaired
-}
-
-fn rebuild_manifest(cfg: &Config, a: &catalog::LocalArchive) -> Result<Manifest> {
-    let xopts = crate::extract::ExtractOptions::for_archive(cfg, &a.path)?;
-    crate::extract::check_readable_with(&a.path, &xopts)?;
-    let (sha, size) = crate::archive::sha256_file(&a.path)?;
-    let encrypted = a.name.file.ends_with(".age");
-    let m = Manifest {
-        format: FORMAT,
-        id: a.name.id.clone(),
-        file: a.name.file.clone(),
-        created: a.name.time,
-        size,
-        sha256: hex::encode(sha),
-        compression: if a.name.file.contains(".tar.zst") {
-            "zstd"
-        } else {
-            "gzip"
-        }
-        .into(),
-        encryption: if encrypted {
-            crate::crypto::SCHEME_AGE.into()
-        } else {
-            crate::crypto::SCHEME_NONE.into()
-        },
-        recipient_fingerprints: Vec::new(),
-        host: hostname(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        sources: Vec::new(),
-        postgres: Vec::new(),
-        redis: Vec::new(),
-        safety: false,
-        adopted: false,
-        sealed: None,
-    };
-    fsutil::write_atomic(&a.manifest_path(), &m.to_json())?;
-    Ok(m)
 }
 
 /// Remove `.partial` files of ours left by a killed run. Called under the folder lock.

@@ -345,7 +345,7 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
             (age > max_age).then(|| {
                 format!(
                     "--no-backup: the newest archive is {} old (more than [status] max_age = {}); did the external backup run?",
-                    crate::cmd::status::human_age(age),
+                    crate::fsutil::human_age(age),
                     humantime::format_duration(max_age)
                 )
             })
@@ -365,7 +365,7 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
 fn make_room(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -> Option<String> {
     use crate::fsutil::human_bytes;
     let need = crate::cmd::status::next_archive_estimate(cfg)?;
-    let disk = crate::cmd::status::free_space(&cfg.local.dir)?;
+    let disk = crate::fsutil::free_space(&cfg.local.dir)?;
     if disk.free_bytes >= need {
         return None;
     }
@@ -376,7 +376,7 @@ fn make_room(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) ->
         human_bytes(need)
     );
     let step = prune_step(cfg, rt, out);
-    let after = crate::cmd::status::free_space(&cfg.local.dir).map_or(0, |d| d.free_bytes);
+    let after = crate::fsutil::free_space(&cfg.local.dir).map_or(0, |d| d.free_bytes);
     let mut note = format!(
         "disk-full recovery: {} free on {}, the next archive needs about {}; pruned the local folder by retention first ({}); now {} free",
         human_bytes(disk.free_bytes),

@@ -142,7 +142,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
                 writeln!(out, "WARNING: {}", catalog::future_warning(&row.file, time))?;
             }
         }
-        if let Some(h) = crate::cmd::adopt::hint(&local) {
+        if let Some(h) = crate::catalog::adoption_hint(&local) {
             writeln!(out, "{h}")?;
         }
         for (name, st) in &states {

@@ -123,7 +123,7 @@ pub async fn run_with(
     };
     // An archive whose manifest write was killed gets it back first (reported).
     if !dry_run {
-        for line in crate::cmd::backup::repair_orphans(cfg) {
+        for line in crate::repair::repair_orphans(cfg) {
             writeln!(out, "{line}")?;
         }
     }

@@ -9,7 +9,6 @@
 //! archive of the newest one's size.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -21,6 +20,7 @@ pub use crate::config::status::{parse_max_age, StatusConfig, DEFAULT_MAX_AGE};
 use crate::config::Config;
 use crate::error::{EXIT_OK, EXIT_STALE};
 use crate::fsutil::human_bytes;
+pub use crate::fsutil::{free_space, human_age, Disk};
 use crate::metrics::{LastRun, State};
 use crate::retention::{self, Policy};
 
@@ -28,28 +28,6 @@ use crate::retention::{self, Policy};
 pub const HORIZON_DAYS: i64 = 3 * 365;
 /// How many recent archives the median size is taken from.
 pub const RECENT: usize = 7;
-
-/// An age in human units: `45s`, `12m 5s`, `3h 12m`, `2d 4h`.
-pub fn human_age(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, mins, secs) = (s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
-    let two = |a: u64, ua: &str, b: u64, ub: &str| {
-        if b == 0 {
-            format!("{a}{ua}")
-        } else {
-            format!("{a}{ua} {b}{ub}")
-        }
-    };
-    if days > 0 {
-        two(days, "d", hours, "h")
-    } else if hours > 0 {
-        two(hours, "h", mins, "m")
-    } else if mins > 0 {
-        two(mins, "m", secs, "s")
-    } else {
-        format!("{secs}s")
-    }
-}
 
 /// `status`'s flags.
 #[derive(Debug, Clone, Default)]
@@ -97,13 +75,6 @@ pub struct RemoteStatus {
     /// How far its newest archive is behind the local newest.
     pub lag_seconds: Option<i64>,
     pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Disk {
-    pub path: String,
-    pub free_bytes: u64,
-    pub total_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -467,28 +438,6 @@ fn print_text(r: &StatusReport, max_age: Duration, out: &mut dyn Write) -> Resul
         }
     }
     Ok(())
-}
-
-/// Free and total bytes of the filesystem holding `dir` (or its nearest existing parent).
-pub fn free_space(dir: &Path) -> Option<Disk> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut p = dir;
-    while !p.exists() {
-        p = p.parent()?;
-    }
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    if rc != 0 {
-        return None;
-    }
-    let frsize = s.f_frsize as u64;
-    Some(Disk {
-        path: p.display().to_string(),
-        free_bytes: (s.f_bavail as u64).saturating_mul(frsize),
-        total_bytes: (s.f_blocks as u64).saturating_mul(frsize),
-    })
 }
 
 /// The policy in one line: `daily=7, weekly=4, monthly=12, yearly=forever`.

@@ -261,7 +261,7 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
             .filter_map(|a| a.manifest.map(|m| m.size))
             .next_back()
     });
-    match crate::cmd::status::free_space(dir) {
+    match crate::fsutil::free_space(dir) {
         Some(d) => match newest {
             Some(size) if d.free_bytes < size.saturating_add(size / 10) => v.push(fail(
                 "disk space",
@@ -667,7 +667,7 @@ fn ops_checks(cfg: &Config) -> Vec<Check> {
 /// `doctor`: a failed check when manifest-less archives of ours are in the folder.
 fn adopt_check(cfg: &Config) -> Option<Check> {
     let all = crate::catalog::scan(&cfg.local).ok()?;
-    let detail = crate::cmd::adopt::hint(&all)?;
+    let detail = crate::catalog::adoption_hint(&all)?;
     Some(Check {
         name: "adopt".into(),
         ok: false,

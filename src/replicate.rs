@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use pronto_backends::{sha256_of, Backend, BackendError, Capabilities, PartReceipt, StoreChecksum};
+use pronto_backends::{
+    sha256_of, Backend, BackendError, Capabilities, PartReceipt, StoreChecksum, UploadId,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -624,16 +626,17 @@ async fn send_parts(
             let offset = (n as u64 - 1) * part_size;
             let len = part_size.min(size - offset);
             let (body, psha) = read_part(path, offset, len).await?;
-            let receipt: PartReceipt =
-                retry(r.retry, &format!("part {n} of {key} to {}", r.name), || {
-                    r.backend.put_part(&key, &upload_id, n, body.clone(), psha)
-                })
-                .await
-                .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
-            let mut j = journal.lock().await;
-            j.parts.retain(|p| p.number != n);
-            j.parts.push(receipt);
-            j.save(jpath)?;
+            send_part(
+                r,
+                &key,
+                upload_id,
+                n,
+                body,
+                psha,
+                journal,
+                jpath.to_path_buf(),
+            )
+            .await?;
             if let Some(p) = progress {
                 p.inc(len);
             }
@@ -661,6 +664,34 @@ async fn send_parts(
         bytes_sent: sent,
         parts_resumed: resumed,
     })
+}
+
+/// Send part `n` of an upload (with the remote's retries) and record its receipt in the
+/// journal, so that a later run resumes after it. The one place a part is sent: `push`
+/// and upload-while-archiving (`backup --push`) both come here. Returns the bytes sent.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn send_part(
+    r: &RemoteHandle,
+    key: &str,
+    upload_id: UploadId,
+    n: u32,
+    body: Bytes,
+    psha: [u8; 32],
+    journal: Arc<Mutex<Journal>>,
+    jpath: PathBuf,
+) -> Result<u64> {
+    let len = body.len() as u64;
+    let receipt: PartReceipt = retry(r.retry, &format!("part {n} of {key} to {}", r.name), || {
+        r.backend.put_part(key, &upload_id, n, body.clone(), psha)
+    })
+    .await
+    .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
+    let mut j = journal.lock().await;
+    j.parts.retain(|p| p.number != n);
+    j.parts.push(receipt);
+    j.save(&jpath)?;
+    tracing::debug!("{}: part {n} of {key} sent ({len} bytes)", r.name);
+    Ok(len)
 }
 
 /// Read one part and hash it, both on a blocking thread (hashing 8 MiB takes ~12 ms,

@@ -290,14 +290,19 @@ impl Job {
                         human_bytes(ps)
                     ))));
                 }
-                let (body, psha, h) = match read_part(reader, read, len, hasher).await {
+                let (body, psha, h) = match read_growing_part(reader, read, len, hasher).await {
                     Ok(x) => x,
                     Err(e) => return Ok(Next::Handover(Some(format!("{e:#}")))),
                 };
                 hasher = h;
                 let (id, jpath) = multipart.clone().expect("created above");
                 let j = journal.clone().expect("created above");
-                inflight.push(send_part(r, file, id, next, body, psha, j, jpath, bar));
+                inflight.push(async move {
+                    let sent =
+                        replicate::send_part(r, file, id, next, body, psha, j, jpath).await?;
+                    bar.inc(sent);
+                    anyhow::Ok(())
+                });
                 next += 1;
                 read += len;
             }
@@ -372,10 +377,11 @@ impl Job {
     /// An archive that fits in one part: one `put` once it is finished, as `push` does.
     async fn single_put(&self, reader: Arc<File>, m: &Manifest, bar: &Progress) -> Result<Next> {
         let r = &self.r;
-        let (body, sha, _) = match read_part(Arc::clone(&reader), 0, m.size, Sha256::new()).await {
-            Ok(x) => x,
-            Err(e) => return Ok(Next::Handover(Some(format!("{e:#}")))),
-        };
+        let (body, sha, _) =
+            match read_growing_part(Arc::clone(&reader), 0, m.size, Sha256::new()).await {
+                Ok(x) => x,
+                Err(e) => return Ok(Next::Handover(Some(format!("{e:#}")))),
+            };
         if sha != m.sha256_bytes()? {
             return Ok(Next::Handover(Some(format!(
                 "{} read back with another sha256 than its manifest's; sending it again from the finished file",
@@ -401,7 +407,7 @@ impl Job {
 
 /// Read `len` bytes at `offset` (`pread`: the handle's position is never used), on a
 /// blocking thread, hashing them into `whole` (parts are read in order) and on their own.
-async fn read_part(
+async fn read_growing_part(
     reader: Arc<File>,
     offset: u64,
     len: u64,
@@ -418,34 +424,6 @@ async fn read_part(
         Ok((Bytes::from(buf), psha, whole))
     })
     .await?
-}
-
-/// Send part `n` (retried as in `push`) and journal its receipt.
-#[allow(clippy::too_many_arguments)]
-async fn send_part(
-    r: &RemoteHandle,
-    key: &str,
-    id: UploadId,
-    n: u32,
-    body: Bytes,
-    psha: [u8; 32],
-    journal: Arc<Mutex<Journal>>,
-    jpath: PathBuf,
-    bar: &Progress,
-) -> Result<()> {
-    let len = body.len() as u64;
-    let receipt = retry(r.retry, &format!("part {n} of {key} to {}", r.name), || {
-        r.backend.put_part(key, &id, n, body.clone(), psha)
-    })
-    .await
-    .with_context(|| format!("{}: uploading part {n} of {key}", r.name))?;
-    let mut j = journal.lock().await;
-    j.parts.retain(|p| p.number != n);
-    j.parts.push(receipt);
-    j.save(&jpath)?;
-    bar.inc(len);
-    tracing::debug!("{}: part {n} of {key} sent ({len} bytes)", r.name);
-    Ok(())
 }
 
 /// What [`backup_and_push`] does besides the stream.

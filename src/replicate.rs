@@ -20,9 +20,6 @@ use crate::manifest::Manifest;
 use crate::plan::Upload;
 use crate::retry::{retry, RetryPolicy};
 
-/// Smallest part we send (S3's minimum is 5 MiB; bigger parts mean fewer requests).
-pub const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
-
 /// A configured remote, opened.
 #[derive(Clone)]
 pub struct RemoteHandle {
@@ -41,13 +38,17 @@ pub struct UploadStats {
     pub parts_resumed: u32,
 }
 
-/// Part size for an object of `size` bytes: at least [`MIN_PART_SIZE`] and the
-/// backend's minimum, large enough to stay within its part count, rounded to MiB.
+/// Part size for an object of `size` bytes: the backend's preferred size, unless the
+/// object would then need more parts than the backend allows; then the smallest size
+/// that fits, rounded up to a MiB. Never below the backend's minimum nor above its
+/// maximum.
 pub fn part_size_for(size: u64, caps: &Capabilities) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    let by_count = size.div_ceil(caps.max_parts.max(1) as u64);
-    let p = MIN_PART_SIZE.max(caps.min_part_size).max(by_count);
-    p.div_ceil(MIB) * MIB
+    let by_count = size.div_ceil(caps.max_parts.max(1) as u64).div_ceil(MIB) * MIB;
+    caps.preferred_part_size
+        .max(by_count)
+        .max(caps.min_part_size)
+        .min(caps.max_part_size.max(caps.min_part_size))
 }
 
 /// Upload one archive and then its manifest (the commit marker, last), verifying the
@@ -927,4 +928,47 @@ async fn fetch_range(
     })
     .await??;
     Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn s3_like(preferred: u64) -> Capabilities {
+        Capabilities {
+            min_part_size: 5 * MIB,
+            max_part_size: 5 << 30,
+            preferred_part_size: preferred,
+            max_parts: 10_000,
+        }
+    }
+
+    #[test]
+    fn parts_are_the_backends_preferred_size_while_the_part_count_allows() {
+        assert_eq!(part_size_for(0, &s3_like(8 * MIB)), 8 * MIB);
+        assert_eq!(part_size_for(4 << 30, &s3_like(8 * MIB)), 8 * MIB);
+        assert_eq!(part_size_for(4 << 30, &s3_like(16 * MIB)), 16 * MIB);
+    }
+
+    #[test]
+    fn parts_grow_to_fit_the_part_count_within_the_limits() {
+        // 200 GiB: 8 MiB parts would be 25,600; they grow to fit 10,000, MiB-aligned.
+        let p = part_size_for(200 << 30, &s3_like(8 * MIB));
+        assert!(p * 10_000 >= 200 << 30, "{p}");
+        assert_eq!(p % MIB, 0);
+        assert!(p <= 21 * MIB, "{p}");
+        // Never above the maximum, even when the object cannot fit (the upload then fails
+        // at the backend with its own message).
+        assert_eq!(part_size_for(u64::MAX / 2, &s3_like(8 * MIB)), 5 << 30);
+        // A fixed part size (sftp) stays fixed.
+        let sftp = Capabilities {
+            min_part_size: 8 * MIB,
+            max_part_size: 8 * MIB,
+            preferred_part_size: 8 * MIB,
+            max_parts: 1_000_000,
+        };
+        assert_eq!(part_size_for(1 << 40, &sftp), 8 * MIB);
+    }
 }

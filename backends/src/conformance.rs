@@ -117,6 +117,7 @@ pub const CASES: &[&str] = &[
     "put_if_absent_creates_once",
     "put_file_stores_the_file_or_declines",
     "store_checksum_is_computed_from_the_stored_bytes",
+    "part_sizes_are_consistent_and_the_preferred_size_uploads",
 ];
 
 /// Generate one `#[tokio::test]` per conformance case, inside a `mod conformance`.
@@ -193,6 +194,7 @@ macro_rules! conformance_suite {
             __case!(put_if_absent_creates_once);
             __case!(put_file_stores_the_file_or_declines);
             __case!(store_checksum_is_computed_from_the_stored_bytes);
+            __case!(part_sizes_are_consistent_and_the_preferred_size_uploads);
         }
     };
 }
@@ -907,6 +909,37 @@ pub async fn multipart_single_small_part(h: &Harness) {
     let r = part_ok(b, &k, &up, 1, &data).await;
     complete_ok(b, &k, &up, &[r], &data).await;
     assert_object(b, &k, &data, "after a one-part upload").await;
+    delete_ok(b, &k).await;
+}
+
+/// The part sizes a backend states are consistent (what the engine plans with), and an
+/// upload in parts of its preferred size, with a shorter last part, reads back identical.
+pub async fn part_sizes_are_consistent_and_the_preferred_size_uploads(h: &Harness) {
+    let b = h.backend().await;
+    let b = b.as_ref();
+    let caps = b.capabilities();
+    assert!(caps.min_part_size >= 1, "{caps:?}");
+    assert!(
+        caps.min_part_size <= caps.preferred_part_size
+            && caps.preferred_part_size <= caps.max_part_size,
+        "the preferred part size must lie between the minimum and the maximum: {caps:?}"
+    );
+    assert!(caps.max_parts >= 1, "{caps:?}");
+    let p = unique_prefix();
+    let k = format!("{p}preferred");
+    let psize = caps.preferred_part_size;
+    let data = Bytes::from(test_data((2 * psize + psize / 3) as usize, 17));
+    let up = create_ok(b, &k).await;
+    let receipts = upload_all_parts(b, &k, &up, &data, psize, 3).await;
+    assert_eq!(receipts.len(), 3);
+    complete_ok(b, &k, &up, &receipts, &data).await;
+    assert_object(
+        b,
+        &k,
+        &data,
+        "after an upload in parts of the preferred size",
+    )
+    .await;
     delete_ok(b, &k).await;
 }
 

@@ -54,13 +54,19 @@ pub enum StoreChecksum {
     Sha256OfParts { digest: [u8; 32], parts: u32 },
 }
 
-/// Limits of a backend that the replicator must respect when it sizes parts.
+/// The part sizes of a backend's multipart uploads: its limits, which the engine must
+/// respect, and the size it prefers, which the engine plans with ([`Backend::capabilities`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     /// Smallest size of any part but the last.
     pub min_part_size: u64,
     /// Largest size of one part.
     pub max_part_size: u64,
+    /// The part size this backend works best with, between the two limits. The engine
+    /// uses it unless the object would then need more than `max_parts` parts, in which
+    /// case it takes the smallest size that fits (rounded up to a MiB, at most
+    /// `max_part_size`). The conformance suite uploads in parts of this size.
+    pub preferred_part_size: u64,
     /// Most parts one upload may have.
     pub max_parts: u32,
 }

@@ -176,6 +176,9 @@ impl Backend for LocalBackend {
         Capabilities {
             min_part_size: 5 * 1024 * 1024,
             max_part_size: 5 * 1024 * 1024 * 1024,
+            // A local disk has no per-request cost: 8 MiB keeps memory low and the
+            // journal's resume points close together.
+            preferred_part_size: 8 * 1024 * 1024,
             max_parts: 10_000,
         }
     }

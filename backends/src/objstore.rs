@@ -259,6 +259,8 @@ impl Backend for ObjectStoreBackend {
         Capabilities {
             min_part_size: 5 * 1024 * 1024,
             max_part_size: 5 * 1024 * 1024 * 1024,
+            // 8 MiB: what the AWS CLI uses; enough requests in flight saturate a link.
+            preferred_part_size: 8 * 1024 * 1024,
             max_parts: 10_000,
         }
     }

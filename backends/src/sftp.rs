@@ -1552,6 +1552,7 @@ impl Backend for SftpBackend {
         Capabilities {
             min_part_size: PART_SIZE,
             max_part_size: PART_SIZE,
+            preferred_part_size: PART_SIZE,
             max_parts: MAX_PARTS,
         }
     }

@@ -153,14 +153,6 @@ struct Job {
     max_parts: u32,
 }
 
-/// The part size for a streamed upload, whose final size is unknown: large enough that
-/// `estimate` bytes fit in the backend's part count, within its part size limits.
-pub fn part_size(estimate: u64, caps: &pronto_backends::Capabilities) -> u64 {
-    replicate::part_size_for(estimate, caps)
-        .min(caps.max_part_size)
-        .max(caps.min_part_size)
-}
-
 impl Job {
     async fn run(self, mut rx: watch::Receiver<Tail>, bar: Progress) -> Streamed {
         let file = match rx.wait_for(|t| t.file.is_some() || t.end.is_some()).await {
@@ -497,7 +489,8 @@ pub fn backup_and_push(
                     let caps = r.backend.capabilities();
                     let bar = Progress::bytes(format!("{}: upload", r.name), None);
                     let job = Job {
-                        part_size: part_size(estimate, &caps),
+                        // The final size is unknown: plan for the estimate.
+                        part_size: replicate::part_size_for(estimate, &caps),
                         max_parts: caps.max_parts,
                         dir: cfg.local.dir.clone(),
                         r,
@@ -755,27 +748,5 @@ mod tests {
             String::from_utf8(buf).unwrap(),
             "a: upload x\n\nprune block\nb: up to date\n"
         );
-    }
-
-    #[test]
-    fn part_sizes_stay_within_the_limits() {
-        let caps = pronto_backends::Capabilities {
-            min_part_size: 5 << 20,
-            max_part_size: 5 << 30,
-            max_parts: 10_000,
-        };
-        assert_eq!(part_size(0, &caps), 8 << 20);
-        // 4 GiB: 512 parts of 8 MiB.
-        assert!((4u64 << 30).div_ceil(part_size(4 << 30, &caps)) <= 10_000);
-        // 200 GiB expected: parts grow so that 10,000 hold it.
-        let p = part_size(200 << 30, &caps);
-        assert!(p * 10_000 >= 200 << 30 && p <= caps.max_part_size);
-        // SFTP: one fixed part size.
-        let sftp = pronto_backends::Capabilities {
-            min_part_size: 8 << 20,
-            max_part_size: 8 << 20,
-            max_parts: 1_000_000,
-        };
-        assert_eq!(part_size(1 << 40, &sftp), 8 << 20);
     }
 }

@@ -118,6 +118,9 @@ pub const CASES: &[&str] = &[
     "put_file_stores_the_file_or_declines",
     "store_checksum_is_computed_from_the_stored_bytes",
     "part_sizes_are_consistent_and_the_preferred_size_uploads",
+    "list_uploads_names_uploads_in_progress_under_the_prefix_only",
+    "create_upload_for_makes_an_object_whose_recorded_hash_is_its_own",
+    "versioning_of_the_test_bucket_reads_without_error",
 ];
 
 /// Generate one `#[tokio::test]` per conformance case, inside a `mod conformance`.
@@ -195,6 +198,9 @@ macro_rules! conformance_suite {
             __case!(put_file_stores_the_file_or_declines);
             __case!(store_checksum_is_computed_from_the_stored_bytes);
             __case!(part_sizes_are_consistent_and_the_preferred_size_uploads);
+            __case!(list_uploads_names_uploads_in_progress_under_the_prefix_only);
+            __case!(create_upload_for_makes_an_object_whose_recorded_hash_is_its_own);
+            __case!(versioning_of_the_test_bucket_reads_without_error);
         }
     };
 }
@@ -941,6 +947,88 @@ pub async fn part_sizes_are_consistent_and_the_preferred_size_uploads(h: &Harnes
     )
     .await;
     delete_ok(b, &k).await;
+}
+
+/// `list_uploads` names each upload in progress under the prefix with its id, nothing
+/// outside the prefix, and forgets an upload once it is completed or aborted. A backend
+/// that cannot list uploads says so with `None` (then `push --cleanup` relies on its
+/// journals alone).
+pub async fn list_uploads_names_uploads_in_progress_under_the_prefix_only(h: &Harness) {
+    let b = h.backend().await;
+    let b = b.as_ref();
+    let p = unique_prefix();
+    let other = unique_prefix();
+    let (ka, kb, ko) = (format!("{p}a"), format!("{p}b"), format!("{other}o"));
+    let (ua, ub, uo) = (
+        create_ok(b, &ka).await,
+        create_ok(b, &kb).await,
+        create_ok(b, &ko).await,
+    );
+    let listed = b.list_uploads(&p).await.expect("list_uploads");
+    if let Some(mut listed) = listed {
+        listed.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            listed,
+            vec![(ka.clone(), ua.clone()), (kb.clone(), ub.clone())],
+            "list_uploads({p}) must name exactly the two uploads started under it"
+        );
+        let data = Bytes::from(test_data(1000, 18));
+        let r = part_ok(b, &ka, &ua, 1, &data).await;
+        complete_ok(b, &ka, &ua, &[r], &data).await;
+        b.abort_upload(&kb, &ub).await.expect("abort_upload");
+        let after = b
+            .list_uploads(&p)
+            .await
+            .expect("list_uploads")
+            .unwrap_or_default();
+        assert!(
+            after.is_empty(),
+            "a completed and an aborted upload are still listed: {after:?}"
+        );
+        delete_ok(b, &ka).await;
+    } else {
+        b.abort_upload(&ka, &ua).await.expect("abort_upload");
+        b.abort_upload(&kb, &ub).await.expect("abort_upload");
+    }
+    b.abort_upload(&ko, &uo).await.expect("abort_upload");
+}
+
+/// An upload started with `create_upload_for` (the whole object's hash given up front)
+/// completes into the same bytes, and wherever the backend reports a recorded hash
+/// (`head`), it is the object's own.
+pub async fn create_upload_for_makes_an_object_whose_recorded_hash_is_its_own(h: &Harness) {
+    let b = h.backend().await;
+    let b = b.as_ref();
+    let p = unique_prefix();
+    let k = format!("{p}for");
+    let (data, psize) = three_part_data(&b.capabilities(), 19);
+    let up = b
+        .create_upload_for(&k, sha256_of(&data))
+        .await
+        .unwrap_or_else(|e| panic!("create_upload_for({k}) failed: {e}"));
+    let receipts = upload_all_parts(b, &k, &up, &data, psize, 3).await;
+    complete_ok(b, &k, &up, &receipts, &data).await;
+    assert_object(b, &k, &data, "after create_upload_for").await;
+    let meta = head_ok(b, &k).await;
+    if let Some(s) = meta.sha256 {
+        assert_eq!(
+            s,
+            sha256_of(&data),
+            "head({k}) reports a hash that is not the object's"
+        );
+    }
+    delete_ok(b, &k).await;
+}
+
+/// `versioning` answers for the store the suite runs against: `None` (never turned on, or
+/// the store has no versioning) or the status it reads; never an error.
+pub async fn versioning_of_the_test_bucket_reads_without_error(h: &Harness) {
+    let b = h.backend().await;
+    match b.versioning().await {
+        Ok(None) => {}
+        Ok(Some(v)) => assert!(!v.status.is_empty(), "versioning with no status: {v:?}"),
+        Err(e) => panic!("versioning() failed: {e}"),
+    }
 }
 
 /// An upload id and receipts saved as JSON are completed by a new backend instance.

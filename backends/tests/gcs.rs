@@ -76,6 +76,8 @@ pronto_backends::conformance_suite!(
             "GCS (like S3) cannot check a whole-object SHA-256 when a multipart upload completes; each part is checked (Content-MD5) as it is sent, and the replicator verifies the completed object",
         put_if_absent_creates_once:
             "LocalStack, standing in for GCS, ignores GCS's precondition header (x-goog-if-generation-match: 0) and overwrites; the case runs in real_gcs_bucket_when_configured against a real bucket",
+        versioning_of_the_test_bucket_reads_without_error:
+            "LocalStack, standing in for GCS, does not serve GCS's bucket resource, where versioning is read (404 NoSuchBucket); the parsing is unit-tested in gcs::tests and the call runs against a real bucket",
     },
 );
 
@@ -153,13 +155,15 @@ async fn real_gcs_bucket_when_configured() {
     let mut cfg = GcsConfig::from_url(&url).expect("PRONTO_TEST_GCS_URL");
     cfg.prefix = format!("{}/pronto-test-{}", cfg.prefix, std::process::id());
     cfg.service_account_file = std::env::var_os("PRONTO_TEST_GCS_CREDENTIALS").map(PathBuf::from);
-    // The conditional create LocalStack cannot check for GCS (skipped above).
+    // The conditional create LocalStack cannot check for GCS (skipped above), and versioning.
     let real = cfg.clone();
-    pronto_backends::conformance::put_if_absent_creates_once(&Harness::new(move || {
+    let harness = Harness::new(move || {
         let cfg = real.clone();
         async move { open(cfg) }
-    }))
-    .await;
+    });
+    pronto_backends::conformance::put_if_absent_creates_once(&harness).await;
+    // The bucket resource LocalStack does not serve (skipped above).
+    pronto_backends::conformance::versioning_of_the_test_bucket_reads_without_error(&harness).await;
     let b = open(cfg);
     let data = test_data(6 << 20, 9);
     b.put("single", Bytes::from(data.clone()), sha256_of(&data))

@@ -20,6 +20,17 @@ pub const EXIT_VERIFY: i32 = 4;
 pub const EXIT_STALE: i32 = 5;
 pub const EXIT_BUSY: i32 = 6;
 
+/// The exit code of a command that works on several locations (remotes, and the local
+/// folder where it is one of them): 0 when none failed, 1 when every one did, 3 (partial)
+/// when some did. The one place this rule is written.
+pub fn code_for_locations(failed: usize, total: usize) -> i32 {
+    match failed {
+        0 => EXIT_OK,
+        n if n >= total => EXIT_ERROR,
+        _ => EXIT_PARTIAL,
+    }
+}
+
 /// An error that decides the process's exit code. Anything else exits 1.
 #[derive(Debug)]
 pub struct ExitError {
@@ -73,5 +84,19 @@ pub fn describe(e: &anyhow::Error) -> String {
     match advice(e) {
         Some(a) => format!("{e:#} ({a})"),
         None => format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn some_failed_locations_make_a_partial_run_and_all_failed_an_error() {
+        assert_eq!(code_for_locations(0, 0), EXIT_OK);
+        assert_eq!(code_for_locations(0, 3), EXIT_OK);
+        assert_eq!(code_for_locations(1, 3), EXIT_PARTIAL);
+        assert_eq!(code_for_locations(2, 3), EXIT_PARTIAL);
+        assert_eq!(code_for_locations(3, 3), EXIT_ERROR);
     }
 }

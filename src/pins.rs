@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog;
 use crate::config::{Config, Local};
-use crate::error::{usage, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use crate::error::usage;
 use crate::remotes;
 use crate::replicate::RemoteHandle;
 use crate::retry::retry;
@@ -253,11 +253,7 @@ pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Re
         }
     }
     out.flush()?;
-    Ok(match failed {
-        0 => EXIT_OK,
-        n if n == cfg.remotes.len() => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
-    })
+    Ok(crate::error::code_for_locations(failed, cfg.remotes.len()))
 }
 
 #[cfg(test)]

@@ -51,7 +51,6 @@ use tokio::sync::{watch, Mutex};
 use crate::cmd::backup::{BackupOptions, Started, Watch};
 use crate::cmd::push::RemoteReport;
 use crate::config::Config;
-use crate::error::{EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil::human_bytes;
 use crate::journal::{Intent, Journal};
 use crate::manifest::Manifest;
@@ -671,11 +670,9 @@ pub fn run_backup_push(cfg: &Config, out: &mut dyn Write) -> Result<(Manifest, P
         out,
     );
     let (m, path) = outcome.backup?;
-    let code = if outcome.remotes.iter().any(|r| r.error.is_some()) {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    };
+    // The archive was made: failed remotes make at worst a partial run.
+    let failed = outcome.remotes.iter().filter(|r| r.error.is_some()).count();
+    let code = crate::error::code_for_locations(failed, outcome.remotes.len() + 1);
     Ok((m, path, code))
 }
 

@@ -151,11 +151,9 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
             }
         }
     }
-    Ok(if states.iter().any(|(_, s)| s.is_err()) {
-        crate::error::EXIT_PARTIAL
-    } else {
-        crate::error::EXIT_OK
-    })
+    // The local folder was listed: at worst a partial run.
+    let failed = states.iter().filter(|(_, s)| s.is_err()).count();
+    Ok(crate::error::code_for_locations(failed, states.len() + 1))
 }
 
 /// `list --all-hosts`: every host's archives on each remote (read from the whole root,
@@ -266,6 +264,7 @@ pub async fn list_all_hosts(
             writeln!(out, "ERROR: {}", crate::remotes::unlisted(name, e))?;
         }
     }
+    // As `list`: remotes that could not be listed make a partial listing (exit 3).
     Ok(if errors.is_empty() {
         crate::error::EXIT_OK
     } else {

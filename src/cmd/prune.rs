@@ -43,7 +43,6 @@ use serde::Serialize;
 
 use crate::catalog::{self, LocalArchive};
 use crate::config::{Config, Remote};
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil;
 use crate::manifest::Manifest;
 use crate::pins;
@@ -99,11 +98,7 @@ pub async fn run(cfg: &Config, opts: &PruneOptions, out: &mut dyn Write) -> Resu
 /// 0 when every location succeeded, 3 when some did, 1 when none did.
 pub fn exit_code(reports: &[LocationReport]) -> i32 {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    match failed {
-        0 => EXIT_OK,
-        n if n == reports.len() => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
-    }
+    crate::error::code_for_locations(failed, reports.len())
 }
 
 /// A remote as this run sees it.

@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use crate::catalog;
 use crate::config::Config;
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use crate::error::{EXIT_OK, EXIT_PARTIAL};
 use crate::fsutil::human_bytes;
 use crate::plan;
 use crate::remotes;
@@ -77,10 +77,10 @@ pub async fn run(
 /// were skipped ([`RemoteReport::failed`]).
 pub fn exit_code(reports: &[RemoteReport]) -> i32 {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    match failed {
-        0 if reports.iter().all(|r| r.failed.is_empty()) => EXIT_OK,
-        n if n > 0 && n == reports.len() => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
+    let skipped_some = reports.iter().any(|r| !r.failed.is_empty());
+    match crate::error::code_for_locations(failed, reports.len()) {
+        EXIT_OK if skipped_some => EXIT_PARTIAL,
+        code => code,
     }
 }
 

@@ -405,9 +405,49 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     })?;
     let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
 
-    // [local]
-    let dir = at.nonempty(&raw.local.dir, "local.dir", "a folder path")?;
-    let prefix = match &raw.local.prefix {
+    let local = parse_local(&raw.local, &at, &base)?;
+    let (retention, max_delete_fraction) = parse_retention(raw.retention, &at)?;
+    let sources = parse_sources(&raw.sources, &at, &base)?;
+    let remotes = parse_remotes(&raw.remotes, &at, &base)?;
+    check_layout(&at, &raw.remotes, &local.dir, &remotes)?;
+
+    // [hook] [notify] [log] [metrics] [status]
+    let hook = hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
+    let notify = notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
+    let log = log::LogConfig::from_raw(raw.log.as_ref(), &at, &base)?;
+    let metrics = metrics::MetricsConfig::from_raw(raw.metrics.as_ref(), &at, &base)?;
+    let status = status::StatusConfig::from_raw(raw.status.as_ref(), &at, &base)?;
+    // [[health_checks]] [drill]
+    let health_checks = health::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
+    let drill = drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
+    // [encryption]
+    let encryption = encryption::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
+
+    let max_extract_size = parse_restore(raw.restore.as_ref(), &at)?;
+
+    Ok(Config {
+        file: file.to_path_buf(),
+        local,
+        retention,
+        max_delete_fraction,
+        sources,
+        remotes,
+        hook,
+        notify,
+        log,
+        metrics,
+        status,
+        health_checks,
+        drill,
+        encryption,
+        max_extract_size,
+    })
+}
+
+/// `[local]`: the backup folder, the archive names' prefix, compression and threads.
+fn parse_local(raw: &RawLocal, at: &Locator, base: &Path) -> Result<Local> {
+    let dir = at.nonempty(&raw.dir, "local.dir", "a folder path")?;
+    let prefix = match &raw.prefix {
         Some(p) => {
             let v = p.get_ref();
             let ok = !v.is_empty()
@@ -424,7 +464,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         }
         None => DEFAULT_PREFIX.to_string(),
     };
-    let compression = match &raw.local.compression {
+    let compression = match &raw.compression {
         Some(c) => codec::Codec::parse(c.get_ref()).ok_or_else(|| {
             at.err(
                 c.span().start,
@@ -434,7 +474,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         })?,
         None => codec::Codec::Gzip,
     };
-    let level = match &raw.local.level {
+    let level = match &raw.level {
         Some(l) if !compression.levels().contains(l.get_ref()) => {
             let expected = match compression {
                 codec::Codec::Gzip => "a gzip level from 1 to 9 (default 6)",
@@ -445,12 +485,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         Some(l) => *l.get_ref(),
         None => compression.default_level(),
     };
-    let local = Local {
-        dir: resolve(&base, dir),
+    Ok(Local {
+        dir: resolve(base, dir),
         prefix,
         compression,
         level,
-        threads: match &raw.local.threads {
+        threads: match &raw.threads {
             Some(t) if !(0..=MAX_THREADS).contains(t.get_ref()) => {
                 return Err(at.err(
                     t.span().start,
@@ -462,11 +502,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             None => 0,
         },
         home: None,
-    };
+    })
+}
 
-    // [retention]
+/// `[retention]`: the policy (the seed's when the table is absent) and the deletion cap.
+fn parse_retention(raw: Option<Spanned<RawRetention>>, at: &Locator) -> Result<(Policy, f64)> {
     let mut max_delete_fraction = DEFAULT_MAX_DELETE_FRACTION;
-    let retention = match raw.retention {
+    let retention = match raw {
         Some(p) => {
             let start = p.span().start;
             let raw_retention = p.into_inner();
@@ -489,7 +531,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 if let Err(msg) = policy.validate() {
                     return Err(usage(format!(
                         "{}:{}: retention: {msg}",
-                        file.display(),
+                        at.file.display(),
                         at.line(start)
                     )));
                 }
@@ -498,11 +540,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         }
         None => Policy::seed_default(),
     };
+    Ok((retention, max_delete_fraction))
+}
 
-    // [[sources]]
+/// `[[sources]]`: each source's name (unique), kind, path or service keys, and filters.
+fn parse_sources(raw: &[RawSource], at: &Locator, base: &Path) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, s) in raw.sources.iter().enumerate() {
+    for (i, s) in raw.iter().enumerate() {
         let key = format!("sources[{i}]");
         let name = at.name(&s.name, &format!("{key}.name"))?;
         if let Some(first) = seen.insert(name.clone(), at.line(s.name.span().start)) {
@@ -522,7 +567,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 ));
             }
             (Some(p), _) => Some(resolve(
-                &base,
+                base,
                 at.nonempty(p, &format!("{key}.path"), "a folder path")?,
             )),
             (None, SourceKind::Postgres | SourceKind::Redis) => None,
@@ -548,7 +593,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             stop_command: s.stop_command.as_ref(),
             start_command: s.start_command.as_ref(),
         };
-        let (postgres, redis) = match services::from_raw(kind, &keys, &at, &base, &key)? {
+        let (postgres, redis) = match services::from_raw(kind, &keys, at, base, &key)? {
             services::Service::Postgres(p) => (Some(p), None),
             services::Service::Redis(r) => (None, Some(r)),
             services::Service::None => (None, None),
@@ -579,11 +624,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             redis,
         });
     }
+    Ok(sources)
+}
 
-    // [[remotes]]
+/// `[[remotes]]`: each remote's name (unique), URL and its backend's options, and the
+/// keys every remote takes (concurrency, retries, host id, bandwidth, retention).
+fn parse_remotes(raw: &[RawRemote], at: &Locator, base: &Path) -> Result<Vec<Remote>> {
     let mut remotes = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, r) in raw.remotes.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         let key = format!("remotes[{i}]");
         let name = at.name(&r.name, &format!("{key}.name"))?;
         if let Some(first) = seen.insert(name.clone(), at.line(r.name.span().start)) {
@@ -594,10 +643,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             ));
         }
         let url = r.url.get_ref().clone();
-        let location = parse_remote_url(&url, &base)
+        let location = parse_remote_url(&url, base)
             .map_err(|msg| at.err(r.url.span().start, &format!("{key}.url"), &msg))?;
-        let location = sftp_options(&at, &key, r, &base, location)?;
-        let location = cloud_options(&at, &key, r, &base, location, &name)?;
+        let location = sftp_options(at, &key, r, base, location)?;
+        let location = cloud_options(at, &key, r, base, location, &name)?;
         let part_concurrency = match &r.part_concurrency {
             Some(c) if *c.get_ref() == 0 || *c.get_ref() > 64 => {
                 return Err(at.err(
@@ -654,7 +703,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
                 if let Err(msg) = policy.validate() {
                     return Err(usage(format!(
                         "{}:{}: {key}.retention: {msg}",
-                        file.display(),
+                        at.file.display(),
                         at.line(p.span().start)
                     )));
                 }
@@ -674,27 +723,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             init_marker: false,
         });
     }
+    Ok(remotes)
+}
 
-    check_layout(&at, &raw.remotes, &local.dir, &remotes)?;
-
-    // [hook] [notify] [log] [metrics] [status]
-    let hook = hook::HookConfig::from_raw(raw.hook.as_ref(), &at, &base)?;
-    let notify = notify::NotifyConfig::from_raw(raw.notify.as_ref(), &at, &base)?;
-    let log = log::LogConfig::from_raw(raw.log.as_ref(), &at, &base)?;
-    let metrics = metrics::MetricsConfig::from_raw(raw.metrics.as_ref(), &at, &base)?;
-    let status = status::StatusConfig::from_raw(raw.status.as_ref(), &at, &base)?;
-    // [[health_checks]] [drill]
-    let health_checks = health::health_checks_from_raw(&raw.health_checks, &sources, &at)?;
-    let drill = drill::DrillConfig::from_raw(raw.drill.as_ref(), &at, &base)?;
-    // [encryption]
-    let encryption = encryption::EncryptionConfig::from_raw(raw.encryption.as_ref(), &at, &base)?;
-
-    // [restore]
-    let max_extract_size = match raw
-        .restore
-        .as_ref()
-        .and_then(|r| r.max_extract_size.as_ref())
-    {
+/// `[restore]`: the most bytes one extraction may write (`None`: no limit).
+fn parse_restore(raw: Option<&RawRestore>, at: &Locator) -> Result<Option<u64>> {
+    let max_extract_size = match raw.and_then(|r| r.max_extract_size.as_ref()) {
         None => None,
         Some(v) => match log::parse_size(v.get_ref()) {
             Ok(n) if n > 0 => Some(n),
@@ -707,24 +741,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             }
         },
     };
-
-    Ok(Config {
-        file: file.to_path_buf(),
-        local,
-        retention,
-        max_delete_fraction,
-        sources,
-        remotes,
-        hook,
-        notify,
-        log,
-        metrics,
-        status,
-        health_checks,
-        drill,
-        encryption,
-        max_extract_size,
-    })
+    Ok(max_extract_size)
 }
 
 /// Refuse layouts that defeat the copies: a file:// remote that is the backup folder,

@@ -179,8 +179,10 @@ impl Step<'_> {
     }
 }
 
-/// Run a restore; returns the exit code.
-pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i32> {
+/// The configured sources a restore covers (`--only`, `--target-db`), refusing what
+/// cannot be restored (no source of a kind, a redis source without `data_dir`, a live
+/// folder holding our own data, `--target-db` without exactly one postgres source).
+fn select_sources<'c>(cfg: &'c Config, opts: &RestoreOptions) -> Result<Vec<&'c Source>> {
     // Which kinds.
     let mut kinds = match &opts.only {
         Some(list) => parse_only(list)?,
@@ -237,27 +239,15 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             pg_sources.len()
         )));
     }
+    Ok(selected)
+}
 
-    // A restore that takes a safety backup changes the backup folder: the whole of it
-    // under the one local lock, so no prune removes the archive or the safety backup
-    // underneath it.
-    let _lock = opts
-        .safety_backup
-        .then(|| crate::lock::acquire(&cfg.local.dir, "restore", crate::lock::DEFAULT_WAIT))
-        .transpose()?;
-    // 1. Pull (or take the intact local copy of an id: a safety backup lives only here) and extract.
-    let rt = crate::remotes::runtime()?;
-    let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
-        Some(p) => p,
-        None => rt.block_on(crate::cmd::pull::run_for_extract(
-            cfg,
-            &opts.id,
-            opts.remote.as_deref(),
-            out,
-        ))?,
-    };
+/// Check the archive's identity and manifest, then extract it into a fresh staging
+/// folder inside the backup folder. Returns the manifest, the staging folder (removed when
+/// dropped) and the archive's top folder inside it.
+fn unpack(cfg: &Config, path: &Path, out: &mut dyn Write) -> Result<(Manifest, WorkDir, PathBuf)> {
     // An encrypted archive: its identity is checked here, before anything is written.
-    let xopts = crate::extract::ExtractOptions::for_archive(cfg, &path)?;
+    let xopts = crate::extract::ExtractOptions::for_archive(cfg, path)?;
     let manifest_path = path.with_file_name(Manifest::file_name_for(
         &path
             .file_name()
@@ -272,7 +262,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         std::process::id()
     )))?;
     let unpacked = staging.path().join("archive");
-    crate::extract::extract_with(&path, &unpacked, &xopts)
+    crate::extract::extract_with(path, &unpacked, &xopts)
         .with_context(|| format!("extracting {} into {}", path.display(), unpacked.display()))?;
     let top = unpacked.join(top_folder(&cfg.local.prefix, &manifest.file));
     writeln!(
@@ -282,16 +272,40 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
         manifest.created.format("%Y-%m-%d %H:%M:%S UTC"),
         manifest.host
     )?;
+    Ok((manifest, staging, top))
+}
 
-    // 2. Plan, with the checks that need no change.
+/// The steps of a restore and what its safety backup must hold.
+struct Plan<'a> {
+    steps: Vec<Step<'a>>,
+    /// Sources the safety backup takes.
+    safety_names: Vec<String>,
+    /// Sources whose current state holds nothing a restore could lose, with the reason.
+    nothing_to_save: Vec<(String, String)>,
+    /// `(source, database)`: databases outside a source's `databases` that the safety
+    /// backup must hold too (`--replace-target-db` targets that hold relations).
+    extra_safety_dbs: Vec<(String, String)>,
+}
+
+/// Plan a restore, source by source, with every check that needs no change: what the
+/// archive holds for it, what the live side holds now, and whether the safety backup
+/// must take it. Nothing is changed here.
+fn plan_steps<'a>(
+    opts: &RestoreOptions,
+    selected: &[&'a Source],
+    manifest: &Manifest,
+    top: &Path,
+    staging: &WorkDir,
+    out: &mut dyn Write,
+) -> Result<Plan<'a>> {
     let mut steps: Vec<Step> = Vec::new();
-    let mut safety_names = Vec::new();
+    let mut safety_names: Vec<String> = Vec::new();
     // Sources whose current state holds nothing a restore could lose (a new host in a
     // disaster recovery): left out of the safety backup, with the reason.
     let mut nothing_to_save: Vec<(String, String)> = Vec::new();
     // Databases outside a source's `databases` that the safety backup must hold too.
     let mut extra_safety_dbs: Vec<(String, String)> = Vec::new();
-    for s in &selected {
+    for s in selected {
         let Some(sum) = manifest
             .sources
             .iter()
@@ -514,6 +528,46 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
             safety_names.push(s.name.clone());
         }
     }
+    Ok(Plan {
+        steps,
+        safety_names,
+        nothing_to_save,
+        extra_safety_dbs,
+    })
+}
+
+/// Run a restore; returns the exit code.
+pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i32> {
+    // 0. What to restore: the sources of the kinds asked for, checked.
+    let selected = select_sources(cfg, opts)?;
+
+    // A restore that takes a safety backup changes the backup folder: the whole of it
+    // under the one local lock, so no prune removes the archive or the safety backup
+    // underneath it.
+    let _lock = opts
+        .safety_backup
+        .then(|| crate::lock::acquire(&cfg.local.dir, "restore", crate::lock::DEFAULT_WAIT))
+        .transpose()?;
+    // 1. Pull (or take the intact local copy of an id: a safety backup lives only here) and extract.
+    let rt = crate::remotes::runtime()?;
+    let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
+        Some(p) => p,
+        None => rt.block_on(crate::cmd::pull::run_for_extract(
+            cfg,
+            &opts.id,
+            opts.remote.as_deref(),
+            out,
+        ))?,
+    };
+    let (manifest, staging, top) = unpack(cfg, &path, out)?;
+
+    // 2. Plan, with the checks that need no change.
+    let Plan {
+        mut steps,
+        safety_names,
+        nothing_to_save,
+        extra_safety_dbs,
+    } = plan_steps(opts, &selected, &manifest, &top, &staging, out)?;
     if steps.is_empty() {
         bail!(
             "nothing to restore: none of the selected sources is in {}",

@@ -425,6 +425,16 @@ impl<W: Write> Write for Stdout<W> {
     }
 }
 
+/// What every command takes from the global flags.
+struct Global<'a> {
+    /// `--config FILE`.
+    config: Option<&'a Path>,
+    /// `-q`.
+    quiet: bool,
+    /// Progress bars are allowed (not `-q`, not JSON logs; drawn only on a terminal).
+    bars: bool,
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = Stdout {
@@ -433,47 +443,18 @@ fn run(cli: Cli) -> Result<i32> {
     };
     // Progress bars (backup, push, pull): on a terminal, not with -q or JSON logs.
     let bars = !cli.quiet && cli.log_format == crate::logging::LogFormat::Text;
+    let g = Global {
+        config: cli.config.as_deref(),
+        quiet: cli.quiet,
+        bars,
+    };
     match cli.command {
         Command::Backup {
             push,
             exclude,
             dry_run,
             output,
-        } => {
-            crate::progress::enable(bars);
-            let mut cfg = load_config(cli.config.as_deref())?;
-            for s in cfg.sources.iter_mut() {
-                s.exclude.extend(exclude.iter().cloned());
-            }
-            if dry_run {
-                return crate::cmd::backup::dry_run_cmd(&cfg, &mut out);
-            }
-            let started = std::time::Instant::now();
-            let (m, path, code) = if let Some(dir) = &output {
-                let (m, path) = crate::cmd::backup::run_to(&cfg, dir)?;
-                (m, path, EXIT_OK)
-            } else if push {
-                // The backup and its push under the one lock, taken once.
-                let _lock =
-                    crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
-                // The push's lines go to stderr (stdout carries the id), not with -q.
-                let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
-                let lines: &mut dyn Write = if cli.quiet { &mut quiet } else { &mut lines };
-                crate::cmd::backup_and_push::run_backup_push(&cfg, lines)?
-            } else {
-                let (m, path) = crate::cmd::backup::run(&cfg)?;
-                (m, path, EXIT_OK)
-            };
-            tracing::info!(
-                "wrote {} ({}, sha256 {}) in {:.1}s",
-                path.display(),
-                crate::fsutil::human_bytes(m.size),
-                m.sha256,
-                started.elapsed().as_secs_f64()
-            );
-            writeln!(out, "{}", m.id)?;
-            Ok(code)
-        }
+        } => backup(&g, push, exclude, dry_run, output, &mut out),
         Command::Push {
             remote,
             dry_run,
@@ -482,50 +463,17 @@ fn run(cli: Cli) -> Result<i32> {
             bwlimit,
             cleanup,
             init_remote,
-        } => {
-            let mut cfg = load_config(cli.config.as_deref())?;
-            if init_remote {
-                cfg.remotes.iter_mut().for_each(|r| r.init_marker = true);
-            }
-            if let Some(b) = bwlimit {
-                cfg.remotes
-                    .iter_mut()
-                    .for_each(|r| r.bwlimit = Some(b.clone()));
-            }
-            let rt = runtime()?;
-            // The push and its cleanup both under the one local lock (not a dry run).
-            let _lock = (!dry_run)
-                .then(|| crate::lock::acquire(&cfg.local.dir, "push", crate::lock::DEFAULT_WAIT))
-                .transpose()?;
-            crate::progress::enable(bars && !json && !dry_run);
-            // With --json, stdout carries only the JSON report: no progress lines, and
-            // the cleanup's lines go to stderr. On a terminal, lines never garble the bars.
-            let mut quiet = std::io::sink();
-            let mut lines = crate::progress::Suspending(&mut out);
-            let progress: &mut dyn Write = if json { &mut quiet } else { &mut lines };
-            let reports = rt.block_on(crate::cmd::push::run_with(
-                &cfg,
-                remote.as_deref(),
-                dry_run,
-                !no_prune,
-                progress,
-            ))?;
-            if cleanup {
-                let mut stderr = std::io::stderr();
-                let notes: &mut dyn Write = if json { &mut stderr } else { progress };
-                rt.block_on(crate::cmd::abandoned_uploads::run(
-                    &cfg,
-                    remote.as_deref(),
-                    dry_run,
-                    notes,
-                ))?;
-            }
-            if json {
-                crate::cmd::hook::print_push_json(&reports, dry_run, &mut out)
-            } else {
-                Ok(crate::cmd::push::exit_code(&reports))
-            }
-        }
+        } => push(
+            &g,
+            remote,
+            dry_run,
+            no_prune,
+            json,
+            bwlimit,
+            cleanup,
+            init_remote,
+            &mut out,
+        ),
         Command::Prune {
             dry_run,
             local,
@@ -590,14 +538,7 @@ fn run(cli: Cli) -> Result<i32> {
             max_extract_size,
             ..
         } => {
-            let mut cfg = load_config(cli.config.as_deref())?;
-            if let Some(h) = host {
-                cfg = crate::host_namespace::as_host(&cfg, &h)?;
-            }
-            override_identity(&mut cfg, identity);
-            if max_extract_size.is_some() {
-                cfg.max_extract_size = max_extract_size;
-            }
+            let cfg = config_for_pull(&g, host, identity, max_extract_size)?;
             let opts = crate::cmd::restore::RestoreOptions {
                 id,
                 remote,
@@ -665,14 +606,7 @@ fn run(cli: Cli) -> Result<i32> {
             ..
         } => {
             crate::progress::enable(bars && !json);
-            let mut cfg = load_config(cli.config.as_deref())?;
-            if let Some(h) = host {
-                cfg = crate::host_namespace::as_host(&cfg, &h)?;
-            }
-            override_identity(&mut cfg, identity);
-            if max_extract_size.is_some() {
-                cfg.max_extract_size = max_extract_size;
-            }
+            let cfg = config_for_pull(&g, host, identity, max_extract_size)?;
             let mut sink = std::io::sink();
             let mut lines = crate::progress::Suspending(&mut out);
             let text: &mut dyn Write = if json { &mut sink } else { &mut lines };
@@ -767,4 +701,125 @@ fn quiet_applies(cmd: &Command) -> bool {
         Command::Prune { dry_run, .. } => !dry_run,
         _ => false,
     }
+}
+
+/// `backup`: one archive into the backup folder (`--push`: and to the remotes while it is
+/// written; `--output DIR`: a one-off elsewhere; `--dry-run`: only list what it would hold).
+fn backup(
+    g: &Global,
+    push: bool,
+    exclude: Vec<String>,
+    dry_run: bool,
+    output: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    crate::progress::enable(g.bars);
+    let mut cfg = load_config(g.config)?;
+    for s in cfg.sources.iter_mut() {
+        s.exclude.extend(exclude.iter().cloned());
+    }
+    if dry_run {
+        return crate::cmd::backup::dry_run_cmd(&cfg, out);
+    }
+    let started = std::time::Instant::now();
+    let (m, path, code) = if let Some(dir) = &output {
+        let (m, path) = crate::cmd::backup::run_to(&cfg, dir)?;
+        (m, path, EXIT_OK)
+    } else if push {
+        // The backup and its push under the one lock, taken once.
+        let _lock = crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
+        // The push's lines go to stderr (stdout carries the id), not with -q.
+        let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
+        let lines: &mut dyn Write = if g.quiet { &mut quiet } else { &mut lines };
+        crate::cmd::backup_and_push::run_backup_push(&cfg, lines)?
+    } else {
+        let (m, path) = crate::cmd::backup::run(&cfg)?;
+        (m, path, EXIT_OK)
+    };
+    tracing::info!(
+        "wrote {} ({}, sha256 {}) in {:.1}s",
+        path.display(),
+        crate::fsutil::human_bytes(m.size),
+        m.sha256,
+        started.elapsed().as_secs_f64()
+    );
+    writeln!(out, "{}", m.id)?;
+    Ok(code)
+}
+
+/// `push`: every local archive a remote lacks, then that remote's prune (`--cleanup`: and
+/// abort the uploads no push will finish).
+#[allow(clippy::too_many_arguments)]
+fn push(
+    g: &Global,
+    remote: Option<String>,
+    dry_run: bool,
+    no_prune: bool,
+    json: bool,
+    bwlimit: Option<crate::bwlimit::Schedule>,
+    cleanup: bool,
+    init_remote: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let mut cfg = load_config(g.config)?;
+    if init_remote {
+        cfg.remotes.iter_mut().for_each(|r| r.init_marker = true);
+    }
+    if let Some(b) = bwlimit {
+        cfg.remotes
+            .iter_mut()
+            .for_each(|r| r.bwlimit = Some(b.clone()));
+    }
+    let rt = runtime()?;
+    // The push and its cleanup both under the one local lock (not a dry run).
+    let _lock = (!dry_run)
+        .then(|| crate::lock::acquire(&cfg.local.dir, "push", crate::lock::DEFAULT_WAIT))
+        .transpose()?;
+    crate::progress::enable(g.bars && !json && !dry_run);
+    // With --json, stdout carries only the JSON report: no progress lines, and
+    // the cleanup's lines go to stderr. On a terminal, lines never garble the bars.
+    let mut quiet = std::io::sink();
+    let mut lines = crate::progress::Suspending(&mut *out);
+    let progress: &mut dyn Write = if json { &mut quiet } else { &mut lines };
+    let reports = rt.block_on(crate::cmd::push::run_with(
+        &cfg,
+        remote.as_deref(),
+        dry_run,
+        !no_prune,
+        progress,
+    ))?;
+    if cleanup {
+        let mut stderr = std::io::stderr();
+        let notes: &mut dyn Write = if json { &mut stderr } else { progress };
+        rt.block_on(crate::cmd::abandoned_uploads::run(
+            &cfg,
+            remote.as_deref(),
+            dry_run,
+            notes,
+        ))?;
+    }
+    if json {
+        crate::cmd::hook::print_push_json(&reports, dry_run, out)
+    } else {
+        Ok(crate::cmd::push::exit_code(&reports))
+    }
+}
+
+/// The config a `pull` works with: read through host `--host`'s namespace, with
+/// `--identity` and `--max-extract-size` over the config's own.
+fn config_for_pull(
+    g: &Global,
+    host: Option<String>,
+    identity: Option<PathBuf>,
+    max_extract_size: Option<u64>,
+) -> Result<Config> {
+    let mut cfg = load_config(g.config)?;
+    if let Some(h) = host {
+        cfg = crate::host_namespace::as_host(&cfg, &h)?;
+    }
+    override_identity(&mut cfg, identity);
+    if max_extract_size.is_some() {
+        cfg.max_extract_size = max_extract_size;
+    }
+    Ok(cfg)
 }

@@ -43,6 +43,7 @@ pub mod replicate;
 pub mod report;
 pub mod retention;
 pub mod source;
+pub mod tiers;
 
 pub mod config;
 pub mod error;

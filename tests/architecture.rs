@@ -22,11 +22,10 @@ const CONFIG_MAY_USE: &[&str] = &[
 /// helper not yet moved down to the engine). The list may only shrink: a new entry means
 /// the shared piece belongs in the engine.
 const COMMAND_CALLS_COMMAND: &[(&str, &str)] = &[
-    ("backup", "prune"), // file_after_backup: the tiers are filed after a backup
     ("backup_and_push", "backup"), // upload while archiving: a backup ...
-    ("backup_and_push", "push"), // ... and a push
-    ("doctor", "restore"), // interrupted_restore_leftovers
-    ("hook", "backup"),  // the hook is backup + push + prune + report
+    ("backup_and_push", "push"),   // ... and a push
+    ("doctor", "restore"),         // interrupted_restore_leftovers
+    ("hook", "backup"),            // the hook is backup + push + prune + report
     ("hook", "backup_and_push"),
     ("hook", "prune"),
     ("hook", "push"),

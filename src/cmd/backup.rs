@@ -222,7 +222,7 @@ pub fn run_watched(
     if bopts.one_off {
         return Ok((manifest, final_path));
     }
-    let final_path = match crate::cmd::prune::file_after_backup(cfg, &manifest.id) {
+    let final_path = match crate::tiers::file_after_backup(cfg, &manifest.id) {
         Ok(Some(moved)) => moved,
         Ok(None) => final_path,
         Err(e) => {

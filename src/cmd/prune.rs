@@ -35,7 +35,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
@@ -50,6 +49,7 @@ use crate::plan::{self, Fate, PrunePlan, PruneRules, RemoteState};
 use crate::remotes;
 use crate::replicate::RemoteHandle;
 use crate::retry::retry;
+use crate::tiers::{file_keepers, find, split_safety};
 
 /// Which locations a prune works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,11 +557,6 @@ fn prune_local(
     rep
 }
 
-/// The scheduled archives and, apart, the safety backups taken before restores.
-fn split_safety(all: Vec<LocalArchive>) -> (Vec<LocalArchive>, Vec<LocalArchive>) {
-    all.into_iter().partition(|a| !a.is_safety())
-}
-
 /// The safety backups' own rule: keep the [`crate::manifest::SAFETY_KEEP`] newest,
 /// delete the older ones (manifest first). `safety` is oldest first.
 fn prune_safety(
@@ -590,13 +585,6 @@ fn prune_safety(
     Ok(())
 }
 
-fn find<'a>(local: &'a [LocalArchive], e: &plan::PruneEntry) -> Result<&'a LocalArchive> {
-    local
-        .iter()
-        .find(|a| a.name.file == e.held.file && Some(a.tier) == e.held.tier)
-        .ok_or_else(|| anyhow!("{} vanished from the catalog", e.held.file))
-}
-
 /// Delete a local archive: its manifest first (from then on it is an incomplete
 /// leftover, never restored or pushed), then the archive.
 fn delete_local(a: &LocalArchive) -> Result<()> {
@@ -614,54 +602,6 @@ fn delete_local(a: &LocalArchive) -> Result<()> {
         fsutil::sync_dir(d)?;
     }
     Ok(())
-}
-
-/// File the keepers of `plan` under their tiers, and put back beside its archive any
-/// manifest an interrupted move left in another folder (except for the `deleted`
-/// files). Returns the new paths by id. Call under the folder lock.
-fn file_keepers(
-    cfg: &Config,
-    local: &[LocalArchive],
-    plan: &PrunePlan,
-    deleted: &BTreeSet<&str>,
-) -> Result<Vec<(String, PathBuf)>> {
-    let mut moved = Vec::new();
-    for (e, tier) in plan.moves() {
-        let a = find(local, e)?;
-        let to = catalog::move_to_tier(&cfg.local, a, tier)?;
-        tracing::info!("local: filed {} under {}", a.name.file, tier.folder());
-        moved.push((a.name.id.clone(), to));
-    }
-    for a in local {
-        let done = moved.iter().any(|(id, _)| *id == a.name.id);
-        if a.manifest_elsewhere.is_some() && !done && !deleted.contains(a.name.file.as_str()) {
-            catalog::move_to_tier(&cfg.local, a, a.tier)?;
-            tracing::info!(
-                "local: moved the manifest of {} back beside it ({})",
-                a.name.file,
-                a.tier.folder()
-            );
-        }
-    }
-    Ok(moved)
-}
-
-/// After a backup (under its folder lock): file every local keeper under its tier, the
-/// new archive included. Returns the new archive's path when it moved.
-pub fn file_after_backup(cfg: &Config, id: &str) -> Result<Option<PathBuf>> {
-    let (local, _safety) = split_safety(catalog::scan(&cfg.local)?);
-    let pins = pins::read_local(&cfg.local)?;
-    let rules = PruneRules {
-        policy: &cfg.retention,
-        pins: &pins,
-        now: Utc::now(),
-        max_delete_fraction: cfg.max_delete_fraction,
-        force: true,
-        require_on_remote: false,
-    };
-    let plan = plan::plan_prune(&rules, &plan::held_local(&local, &[], &BTreeSet::new()));
-    let moved = file_keepers(cfg, &local, &plan, &BTreeSet::new())?;
-    Ok(moved.into_iter().find(|(i, _)| i == id).map(|(_, p)| p))
 }
 
 /// Folder of the "pruned off-site" markers under the backup folder.

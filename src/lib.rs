@@ -27,6 +27,7 @@ pub mod extract;
 pub mod host_namespace;
 pub mod journal;
 pub mod lease;
+pub mod live_swap;
 pub mod lock;
 pub mod logging;
 pub mod manifest;

@@ -24,7 +24,6 @@ const CONFIG_MAY_USE: &[&str] = &[
 const COMMAND_CALLS_COMMAND: &[(&str, &str)] = &[
     ("backup_and_push", "backup"), // upload while archiving: a backup ...
     ("backup_and_push", "push"),   // ... and a push
-    ("doctor", "restore"),         // interrupted_restore_leftovers
     ("hook", "backup"),            // the hook is backup + push + prune + report
     ("hook", "backup_and_push"),
     ("hook", "prune"),

@@ -299,7 +299,7 @@ fn local_checks(cfg: &Config) -> Vec<Check> {
                 "fix the source's `path`, or run pronto-offsite as a user that can read it (root for Docker volumes)",
             )),
         }
-        let left = crate::cmd::restore::interrupted_restore_leftovers(path);
+        let left = crate::live_swap::interrupted_restore_leftovers(path);
         if !left.is_empty() {
             let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
             v.push(fail(

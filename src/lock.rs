@@ -13,13 +13,12 @@
 //!   `hook`, the safety backup inside a restore) gets it at once, and the file is
 //!   released when the outermost guard drops. So an outer command never deadlocks on its
 //!   own inner steps, and nothing needs the guard passed down by hand.
-//! - **A crash releases it.** It is an `flock(2)`: the kernel drops it when the holder
+//! - **A crash releases it.** It is an `flock(2)` (std's `File::try_lock`): the kernel drops it when the holder
 //!   dies, so a killed run never leaves a lock behind (the file stays, unlocked).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -161,28 +160,29 @@ pub fn acquire(dir: &Path, command: &str, wait: Duration) -> Result<FolderLock> 
     let start = Instant::now();
     let mut told = false;
     loop {
-        // SAFETY: flock on a valid, open file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            let _ = file.set_len(0);
-            let _ = file.rewind();
-            let _ = write!(
-                file,
-                "pid {}\ncommand {command}\nsince {}\n",
-                std::process::id(),
-                Utc::now().trunc_subsecs(0).to_rfc3339()
-            );
-            let _ = file.flush();
-            held().push(Held {
-                dir: key.clone(),
-                _file: file,
-                depth: 1,
-            });
-            return Ok(FolderLock { dir: key });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(err).with_context(|| format!("locking {}", path.display()));
+        // std's `try_lock` is an flock(LOCK_EX | LOCK_NB) on Linux.
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.set_len(0);
+                let _ = file.rewind();
+                let _ = write!(
+                    file,
+                    "pid {}\ncommand {command}\nsince {}\n",
+                    std::process::id(),
+                    Utc::now().trunc_subsecs(0).to_rfc3339()
+                );
+                let _ = file.flush();
+                held().push(Held {
+                    dir: key.clone(),
+                    _file: file,
+                    depth: 1,
+                });
+                return Ok(FolderLock { dir: key });
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
         }
         let who = holder(dir);
         if start.elapsed() >= wait {
@@ -224,14 +224,13 @@ mod tests {
         drop(outer);
         // Still held (the inner guard): another open file description cannot take it.
         let f = File::open(dir.path().join(LOCK_FILE)).unwrap();
-        // SAFETY: flock on a valid, open file descriptor.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, -1);
+        assert!(matches!(
+            f.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
         assert_eq!(holder(dir.path()).command.as_deref(), Some("hook"));
         drop(inner);
-        // SAFETY: as above.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, 0);
+        f.try_lock().unwrap();
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! for config errors) only stderr gets the lines. Several processes may append to one log
 //! file: lines are written with one `write` each in append mode, and a process that finds
 //! the file rotated by another reopens it.
+//!
+//! The rotation is hand-written on purpose: `tracing-appender` rotates by time, not size,
+//! and neither it nor `file-rotate` notices that another process (a second run appending
+//! to the same log) has rotated the file, so it would keep writing into `FILE.1`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -8,12 +8,12 @@
 //! to it (parts uploaded at once included), so a remote that keeps failing gives up
 //! instead of holding a push for hours.
 //!
-//! A small loop rather than the `backon` crate: the budget is shared across requests
-//! and the delay comes from the error (`Retry-After`), which is all of the policy;
-//! backon would need both bolted on, for no less code.
+//! The loop is the `backon` crate's: its exponential backoff gives the next delay, and
+//! our policy sits in its `adjust` hook — a server's `Retry-After` replaces the delay,
+//! the delay is jittered, and the remote's budget may stop the retries.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pronto_backends::BackendError;
@@ -88,50 +88,64 @@ impl RetryBudget {
 }
 
 /// Run `op` until it succeeds, fails permanently, or the attempts or the budget are spent.
-pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, BackendError>
+pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, op: F) -> Result<T, BackendError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, BackendError>>,
 {
-    let mut delay = policy.first_delay;
-    let mut attempt = 1;
-    loop {
-        let e = match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if !e.is_retryable() => return Err(e),
-            Err(e) => e,
-        };
-        if attempt >= policy.attempts {
-            return Err(gave_up(e, &format!("gave up after {attempt} attempts")));
-        }
-        let wait = match &e {
-            BackendError::Transient {
-                retry_after: Some(d),
-                ..
-            } => *d,
-            _ => jitter(delay),
-        };
-        if let Some(b) = policy.budget {
-            if !b.take(wait) {
-                return Err(gave_up(
-                    e,
-                    &format!(
-                        "gave up after {attempt} attempts: retry budget of {} spent",
-                        humantime::format_duration(b.limit)
-                    ),
-                ));
+    use backon::{ExponentialBuilder, Retryable};
+
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.first_delay)
+        .with_max_delay(policy.max_delay)
+        .with_factor(2.0)
+        .with_max_times(policy.attempts.saturating_sub(1) as usize);
+    // Attempts made so far, and why we stopped retrying (for the last error's message).
+    let attempts = AtomicU32::new(1);
+    let stopped = std::sync::Mutex::new(None::<String>);
+    let result = op
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(BackendError::is_retryable)
+        .adjust(|e, next| {
+            let n = attempts.load(Ordering::SeqCst);
+            let stop = |why: String| {
+                *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                None
+            };
+            let Some(next) = next else {
+                return stop(format!("gave up after {n} attempts"));
+            };
+            let wait = match e {
+                BackendError::Transient {
+                    retry_after: Some(d),
+                    ..
+                } => *d,
+                _ => jitter(next),
+            };
+            match policy.budget {
+                Some(b) if !b.take(wait) => stop(format!(
+                    "gave up after {n} attempts: retry budget of {} spent",
+                    humantime::format_duration(b.limit)
+                )),
+                _ => Some(wait),
             }
-        }
-        tracing::info!(
-            "retrying {what} in {:.1}s (attempt {} of {}): {e}",
-            wait.as_secs_f64(),
-            attempt + 1,
-            policy.attempts
-        );
-        tokio::time::sleep(wait).await;
-        delay = (delay * 2).min(policy.max_delay);
-        attempt += 1;
-    }
+        })
+        .notify(|e, wait| {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(
+                "retrying {what} in {:.1}s (attempt {} of {}): {e}",
+                wait.as_secs_f64(),
+                n + 1,
+                policy.attempts
+            );
+        })
+        .await;
+    let why = stopped.into_inner().unwrap_or_else(|p| p.into_inner());
+    result.map_err(|e| match why {
+        Some(why) => gave_up(e, &why),
+        None => e,
+    })
 }
 
 /// The last error, saying why we stopped retrying.
@@ -165,7 +179,6 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
 
     fn policy() -> RetryPolicy {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::error::{exit_code, EXIT_OK, EXIT_USAGE};
+use crate::error::Exit;
 use crate::remotes::runtime;
 
 #[derive(Parser, Debug)]
@@ -322,7 +322,12 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let code = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let code = code.code();
             let _ = e.print();
             return code;
         }
@@ -335,10 +340,10 @@ pub fn main() -> i32 {
         run(cli)
     };
     match res {
-        Ok(code) => code,
+        Ok(exit) => exit.code(),
         Err(e) => {
             crate::logging::final_error(&crate::error::describe(&e));
-            exit_code(&e)
+            Exit::of(&e).code()
         }
     }
 }
@@ -435,7 +440,7 @@ struct Global<'a> {
     bars: bool,
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli) -> Result<Exit> {
     let stdout = std::io::stdout();
     let mut out = Stdout {
         inner: stdout.lock(),
@@ -620,7 +625,7 @@ fn run(cli: Cli) -> Result<i32> {
             if json {
                 writeln!(out, "{}", serde_json::to_string(&pulled)?)?;
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Policy(args) => {
             let policy = match (args.explicit_policy(), &args.remote) {
@@ -640,7 +645,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let stdin = std::io::stdin();
             crate::cmd::policy::run(&policy, stdin.lock(), args.json, &mut out)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Hook {
             no_backup,
@@ -674,7 +679,7 @@ fn run(cli: Cli) -> Result<i32> {
                 None => keygen_default_output(cli.config.as_deref())?,
             };
             crate::crypto::keygen(&output, &mut out)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Adopt { paths } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -684,12 +689,12 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pronto-offsite", &mut out);
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd).render(&mut out)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -712,7 +717,7 @@ fn backup(
     dry_run: bool,
     output: Option<PathBuf>,
     out: &mut dyn Write,
-) -> Result<i32> {
+) -> Result<Exit> {
     crate::progress::enable(g.bars);
     let mut cfg = load_config(g.config)?;
     for s in cfg.sources.iter_mut() {
@@ -724,7 +729,7 @@ fn backup(
     let started = std::time::Instant::now();
     let (m, path, code) = if let Some(dir) = &output {
         let (m, path) = crate::cmd::backup::run_to(&cfg, dir)?;
-        (m, path, EXIT_OK)
+        (m, path, Exit::Ok)
     } else if push {
         // The backup and its push under the one lock, taken once.
         let _lock = crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
@@ -734,7 +739,7 @@ fn backup(
         crate::cmd::backup_and_push::run_backup_push(&cfg, lines)?
     } else {
         let (m, path) = crate::cmd::backup::run(&cfg)?;
-        (m, path, EXIT_OK)
+        (m, path, Exit::Ok)
     };
     tracing::info!(
         "wrote {} ({}, sha256 {}) in {:.1}s",
@@ -760,7 +765,7 @@ fn push(
     cleanup: bool,
     init_remote: bool,
     out: &mut dyn Write,
-) -> Result<i32> {
+) -> Result<Exit> {
     let mut cfg = load_config(g.config)?;
     if init_remote {
         cfg.remotes.iter_mut().for_each(|r| r.init_marker = true);
@@ -801,7 +806,7 @@ fn push(
     if json {
         crate::cmd::hook::print_push_json(&reports, dry_run, out)
     } else {
-        Ok(crate::cmd::push::exit_code(&reports))
+        Ok(crate::cmd::push::exit(&reports))
     }
 }
 

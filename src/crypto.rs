@@ -490,7 +490,7 @@ mod tests {
         let e = other
             .check_header(&ct, "x", &["sha256:1".into()])
             .unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
+        assert_eq!(crate::error::Exit::of(&e), crate::error::Exit::Usage);
         assert!(e.to_string().contains("wrong identity"), "{e}");
         assert!(e.to_string().contains("sha256:1"), "{e}");
         assert_eq!(
@@ -506,7 +506,7 @@ mod tests {
         fs::write(&p, "# c\nAGE-SECRET-KEY-1NOTAREALKEYATALLXYZ\n").unwrap();
         // Others may read it: refused before it is read.
         let e = Identities::load(&p).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
+        assert_eq!(crate::error::Exit::of(&e), crate::error::Exit::Usage);
         assert!(
             e.to_string().contains("chmod 600") && !e.to_string().contains("NOTAREAL"),
             "{e}"
@@ -515,7 +515,7 @@ mod tests {
         let e = Identities::load(&p).unwrap_err().to_string();
         assert!(e.contains("line 2") && !e.contains("NOTAREAL"), "{e}");
         let e = Identities::load(&tmp.path().join("missing")).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_USAGE);
+        assert_eq!(crate::error::Exit::of(&e), crate::error::Exit::Usage);
     }
 
     #[test]

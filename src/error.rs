@@ -1,4 +1,4 @@
-//! Exit codes and the error that carries one.
+//! Exit codes, and the errors that choose one.
 //!
 //! | code | meaning |
 //! |---|---|
@@ -10,65 +10,104 @@
 //! | 5 | `status`: stale — the newest archive is older than the max age, a remote lags, or a remote could not be checked |
 //! | 6 | `hook`: busy — another run held the one local lock longer than `[hook] lock_wait` |
 
-use std::fmt;
+//!
+//! Two types carry them, and [`Exit::code`] is the one place that turns either into a number:
+//! a command that ends without an error returns an [`Exit`] (ok, partial, verification
+//! failed, stale, …); a command that fails returns an error, and [`Exit::of`] reads the
+//! exit from it — an [`AppError`] (usage, verification) or the folder lock's
+//! [`crate::lock::Busy`] decide it, anything else (a [`pronto_backends::BackendError`], an
+//! I/O error) is a plain error, exit 1.
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_ERROR: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_PARTIAL: i32 = 3;
-pub const EXIT_VERIFY: i32 = 4;
-pub const EXIT_STALE: i32 = 5;
-pub const EXIT_BUSY: i32 = 6;
+/// How a run ends: one variant per row of the table above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    Error,
+    Usage,
+    Partial,
+    VerifyFailed,
+    Stale,
+    Busy,
+}
 
-/// The exit code of a command that works on several locations (remotes, and the local
-/// folder where it is one of them): 0 when none failed, 1 when every one did, 3 (partial)
-/// when some did. The one place this rule is written.
-pub fn code_for_locations(failed: usize, total: usize) -> i32 {
-    match failed {
-        0 => EXIT_OK,
-        n if n >= total => EXIT_ERROR,
-        _ => EXIT_PARTIAL,
+impl Exit {
+    /// The process exit code: the one place the numbers are written.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::Partial => 3,
+            Exit::VerifyFailed => 4,
+            Exit::Stale => 5,
+            Exit::Busy => 6,
+        }
+    }
+
+    /// The exit of a command that works on several locations (remotes, and the local
+    /// folder where it is one of them): ok when none failed, an error when every one did,
+    /// partial when some did. The one place this rule is written.
+    pub fn for_locations(failed: usize, total: usize) -> Exit {
+        match failed {
+            0 => Exit::Ok,
+            n if n >= total => Exit::Error,
+            _ => Exit::Partial,
+        }
+    }
+
+    /// The exit an error maps to: the first [`AppError`] in its chain decides; a lock held
+    /// by another run is [`Exit::Busy`] only where the caller says so (`hook`), so here it
+    /// is a plain error like everything else.
+    pub fn of(e: &anyhow::Error) -> Exit {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<AppError>())
+            .map_or(Exit::Error, |a| match a {
+                AppError::Usage(_) => Exit::Usage,
+                AppError::Verification(_) => Exit::VerifyFailed,
+            })
     }
 }
 
-/// An error that decides the process's exit code. Anything else exits 1.
-#[derive(Debug)]
-pub struct ExitError {
-    pub code: i32,
-    pub message: String,
-}
-
-impl fmt::Display for ExitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+/// Shown as its number (`exit 3`).
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.code())
     }
 }
 
-impl std::error::Error for ExitError {}
+/// Written as its number (`"exit_code": 3` in JSON reports).
+impl serde::Serialize for Exit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(self.code())
+    }
+}
+
+/// The errors the application raises itself to choose an exit code; the rest of a failure
+/// is context on an `anyhow::Error`. The backends raise [`pronto_backends::BackendError`].
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A bad flag, config value or input that the user must fix (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Data that does not check out: a hash, a manifest, a decryption, an archive entry
+    /// (exit 4).
+    #[error("{0}")]
+    Verification(String),
+}
 
 /// A usage or config error (exit 2).
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    ExitError {
-        code: EXIT_USAGE,
-        message: message.into(),
-    }
-    .into()
+    AppError::Usage(message.into()).into()
 }
 
 /// A verification failure (exit 4).
 pub fn verification(message: impl Into<String>) -> anyhow::Error {
-    ExitError {
-        code: EXIT_VERIFY,
-        message: message.into(),
-    }
-    .into()
+    AppError::Verification(message.into()).into()
 }
 
-/// The exit code an error maps to.
-pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<ExitError>().map(|x| x.code))
-        .unwrap_or(EXIT_ERROR)
+/// Whether `e` is (or wraps) a verification failure.
+pub fn is_verification(e: &anyhow::Error) -> bool {
+    Exit::of(e) == Exit::VerifyFailed
 }
 
 /// What to do about the operating-system error behind `e`, if it is one a user can act on:
@@ -93,10 +132,43 @@ mod tests {
 
     #[test]
     fn some_failed_locations_make_a_partial_run_and_all_failed_an_error() {
-        assert_eq!(code_for_locations(0, 0), EXIT_OK);
-        assert_eq!(code_for_locations(0, 3), EXIT_OK);
-        assert_eq!(code_for_locations(1, 3), EXIT_PARTIAL);
-        assert_eq!(code_for_locations(2, 3), EXIT_PARTIAL);
-        assert_eq!(code_for_locations(3, 3), EXIT_ERROR);
+        assert_eq!(Exit::for_locations(0, 0), Exit::Ok);
+        assert_eq!(Exit::for_locations(0, 3), Exit::Ok);
+        assert_eq!(Exit::for_locations(1, 3), Exit::Partial);
+        assert_eq!(Exit::for_locations(2, 3), Exit::Partial);
+        assert_eq!(Exit::for_locations(3, 3), Exit::Error);
+    }
+
+    #[test]
+    fn an_error_exits_by_the_first_app_error_in_its_chain() {
+        use anyhow::Context;
+        let wrapped = Err::<(), _>(usage("bad flag"))
+            .context("reading the config")
+            .unwrap_err();
+        assert_eq!(Exit::of(&wrapped).code(), 2);
+        let v = Err::<(), _>(verification("hash mismatch"))
+            .context("pulling")
+            .unwrap_err();
+        assert_eq!(Exit::of(&v).code(), 4);
+        assert!(is_verification(&v));
+        let io = anyhow::Error::from(std::io::Error::other("disk on fire"));
+        assert_eq!(Exit::of(&io).code(), 1);
+        let codes: Vec<i32> = [
+            Exit::Ok,
+            Exit::Error,
+            Exit::Usage,
+            Exit::Partial,
+            Exit::VerifyFailed,
+            Exit::Stale,
+            Exit::Busy,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
+        assert_eq!(
+            codes,
+            [0, 1, 2, 3, 4, 5, 6],
+            "the table in docs/commands.md"
+        );
     }
 }

@@ -198,7 +198,7 @@ impl Stream {
     /// Classifies an error met while reading entries: one caused by the stream is a
     /// verification failure; anything else (a refused entry, a failed write) is kept.
     fn classify(&self, archive: &Path, e: anyhow::Error) -> anyhow::Error {
-        if self.damaged.get() && crate::error::exit_code(&e) != crate::error::EXIT_VERIFY {
+        if self.damaged.get() && !crate::error::is_verification(&e) {
             self.damaged(archive, format!("{e:#}"))
         } else {
             e

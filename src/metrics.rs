@@ -6,6 +6,7 @@
 //! its previous `pronto_offsite_remote_last_success_timestamp_seconds` (and alerts on
 //! `time() - that > …` fire when it keeps failing).
 
+use crate::error::Exit;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -180,7 +181,7 @@ impl State {
             finished: r.finished,
             duration_seconds: r.duration_seconds,
             status: r.status,
-            exit_code: r.exit_code,
+            exit_code: r.exit_code.code(),
             archive_size: archive.map(|a| a.size),
             archive_id: archive.map(|a| a.id.clone()),
         });
@@ -401,10 +402,10 @@ fn render_steps(p: &mut Prom, state: &State) {
 /// After a `verify` run (exit code or error): fold its outcome into the state and
 /// rewrite the textfile. Only with `[metrics]` set (verify is otherwise read-only);
 /// failures here are logged and never change the command's exit code.
-pub fn record_verify(cfg: &Config, res: &Result<i32>) {
+pub fn record_verify(cfg: &Config, res: &Result<Exit>) {
     let Some(m) = &cfg.metrics else { return };
     let error = match res {
-        Ok(0) => None,
+        Ok(Exit::Ok) => None,
         Ok(code) => Some(format!(
             "verification failed (exit {code}): a checksum or size did not match"
         )),

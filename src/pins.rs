@@ -19,6 +19,7 @@
 //! the archives, so hosts sharing a bucket under different prefixes never see each
 //! other's pins. The name matches no archive name, so prune never touches it.
 
+use crate::error::Exit;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -182,7 +183,7 @@ fn resolve_id(cfg: &Config, what: &str) -> Result<String> {
     })
 }
 
-pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Result<i32> {
+pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Result<Exit> {
     let verb = if pin { "pin" } else { "unpin" };
     let id = resolve_id(cfg, what)?;
 
@@ -253,7 +254,7 @@ pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Re
         }
     }
     out.flush()?;
-    Ok(crate::error::code_for_locations(failed, cfg.remotes.len()))
+    Ok(Exit::for_locations(failed, cfg.remotes.len()))
 }
 
 #[cfg(test)]

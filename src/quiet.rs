@@ -6,6 +6,7 @@
 //! back; on exit code 0 the captured text is dropped, otherwise [`summary`] of it is
 //! printed. With `--json` nothing is captured: a script asked for that output.
 
+use crate::error::Exit;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 
@@ -13,15 +14,15 @@ use std::os::fd::{AsRawFd, FromRawFd};
 /// shown whole: it is already a summary).
 const TAIL_LINES: usize = 12;
 
-/// Run `f` with stdout captured; print nothing when it returns `Ok(0)`, else the
+/// Run `f` with stdout captured; print nothing when it returns `Ok(Exit::Ok)`, else the
 /// [`summary`] of what it printed. When stdout cannot be redirected, `f` just runs.
-pub fn run(f: impl FnOnce() -> anyhow::Result<i32>) -> anyhow::Result<i32> {
+pub fn run(f: impl FnOnce() -> anyhow::Result<Exit>) -> anyhow::Result<Exit> {
     let Some(capture) = Capture::start() else {
         return f();
     };
     let res = f();
     let text = capture.finish();
-    let failed = !matches!(res, Ok(0));
+    let failed = !matches!(res, Ok(Exit::Ok));
     if failed && !text.trim().is_empty() {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(summary(&text).as_bytes());

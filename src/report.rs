@@ -7,7 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::{EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use crate::error::Exit;
 use crate::fsutil::human_bytes;
 
 /// What a run came to, for `on = [...]`: `partial` counts as a failure.
@@ -77,7 +77,7 @@ pub struct Report {
     pub config: String,
     /// `success`, `partial` or `failure`.
     pub status: Outcome,
-    pub exit_code: i32,
+    pub exit_code: Exit,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     pub duration_seconds: f64,
@@ -102,7 +102,7 @@ impl Report {
             host: crate::fsutil::hostname(),
             config: cfg.file.display().to_string(),
             status: Outcome::Success,
-            exit_code: EXIT_OK,
+            exit_code: Exit::Ok,
             started,
             finished: started,
             duration_seconds: 0.0,
@@ -127,17 +127,21 @@ impl Report {
         let prune_failed = self.prune.as_ref().is_some_and(|p| p.error.is_some());
         let anything_ok = made_archive || remotes_ok > 0;
         let (status, code) = if busy {
-            (Outcome::Failure, EXIT_BUSY)
+            (Outcome::Failure, Exit::Busy)
         } else if backup_failed {
-            (Outcome::Failure, self.exit_code.max(EXIT_ERROR))
+            let code = match self.exit_code {
+                Exit::Ok => Exit::Error,
+                code => code,
+            };
+            (Outcome::Failure, code)
         } else if remotes_failed > 0 || prune_failed || !self.errors.is_empty() {
             if anything_ok {
-                (Outcome::Partial, EXIT_PARTIAL)
+                (Outcome::Partial, Exit::Partial)
             } else {
-                (Outcome::Failure, EXIT_ERROR)
+                (Outcome::Failure, Exit::Error)
             }
         } else {
-            (Outcome::Success, EXIT_OK)
+            (Outcome::Success, Exit::Ok)
         };
         self.status = status;
         self.exit_code = code;
@@ -181,7 +185,7 @@ impl Report {
         if self.prune.as_ref().is_some_and(|p| p.error.is_some()) {
             parts.push("prune failed".to_string());
         }
-        if self.exit_code == EXIT_BUSY {
+        if self.exit_code == Exit::Busy {
             parts.push("another run holds the lock".to_string());
         }
         format!(

@@ -405,7 +405,7 @@ fn wrong_or_missing_identity_exits_2_before_anything_is_written() {
         },
     )
     .unwrap_err();
-    assert_eq!(pronto_offsite::error::exit_code(&e), 2, "{e:#}");
+    assert_eq!(pronto_offsite::error::Exit::of(&e).code(), 2, "{e:#}");
     assert!(!dest.exists());
     let e = pronto_offsite::extract::extract(&local, &dest).unwrap_err();
     assert!(format!("{e:#}").contains("is encrypted with age"), "{e:#}");

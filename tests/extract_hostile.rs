@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use pronto_offsite::error::exit_code;
+use pronto_offsite::error::Exit;
 use pronto_offsite::extract::{check_readable, extract, ExtractStats};
 use tar::{EntryType, Header};
 
@@ -140,7 +140,7 @@ fn assert_refused(needle: &str, build: impl Fn(&Path) -> Vec<u8>) {
 
     // Verify means restorable: what extract refuses, check_readable (verify) refuses too.
     let err = check_readable(&archive).expect_err("check_readable passed a hostile archive");
-    assert_eq!(exit_code(&err), 4, "{err:#}");
+    assert_eq!(Exit::of(&err).code(), 4, "{err:#}");
     assert!(format!("{err:#}").contains(needle), "{err:#}");
     for dest in [area.join("new"), existing.clone()] {
         let err = extract(&archive, &dest).expect_err("hostile archive was extracted");
@@ -149,7 +149,7 @@ fn assert_refused(needle: &str, build: impl Fn(&Path) -> Vec<u8>) {
             msg.contains(needle),
             "error does not name '{needle}': {msg}"
         );
-        assert_eq!(exit_code(&err), 4, "a refused archive exits 4: {msg}");
+        assert_eq!(Exit::of(&err).code(), 4, "a refused archive exits 4: {msg}");
         assert_eq!(
             tree(root),
             before,

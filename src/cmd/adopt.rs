@@ -10,6 +10,7 @@
 //! time from its name), atomically and under the folder lock. Encrypted (`.age`)
 //! archives made elsewhere are refused: their contents cannot be summarised here.
 
+use crate::error::Exit;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::manifest::{Manifest, SourceSummary};
 
 /// Run `adopt`; exit 0 when every archive was adopted (or there was none), 4 when one
 /// was refused.
-pub fn run(cfg: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<i32> {
+pub fn run(cfg: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<Exit> {
     let _lock = crate::lock::acquire(&cfg.local.dir, "adopt", crate::lock::DEFAULT_WAIT)?;
     let all = catalog::scan(&cfg.local)?;
     let picked: Vec<Result<&LocalArchive, String>> = if paths.is_empty() {
@@ -40,7 +41,7 @@ pub fn run(cfg: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<i32> 
             "nothing to adopt: every archive in {} has its manifest",
             cfg.local.dir.display()
         )?;
-        return Ok(crate::error::EXIT_OK);
+        return Ok(Exit::Ok);
     }
     let mut refused = 0;
     for p in picked {
@@ -61,9 +62,9 @@ pub fn run(cfg: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<i32> 
         }
     }
     Ok(if refused == 0 {
-        crate::error::EXIT_OK
+        Exit::Ok
     } else {
-        crate::error::EXIT_VERIFY
+        Exit::VerifyFailed
     })
 }
 

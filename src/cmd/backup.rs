@@ -5,6 +5,7 @@
 //! name, then the manifest beside it (written last: it marks the archive complete).
 //! With `[encryption] recipients`, the same pass encrypts with age: `NAME.tar.gz.age`.
 
+use crate::error::Exit;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -430,7 +431,7 @@ pub fn dry_run(
 }
 
 /// `backup --dry-run`: the filter of every folder source, then [`dry_run`]; exit 0.
-pub fn dry_run_cmd(cfg: &Config, out: &mut dyn std::io::Write) -> Result<i32> {
+pub fn dry_run_cmd(cfg: &Config, out: &mut dyn std::io::Write) -> Result<Exit> {
     let mut ex = crate::exclude::Excludes::default();
     for s in &cfg.sources {
         if let Some(p) = &s.path {
@@ -438,5 +439,5 @@ pub fn dry_run_cmd(cfg: &Config, out: &mut dyn std::io::Write) -> Result<i32> {
         }
     }
     dry_run(cfg, &ex, out)?;
-    Ok(crate::error::EXIT_OK)
+    Ok(Exit::Ok)
 }

@@ -34,6 +34,7 @@
 //! Afterwards the usual `push` runs for the remotes that did not fail: it uploads
 //! anything else they lack (and what was handed over) and prunes them as configured.
 
+use crate::error::Exit;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -652,7 +653,7 @@ pub fn backup_and_push(
 /// `backup --push`: the backup (an error when it fails, as `backup`), the new archive
 /// streamed to every remote, then `push`; returns the manifest, the archive's path and the
 /// exit code (0, or 3 when a remote failed: the archive was made).
-pub fn run_backup_push(cfg: &Config, out: &mut dyn Write) -> Result<(Manifest, PathBuf, i32)> {
+pub fn run_backup_push(cfg: &Config, out: &mut dyn Write) -> Result<(Manifest, PathBuf, Exit)> {
     if cfg.remotes.is_empty() {
         return Err(crate::error::usage(format!(
             "{}: no [[remotes]] configured: nowhere to push (run `backup` without --push)",
@@ -672,7 +673,7 @@ pub fn run_backup_push(cfg: &Config, out: &mut dyn Write) -> Result<(Manifest, P
     let (m, path) = outcome.backup?;
     // The archive was made: failed remotes make at worst a partial run.
     let failed = outcome.remotes.iter().filter(|r| r.error.is_some()).count();
-    let code = crate::error::code_for_locations(failed, outcome.remotes.len() + 1);
+    let code = Exit::for_locations(failed, outcome.remotes.len() + 1);
     Ok((m, path, code))
 }
 

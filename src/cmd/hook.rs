@@ -23,7 +23,7 @@ use chrono::{SubsecRound, Utc};
 
 pub use crate::config::hook::{HookConfig, DEFAULT_LOCK_WAIT};
 use crate::config::Config;
-use crate::error::{exit_code, EXIT_ERROR, EXIT_OK};
+use crate::error::Exit;
 use crate::fsutil::human_bytes;
 use crate::notify::Notifier;
 pub use crate::report::{ArchiveInfo, BackupStep, Outcome, PruneStep, RemoteStep, Report};
@@ -48,7 +48,7 @@ pub struct HookOptions {
 /// the report like a failed step, and the state file, the metrics textfile and the
 /// notifications are written and sent before the exit. Writing them may fail in turn (a
 /// read-only folder): that is logged at ERROR and never replaces the run's own error.
-pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32> {
+pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<Exit> {
     let t0 = Instant::now();
     let started = Utc::now().trunc_subsecs(0);
     let rt = crate::remotes::runtime()?;
@@ -92,15 +92,15 @@ pub fn run(cfg: &Config, opts: &HookOptions, out: &mut dyn Write) -> Result<i32>
 /// exits 1, so that a broken alert channel shows (in cron's mail, in `systemctl
 /// --failed`) before the night it is needed. A failed run keeps its code: a failed
 /// notification never hides the original error.
-fn final_exit_code(run: i32, unsent: &[&str]) -> i32 {
-    if run != EXIT_OK || unsent.is_empty() {
+fn final_exit_code(run: Exit, unsent: &[&str]) -> Exit {
+    if run != Exit::Ok || unsent.is_empty() {
         return run;
     }
     tracing::error!(
         "the run itself succeeded, but its notification failed ({}): fix [notify] (see the errors above), or failures will reach nobody",
         unsent.join(", ")
     );
-    EXIT_ERROR
+    Exit::Error
 }
 
 /// The steps of a run, into `report`: lock (kept in `lock`), backup, push, prune. Returns
@@ -254,7 +254,7 @@ fn backup_step(
             let msg = crate::error::describe(&e);
             tracing::error!("backup failed: {msg}");
             report.errors.push(format!("backup: {msg}"));
-            report.exit_code = exit_code(&e);
+            report.exit_code = Exit::of(&e);
             BackupStep {
                 skipped: false,
                 archive: None,
@@ -290,7 +290,7 @@ pub fn print_push_json(
     reports: &[crate::cmd::push::RemoteReport],
     dry_run: bool,
     out: &mut dyn Write,
-) -> Result<i32> {
+) -> Result<Exit> {
     let remotes: Vec<serde_json::Value> = reports
         .iter()
         .map(|r| {
@@ -307,7 +307,7 @@ pub fn print_push_json(
             })
         })
         .collect();
-    let code = crate::cmd::push::exit_code(reports);
+    let code = crate::cmd::push::exit(reports);
     let v = serde_json::json!({ "dry_run": dry_run, "exit_code": code, "remotes": remotes });
     writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(code)

@@ -1,5 +1,6 @@
 //! `list`: local archives and each remote's, side by side.
 
+use crate::error::Exit;
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -31,7 +32,12 @@ struct Row {
 }
 
 /// Print the table (or JSON). Returns the exit code: 0, or 3 when a remote could not be listed.
-pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Write) -> Result<i32> {
+pub async fn run(
+    cfg: &Config,
+    only: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Exit> {
     let now = chrono::Utc::now();
     let local = catalog::scan(&cfg.local)?;
     let selected = remotes::selected(cfg, only)?;
@@ -153,7 +159,7 @@ pub async fn run(cfg: &Config, only: Option<&str>, json: bool, out: &mut dyn Wri
     }
     // The local folder was listed: at worst a partial run.
     let failed = states.iter().filter(|(_, s)| s.is_err()).count();
-    Ok(crate::error::code_for_locations(failed, states.len() + 1))
+    Ok(Exit::for_locations(failed, states.len() + 1))
 }
 
 /// `list --all-hosts`: every host's archives on each remote (read from the whole root,
@@ -163,7 +169,7 @@ pub async fn list_all_hosts(
     only: Option<&str>,
     json: bool,
     out: &mut dyn std::io::Write,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     use crate::fsutil::human_bytes;
 
     #[derive(serde::Serialize)]
@@ -266,8 +272,8 @@ pub async fn list_all_hosts(
     }
     // As `list`: remotes that could not be listed make a partial listing (exit 3).
     Ok(if errors.is_empty() {
-        crate::error::EXIT_OK
+        Exit::Ok
     } else {
-        crate::error::EXIT_PARTIAL
+        Exit::Partial
     })
 }

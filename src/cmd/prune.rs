@@ -33,6 +33,7 @@
 //! changes there) unless `--force`. Exit code: 0, 3 when some locations failed or were
 //! refused and others succeeded, 1 when all failed.
 
+use crate::error::Exit;
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -90,15 +91,15 @@ pub struct LocationReport {
 }
 
 /// Run `prune`; returns the exit code.
-pub async fn run(cfg: &Config, opts: &PruneOptions, out: &mut dyn Write) -> Result<i32> {
+pub async fn run(cfg: &Config, opts: &PruneOptions, out: &mut dyn Write) -> Result<Exit> {
     let reports = run_reports(cfg, opts, out).await?;
-    Ok(exit_code(&reports))
+    Ok(exit(&reports))
 }
 
-/// 0 when every location succeeded, 3 when some did, 1 when none did.
-pub fn exit_code(reports: &[LocationReport]) -> i32 {
+/// Ok when every location succeeded, partial when some did, an error when none did.
+pub fn exit(reports: &[LocationReport]) -> Exit {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    crate::error::code_for_locations(failed, reports.len())
+    Exit::for_locations(failed, reports.len())
 }
 
 /// A remote as this run sees it.

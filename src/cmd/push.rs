@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use crate::catalog;
 use crate::config::Config;
-use crate::error::{EXIT_OK, EXIT_PARTIAL};
+use crate::error::Exit;
 use crate::fsutil::human_bytes;
 use crate::plan;
 use crate::remotes;
@@ -68,18 +68,18 @@ pub async fn run(
     dry_run: bool,
     prune: bool,
     out: &mut dyn Write,
-) -> Result<i32> {
+) -> Result<Exit> {
     let reports = run_with(cfg, only, dry_run, prune, out).await?;
-    Ok(exit_code(&reports))
+    Ok(exit(&reports))
 }
 
-/// 0 when every remote succeeded, 1 when all failed, 3 when some did or some archives
-/// were skipped ([`RemoteReport::failed`]).
-pub fn exit_code(reports: &[RemoteReport]) -> i32 {
+/// Ok when every remote succeeded, an error when all failed, partial when some did or
+/// some archives were skipped ([`RemoteReport::failed`]).
+pub fn exit(reports: &[RemoteReport]) -> Exit {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     let skipped_some = reports.iter().any(|r| !r.failed.is_empty());
-    match crate::error::code_for_locations(failed, reports.len()) {
-        EXIT_OK if skipped_some => EXIT_PARTIAL,
+    match Exit::for_locations(failed, reports.len()) {
+        Exit::Ok if skipped_some => Exit::Partial,
         code => code,
     }
 }

@@ -17,6 +17,7 @@
 //! Every step prints what it did; a failure stops with the step named and the
 //! safety backup's id.
 
+use crate::error::Exit;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -537,7 +538,7 @@ fn plan_steps<'a>(
 }
 
 /// Run a restore; returns the exit code.
-pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i32> {
+pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<Exit> {
     // 0. What to restore: the sources of the kinds asked for, checked.
     let selected = select_sources(cfg, opts)?;
 
@@ -714,7 +715,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<i
     if let Some(id) = safety {
         writeln!(out, "safety backup: {id}")?;
     }
-    Ok(crate::error::EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// The one top folder inside an archive: its name without the extension.

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::cmd::restore::top_folder;
 pub use crate::config::drill::DrillConfig;
 use crate::config::Config;
-use crate::error::{EXIT_OK, EXIT_VERIFY};
+use crate::error::Exit;
 use crate::manifest::{Manifest, Section};
 use crate::source::postgres::{PgClient, PgSource};
 use crate::source::rdb;
@@ -132,7 +132,7 @@ pub struct TreeCounts {
 }
 
 /// Run the drill; returns the exit code (0 pass, 4 mismatch).
-pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32> {
+pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<Exit> {
     let rt = crate::remotes::runtime()?;
     let mut sink = std::io::sink();
     let pull_out: &mut dyn Write = if opts.json { &mut sink } else { out };
@@ -251,13 +251,13 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<i32
         writeln!(out, "restore test FAILED ({failed} of {checks} checks)")?;
     }
     if report.passed {
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     } else {
         tracing::error!(
             "restore test of {} failed: {failed} of {checks} checks",
             manifest.file
         );
-        Ok(EXIT_VERIFY)
+        Ok(Exit::VerifyFailed)
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::catalog::{self, Tier};
 pub use crate::config::status::{parse_max_age, StatusConfig, DEFAULT_MAX_AGE};
 use crate::config::Config;
-use crate::error::{EXIT_OK, EXIT_STALE};
+use crate::error::Exit;
 use crate::fsutil::human_bytes;
 pub use crate::fsutil::{free_space, human_age, Disk};
 use crate::metrics::{LastRun, State};
@@ -121,7 +121,7 @@ fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
 }
 
 /// Run `status`; returns the exit code (0 or 5).
-pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Result<i32> {
+pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Result<Exit> {
     let now = Utc::now().trunc_subsecs(0);
     let max_age = opts.max_age.unwrap_or(cfg.status.max_age);
     let max_td = TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX);
@@ -317,9 +317,9 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         print_text(&report, max_age, out)?;
     }
     Ok(if report.problems.is_empty() {
-        EXIT_OK
+        Exit::Ok
     } else {
-        EXIT_STALE
+        Exit::Stale
     })
 }
 

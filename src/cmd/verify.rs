@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, LocalArchive};
 use crate::config::Config;
-use crate::error::{usage, EXIT_ERROR, EXIT_OK, EXIT_VERIFY};
+use crate::error::{usage, Exit};
 use crate::manifest::Manifest;
 use crate::plan::RemoteArchive;
 use crate::remotes;
@@ -92,7 +92,7 @@ pub fn parse_sample(s: &str) -> std::result::Result<f64, String> {
 }
 
 /// Run `verify`; returns the exit code.
-pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Result<i32> {
+pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Result<Exit> {
     let wanted = match opts.id.as_deref() {
         None | Some("latest") => None,
         Some(s) => Some(catalog::id_from_user(&cfg.local.prefix, s).ok_or_else(|| {
@@ -179,11 +179,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Res
     }
     let count = |o: Outcome| checks.iter().filter(|c| c.outcome == o).count();
     let code = if count(Outcome::Mismatch) > 0 {
-        EXIT_VERIFY
+        Exit::VerifyFailed
     } else if count(Outcome::Error) > 0 {
-        EXIT_ERROR
+        Exit::Error
     } else {
-        EXIT_OK
+        Exit::Ok
     };
     if opts.json {
         let v = serde_json::json!({ "exit_code": code, "checks": checks });

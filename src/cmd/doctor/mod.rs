@@ -23,11 +23,11 @@ use anyhow::Result;
 use bytes::Bytes;
 
 use crate::config::{Config, SourceKind};
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
+use crate::error::Exit;
 use crate::fsutil::human_bytes;
 
 /// Run doctor on a config file (loaded here, so that a broken one is a failed check).
-pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Result<i32> {
+pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Result<Exit> {
     let mut checks = Vec::new();
     let cfg = match crate::config::locate(config_path).and_then(|f| crate::config::load(&f)) {
         Ok(c) => {
@@ -58,11 +58,11 @@ pub fn run(config_path: Option<&Path>, json: bool, out: &mut dyn Write) -> Resul
     }
     print(&checks, json, out)?;
     Ok(if cfg.is_none() {
-        EXIT_USAGE
+        Exit::Usage
     } else if checks.iter().all(|c| c.ok) {
-        EXIT_OK
+        Exit::Ok
     } else {
-        EXIT_ERROR
+        Exit::Error
     })
 }
 

@@ -155,57 +155,7 @@ pronto-offsite pull 20260201-170521 --restore                 # everything, afte
 pronto-offsite pull latest --restore --only postgres          # the databases only\n  \
 pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live database"
     )]
-    Pull {
-        /// Archive id (20260201-170521), name, or `latest`
-        id: String,
-        /// Download from this remote even when the local archive is intact (default: the
-        /// local copy when it verifies, else the first remote that has it)
-        #[arg(long, visible_alias = "from", value_name = "NAME")]
-        remote: Option<String>,
-        /// Extract into this folder (must be empty or absent)
-        #[arg(long, value_name = "DIR", conflicts_with = "restore")]
-        to: Option<PathBuf>,
-        /// Restore into the running services and configured folders (after a safety backup)
-        #[arg(long)]
-        restore: bool,
-        /// With --restore: only these kinds (postgres,redis,static_content,configs,docker_volumes)
-        #[arg(
-            long,
-            value_name = "KINDS",
-            value_delimiter = ',',
-            requires = "restore"
-        )]
-        only: Option<Vec<String>>,
-        /// With --restore: skip the backup of the current state taken before anything is overwritten
-        #[arg(long, requires = "restore")]
-        no_safety_backup: bool,
-        /// With --restore: restore the PostgreSQL database into this database, beside the live one
-        #[arg(long, value_name = "NAME", requires = "restore")]
-        target_db: Option<String>,
-        /// With --target-db: which database of the archive (when it holds several)
-        #[arg(long, value_name = "NAME", requires = "target_db")]
-        database: Option<String>,
-        /// With --target-db: replace that database even when it exists and holds tables (it goes into the safety backup first)
-        #[arg(long, requires = "target_db")]
-        replace_target_db: bool,
-        /// With --restore: set roles that exist to the backup's state (password, LOGIN, memberships); by default they are left as they are
-        #[arg(long, requires = "restore")]
-        reset_roles: bool,
-        /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
-        #[arg(long, short = 'i', value_name = "FILE")]
-        identity: Option<PathBuf>,
-        /// Another host's archive: read the remotes under this `host_id` (see `list --all-hosts`)
-        #[arg(long, value_name = "HOST")]
-        host: Option<String>,
-        /// With --to or --restore: write at most this much file content, e.g. 200GiB
-        /// (a decompression-bomb guard; default: [restore] max_extract_size)
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        max_extract_size: Option<u64>,
-        /// Print one JSON object (id, file, remote, path, sha256, size, verified, extracted_to)
-        /// instead of the text lines (and no progress bar)
-        #[arg(long, conflicts_with = "restore")]
-        json: bool,
-    },
+    Pull(PullArgs),
     /// Check archives against their manifests, locally and on every remote; or restore one: `verify <id> --restore-test`
     #[command(
         after_help = "Without --restore-test: each local archive's size and sha256 against its manifest, then every tar\n\
@@ -220,31 +170,7 @@ Redis snapshot into a throwaway redis-server and compares key counts, and counts
 Example (cron, Sundays at 4 AM):\n  0 4 * * 0 /usr/local/bin/pronto-offsite -q verify latest --restore-test\n\n\
 Exit codes: 0 passed, 4 a mismatch or a dump that does not restore, 1 the drill could not run."
     )]
-    Verify {
-        /// Archive id (20260201-170521), name, or `latest` (default: every archive; required with --restore-test)
-        id: Option<String>,
-        /// Only this remote
-        #[arg(long, value_name = "NAME")]
-        remote: Option<String>,
-        /// Only the local folder
-        #[arg(long, conflicts_with_all = ["remote", "restore_test"])]
-        local: bool,
-        /// Download remote archives and re-hash them
-        #[arg(long, conflicts_with = "restore_test")]
-        deep: bool,
-        /// Hash, read and (--deep) download only a random share of the archives, e.g. 10%
-        #[arg(long, value_name = "SHARE", value_parser = crate::cmd::verify::parse_sample, conflicts_with = "restore_test")]
-        sample: Option<f64>,
-        /// Restore into throwaway servers and compare with the manifest (required: the only mode so far)
-        #[arg(long)]
-        restore_test: bool,
-        /// Print the report as JSON
-        #[arg(long)]
-        json: bool,
-        /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
-        #[arg(long, short = 'i', value_name = "FILE")]
-        identity: Option<PathBuf>,
-    },
+    Verify(VerifyArgs),
     /// Write a new age identity (secret key, mode 0600) and print its public key (recipient)
     #[command(
         after_help = "Example:\n  pronto-offsite keygen --output /etc/pronto-offsite/age-key.txt\n  \
@@ -315,6 +241,88 @@ Exit codes: 0 ok, 1 failed, 3 partial (archive made, a remote or the prune faile
         after_help = "Example:\n  pronto-offsite man > /usr/local/share/man/man1/pronto-offsite.1"
     )]
     Man,
+}
+
+/// `pull`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// Archive id (20260201-170521), name, or `latest`
+    id: String,
+    /// Download from this remote even when the local archive is intact (default: the
+    /// local copy when it verifies, else the first remote that has it)
+    #[arg(long, visible_alias = "from", value_name = "NAME")]
+    remote: Option<String>,
+    /// Extract into this folder (must be empty or absent)
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    to: Option<PathBuf>,
+    /// Restore into the running services and configured folders (after a safety backup)
+    #[arg(long)]
+    restore: bool,
+    /// With --restore: only these kinds (postgres,redis,static_content,configs,docker_volumes)
+    #[arg(
+        long,
+        value_name = "KINDS",
+        value_delimiter = ',',
+        requires = "restore"
+    )]
+    only: Option<Vec<String>>,
+    /// With --restore: skip the backup of the current state taken before anything is overwritten
+    #[arg(long, requires = "restore")]
+    no_safety_backup: bool,
+    /// With --restore: restore the PostgreSQL database into this database, beside the live one
+    #[arg(long, value_name = "NAME", requires = "restore")]
+    target_db: Option<String>,
+    /// With --target-db: which database of the archive (when it holds several)
+    #[arg(long, value_name = "NAME", requires = "target_db")]
+    database: Option<String>,
+    /// With --target-db: replace that database even when it exists and holds tables (it goes into the safety backup first)
+    #[arg(long, requires = "target_db")]
+    replace_target_db: bool,
+    /// With --restore: set roles that exist to the backup's state (password, LOGIN, memberships); by default they are left as they are
+    #[arg(long, requires = "restore")]
+    reset_roles: bool,
+    /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
+    #[arg(long, short = 'i', value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Another host's archive: read the remotes under this `host_id` (see `list --all-hosts`)
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// With --to or --restore: write at most this much file content, e.g. 200GiB
+    /// (a decompression-bomb guard; default: [restore] max_extract_size)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_extract_size: Option<u64>,
+    /// Print one JSON object (id, file, remote, path, sha256, size, verified, extracted_to)
+    /// instead of the text lines (and no progress bar)
+    #[arg(long, conflicts_with = "restore")]
+    json: bool,
+}
+
+/// `verify`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Archive id (20260201-170521), name, or `latest` (default: every archive; required with --restore-test)
+    id: Option<String>,
+    /// Only this remote
+    #[arg(long, value_name = "NAME")]
+    remote: Option<String>,
+    /// Only the local folder
+    #[arg(long, conflicts_with_all = ["remote", "restore_test"])]
+    local: bool,
+    /// Download remote archives and re-hash them
+    #[arg(long, conflicts_with = "restore_test")]
+    deep: bool,
+    /// Hash, read and (--deep) download only a random share of the archives, e.g. 10%
+    #[arg(long, value_name = "SHARE", value_parser = crate::cmd::verify::parse_sample, conflicts_with = "restore_test")]
+    sample: Option<f64>,
+    /// Restore into throwaway servers and compare with the manifest (required: the only mode so far)
+    #[arg(long)]
+    restore_test: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// age identity (secret key file) for an encrypted archive (default: [encryption] identity_file)
+    #[arg(long, short = 'i', value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 /// Run the CLI; returns the process exit code.
@@ -484,20 +492,7 @@ fn run(cli: Cli) -> Result<Exit> {
             local,
             remote,
             force,
-        } => {
-            let cfg = load_config(cli.config.as_deref())?;
-            let scope = match (local, remote) {
-                (true, _) => crate::cmd::prune::Scope::Local,
-                (false, Some(name)) => crate::cmd::prune::Scope::Remote(name),
-                (false, None) => crate::cmd::prune::Scope::All,
-            };
-            let opts = crate::cmd::prune::PruneOptions {
-                scope,
-                dry_run,
-                force,
-            };
-            runtime()?.block_on(crate::cmd::prune::run(&cfg, &opts, &mut out))
-        }
+        } => prune(&g, dry_run, local, remote, force, &mut out),
         Command::Pin { id } => {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::pins::run(&cfg, &id, true, &mut out))
@@ -528,125 +523,11 @@ fn run(cli: Cli) -> Result<Exit> {
                 &mut out,
             ))
         }
-        Command::Pull {
-            id,
-            remote,
-            restore: true,
-            only,
-            no_safety_backup,
-            target_db,
-            database,
-            replace_target_db,
-            reset_roles,
-            identity,
-            host,
-            max_extract_size,
-            ..
-        } => {
-            let cfg = config_for_pull(&g, host, identity, max_extract_size)?;
-            let opts = crate::cmd::restore::RestoreOptions {
-                id,
-                remote,
-                only,
-                safety_backup: !no_safety_backup,
-                target_db,
-                database,
-                replace_target_db,
-                reset_roles,
-            };
-            crate::cmd::restore::run(&cfg, &opts, &mut out)
-        }
-        Command::Verify {
-            id,
-            remote,
-            local,
-            deep,
-            sample,
-            restore_test: false,
-            json,
-            identity,
-        } => {
-            let mut cfg = load_config(cli.config.as_deref())?;
-            override_identity(&mut cfg, identity);
-            let opts = crate::cmd::verify::VerifyOptions {
-                id,
-                local,
-                remote,
-                sample,
-                deep,
-                json,
-            };
-            let res = runtime()?.block_on(crate::cmd::verify::run(&cfg, &opts, &mut out));
-            crate::metrics::record_verify(&cfg, &res);
-            res
-        }
-        Command::Verify {
-            id,
-            remote,
-            restore_test: true,
-            json,
-            identity,
-            ..
-        } => {
-            let Some(id) = id else {
-                return Err(crate::error::usage(
-                    "verify --restore-test: name the archive to restore: an id, a name, or `latest`",
-                ));
-            };
-            let mut cfg = load_config(cli.config.as_deref())?;
-            override_identity(&mut cfg, identity);
-            let opts = crate::cmd::restore_drill::DrillOptions { id, remote, json };
-            let res = crate::cmd::restore_drill::run(&cfg, &opts, &mut out);
-            crate::metrics::record_verify(&cfg, &res);
-            res
-        }
-        Command::Pull {
-            id,
-            remote,
-            to,
-            identity,
-            host,
-            json,
-            max_extract_size,
-            ..
-        } => {
-            crate::progress::enable(bars && !json);
-            let cfg = config_for_pull(&g, host, identity, max_extract_size)?;
-            let mut sink = std::io::sink();
-            let mut lines = crate::progress::Suspending(&mut out);
-            let text: &mut dyn Write = if json { &mut sink } else { &mut lines };
-            let pulled = runtime()?.block_on(crate::cmd::pull::run_report(
-                &cfg,
-                &id,
-                remote.as_deref(),
-                to.as_deref(),
-                text,
-            ))?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&pulled)?)?;
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Policy(args) => {
-            let policy = match (args.explicit_policy(), &args.remote) {
-                (Some(_), Some(_)) => {
-                    return Err(crate::error::usage(
-                        "--remote picks a configured policy and --keep-* give one: use either",
-                    ))
-                }
-                (Some(p), None) => p,
-                (None, None) => load_config(cli.config.as_deref())?.retention,
-                (None, Some(name)) => {
-                    let cfg = load_config(cli.config.as_deref())?;
-                    // The one message for an unknown remote name.
-                    crate::remotes::selected(&cfg, Some(name))?;
-                    cfg.policy_for(name).clone()
-                }
-            };
-            let stdin = std::io::stdin();
-            crate::cmd::policy::run(&policy, stdin.lock(), args.json, &mut out)?;
-            Ok(Exit::Ok)
-        }
+        Command::Pull(a) if a.restore => restore(&g, a, &mut out),
+        Command::Verify(a) if a.restore_test => restore_drill(&g, a, &mut out),
+        Command::Verify(a) => verify(&g, a, &mut out),
+        Command::Pull(a) => pull(&g, a, &mut out),
+        Command::Policy(args) => policy(&g, args, &mut out),
         Command::Hook {
             no_backup,
             lock_wait,
@@ -827,4 +708,121 @@ fn config_for_pull(
         cfg.max_extract_size = max_extract_size;
     }
     Ok(cfg)
+}
+
+/// `pull --restore`: bring an archive back into the running platform.
+fn restore(g: &Global, a: PullArgs, out: &mut dyn Write) -> Result<Exit> {
+    let cfg = config_for_pull(g, a.host, a.identity, a.max_extract_size)?;
+    let opts = crate::cmd::restore::RestoreOptions {
+        id: a.id,
+        remote: a.remote,
+        only: a.only,
+        safety_backup: !a.no_safety_backup,
+        target_db: a.target_db,
+        database: a.database,
+        replace_target_db: a.replace_target_db,
+        reset_roles: a.reset_roles,
+    };
+    crate::cmd::restore::run(&cfg, &opts, out)
+}
+
+/// `pull`: fetch and verify an archive, and `--to` a folder.
+fn pull(g: &Global, a: PullArgs, out: &mut dyn Write) -> Result<Exit> {
+    crate::progress::enable(g.bars && !a.json);
+    let cfg = config_for_pull(g, a.host, a.identity, a.max_extract_size)?;
+    let mut sink = std::io::sink();
+    let mut lines = crate::progress::Suspending(&mut *out);
+    let text: &mut dyn Write = if a.json { &mut sink } else { &mut lines };
+    let pulled = runtime()?.block_on(crate::cmd::pull::run_report(
+        &cfg,
+        &a.id,
+        a.remote.as_deref(),
+        a.to.as_deref(),
+        text,
+    ))?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&pulled)?)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `verify`: check archives against their manifests, locally and on the remotes.
+fn verify(g: &Global, a: VerifyArgs, out: &mut dyn Write) -> Result<Exit> {
+    let mut cfg = load_config(g.config)?;
+    override_identity(&mut cfg, a.identity);
+    let opts = crate::cmd::verify::VerifyOptions {
+        id: a.id,
+        local: a.local,
+        remote: a.remote,
+        sample: a.sample,
+        deep: a.deep,
+        json: a.json,
+    };
+    let res = runtime()?.block_on(crate::cmd::verify::run(&cfg, &opts, out));
+    crate::metrics::record_verify(&cfg, &res);
+    res
+}
+
+/// `verify --restore-test`: restore an archive into throwaway servers and compare.
+fn restore_drill(g: &Global, a: VerifyArgs, out: &mut dyn Write) -> Result<Exit> {
+    let Some(id) = a.id else {
+        return Err(crate::error::usage(
+            "verify --restore-test: name the archive to restore: an id, a name, or `latest`",
+        ));
+    };
+    let mut cfg = load_config(g.config)?;
+    override_identity(&mut cfg, a.identity);
+    let opts = crate::cmd::restore_drill::DrillOptions {
+        id,
+        remote: a.remote,
+        json: a.json,
+    };
+    let res = crate::cmd::restore_drill::run(&cfg, &opts, out);
+    crate::metrics::record_verify(&cfg, &res);
+    res
+}
+
+/// `prune`: apply retention to the local folder, one remote, or every location.
+fn prune(
+    g: &Global,
+    dry_run: bool,
+    local: bool,
+    remote: Option<String>,
+    force: bool,
+    out: &mut dyn Write,
+) -> Result<Exit> {
+    let cfg = load_config(g.config)?;
+    let scope = match (local, remote) {
+        (true, _) => crate::cmd::prune::Scope::Local,
+        (false, Some(name)) => crate::cmd::prune::Scope::Remote(name),
+        (false, None) => crate::cmd::prune::Scope::All,
+    };
+    let opts = crate::cmd::prune::PruneOptions {
+        scope,
+        dry_run,
+        force,
+    };
+    runtime()?.block_on(crate::cmd::prune::run(&cfg, &opts, out))
+}
+
+/// `policy`: which archive ids (from stdin) a retention policy keeps, and why.
+fn policy(g: &Global, args: crate::cmd::policy::PolicyArgs, out: &mut dyn Write) -> Result<Exit> {
+    let policy = match (args.explicit_policy(), &args.remote) {
+        (Some(_), Some(_)) => {
+            return Err(crate::error::usage(
+                "--remote picks a configured policy and --keep-* give one: use either",
+            ))
+        }
+        (Some(p), None) => p,
+        (None, None) => load_config(g.config)?.retention,
+        (None, Some(name)) => {
+            let cfg = load_config(g.config)?;
+            // The one message for an unknown remote name.
+            crate::remotes::selected(&cfg, Some(name))?;
+            cfg.policy_for(name).clone()
+        }
+    };
+    let stdin = std::io::stdin();
+    crate::cmd::policy::run(&policy, stdin.lock(), args.json, &mut &mut *out)?;
+    Ok(Exit::Ok)
 }

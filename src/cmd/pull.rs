@@ -107,16 +107,7 @@ async fn run_inner(
     need_key: bool,
     out: &mut dyn Write,
 ) -> Result<Pulled> {
-    let wanted = if what == "latest" {
-        None
-    } else {
-        Some(catalog::id_from_user(&cfg.local.prefix, what).ok_or_else(|| {
-            usage(format!(
-                "'{what}' is not an archive id: give `latest`, an id like 20260201-170521, or a name like {}-20260201-170521.tar.gz",
-                cfg.local.prefix
-            ))
-        })?)
-    };
+    let wanted = wanted_id(cfg, what)?;
     if let Some(to) = to {
         check_destination(to)?;
     }
@@ -147,61 +138,18 @@ async fn run_inner(
         )));
     }
 
-    // Find the archive on the first remote (in config order) that holds it complete.
-    let mut found: Option<(RemoteHandle, plan::RemoteArchive)> = None;
-    let mut any_archive = false;
-    let mut errors = Vec::new();
-    for remote in &selected {
-        let r = match remotes::open_read_only(remote) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(format!("{}: {e:#}", remote.name));
-                continue;
-            }
-        };
-        let state = match remotes::read_state(&r, &cfg.local.prefix).await {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push(format!("{}: {e:#}", remote.name));
-                continue;
-            }
-        };
-        any_archive |= !state.archives.is_empty();
-        let candidate = match &wanted {
-            Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
-            // `latest`: never one named in the future (a wrong clock).
-            None => state
-                .archives
-                .values()
-                .rev()
-                .find(|a| {
-                    a.complete() && !catalog::named_in_future(a.name.time, chrono::Utc::now())
-                })
-                .cloned(),
-        };
-        if let Some(a) = candidate {
-            let newer = match (&found, &wanted) {
-                (None, _) => true,
-                // For `latest`, the newest over all selected remotes.
-                (Some((_, f)), None) => a.name.time > f.name.time,
-                (Some(_), Some(_)) => false,
-            };
-            if newer {
-                found = Some((r, a));
-            }
-            if wanted.is_some() {
-                break;
-            }
-        }
-    }
+    let search = find_on_remotes(cfg, &selected, wanted.as_deref()).await;
     if let Some((id, time)) = &local_newest {
-        let remote_newer = found.as_ref().is_some_and(|(_, a)| a.name.time > *time);
+        let remote_newer = search
+            .found
+            .as_ref()
+            .is_some_and(|(_, a)| a.name.time > *time);
         if !remote_newer {
-            if !errors.is_empty() {
+            if !search.errors.is_empty() {
                 writeln!(
                     out,
                     "not every remote could be listed ({}); the newest local archive is {id}",
-                    errors.join("; ")
+                    search.errors.join("; ")
                 )?;
             }
             if let Some(path) = crate::catalog::local_intact(cfg, id, false, out)? {
@@ -209,25 +157,14 @@ async fn run_inner(
             }
         }
     }
-    let Some((r, archive)) = found else {
-        // (`local.home` is set for another host's pull: `pull --host H`.)
-        if !any_archive && errors.is_empty() && cfg.local.home.is_some() {
-            bail!(no_archives_message(&selected));
-        }
-        let mut msg = match wanted.as_deref() {
-            Some(id) => format!(
-                "no complete archive {id} on {} (`pronto-offsite list` shows what each location holds)",
-                names(&selected)
-            ),
-            None => format!(
-                "no complete archive on {}: nothing to pull yet (push one first)",
-                names(&selected)
-            ),
-        };
-        if !errors.is_empty() {
-            msg.push_str(&format!(" (errors: {})", errors.join("; ")));
-        }
-        bail!(msg);
+    let Some((r, archive)) = search.found else {
+        bail!(not_found_message(
+            cfg,
+            &selected,
+            wanted.as_deref(),
+            search.any_archive,
+            &search.errors
+        ));
     };
     let file = archive.name.file.clone();
     writeln!(
@@ -236,129 +173,10 @@ async fn run_inner(
         r.name,
         r.backend.describe()
     )?;
+    let (manifest, identities) = fetch_manifest(cfg, &r, &archive, need_key).await?;
 
-    let mkey = Manifest::file_name_for(&file);
-    let mbytes = retry(r.retry, &format!("download of {mkey}"), || async {
-        pronto_backends::collect(r.backend.get(&mkey, None).await?).await
-    })
-    .await
-    .with_context(|| format!("{}: downloading {mkey}", r.name))?;
-    let manifest = Manifest::from_json(&mbytes, &format!("{}:{mkey}", r.name))?;
-    if manifest.file != file {
-        return Err(verification(format!(
-            "{}: manifest {mkey} describes {}, not {file}",
-            r.name, manifest.file
-        )));
-    }
-    let expected = manifest.sha256_bytes()?;
-
-    // Encrypted: the identity must open its header, checked before anything is written.
-    let encrypted = manifest.encryption == crate::crypto::SCHEME_AGE || file.ends_with(".age");
-    let identities = if encrypted {
-        cfg.encryption.identities()?
-    } else {
-        None
-    };
-    if encrypted {
-        let fps = &manifest.recipient_fingerprints;
-        match &identities {
-            None if need_key => return Err(crate::crypto::missing_identity(&file, fps)),
-            None => {}
-            Some(ids) => {
-                let n = archive
-                    .size
-                    .unwrap_or(crate::crypto::HEADER_PROBE)
-                    .min(crate::crypto::HEADER_PROBE);
-                let head = retry(
-                    r.retry,
-                    &format!("download of the start of {file}"),
-                    || async {
-                        pronto_backends::collect(r.backend.get(&file, Some(0..n)).await?).await
-                    },
-                )
-                .await;
-                match head {
-                    Ok(head) => match ids.check_header(&head, &file, fps) {
-                        Ok(_) => {}
-                        Err(e) if need_key => return Err(e),
-                        Err(e) => tracing::warn!("{e:#}"),
-                    },
-                    Err(e) => tracing::debug!(
-                        "could not read the start of {file} to check the identity early ({e:#}); it is checked before extraction"
-                    ),
-                }
-            }
-        }
-    }
-
-    // What a sealed (encrypted) archive holds comes back into the local manifest.
-    let mut manifest = manifest;
-    if let Some(ids) = &identities {
-        match manifest.unseal(ids) {
-            Ok(()) => {}
-            Err(e) if need_key => return Err(e),
-            Err(e) => tracing::warn!("{e:#}"),
-        }
-    }
-
-    let dir = &cfg.local.dir;
-    let _lock = crate::lock::acquire(dir, "pull", crate::lock::DEFAULT_WAIT)?;
-    // Already here and intact? Use the local copy.
-    let local = catalog::scan(&cfg.local)?;
-    let existing = local
-        .iter()
-        .find(|a| a.name.id == archive.name.id && a.name.file == file);
-    let mut downloaded = false;
-    let path = match existing {
-        // `--from NAME` with an intact local copy: the remote's copy is still downloaded
-        // and checked (what a drill of that remote is for), then set aside: its bytes
-        // are the local copy's, which is used.
-        Some(a) if only.is_some() && crate::archive::sha256_file(&a.path)?.0 == expected => {
-            let check = dir.join(format!(".{file}.from-{}{PARTIAL}", r.name));
-            let res = download_checked(&r, &file, &check, archive.size, &manifest).await;
-            let _ = std::fs::remove_file(&check);
-            res?;
-            writeln!(
-                out,
-                "{}'s copy verified (sha256 {}); it is the local copy {}",
-                r.name,
-                manifest.sha256,
-                a.path.display()
-            )?;
-            if a.manifest.is_none() {
-                fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
-            }
-            downloaded = true;
-            a.path.clone()
-        }
-        Some(a) if crate::archive::sha256_file(&a.path)?.0 == expected => {
-            writeln!(out, "local copy {} is intact; not downloading", a.path.display())?;
-            if a.manifest.is_none() {
-                fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
-            }
-            a.path.clone()
-        }
-        Some(a) => bail!(
-            "a different {file} already exists at {} (its sha256 differs from {}'s manifest); move it away first",
-            a.path.display(),
-            r.name
-        ),
-        None => {
-            let partial = dir.join(format!("{file}{PARTIAL}"));
-            let _ = std::fs::remove_file(&partial);
-            if let Err(e) = download_checked(&r, &file, &partial, archive.size, &manifest).await {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-            let final_path = dir.join(&file);
-            std::fs::rename(&partial, &final_path)
-                .with_context(|| format!("renaming {} to {}", partial.display(), final_path.display()))?;
-            fsutil::write_atomic(&dir.join(&mkey), &manifest.to_json())?;
-            writeln!(out, "verified sha256 {} ({} bytes)", manifest.sha256, manifest.size)?;
-            downloaded = true;
-            final_path
-        }
-    };
+    let _lock = crate::lock::acquire(&cfg.local.dir, "pull", crate::lock::DEFAULT_WAIT)?;
+    let (path, downloaded) = place_locally(cfg, &r, &archive, only, &manifest, out).await?;
 
     let mut extracted = None;
     if let Some(to) = to {
@@ -383,6 +201,271 @@ async fn run_inner(
         extracted_to: to.map(Path::to_path_buf),
         extracted,
     })
+}
+
+/// The archive id the user asked for; `None` for `latest`.
+fn wanted_id(cfg: &Config, what: &str) -> Result<Option<String>> {
+    if what == "latest" {
+        return Ok(None);
+    }
+    let id = catalog::id_from_user(&cfg.local.prefix, what).ok_or_else(|| {
+        usage(format!(
+            "'{what}' is not an archive id: give `latest`, an id like 20260201-170521, or a name like {}-20260201-170521.tar.gz",
+            cfg.local.prefix
+        ))
+    })?;
+    Ok(Some(id))
+}
+
+/// Where the archive was found on the remotes, and what went wrong on the way.
+struct Search {
+    /// The remote and its complete copy of the archive.
+    found: Option<(RemoteHandle, plan::RemoteArchive)>,
+    /// Whether any selected remote held any archive at all.
+    any_archive: bool,
+    /// One line per remote that could not be opened or listed.
+    errors: Vec<String>,
+}
+
+/// Find `wanted` on the first remote (in config order) that holds it complete; for
+/// `latest` (`None`), the newest complete archive over all selected remotes, never one
+/// named in the future (a wrong clock).
+async fn find_on_remotes(
+    cfg: &Config,
+    selected: &[&crate::config::Remote],
+    wanted: Option<&str>,
+) -> Search {
+    let mut search = Search {
+        found: None,
+        any_archive: false,
+        errors: Vec::new(),
+    };
+    for remote in selected {
+        let r = match remotes::open_read_only(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                search.errors.push(format!("{}: {e:#}", remote.name));
+                continue;
+            }
+        };
+        let state = match remotes::read_state(&r, &cfg.local.prefix).await {
+            Ok(s) => s,
+            Err(e) => {
+                search.errors.push(format!("{}: {e:#}", remote.name));
+                continue;
+            }
+        };
+        search.any_archive |= !state.archives.is_empty();
+        let candidate = match wanted {
+            Some(id) => state.archives.get(id).filter(|a| a.complete()).cloned(),
+            None => state
+                .archives
+                .values()
+                .rev()
+                .find(|a| {
+                    a.complete() && !catalog::named_in_future(a.name.time, chrono::Utc::now())
+                })
+                .cloned(),
+        };
+        let Some(a) = candidate else { continue };
+        let newer = match &search.found {
+            None => true,
+            Some((_, f)) => wanted.is_none() && a.name.time > f.name.time,
+        };
+        if newer {
+            search.found = Some((r, a));
+        }
+        if wanted.is_some() {
+            break;
+        }
+    }
+    search
+}
+
+/// Why nothing could be pulled: no archive at all for another host, or not this one.
+fn not_found_message(
+    cfg: &Config,
+    selected: &[&crate::config::Remote],
+    wanted: Option<&str>,
+    any_archive: bool,
+    errors: &[String],
+) -> String {
+    // (`local.home` is set for another host's pull: `pull --host H`.)
+    if !any_archive && errors.is_empty() && cfg.local.home.is_some() {
+        return no_archives_message(selected);
+    }
+    let mut msg = match wanted {
+        Some(id) => format!(
+            "no complete archive {id} on {} (`pronto-offsite list` shows what each location holds)",
+            names(selected)
+        ),
+        None => format!(
+            "no complete archive on {}: nothing to pull yet (push one first)",
+            names(selected)
+        ),
+    };
+    if !errors.is_empty() {
+        msg.push_str(&format!(" (errors: {})", errors.join("; ")));
+    }
+    msg
+}
+
+/// Download the archive's manifest from `r` and check it names the archive. For an
+/// encrypted archive, also check (from its first bytes on the remote, before anything
+/// is written) that the identity opens it, and unseal what the manifest holds. Returns
+/// the manifest and the identities to extract with.
+async fn fetch_manifest(
+    cfg: &Config,
+    r: &RemoteHandle,
+    archive: &plan::RemoteArchive,
+    need_key: bool,
+) -> Result<(Manifest, Option<crate::crypto::Identities>)> {
+    let file = &archive.name.file;
+    let mkey = Manifest::file_name_for(file);
+    let mbytes = retry(r.retry, &format!("download of {mkey}"), || async {
+        pronto_backends::collect(r.backend.get(&mkey, None).await?).await
+    })
+    .await
+    .with_context(|| format!("{}: downloading {mkey}", r.name))?;
+    let mut manifest = Manifest::from_json(&mbytes, &format!("{}:{mkey}", r.name))?;
+    if manifest.file != *file {
+        return Err(verification(format!(
+            "{}: manifest {mkey} describes {}, not {file}",
+            r.name, manifest.file
+        )));
+    }
+    let encrypted = manifest.encryption == crate::crypto::SCHEME_AGE || file.ends_with(".age");
+    if !encrypted {
+        return Ok((manifest, None));
+    }
+    let identities = cfg.encryption.identities()?;
+    let fps = &manifest.recipient_fingerprints;
+    let Some(ids) = &identities else {
+        if need_key {
+            return Err(crate::crypto::missing_identity(file, fps));
+        }
+        return Ok((manifest, None));
+    };
+    check_identity_early(r, archive, ids, fps, need_key).await?;
+    // What a sealed (encrypted) archive holds comes back into the local manifest.
+    match manifest.unseal(ids) {
+        Ok(()) => {}
+        Err(e) if need_key => return Err(e),
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+    Ok((manifest, identities))
+}
+
+/// Read the start of an encrypted archive on `r` and check that `ids` open its header:
+/// a wrong identity fails here, before anything is downloaded (a warning only when the
+/// caller will not extract). A failed read is no verdict: extraction checks again.
+async fn check_identity_early(
+    r: &RemoteHandle,
+    archive: &plan::RemoteArchive,
+    ids: &crate::crypto::Identities,
+    fps: &[String],
+    need_key: bool,
+) -> Result<()> {
+    let file = &archive.name.file;
+    let n = archive
+        .size
+        .unwrap_or(crate::crypto::HEADER_PROBE)
+        .min(crate::crypto::HEADER_PROBE);
+    let head = retry(
+        r.retry,
+        &format!("download of the start of {file}"),
+        || async { pronto_backends::collect(r.backend.get(file, Some(0..n)).await?).await },
+    )
+    .await;
+    match head {
+        Ok(head) => match ids.check_header(&head, file, fps) {
+            Ok(_) => {}
+            Err(e) if need_key => return Err(e),
+            Err(e) => tracing::warn!("{e:#}"),
+        },
+        Err(e) => tracing::debug!(
+            "could not read the start of {file} to check the identity early ({e:#}); it is checked before extraction"
+        ),
+    }
+    Ok(())
+}
+
+/// Make the archive a complete, verified local archive: an intact local copy is used
+/// (with `--remote NAME`, the remote's copy is still downloaded and checked, then set
+/// aside), otherwise it is downloaded under a partial name, checked against the manifest
+/// and renamed into place. Returns its path and whether anything was downloaded. The
+/// caller holds the folder lock.
+async fn place_locally(
+    cfg: &Config,
+    r: &RemoteHandle,
+    archive: &plan::RemoteArchive,
+    only: Option<&str>,
+    manifest: &Manifest,
+    out: &mut dyn Write,
+) -> Result<(PathBuf, bool)> {
+    let dir = &cfg.local.dir;
+    let file = &archive.name.file;
+    let expected = manifest.sha256_bytes()?;
+    let local = catalog::scan(&cfg.local)?;
+    let existing = local
+        .iter()
+        .find(|a| a.name.id == archive.name.id && a.name.file == *file);
+    let Some(a) = existing else {
+        let partial = dir.join(format!("{file}{PARTIAL}"));
+        let _ = std::fs::remove_file(&partial);
+        if let Err(e) = download_checked(r, file, &partial, archive.size, manifest).await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        let final_path = dir.join(file);
+        std::fs::rename(&partial, &final_path).with_context(|| {
+            format!("renaming {} to {}", partial.display(), final_path.display())
+        })?;
+        fsutil::write_atomic(
+            &dir.join(Manifest::file_name_for(file)),
+            &manifest.to_json(),
+        )?;
+        writeln!(
+            out,
+            "verified sha256 {} ({} bytes)",
+            manifest.sha256, manifest.size
+        )?;
+        return Ok((final_path, true));
+    };
+    if crate::archive::sha256_file(&a.path)?.0 != expected {
+        bail!(
+            "a different {file} already exists at {} (its sha256 differs from {}'s manifest); move it away first",
+            a.path.display(),
+            r.name
+        );
+    }
+    let downloaded = only.is_some();
+    if downloaded {
+        // `--from NAME` with an intact local copy: the remote's copy is still downloaded
+        // and checked (what a drill of that remote is for), then set aside: its bytes
+        // are the local copy's, which is used.
+        let check = dir.join(format!(".{file}.from-{}{PARTIAL}", r.name));
+        let res = download_checked(r, file, &check, archive.size, manifest).await;
+        let _ = std::fs::remove_file(&check);
+        res?;
+        writeln!(
+            out,
+            "{}'s copy verified (sha256 {}); it is the local copy {}",
+            r.name,
+            manifest.sha256,
+            a.path.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "local copy {} is intact; not downloading",
+            a.path.display()
+        )?;
+    }
+    if a.manifest.is_none() {
+        fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
+    }
+    Ok((a.path.clone(), downloaded))
 }
 
 /// The id and time of the newest complete local archive that `latest` may name: not a

@@ -299,13 +299,12 @@ fn plan_steps<'a>(
     staging: &WorkDir,
     out: &mut dyn Write,
 ) -> Result<Plan<'a>> {
-    let mut steps: Vec<Step> = Vec::new();
-    let mut safety_names: Vec<String> = Vec::new();
-    // Sources whose current state holds nothing a restore could lose (a new host in a
-    // disaster recovery): left out of the safety backup, with the reason.
-    let mut nothing_to_save: Vec<(String, String)> = Vec::new();
-    // Databases outside a source's `databases` that the safety backup must hold too.
-    let mut extra_safety_dbs: Vec<(String, String)> = Vec::new();
+    let mut plan = Plan {
+        steps: Vec::new(),
+        safety_names: Vec::new(),
+        nothing_to_save: Vec::new(),
+        extra_safety_dbs: Vec::new(),
+    };
     for s in selected {
         let Some(sum) = manifest
             .sources
@@ -329,212 +328,263 @@ fn plan_steps<'a>(
             );
         }
         if let Some(pg) = &s.postgres {
-            let p: &PgSummary = manifest
-                .postgres
-                .iter()
-                .find(|p| p.source == s.name)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the manifest has no PostgreSQL summary for source '{}'",
-                        s.name
-                    )
-                })?;
-            let client = PgClient::new(pg, staging.path())?;
-            let version = client.server_version().with_context(|| {
-                format!(
-                    "before restoring: postgres source '{}' is not reachable",
+            plan.add_postgres(opts, s, pg, manifest, &staged, staging, out)?;
+        } else if let Some(r) = &s.redis {
+            plan.add_redis(s, r, manifest, &staged, out)?;
+        } else if let Some(p) = &s.path {
+            plan.add_folder(s, p, staged)?;
+        }
+        if !plan.nothing_to_save.iter().any(|(n, _)| n == &s.name) {
+            plan.safety_names.push(s.name.clone());
+        }
+    }
+    Ok(plan)
+}
+
+impl<'a> Plan<'a> {
+    /// A PostgreSQL source: the server answers; the databases to restore (all, or the one
+    /// `--target-db` writes beside the live one); its roles first unless `--target-db`;
+    /// nothing to save when none of those databases holds a table yet.
+    #[allow(clippy::too_many_arguments)]
+    fn add_postgres(
+        &mut self,
+        opts: &RestoreOptions,
+        s: &'a Source,
+        pg: &crate::config::postgres::PgSource,
+        manifest: &Manifest,
+        staged: &Path,
+        staging: &WorkDir,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let p: &PgSummary = manifest
+            .postgres
+            .iter()
+            .find(|p| p.source == s.name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "the manifest has no PostgreSQL summary for source '{}'",
                     s.name
                 )
             })?;
-            writeln!(
-                out,
-                "  postgres {}: {} answers (PostgreSQL {version})",
-                s.name,
-                pg.describe()
-            )?;
-            let dbs: Vec<_> = match (&opts.target_db, &opts.database) {
-                (Some(_), Some(want)) => {
-                    let d = p
-                        .databases
-                        .iter()
-                        .find(|d| &d.name == want)
-                        .ok_or_else(|| {
-                            usage(format!(
-                                "--database {want}: the archive holds {}",
-                                p.databases
-                                    .iter()
-                                    .map(|d| d.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ))
-                        })?;
-                    vec![d]
-                }
-                (Some(_), None) if only_user_database(p, &pg.maintenance_db).is_some() => {
-                    let d = only_user_database(p, &pg.maintenance_db).expect("checked");
-                    if p.databases.len() > 1 {
-                        writeln!(
-                            out,
-                            "  postgres {}: restoring database {} (the archive's only one besides {}; --database picks another)",
-                            s.name, d.name, pg.maintenance_db
-                        )?;
-                    }
-                    vec![d]
-                }
-                (Some(_), None) => {
-                    return Err(usage(format!(
-                        "--target-db: the archive holds {} databases ({}); pick one with --database NAME",
-                        p.databases.len(),
-                        p.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                _ => p.databases.iter().collect(),
-            };
-            if opts.target_db.is_none() {
-                if let Some(g) = &p.globals {
-                    steps.push(Step::PgGlobals {
-                        src: s,
-                        file: staged.join(g),
-                    });
-                }
-            }
-            if let Some(t) = &opts.target_db {
-                check_target_db(&client, s, t, opts, &mut extra_safety_dbs, out)?;
-            } else if !opts.reset_roles {
-                // Missing roles are created and existing ones left alone, so only a
-                // database the restore goes into holds something to lose.
-                let existing: Vec<&str> = dbs
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .filter(|db| {
-                        client.database_exists(db).unwrap_or(true)
-                            && client.relation_count(db).map_or(true, |n| n > 0)
-                    })
-                    .collect();
-                if existing.is_empty() {
-                    nothing_to_save.push((
-                        s.name.clone(),
-                        format!(
-                            "none of {} exists on the server with a table in it",
-                            dbs.iter()
-                                .map(|d| d.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-            }
-            for d in dbs {
-                steps.push(Step::PgDatabase {
+        let client = PgClient::new(pg, staging.path())?;
+        let version = client.server_version().with_context(|| {
+            format!(
+                "before restoring: postgres source '{}' is not reachable",
+                s.name
+            )
+        })?;
+        writeln!(
+            out,
+            "  postgres {}: {} answers (PostgreSQL {version})",
+            s.name,
+            pg.describe()
+        )?;
+        let dbs = databases_to_restore(opts, p, pg, s, out)?;
+        if opts.target_db.is_none() {
+            if let Some(g) = &p.globals {
+                self.steps.push(Step::PgGlobals {
                     src: s,
-                    file: staged.join(&d.file),
-                    db: d.name.clone(),
-                    target: opts.target_db.clone().unwrap_or_else(|| d.name.clone()),
-                    tables: d.tables.len(),
-                    rows: d.total_rows(),
+                    file: staged.join(g),
                 });
             }
-        } else if let Some(r) = &s.redis {
-            let summary = manifest
-                .redis
+        }
+        if let Some(t) = &opts.target_db {
+            check_target_db(&client, s, t, opts, &mut self.extra_safety_dbs, out)?;
+        } else if !opts.reset_roles {
+            // Missing roles are created and existing ones left alone, so only a
+            // database the restore goes into holds something to lose.
+            let existing: Vec<&str> = dbs
                 .iter()
-                .find(|x| x.source == s.name)
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow!("the manifest has no Redis summary for source '{}'", s.name)
-                })?;
-            let client = RedisClient::new(r)?;
-            let data_dir = r.data_dir.as_ref().expect("checked above");
-            if !data_dir.is_dir() {
-                bail!(
-                    "redis source '{}': data_dir {} is not a folder",
-                    s.name,
-                    data_dir.display()
-                );
-            }
-            let mut dbfilename = "dump.rdb".to_string();
-            let answers = client.ping();
-            if answers {
-                if client.config_get("appendonly").as_deref() == Some("yes") {
-                    bail!(
-                        "redis source '{}': appendonly is on, so Redis would load its AOF and ignore the restored dump.rdb. \
-                         Turn it off for the restore (`CONFIG SET appendonly no`, and in redis.conf), restore, then turn it on \
-                         again (`CONFIG SET appendonly yes` writes a new AOF from the restored data)",
-                        s.name
-                    );
-                }
-                dbfilename = check_redis_files(&client, &s.name, data_dir)?;
-                writeln!(
-                    out,
-                    "  redis {}: {} answers (dbfilename {dbfilename})",
-                    s.name,
-                    r.describe()
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "  redis {}: {} does not answer; it will only be started",
-                    s.name,
-                    r.describe()
-                )?;
-            }
-            let keys: Option<u64> = if answers {
-                client
-                    .keyspace()
-                    .ok()
-                    .map(|dbs| dbs.iter().map(|d| d.keys).sum())
-            } else {
-                None
-            };
-            let on_disk = data_dir.join(&dbfilename).exists();
-            if keys == Some(0) && !on_disk {
-                nothing_to_save.push((
+                .map(|d| d.name.as_str())
+                .filter(|db| {
+                    client.database_exists(db).unwrap_or(true)
+                        && client.relation_count(db).map_or(true, |n| n > 0)
+                })
+                .collect();
+            if existing.is_empty() {
+                self.nothing_to_save.push((
                     s.name.clone(),
                     format!(
-                        "the server holds no key and {} has no {dbfilename}",
-                        data_dir.display()
-                    ),
-                ));
-            } else if !answers && !on_disk {
-                nothing_to_save.push((
-                    s.name.clone(),
-                    format!(
-                        "the server is down and {} has no {dbfilename}",
-                        data_dir.display()
+                        "none of {} exists on the server with a table in it",
+                        dbs.iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
-            steps.push(Step::Redis {
+        }
+        for d in dbs {
+            self.steps.push(Step::PgDatabase {
                 src: s,
-                rdb: staged.join(&summary.file),
-                summary,
-                dbfilename,
+                file: staged.join(&d.file),
+                db: d.name.clone(),
+                target: opts.target_db.clone().unwrap_or_else(|| d.name.clone()),
+                tables: d.tables.len(),
+                rows: d.total_rows(),
             });
-        } else if let Some(p) = &s.path {
-            let parent = p.parent().unwrap_or(Path::new("/"));
-            if !parent.is_dir() {
+        }
+        Ok(())
+    }
+
+    /// A Redis source: its data folder, AOF off, the dump file name the server uses;
+    /// nothing to save when it holds no key and no dump file.
+    fn add_redis(
+        &mut self,
+        s: &'a Source,
+        r: &crate::config::redis::RedisSource,
+        manifest: &Manifest,
+        staged: &Path,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let summary = manifest
+            .redis
+            .iter()
+            .find(|x| x.source == s.name)
+            .cloned()
+            .ok_or_else(|| anyhow!("the manifest has no Redis summary for source '{}'", s.name))?;
+        let client = RedisClient::new(r)?;
+        let data_dir = r.data_dir.as_ref().expect("checked above");
+        if !data_dir.is_dir() {
+            bail!(
+                "redis source '{}': data_dir {} is not a folder",
+                s.name,
+                data_dir.display()
+            );
+        }
+        let mut dbfilename = "dump.rdb".to_string();
+        let answers = client.ping();
+        if answers {
+            if client.config_get("appendonly").as_deref() == Some("yes") {
                 bail!(
-                    "{} {}: the parent folder {} does not exist",
-                    s.kind.section().dir_name(),
-                    s.name,
-                    parent.display()
+                    "redis source '{}': appendonly is on, so Redis would load its AOF and ignore the restored dump.rdb. \
+                     Turn it off for the restore (`CONFIG SET appendonly no`, and in redis.conf), restore, then turn it on \
+                     again (`CONFIG SET appendonly yes` writes a new AOF from the restored data)",
+                    s.name
                 );
             }
-            if let Some(why) = empty_folder(p) {
-                nothing_to_save.push((s.name.clone(), why));
-            }
-            steps.push(Step::Folder { src: s, staged });
+            dbfilename = check_redis_files(&client, &s.name, data_dir)?;
+            writeln!(
+                out,
+                "  redis {}: {} answers (dbfilename {dbfilename})",
+                s.name,
+                r.describe()
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  redis {}: {} does not answer; it will only be started",
+                s.name,
+                r.describe()
+            )?;
         }
-        if !nothing_to_save.iter().any(|(n, _)| n == &s.name) {
-            safety_names.push(s.name.clone());
+        let keys: Option<u64> = if answers {
+            client
+                .keyspace()
+                .ok()
+                .map(|dbs| dbs.iter().map(|d| d.keys).sum())
+        } else {
+            None
+        };
+        let on_disk = data_dir.join(&dbfilename).exists();
+        if keys == Some(0) && !on_disk {
+            self.nothing_to_save.push((
+                s.name.clone(),
+                format!(
+                    "the server holds no key and {} has no {dbfilename}",
+                    data_dir.display()
+                ),
+            ));
+        } else if !answers && !on_disk {
+            self.nothing_to_save.push((
+                s.name.clone(),
+                format!(
+                    "the server is down and {} has no {dbfilename}",
+                    data_dir.display()
+                ),
+            ));
         }
+        self.steps.push(Step::Redis {
+            src: s,
+            rdb: staged.join(&summary.file),
+            summary,
+            dbfilename,
+        });
+        Ok(())
     }
-    Ok(Plan {
-        steps,
-        safety_names,
-        nothing_to_save,
-        extra_safety_dbs,
-    })
+
+    /// A folder source: its parent exists; nothing to save when the folder is empty or
+    /// absent.
+    fn add_folder(&mut self, s: &'a Source, p: &Path, staged: PathBuf) -> Result<()> {
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            bail!(
+                "{} {}: the parent folder {} does not exist",
+                s.kind.section().dir_name(),
+                s.name,
+                parent.display()
+            );
+        }
+        if let Some(why) = empty_folder(p) {
+            self.nothing_to_save.push((s.name.clone(), why));
+        }
+        self.steps.push(Step::Folder { src: s, staged });
+        Ok(())
+    }
+}
+
+/// The databases of the archive's PostgreSQL source `p` to restore: every one, or with
+/// `--target-db` the one `--database` names (or the only user database).
+fn databases_to_restore<'p>(
+    opts: &RestoreOptions,
+    p: &'p PgSummary,
+    pg: &crate::config::postgres::PgSource,
+    s: &Source,
+    out: &mut dyn Write,
+) -> Result<Vec<&'p crate::manifest::PgDatabase>> {
+    let dbs: Vec<_> = match (&opts.target_db, &opts.database) {
+        (Some(_), Some(want)) => {
+            let d = p
+                .databases
+                .iter()
+                .find(|d| &d.name == want)
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--database {want}: the archive holds {}",
+                        p.databases
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            vec![d]
+        }
+        (Some(_), None) if only_user_database(p, &pg.maintenance_db).is_some() => {
+            let d = only_user_database(p, &pg.maintenance_db).expect("checked");
+            if p.databases.len() > 1 {
+                writeln!(
+                    out,
+                    "  postgres {}: restoring database {} (the archive's only one besides {}; --database picks another)",
+                    s.name, d.name, pg.maintenance_db
+                )?;
+            }
+            vec![d]
+        }
+        (Some(_), None) => {
+            return Err(usage(format!(
+                "--target-db: the archive holds {} databases ({}); pick one with --database NAME",
+                p.databases.len(),
+                p.databases
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        _ => p.databases.iter().collect(),
+    };
+    Ok(dbs)
 }
 
 /// Run a restore; returns the exit code.

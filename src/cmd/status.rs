@@ -120,20 +120,83 @@ fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
     (now - t).to_std().unwrap_or_default()
 }
 
-/// Run `status`; returns the exit code (0 or 5).
+/// Run `status`; returns ok or stale (exit 0 or 5).
 pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Result<Exit> {
     let now = Utc::now().trunc_subsecs(0);
     let max_age = opts.max_age.unwrap_or(cfg.status.max_age);
-    let max_td = TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX);
     let mut problems = Vec::new();
 
-    // local
     let all = catalog::scan(&cfg.local)?;
     // Safety backups (taken before a restore) are not scheduled backups: left out.
     let complete: Vec<&catalog::LocalArchive> = all
         .iter()
         .filter(|a| a.manifest.is_some() && !a.is_safety())
         .collect();
+    let local = local_status(cfg, &all, &complete, now, max_age, &mut problems);
+
+    let mut remotes = Vec::new();
+    for remote in crate::remotes::selected(cfg, opts.remote.as_deref())? {
+        remotes.push(remote_status(cfg, remote, &local, now, max_age, &mut problems).await);
+    }
+
+    let disk = free_space(&cfg.local.dir);
+    if let (Some(d), Some(n)) = (&disk, &local.newest) {
+        if let Some(size) = n.size.filter(|size| d.free_bytes < *size) {
+            problems.push(format!(
+                "only {} free on {}: the next archive (about {}) will not fit",
+                human_bytes(d.free_bytes),
+                d.path,
+                human_bytes(size)
+            ));
+        }
+    }
+
+    let recent: Vec<(DateTime<Utc>, u64)> =
+        complete.iter().map(|a| (a.name.time, size_of(a))).collect();
+    let mut steady = steady_state(&cfg.retention, &recent, now);
+    if let (Some(b), Some(d)) = (steady.bytes, &disk) {
+        steady.fits_on_disk = Some(b <= local.bytes + d.free_bytes);
+    }
+
+    let report = StatusReport {
+        now,
+        max_age_seconds: max_age.as_secs(),
+        status: if problems.is_empty() { "ok" } else { "stale" }.into(),
+        problems,
+        local,
+        remotes,
+        disk,
+        steady_state: steady,
+        last_run: State::load(&cfg.local.dir).last_run,
+    };
+    if opts.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        print_text(&report, max_age, out)?;
+    }
+    Ok(if report.problems.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Stale
+    })
+}
+
+/// An archive's size from its manifest (0 when it has none).
+fn size_of(a: &catalog::LocalArchive) -> u64 {
+    a.manifest.as_ref().map(|m| m.size).unwrap_or(0)
+}
+
+/// The local folder: its newest archive, counts per tier, and into `problems` every
+/// damaged entry, every archive named in the future and a newest archive that is too old
+/// or missing. `complete` holds the scheduled archives of `all` with a manifest.
+fn local_status(
+    cfg: &Config,
+    all: &[catalog::LocalArchive],
+    complete: &[&catalog::LocalArchive],
+    now: DateTime<Utc>,
+    max_age: Duration,
+    problems: &mut Vec<String>,
+) -> LocalStatus {
     // Named in the future (a wrong clock): flagged, and never the fresh newest.
     for a in complete
         .iter()
@@ -144,8 +207,7 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
             catalog::future_warning(&a.name.file, a.name.time)
         ));
     }
-    let size_of = |a: &catalog::LocalArchive| a.manifest.as_ref().map(|m| m.size).unwrap_or(0);
-    let local_newest = complete
+    let newest = complete
         .iter()
         .rfind(|a| !catalog::named_in_future(a.name.time, now))
         .map(|a| ArchiveRef {
@@ -167,14 +229,6 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
                 .sum(),
         })
         .collect();
-    let local = LocalStatus {
-        dir: cfg.local.dir.display().to_string(),
-        newest: local_newest.clone(),
-        archives: complete.len(),
-        bytes: complete.iter().map(|a| size_of(a)).sum(),
-        incomplete: all.iter().filter(|a| a.manifest.is_none()).count(),
-        tiers,
-    };
     for a in all.iter().filter(|a| a.problem.is_some()) {
         problems.push(format!(
             "local archive {}: {}",
@@ -182,7 +236,7 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
             a.problem.as_deref().unwrap_or_default()
         ));
     }
-    match &local_newest {
+    match &newest {
         None => problems.push(format!(
             "there is no complete archive in {}",
             cfg.local.dir.display()
@@ -195,132 +249,99 @@ pub async fn run(cfg: &Config, opts: &StatusOptions, out: &mut dyn Write) -> Res
         )),
         _ => {}
     }
-
-    // remotes
-    let mut remotes = Vec::new();
-    for remote in crate::remotes::selected(cfg, opts.remote.as_deref())? {
-        let mut st = RemoteStatus {
-            name: remote.name.clone(),
-            location: String::new(),
-            newest: None,
-            archives: 0,
-            bytes: 0,
-            incomplete: 0,
-            lag_seconds: None,
-            error: None,
-        };
-        let listed = async {
-            let r = crate::remotes::open_read_only(remote)?;
-            st.location = r.backend.describe();
-            crate::remotes::read_state(&r, &cfg.local.prefix).await
-        }
-        .await;
-        match listed {
-            Err(e) => {
-                problems.push(format!("remote {} could not be listed: {e:#}", remote.name));
-                st.error = Some(format!("{e:#}"));
-            }
-            Ok(state) => {
-                let done: Vec<_> = state.archives.values().filter(|a| a.complete()).collect();
-                for a in done
-                    .iter()
-                    .filter(|a| catalog::named_in_future(a.name.time, now))
-                {
-                    problems.push(format!(
-                        "remote {}: {}",
-                        remote.name,
-                        catalog::future_warning(&a.name.file, a.name.time)
-                    ));
-                }
-                st.archives = done.len();
-                st.incomplete = state.archives.len() - done.len();
-                st.bytes = done.iter().filter_map(|a| a.size).sum();
-                st.newest = done
-                    .iter()
-                    .filter(|a| !catalog::named_in_future(a.name.time, now))
-                    .max_by_key(|a| a.name.time)
-                    .map(|a| ArchiveRef {
-                        id: a.name.id.clone(),
-                        file: a.name.file.clone(),
-                        time: a.name.time,
-                        age_seconds: (now - a.name.time).num_seconds(),
-                        size: a.size,
-                    });
-                if let Some(l) = &local_newest {
-                    match &st.newest {
-                        None => problems.push(format!(
-                            "remote {} has no complete archive; the newest local one is {}",
-                            remote.name, l.id
-                        )),
-                        Some(r) => {
-                            let lag = l.time - r.time;
-                            if lag > TimeDelta::zero() {
-                                st.lag_seconds = Some(lag.num_seconds());
-                            } else {
-                                st.lag_seconds = Some(0);
-                            }
-                            if lag > max_td {
-                                problems.push(format!(
-                                    "remote {} lags: its newest archive ({}) is {} older than the newest local one ({})",
-                                    remote.name,
-                                    r.id,
-                                    human_age(lag.to_std().unwrap_or_default()),
-                                    l.id
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        remotes.push(st);
+    LocalStatus {
+        dir: cfg.local.dir.display().to_string(),
+        newest,
+        archives: complete.len(),
+        bytes: complete.iter().map(|a| size_of(a)).sum(),
+        incomplete: all.iter().filter(|a| a.manifest.is_none()).count(),
+        tiers,
     }
+}
 
-    // disk
-    let disk = free_space(&cfg.local.dir);
-    if let (Some(d), Some(n)) = (&disk, &local_newest) {
-        if let Some(size) = n.size {
-            if d.free_bytes < size {
+/// One remote: what it holds complete, and how far its newest archive lags the newest
+/// local one; into `problems`, a listing that failed, archives named in the future, no
+/// archive at all, or a lag beyond `max_age`.
+async fn remote_status(
+    cfg: &Config,
+    remote: &crate::config::Remote,
+    local: &LocalStatus,
+    now: DateTime<Utc>,
+    max_age: Duration,
+    problems: &mut Vec<String>,
+) -> RemoteStatus {
+    let mut st = RemoteStatus {
+        name: remote.name.clone(),
+        location: String::new(),
+        newest: None,
+        archives: 0,
+        bytes: 0,
+        incomplete: 0,
+        lag_seconds: None,
+        error: None,
+    };
+    let listed = async {
+        let r = crate::remotes::open_read_only(remote)?;
+        st.location = r.backend.describe();
+        crate::remotes::read_state(&r, &cfg.local.prefix).await
+    }
+    .await;
+    let state = match listed {
+        Ok(state) => state,
+        Err(e) => {
+            problems.push(format!("remote {} could not be listed: {e:#}", remote.name));
+            st.error = Some(format!("{e:#}"));
+            return st;
+        }
+    };
+    let done: Vec<_> = state.archives.values().filter(|a| a.complete()).collect();
+    for a in done
+        .iter()
+        .filter(|a| catalog::named_in_future(a.name.time, now))
+    {
+        problems.push(format!(
+            "remote {}: {}",
+            remote.name,
+            catalog::future_warning(&a.name.file, a.name.time)
+        ));
+    }
+    st.archives = done.len();
+    st.incomplete = state.archives.len() - done.len();
+    st.bytes = done.iter().filter_map(|a| a.size).sum();
+    st.newest = done
+        .iter()
+        .filter(|a| !catalog::named_in_future(a.name.time, now))
+        .max_by_key(|a| a.name.time)
+        .map(|a| ArchiveRef {
+            id: a.name.id.clone(),
+            file: a.name.file.clone(),
+            time: a.name.time,
+            age_seconds: (now - a.name.time).num_seconds(),
+            size: a.size,
+        });
+    let Some(l) = &local.newest else {
+        return st;
+    };
+    match &st.newest {
+        None => problems.push(format!(
+            "remote {} has no complete archive; the newest local one is {}",
+            remote.name, l.id
+        )),
+        Some(r) => {
+            let lag = l.time - r.time;
+            st.lag_seconds = Some(lag.num_seconds().max(0));
+            if lag > TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX) {
                 problems.push(format!(
-                    "only {} free on {}: the next archive (about {}) will not fit",
-                    human_bytes(d.free_bytes),
-                    d.path,
-                    human_bytes(size)
+                    "remote {} lags: its newest archive ({}) is {} older than the newest local one ({})",
+                    remote.name,
+                    r.id,
+                    human_age(lag.to_std().unwrap_or_default()),
+                    l.id
                 ));
             }
         }
     }
-
-    // steady state
-    let recent: Vec<(DateTime<Utc>, u64)> =
-        complete.iter().map(|a| (a.name.time, size_of(a))).collect();
-    let mut steady = steady_state(&cfg.retention, &recent, now);
-    if let (Some(b), Some(d)) = (steady.bytes, &disk) {
-        steady.fits_on_disk = Some(b <= local.bytes + d.free_bytes);
-    }
-
-    let last_run = State::load(&cfg.local.dir).last_run;
-    let report = StatusReport {
-        now,
-        max_age_seconds: max_age.as_secs(),
-        status: if problems.is_empty() { "ok" } else { "stale" }.into(),
-        problems,
-        local,
-        remotes,
-        disk,
-        steady_state: steady,
-        last_run,
-    };
-    if opts.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        print_text(&report, max_age, out)?;
-    }
-    Ok(if report.problems.is_empty() {
-        Exit::Ok
-    } else {
-        Exit::Stale
-    })
+    st
 }
 
 fn newest_line(n: &Option<ArchiveRef>) -> String {

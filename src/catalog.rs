@@ -402,6 +402,47 @@ pub fn pins_file_name(prefix: &str) -> String {
     format!("{prefix}.pins.json")
 }
 
+/// How many recent archives the median size is taken from.
+pub const RECENT: usize = 7;
+
+/// The one top folder inside an archive: its name without the extension.
+pub fn top_folder(prefix: &str, file: &str) -> String {
+    match crate::catalog::parse_name(prefix, file) {
+        Some(n) => n.stem().to_string(),
+        None => file.split(".tar").next().unwrap_or(file).to_string(),
+    }
+}
+
+/// The room the next archive needs in the backup folder: the median size of the last
+/// [`RECENT`] complete archives (safety backups aside), plus 10%. `None` before the
+/// first archive.
+pub fn next_archive_estimate(cfg: &crate::config::Config) -> Option<u64> {
+    let all = scan(&cfg.local).ok()?;
+    let mut sizes: Vec<u64> = all
+        .iter()
+        .filter(|a| !a.is_safety())
+        .filter_map(|a| a.manifest.as_ref().map(|m| (a.name.time, m.size)))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .rev()
+        .take(RECENT)
+        .collect();
+    median(&mut sizes).map(|m| m.saturating_add(m / 10))
+}
+
+pub(crate) fn median(v: &mut [u64]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -604,33 +604,13 @@ fn backup(
     for s in cfg.sources.iter_mut() {
         s.exclude.extend(exclude.iter().cloned());
     }
-    if dry_run {
-        return crate::cmd::backup::dry_run_cmd(&cfg, out);
-    }
-    let started = std::time::Instant::now();
-    let (m, path, code) = if let Some(dir) = &output {
-        let (m, path) = crate::cmd::backup::run_to(&cfg, dir)?;
-        (m, path, Exit::Ok)
-    } else if push {
-        // The backup and its push under the one lock, taken once.
-        let _lock = crate::lock::acquire(&cfg.local.dir, "backup", crate::lock::DEFAULT_WAIT)?;
-        // The push's lines go to stderr (stdout carries the id), not with -q.
-        let (mut lines, mut quiet) = (crate::progress::stderr(), std::io::sink());
-        let lines: &mut dyn Write = if g.quiet { &mut quiet } else { &mut lines };
-        crate::cmd::backup_and_push::run_backup_push(&cfg, lines)?
-    } else {
-        let (m, path) = crate::cmd::backup::run(&cfg)?;
-        (m, path, Exit::Ok)
+    let opts = crate::cmd::backup::Options {
+        push,
+        dry_run,
+        output,
+        quiet: g.quiet,
     };
-    tracing::info!(
-        "wrote {} ({}, sha256 {}) in {:.1}s",
-        path.display(),
-        crate::fsutil::human_bytes(m.size),
-        m.sha256,
-        started.elapsed().as_secs_f64()
-    );
-    writeln!(out, "{}", m.id)?;
-    Ok(code)
+    crate::cmd::backup::run(&cfg, &opts, out)
 }
 
 /// `push`: every local archive a remote lacks, then that remote's prune (`--cleanup`: and
@@ -656,39 +636,15 @@ fn push(
             .iter_mut()
             .for_each(|r| r.bwlimit = Some(b.clone()));
     }
-    let rt = runtime()?;
-    // The push and its cleanup both under the one local lock (not a dry run).
-    let _lock = (!dry_run)
-        .then(|| crate::lock::acquire(&cfg.local.dir, "push", crate::lock::DEFAULT_WAIT))
-        .transpose()?;
-    crate::progress::enable(g.bars && !json && !dry_run);
-    // With --json, stdout carries only the JSON report: no progress lines, and
-    // the cleanup's lines go to stderr. On a terminal, lines never garble the bars.
-    let mut quiet = std::io::sink();
-    let mut lines = crate::progress::Suspending(&mut *out);
-    let progress: &mut dyn Write = if json { &mut quiet } else { &mut lines };
-    let reports = rt.block_on(crate::cmd::push::run_with(
-        &cfg,
-        remote.as_deref(),
+    let opts = crate::cmd::push::Options {
+        remote,
         dry_run,
-        !no_prune,
-        progress,
-    ))?;
-    if cleanup {
-        let mut stderr = std::io::stderr();
-        let notes: &mut dyn Write = if json { &mut stderr } else { progress };
-        rt.block_on(crate::cmd::abandoned_uploads::run(
-            &cfg,
-            remote.as_deref(),
-            dry_run,
-            notes,
-        ))?;
-    }
-    if json {
-        crate::cmd::hook::print_push_json(&reports, dry_run, out)
-    } else {
-        Ok(crate::cmd::push::exit(&reports))
-    }
+        no_prune,
+        json,
+        cleanup,
+        bars: g.bars,
+    };
+    crate::cmd::push::run(&cfg, &opts, out)
 }
 
 /// The config a `pull` works with: read through host `--host`'s namespace, with
@@ -730,20 +686,13 @@ fn restore(g: &Global, a: PullArgs, out: &mut dyn Write) -> Result<Exit> {
 fn pull(g: &Global, a: PullArgs, out: &mut dyn Write) -> Result<Exit> {
     crate::progress::enable(g.bars && !a.json);
     let cfg = config_for_pull(g, a.host, a.identity, a.max_extract_size)?;
-    let mut sink = std::io::sink();
-    let mut lines = crate::progress::Suspending(&mut *out);
-    let text: &mut dyn Write = if a.json { &mut sink } else { &mut lines };
-    let pulled = runtime()?.block_on(crate::cmd::pull::run_report(
-        &cfg,
-        &a.id,
-        a.remote.as_deref(),
-        a.to.as_deref(),
-        text,
-    ))?;
-    if a.json {
-        writeln!(out, "{}", serde_json::to_string(&pulled)?)?;
-    }
-    Ok(Exit::Ok)
+    let opts = crate::cmd::pull::Options {
+        id: a.id,
+        remote: a.remote,
+        to: a.to,
+        json: a.json,
+    };
+    crate::cmd::pull::run(&cfg, &opts, out)
 }
 
 /// `verify`: check archives against their manifests, locally and on the remotes.
@@ -792,17 +741,7 @@ fn prune(
     out: &mut dyn Write,
 ) -> Result<Exit> {
     let cfg = load_config(g.config)?;
-    let scope = match (local, remote) {
-        (true, _) => crate::cmd::prune::Scope::Local,
-        (false, Some(name)) => crate::cmd::prune::Scope::Remote(name),
-        (false, None) => crate::cmd::prune::Scope::All,
-    };
-    let opts = crate::cmd::prune::PruneOptions {
-        scope,
-        dry_run,
-        force,
-    };
-    runtime()?.block_on(crate::cmd::prune::run(&cfg, &opts, out))
+    crate::cmd::prune::run(&cfg, dry_run, local, remote, force, out)
 }
 
 /// `policy`: which archive ids (from stdin) a retention policy keeps, and why.

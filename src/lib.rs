@@ -5,7 +5,10 @@
 //!
 //! 1. [`cli`]: arguments, dispatch, `-q` ([`quiet`]).
 //! 2. [`cmd`]: one module per command (`backup`, `push`, `prune`, `pull`, `hook`, ...).
-//! 3. The engine: sources ([`source`]) → [`archive`] (one streaming pass) → the local
+//! 3. The engine: the workflows commands share — [`local_backup`] (a backup into the
+//!    folder), [`backup_and_push`] (uploading while archiving), [`push_remotes`],
+//!    [`prune_locations`], [`fetch`] (a verified archive from the folder or a remote) —
+//!    over sources ([`source`]) → [`archive`] (one streaming pass) → the local
 //!    [`catalog`] → [`retention`] and [`plan`] (pure) → [`replicate`] (the one upload and
 //!    download loop) → remotes ([`remotes`], wrapped by [`host_namespace`] and [`bwlimit`])
 //!    → [`extract`]; around them [`lock`], [`lease`], [`journal`], [`pins`], [`marker`],
@@ -18,16 +21,20 @@ pub mod cli;
 pub mod cmd;
 pub mod quiet;
 
+pub mod abandoned_uploads;
 pub mod archive;
+pub mod backup_and_push;
 pub mod bwlimit;
 pub mod catalog;
 pub mod crypto;
 pub mod exclude;
 pub mod extract;
+pub mod fetch;
 pub mod host_namespace;
 pub mod journal;
 pub mod lease;
 pub mod live_swap;
+pub mod local_backup;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
@@ -38,6 +45,8 @@ pub mod owners;
 pub mod pins;
 pub mod plan;
 pub mod progress;
+pub mod prune_locations;
+pub mod push_remotes;
 pub mod remotes;
 pub mod repair;
 pub mod replicate;

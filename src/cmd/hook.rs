@@ -2,7 +2,7 @@
 //! push to every remote (each remote is pruned right after its uploads succeed), prune
 //! the local folder, then report: stdout, the state file and metrics textfile, and the
 //! `[notify]` channels. With `[hook] stream_upload` (the default) the new archive goes to
-//! the remotes while it is written ([`crate::cmd::backup_and_push`]), and the push follows.
+//! the remotes while it is written ([`crate::backup_and_push`]), and the push follows.
 //!
 //! A hook holds the one local lock ([`crate::lock`], `.pronto-offsite.lock` in the
 //! backup folder) for its whole run, so it never overlaps another hook, backup, push,
@@ -155,10 +155,10 @@ fn run_steps(
         });
         no_backup_warning(cfg, report);
     } else if cfg.hook.stream_upload && !cfg.remotes.is_empty() {
-        let streamed = crate::cmd::backup_and_push::backup_and_push(
+        let streamed = crate::backup_and_push::backup_and_push(
             cfg,
             rt,
-            &crate::cmd::backup_and_push::Options {
+            &crate::backup_and_push::Options {
                 prune: true,
                 push_after_failed_backup: true,
             },
@@ -168,7 +168,7 @@ fn run_steps(
         add_remote_steps(report, streamed.remotes);
         pushed = true;
     } else {
-        report.backup = Some(backup_step(crate::cmd::backup::run(cfg), report));
+        report.backup = Some(backup_step(crate::local_backup::run(cfg), report));
     }
 
     if cfg.remotes.is_empty() {
@@ -176,7 +176,7 @@ fn run_steps(
             .warnings
             .push("no [[remotes]] configured: nothing was pushed off-site".into());
     } else if !pushed {
-        match rt.block_on(crate::cmd::push::run_reports(cfg, None, false, push_out)) {
+        match rt.block_on(crate::push_remotes::run_reports(cfg, None, false, push_out)) {
             Ok(reps) => add_remote_steps(report, reps),
             Err(e) => {
                 tracing::error!("push failed: {e:#}");
@@ -265,7 +265,7 @@ fn backup_step(
 }
 
 /// Each remote's step of the report from what the push did there.
-fn add_remote_steps(report: &mut Report, reps: Vec<crate::cmd::push::RemoteReport>) {
+fn add_remote_steps(report: &mut Report, reps: Vec<crate::push_remotes::RemoteReport>) {
     for r in reps {
         if let Some(e) = &r.error {
             report.errors.push(format!("remote {}: {e}", r.name));
@@ -282,35 +282,6 @@ fn add_remote_steps(report: &mut Report, reps: Vec<crate::cmd::push::RemoteRepor
             error: r.error,
         });
     }
-}
-
-/// `push --json`: what happened per remote; returns push's exit code (0, 3 some remotes
-/// failed, 1 all failed).
-pub fn print_push_json(
-    reports: &[crate::cmd::push::RemoteReport],
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> Result<Exit> {
-    let remotes: Vec<serde_json::Value> = reports
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "name": r.name,
-                "ok": r.error.is_none(),
-                "uploaded": r.uploaded,
-                "bytes_uploaded": r.bytes_sent,
-                "already_there": r.skipped,
-                "pruned": r.pruned,
-                "pruned_files": r.pruned_files,
-                "failed": r.failed,
-                "error": r.error,
-            })
-        })
-        .collect();
-    let code = crate::cmd::push::exit(reports);
-    let v = serde_json::json!({ "dry_run": dry_run, "exit_code": code, "remotes": remotes });
-    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-    Ok(code)
 }
 
 fn print_report(report: &Report, json: bool, out: &mut dyn Write) -> Result<()> {
@@ -358,13 +329,13 @@ fn no_backup_warning(cfg: &Config, report: &mut Report) {
 }
 
 /// Disk-full recovery, before the backup: when the backup folder's disk cannot hold the
-/// next archive (estimated from the last ones, [`crate::cmd::status::next_archive_estimate`]),
+/// next archive (estimated from the last ones, [`crate::catalog::next_archive_estimate`]),
 /// prune the local folder by retention first — the same local prune as step 3, so never
 /// an archive that no remote holds complete and never the newest one. Returns what it
 /// did, for the report's warnings; `None` when there is room (or nothing to go by).
 fn make_room(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -> Option<String> {
     use crate::fsutil::human_bytes;
-    let need = crate::cmd::status::next_archive_estimate(cfg)?;
+    let need = crate::catalog::next_archive_estimate(cfg)?;
     let disk = crate::fsutil::free_space(&cfg.local.dir)?;
     if disk.free_bytes >= need {
         return None;
@@ -400,12 +371,12 @@ fn make_room(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) ->
 /// keepers into tiers (`prune --local`: remotes are listed read-only, and a local archive
 /// no remote holds complete is never deleted). An error makes the run partial (exit 3).
 fn prune_step(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -> PruneStep {
-    let opts = crate::cmd::prune::PruneOptions {
-        scope: crate::cmd::prune::Scope::Local,
+    let opts = crate::prune_locations::PruneOptions {
+        scope: crate::prune_locations::Scope::Local,
         dry_run: false,
         force: false,
     };
-    match rt.block_on(crate::cmd::prune::run_reports(cfg, &opts, out)) {
+    match rt.block_on(crate::prune_locations::run_reports(cfg, &opts, out)) {
         Ok(reports) => {
             let errors: Vec<String> = reports
                 .iter()
@@ -413,7 +384,7 @@ fn prune_step(cfg: &Config, rt: &tokio::runtime::Runtime, out: &mut dyn Write) -
                 .collect();
             let done: Vec<String> = reports
                 .iter()
-                .map(|r| crate::cmd::prune::summary(r, false))
+                .map(|r| crate::prune_locations::summary(r, false))
                 .collect();
             for e in &errors {
                 tracing::error!("prune: {e}");

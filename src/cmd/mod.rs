@@ -1,11 +1,10 @@
-//! The commands: one module each, what `cli` dispatches to. A command uses the engine
-//! (catalog, plan, replicate, archive, extract, sources, ...) and the config; the known
-//! exceptions where one command calls another are listed in `tests/architecture.rs`.
+//! The commands: one module each, what `cli` dispatches to. A command reads its flags and
+//! the config, takes the lock when it changes something, calls the engine (catalog, plan,
+//! replicate, local_backup, push_remotes, prune_locations, fetch, ...) and prints; a
+//! command never imports another command (`tests/architecture.rs` checks it).
 
-pub mod abandoned_uploads;
 pub mod adopt;
 pub mod backup;
-pub mod backup_and_push;
 pub mod doctor;
 pub mod hook;
 pub mod list;

@@ -265,7 +265,7 @@ fn unpack(cfg: &Config, path: &Path, out: &mut dyn Write) -> Result<(Manifest, W
     let unpacked = staging.path().join("archive");
     crate::extract::extract_with(path, &unpacked, &xopts)
         .with_context(|| format!("extracting {} into {}", path.display(), unpacked.display()))?;
-    let top = unpacked.join(top_folder(&cfg.local.prefix, &manifest.file));
+    let top = unpacked.join(crate::catalog::top_folder(&cfg.local.prefix, &manifest.file));
     writeln!(
         out,
         "restoring {} (made {} on {}) into this host",
@@ -603,7 +603,7 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
     let rt = crate::remotes::runtime()?;
     let path = match crate::catalog::local_intact(cfg, &opts.id, opts.remote.is_some(), out)? {
         Some(p) => p,
-        None => rt.block_on(crate::cmd::pull::run_for_extract(
+        None => rt.block_on(crate::fetch::run_for_extract(
             cfg,
             &opts.id,
             opts.remote.as_deref(),
@@ -666,9 +666,9 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
         let started = Instant::now();
         let res: Result<String> = match step {
             // Into this host's backup folder, also when the archive is another host's.
-            Step::SafetyBackup(names) => crate::cmd::backup::run_with(
+            Step::SafetyBackup(names) => crate::local_backup::run_with(
                 &home_cfg,
-                &crate::cmd::backup::BackupOptions {
+                &crate::local_backup::BackupOptions {
                     only_sources: Some(names.clone()),
                     safety: true,
                     ..Default::default()
@@ -768,13 +768,6 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
     Ok(Exit::Ok)
 }
 
-/// The one top folder inside an archive: its name without the extension.
-pub fn top_folder(prefix: &str, file: &str) -> String {
-    match crate::catalog::parse_name(prefix, file) {
-        Some(n) => n.stem().to_string(),
-        None => file.split(".tar").next().unwrap_or(file).to_string(),
-    }
-}
 
 fn restore_globals(
     src: &Source,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
-use crate::cmd::restore::top_folder;
+use crate::catalog::top_folder;
 pub use crate::config::drill::DrillConfig;
 use crate::config::Config;
 use crate::error::Exit;
@@ -136,7 +136,7 @@ pub fn run(cfg: &Config, opts: &DrillOptions, out: &mut dyn Write) -> Result<Exi
     let rt = crate::remotes::runtime()?;
     let mut sink = std::io::sink();
     let pull_out: &mut dyn Write = if opts.json { &mut sink } else { out };
-    let path = rt.block_on(crate::cmd::pull::run_for_extract(
+    let path = rt.block_on(crate::fetch::run_for_extract(
         cfg,
         &opts.id,
         opts.remote.as_deref(),

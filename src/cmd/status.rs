@@ -26,8 +26,6 @@ use crate::retention::{self, Policy};
 
 /// How far the steady-state estimate looks ahead.
 pub const HORIZON_DAYS: i64 = 3 * 365;
-/// How many recent archives the median size is taken from.
-pub const RECENT: usize = 7;
 
 /// `status`'s flags.
 #[derive(Debug, Clone, Default)]
@@ -482,52 +480,22 @@ pub fn policy_line(p: &Policy) -> String {
     v.join(", ")
 }
 
-/// The room the next archive needs in the backup folder: the median size of the last
-/// [`RECENT`] complete archives (safety backups aside), plus 10%. `None` before the
-/// first archive.
-pub fn next_archive_estimate(cfg: &crate::config::Config) -> Option<u64> {
-    let all = crate::catalog::scan(&cfg.local).ok()?;
-    let mut sizes: Vec<u64> = all
-        .iter()
-        .filter(|a| !a.is_safety())
-        .filter_map(|a| a.manifest.as_ref().map(|m| (a.name.time, m.size)))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_values()
-        .rev()
-        .take(RECENT)
-        .collect();
-    median(&mut sizes).map(|m| m.saturating_add(m / 10))
-}
-
-fn median(v: &mut [u64]) -> Option<u64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_unstable();
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    })
-}
-
 /// Storage at steady state: apply the policy to a synthetic timeline of
 /// [`HORIZON_DAYS`] with one archive per interval (the median gap between recent
 /// archives, clamped to 1 hour … 7 days; a day without history), count the keepers by
 /// the tier they are filed in, and multiply by the median size of the last
-/// [`RECENT`] archives. `recent` is (time, size) of complete archives, oldest first.
+/// [`crate::catalog::RECENT`] archives. `recent` is (time, size) of complete archives, oldest first.
 pub fn steady_state(
     policy: &Policy,
     recent: &[(DateTime<Utc>, u64)],
     now: DateTime<Utc>,
 ) -> SteadyState {
-    let tail = &recent[recent.len().saturating_sub(RECENT + 1)..];
+    let tail = &recent[recent.len().saturating_sub(crate::catalog::RECENT + 1)..];
     let mut gaps: Vec<u64> = tail
         .windows(2)
         .map(|w| (w[1].0 - w[0].0).num_seconds().max(0) as u64)
         .collect();
-    let interval = median(&mut gaps).unwrap_or(86_400).clamp(3_600, 7 * 86_400);
+    let interval = crate::catalog::median(&mut gaps).unwrap_or(86_400).clamp(3_600, 7 * 86_400);
     let n = (HORIZON_DAYS as u64 * 86_400 / interval) as usize + 1;
     let times: Vec<DateTime<Utc>> = (0..n)
         .map(|k| now - TimeDelta::seconds((k as u64 * interval) as i64))
@@ -543,12 +511,12 @@ pub fn steady_state(
         };
         counts[i] += 1;
     }
-    let mut sizes: Vec<u64> = recent[recent.len().saturating_sub(RECENT)..]
+    let mut sizes: Vec<u64> = recent[recent.len().saturating_sub(crate::catalog::RECENT)..]
         .iter()
         .map(|(_, s)| *s)
         .collect();
     let sample = sizes.len();
-    let med = median(&mut sizes);
+    let med = crate::catalog::median(&mut sizes);
     let archives: usize = counts.iter().sum();
     SteadyState {
         policy: policy_line(policy),

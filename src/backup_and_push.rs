@@ -49,8 +49,8 @@ use pronto_backends::UploadId;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
 
-use crate::cmd::backup::{BackupOptions, Started, Watch};
-use crate::cmd::push::RemoteReport;
+use crate::local_backup::{BackupOptions, Started, Watch};
+use crate::push_remotes::RemoteReport;
 use crate::config::Config;
 use crate::fsutil::human_bytes;
 use crate::journal::{Intent, Journal};
@@ -83,7 +83,7 @@ struct Tail {
     end: Option<End>,
 }
 
-/// The writer's side: fed by [`crate::cmd::backup::Watch`], read by the uploaders.
+/// The writer's side: fed by [`crate::local_backup::Watch`], read by the uploaders.
 struct Feed {
     tx: watch::Sender<Tail>,
     partial: StdMutex<Option<PathBuf>>,
@@ -510,7 +510,7 @@ pub fn backup_and_push(
         on_start: Some(&on_start),
         tap: Some(Arc::new(move |n| tap_feed.written(n))),
     };
-    let backup = crate::cmd::backup::run_watched(cfg, &BackupOptions::default(), &watch);
+    let backup = crate::local_backup::run_watched(cfg, &BackupOptions::default(), &watch);
     feed.end(match &backup {
         Ok((m, _)) => End::Done(Arc::new(m.clone())),
         Err(_) => End::Failed,
@@ -579,7 +579,7 @@ pub fn backup_and_push(
         Ok(Vec::new())
     } else {
         let mut cut = DropSummary::new(&mut *out);
-        let res = rt.block_on(crate::cmd::push::run_with(
+        let res = rt.block_on(crate::push_remotes::run_with(
             &rest, None, false, opts.prune, &mut cut,
         ));
         cut.finish();

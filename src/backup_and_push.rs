@@ -49,13 +49,13 @@ use pronto_backends::UploadId;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
 
-use crate::local_backup::{BackupOptions, Started, Watch};
-use crate::push_remotes::RemoteReport;
 use crate::config::Config;
 use crate::fsutil::human_bytes;
 use crate::journal::{Intent, Journal};
+use crate::local_backup::{BackupOptions, Started, Watch};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
+use crate::push_remotes::RemoteReport;
 use crate::replicate::{self, RemoteHandle};
 use crate::retry::retry;
 

@@ -13,9 +13,9 @@ use pronto_backends::local::LocalBackend;
 use pronto_backends::{
     Backend, BackendError, ByteStream, Capabilities, ObjectMeta, PartReceipt, UploadId,
 };
-use pronto_offsite::prune_locations as prune;
 use pronto_offsite::config;
 use pronto_offsite::plan;
+use pronto_offsite::prune_locations as prune;
 use pronto_offsite::replicate::RemoteHandle;
 use pronto_offsite::retention::{Count, Policy};
 use pronto_offsite::retry::RetryPolicy;

@@ -29,8 +29,7 @@ pub fn run(
         dry_run,
         force,
     };
-    let reports = crate::remotes::runtime()?.block_on(crate::prune_locations::run_reports(
-        cfg, &opts, out,
-    ))?;
+    let reports = crate::remotes::runtime()?
+        .block_on(crate::prune_locations::run_reports(cfg, &opts, out))?;
     Ok(crate::prune_locations::exit(&reports))
 }

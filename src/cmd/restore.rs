@@ -265,7 +265,10 @@ fn unpack(cfg: &Config, path: &Path, out: &mut dyn Write) -> Result<(Manifest, W
     let unpacked = staging.path().join("archive");
     crate::extract::extract_with(path, &unpacked, &xopts)
         .with_context(|| format!("extracting {} into {}", path.display(), unpacked.display()))?;
-    let top = unpacked.join(crate::catalog::top_folder(&cfg.local.prefix, &manifest.file));
+    let top = unpacked.join(crate::catalog::top_folder(
+        &cfg.local.prefix,
+        &manifest.file,
+    ));
     writeln!(
         out,
         "restoring {} (made {} on {}) into this host",
@@ -767,7 +770,6 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
     }
     Ok(Exit::Ok)
 }
-
 
 fn restore_globals(
     src: &Source,

@@ -495,7 +495,9 @@ pub fn steady_state(
         .windows(2)
         .map(|w| (w[1].0 - w[0].0).num_seconds().max(0) as u64)
         .collect();
-    let interval = crate::catalog::median(&mut gaps).unwrap_or(86_400).clamp(3_600, 7 * 86_400);
+    let interval = crate::catalog::median(&mut gaps)
+        .unwrap_or(86_400)
+        .clamp(3_600, 7 * 86_400);
     let n = (HORIZON_DAYS as u64 * 86_400 / interval) as usize + 1;
     let times: Vec<DateTime<Utc>> = (0..n)
         .map(|k| now - TimeDelta::seconds((k as u64 * interval) as i64))

@@ -616,35 +616,26 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
     let (manifest, staging, top) = unpack(cfg, &path, out)?;
 
     // 2. Plan, with the checks that need no change.
-    let Plan {
-        mut steps,
-        safety_names,
-        nothing_to_save,
-        extra_safety_dbs,
-    } = plan_steps(opts, &selected, &manifest, &top, &staging, out)?;
-    if steps.is_empty() {
+    let plan = plan_steps(opts, &selected, &manifest, &top, &staging, out)?;
+    if plan.steps.is_empty() {
         bail!(
             "nothing to restore: none of the selected sources is in {}",
             manifest.file
         );
     }
+    let Plan {
+        mut steps,
+        safety_names,
+        nothing_to_save,
+        extra_safety_dbs,
+    } = plan;
+    let safety_skipped = opts.safety_backup && safety_names.is_empty();
     if opts.safety_backup {
-        for (name, why) in &nothing_to_save {
-            writeln!(
-                out,
-                "  {name}: nothing to save ({why}); not in the safety backup"
-            )?;
-        }
-        if safety_names.is_empty() {
-            writeln!(
-                out,
-                "  no safety backup: the sources hold nothing to save (a new host?)"
-            )?;
-        } else {
-            steps.insert(0, Step::SafetyBackup(safety_names.clone()));
+        announce_safety_backup(&safety_names, &nothing_to_save, out)?;
+        if !safety_names.is_empty() {
+            steps.insert(0, Step::SafetyBackup(safety_names));
         }
     }
-    let safety_skipped = opts.safety_backup && safety_names.is_empty();
     if !cfg.health_checks.is_empty() {
         steps.push(Step::HealthChecks);
     }
@@ -656,36 +647,120 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
         home_cfg.local.home = None;
     }
     add_safety_databases(&mut home_cfg, &extra_safety_dbs);
-    // `--replace-target-db` targets that hold relations: replaced whole, not merged into.
-    let replace_dbs = extra_safety_dbs;
+    let mut runner = StepRunner {
+        cfg,
+        home_cfg,
+        opts,
+        // `--replace-target-db` targets that hold relations: replaced whole, not merged into.
+        replace_dbs: extra_safety_dbs,
+        nothing_to_save,
+        staging: staging.path(),
+        rt: &rt,
+        safety: None,
+        failed_checks: 0,
+    };
     let total = steps.len();
-    let mut safety: Option<String> = None;
-    let mut failed_checks = 0usize;
     for (i, step) in steps.iter().enumerate() {
         let n = i + 1;
         let title = step.title();
         writeln!(out, "[{n}/{total}] {title}")?;
         out.flush()?;
         let started = Instant::now();
-        let res: Result<String> = match step {
-            // Into this host's backup folder, also when the archive is another host's.
-            Step::SafetyBackup(names) => crate::local_backup::run_with(
-                &home_cfg,
-                &crate::local_backup::BackupOptions {
-                    only_sources: Some(names.clone()),
-                    safety: true,
-                    ..Default::default()
-                },
-            )
-            .map(|(m, p)| {
-                safety = Some(m.id.clone());
-                format!("safety backup {} ({}, {})", m.id, p.display(), crate::fsutil::human_bytes(m.size))
-            })
-            .map_err(|e| {
-                e.context("the safety backup of the current state failed, so nothing was changed; fix the cause, or restore without one with --no-safety-backup")
-            }),
+        match runner.run(step, out) {
+            Ok(detail) => writeln!(
+                out,
+                "      {detail} ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            )?,
+            Err(e) => {
+                let note =
+                    stopped_note(runner.safety.as_deref(), opts.safety_backup, safety_skipped);
+                return Err(anyhow!(
+                    "restore stopped at step {n}/{total} ({title}): {e:#}; {note}"
+                ));
+            }
+        }
+    }
+    if runner.failed_checks > 0 {
+        let note = runner
+            .safety
+            .as_ref()
+            .map(|id| format!("; the state before this restore is in safety backup {id}"))
+            .unwrap_or_default();
+        return Err(anyhow!(
+            "restore done, but {} health check(s) failed (see above){note}",
+            runner.failed_checks
+        ));
+    }
+    writeln!(out, "restore complete")?;
+    if let Some(id) = runner.safety {
+        writeln!(out, "safety backup: {id}")?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// Say which sources the safety backup leaves out (nothing to save), or that there is
+/// none at all (a new host).
+fn announce_safety_backup(
+    safety_names: &[String],
+    nothing_to_save: &[(String, String)],
+    out: &mut dyn Write,
+) -> Result<()> {
+    for (name, why) in nothing_to_save {
+        writeln!(
+            out,
+            "  {name}: nothing to save ({why}); not in the safety backup"
+        )?;
+    }
+    if safety_names.is_empty() {
+        writeln!(
+            out,
+            "  no safety backup: the sources hold nothing to save (a new host?)"
+        )?;
+    }
+    Ok(())
+}
+
+/// What a failed step leaves behind: where the state before the restore is.
+fn stopped_note(safety: Option<&str>, safety_backup: bool, safety_skipped: bool) -> String {
+    match (safety, safety_backup) {
+        (Some(id), _) => format!(
+            "the state before this restore is in safety backup {id}; `pronto-offsite pull {id} --restore --no-safety-backup` brings it back"
+        ),
+        (None, true) if safety_skipped => {
+            "no safety backup was taken: the sources held nothing to save".to_string()
+        }
+        (None, true) => "nothing was changed".to_string(),
+        (None, false) => "no safety backup was taken (--no-safety-backup)".to_string(),
+    }
+}
+
+/// Runs the steps of a restore in order, remembering the safety backup's id (for the
+/// notes of later steps) and how many health checks failed.
+struct StepRunner<'a> {
+    cfg: &'a Config,
+    /// The config of this host's own backup folder (the safety backup goes there, also
+    /// when the archive is another host's), with the extra databases it must hold.
+    home_cfg: Config,
+    opts: &'a RestoreOptions,
+    /// `(source, database)` replaced whole (`--replace-target-db`).
+    replace_dbs: Vec<(String, String)>,
+    nothing_to_save: Vec<(String, String)>,
+    staging: &'a Path,
+    rt: &'a tokio::runtime::Runtime,
+    safety: Option<String>,
+    failed_checks: usize,
+}
+
+impl StepRunner<'_> {
+    /// Run one step; returns the line that says what it did.
+    fn run(&mut self, step: &Step, out: &mut dyn Write) -> Result<String> {
+        let safety = self.safety.clone();
+        let safety = safety.as_deref();
+        match step {
+            Step::SafetyBackup(names) => self.safety_backup(names),
             Step::PgGlobals { src, file } => {
-                restore_globals(src, file, opts.reset_roles, safety.as_deref(), staging.path())
+                restore_globals(src, file, self.opts.reset_roles, safety, self.staging)
             }
             Step::PgDatabase {
                 src,
@@ -694,9 +769,12 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
                 target,
                 tables,
                 rows,
-            } if replace_dbs.contains(&(src.name.clone(), target.clone())) => {
-                replace_pg_database(src, file, db, target, *tables, *rows, staging.path())
-                    .map(|d| d + &old_state_note(safety.as_deref()))
+            } if self
+                .replace_dbs
+                .contains(&(src.name.clone(), target.clone())) =>
+            {
+                replace_pg_database(src, file, db, target, *tables, *rows, self.staging)
+                    .map(|d| d + &old_state_note(safety))
             }
             Step::PgDatabase {
                 src,
@@ -705,10 +783,10 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
                 target,
                 tables,
                 rows,
-            } => restore_pg_database(src, file, db, target, *tables, *rows, staging.path()).map(
+            } => restore_pg_database(src, file, db, target, *tables, *rows, self.staging).map(
                 |(d, replaced)| {
                     if replaced {
-                        d + &replaced_note(&nothing_to_save, &src.name, safety.as_deref())
+                        d + &replaced_note(&self.nothing_to_save, &src.name, safety)
                     } else {
                         d
                     }
@@ -720,55 +798,42 @@ pub fn run(cfg: &Config, opts: &RestoreOptions, out: &mut dyn Write) -> Result<E
                 summary,
                 dbfilename,
             } => restore_redis(src, rdb, summary, dbfilename, out)
-                .map(|d| d + &replaced_note(&nothing_to_save, &src.name, safety.as_deref())),
+                .map(|d| d + &replaced_note(&self.nothing_to_save, &src.name, safety)),
             Step::Folder { src, staged } => restore_folder(src, staged),
             Step::HealthChecks => {
-                let results = run_health_checks(cfg, &rt, staging.path(), out)?;
-                failed_checks = results;
-                Ok(if results == 0 {
-                    format!("all {} passed", cfg.health_checks.len())
+                let failed = run_health_checks(self.cfg, self.rt, self.staging, out)?;
+                self.failed_checks = failed;
+                let all = self.cfg.health_checks.len();
+                Ok(if failed == 0 {
+                    format!("all {all} passed")
                 } else {
-                    format!("{results} of {} failed", cfg.health_checks.len())
+                    format!("{failed} of {all} failed")
                 })
-            }
-        };
-        match res {
-            Ok(detail) => writeln!(
-                out,
-                "      {detail} ({:.1}s)",
-                started.elapsed().as_secs_f64()
-            )?,
-            Err(e) => {
-                let note = match (&safety, opts.safety_backup) {
-                    (Some(id), _) => format!(
-                        "the state before this restore is in safety backup {id}; `pronto-offsite pull {id} --restore --no-safety-backup` brings it back"
-                    ),
-                    (None, true) if safety_skipped => {
-                        "no safety backup was taken: the sources held nothing to save".to_string()
-                    }
-                    (None, true) => "nothing was changed".to_string(),
-                    (None, false) => "no safety backup was taken (--no-safety-backup)".to_string(),
-                };
-                return Err(anyhow!(
-                    "restore stopped at step {n}/{total} ({title}): {e:#}; {note}"
-                ));
             }
         }
     }
-    if failed_checks > 0 {
-        let note = safety
-            .as_ref()
-            .map(|id| format!("; the state before this restore is in safety backup {id}"))
-            .unwrap_or_default();
-        return Err(anyhow!(
-            "restore done, but {failed_checks} health check(s) failed (see above){note}"
-        ));
+
+    /// The safety backup of `names`, into this host's backup folder.
+    fn safety_backup(&mut self, names: &[String]) -> Result<String> {
+        let (m, p) = crate::local_backup::run_with(
+            &self.home_cfg,
+            &crate::local_backup::BackupOptions {
+                only_sources: Some(names.to_vec()),
+                safety: true,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| {
+            e.context("the safety backup of the current state failed, so nothing was changed; fix the cause, or restore without one with --no-safety-backup")
+        })?;
+        self.safety = Some(m.id.clone());
+        Ok(format!(
+            "safety backup {} ({}, {})",
+            m.id,
+            p.display(),
+            crate::fsutil::human_bytes(m.size)
+        ))
     }
-    writeln!(out, "restore complete")?;
-    if let Some(id) = safety {
-        writeln!(out, "safety backup: {id}")?;
-    }
-    Ok(Exit::Ok)
 }
 
 fn restore_globals(

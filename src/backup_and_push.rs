@@ -344,17 +344,8 @@ impl Job {
             .clone()
             .expect("an upload when the archive spans parts");
         let journal = journal.expect("a journal with the upload");
-        let mut parts = journal.lock().await.parts.clone();
-        parts.sort_by_key(|p| p.number);
-        retry(
-            r.retry,
-            &format!("completion of {file} on {}", r.name),
-            || r.backend.complete_upload(file, &id, &parts, sha),
-        )
-        .await
-        .with_context(|| format!("{}: completing upload of {file}", r.name))?;
+        replicate::complete_journaled(r, file, &id, &journal, sha, &jpath).await?;
         *multipart = None;
-        Journal::remove(&jpath)?;
         let local = match rx.borrow().reader.clone() {
             Some(Ok(file)) => Some(replicate::LocalCopy {
                 file,

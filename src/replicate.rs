@@ -648,23 +648,38 @@ async fn send_parts(
     .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
     .await?;
 
-    let mut parts = journal.lock().await.parts.clone();
-    parts.sort_by_key(|p| p.number);
     let sha: [u8; 32] = hex::decode(&journal.lock().await.sha256)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("journal sha256 is not 32 bytes"))?;
-    retry(
-        r.retry,
-        &format!("completion of {key} on {}", r.name),
-        || r.backend.complete_upload(&key, &upload_id, &parts, sha),
-    )
-    .await
-    .with_context(|| format!("{}: completing upload of {key}", r.name))?;
-    Journal::remove(jpath)?;
+    complete_journaled(r, &key, &upload_id, &journal, sha, jpath).await?;
     Ok(UploadStats {
         bytes_sent: sent,
         parts_resumed: resumed,
     })
+}
+
+/// Complete a multipart upload from the parts its journal recorded (in order), with the
+/// remote's retries, then drop the journal: the one completion, for `push` and for
+/// upload-while-archiving alike. The backend checks the whole object against `sha`.
+pub(crate) async fn complete_journaled(
+    r: &RemoteHandle,
+    key: &str,
+    upload_id: &UploadId,
+    journal: &Mutex<Journal>,
+    sha: [u8; 32],
+    jpath: &Path,
+) -> Result<()> {
+    let mut parts = journal.lock().await.parts.clone();
+    parts.sort_by_key(|p| p.number);
+    retry(
+        r.retry,
+        &format!("completion of {key} on {}", r.name),
+        || r.backend.complete_upload(key, upload_id, &parts, sha),
+    )
+    .await
+    .with_context(|| format!("{}: completing upload of {key}", r.name))?;
+    Journal::remove(jpath)?;
+    Ok(())
 }
 
 /// Send part `n` of an upload (with the remote's retries) and record its receipt in the

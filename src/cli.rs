@@ -159,9 +159,10 @@ pronto-offsite pull latest --restore --target-db pronto_copy  # beside the live 
     /// Check archives against their manifests, locally and on every remote; or restore one: `verify <id> --restore-test`
     #[command(
         after_help = "Without --restore-test: each local archive's size and sha256 against its manifest, then every tar\n\
-entry decompressed and read; on each remote every manifest against its archive object's size and recorded sha256\n\
-(and the local manifest); incomplete uploads, manifests without archives and orphans are reported. --deep downloads\n\
-and re-hashes remote archives; --sample 10% limits the expensive checks to a random tenth (at least one archive).\n\
+entry decompressed and read; on each remote every manifest against its archive object's size, the checksum the\n\
+store computed from its bytes (else the sha256 recorded beside it) and the local manifest; incomplete uploads,\n\
+manifests without archives and orphans are reported. --deep downloads and re-hashes remote archives; --sample 10%\n\
+limits the expensive checks to a random tenth (at least one archive).\n\
 Example (cron, Saturdays at 3 AM; over a few weeks every archive is read back):\n  \
 0 3 * * 6 /usr/local/bin/pronto-offsite -q verify --deep --sample 25%\n\n\
 With --restore-test: restores the PostgreSQL dumps into throwaway databases (on [drill] postgres_url, or a private\n\

@@ -338,6 +338,35 @@ async fn verify_remote_with(
     Ok(())
 }
 
+/// Whether the checksum the store computed for `key` proves its bytes are the archive
+/// whose SHA-256 is `sha` (`verify --remote`): `Ok(true)` proven, `Ok(false)` when the store
+/// keeps no checksum or cannot decide (a composite without the local archive at
+/// `local`), a verification error when it contradicts the archive.
+pub(crate) async fn store_checksum_proves(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    local: Option<&Path>,
+) -> Result<bool> {
+    let computed = retry(r.retry, &format!("checksum of {key} on {}", r.name), || {
+        r.backend.store_checksum(key)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "{}: reading the checksum the store computed for {key}",
+            r.name
+        )
+    })?;
+    let Some(c) = computed else {
+        return Ok(false);
+    };
+    let part_size = part_size_for(size, &r.backend.capabilities());
+    let local = local.and_then(|p| LocalCopy::open(p, part_size).ok());
+    store_checksum_matches(r, key, size, sha, c, local.as_ref()).await
+}
+
 /// Judge the store's own checksum `c` of `key`: `Ok(true)` when it proves the bytes,
 /// a verification error when it contradicts them, `Ok(false)` when it cannot decide
 /// (a composite without the local archive, or of another part size).

@@ -484,3 +484,96 @@ fn push_verifies_by_the_checksum_the_store_computed() {
         assert!(text(&o).contains(how), "{}", text(&o));
     }
 }
+
+/// `verify` proves the remote bytes the same way (issue 15): by the checksum the store
+/// computed from them, not by the hash recorded beside the object. An object replaced
+/// behind our back by other bytes of the same size, with the recorded hash forged to the
+/// manifest's, passes a check of the recorded hash; `verify` finds it (exit 4) without
+/// downloading it.
+#[test]
+fn verify_trusts_the_stores_checksum_not_the_recorded_hash() {
+    use sha2::Digest;
+    let ls = localstack::shared();
+    let bucket = ls.new_bucket("verify-sum");
+    let env = s3_env(&ls.endpoint, &bucket, "", 0);
+    let id = backup(&env);
+    let o = run(with_env_keys(bin(&env)), &["push"]);
+    assert!(o.status.success(), "push: {}", text(&o));
+    let o = run(with_env_keys(bin(&env)), &["verify", "--remote", "s3"]);
+    assert!(o.status.success(), "verify: {}", text(&o));
+    assert!(
+        text(&o).contains("the checksum the store computed from its bytes match the manifest"),
+        "{}",
+        text(&o)
+    );
+
+    // Other bytes of the same size under the archive's key: the store's checksum is
+    // theirs, the recorded x-amz-meta-sha256 claims the archive's.
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let archive = find_archive(&env, &file);
+    let real = std::fs::read(&archive).unwrap();
+    let fake: Vec<u8> = real.iter().map(|b| b ^ 0x5a).collect();
+    let fake_sum = sha2::Sha256::digest(&fake);
+    let object = format!("/{bucket}/prod/host-1/{file}");
+    let status = raw_put(
+        ls.port,
+        &object,
+        &fake,
+        &[
+            ("x-amz-meta-sha256", &support::file_digest(&archive)),
+            ("x-amz-checksum-sha256", &base64(&fake_sum)),
+        ],
+    );
+    assert_eq!(status, 200, "the forged PUT");
+    assert_eq!(s3_object_size(ls.port, &object), Some(real.len() as u64));
+
+    let o = run(with_env_keys(bin(&env)), &["verify", "--remote", "s3"]);
+    assert_eq!(o.status.code(), Some(4), "verify: {}", text(&o));
+    assert!(
+        text(&o).contains(&file) && text(&o).contains("the store computed sha256"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A raw, unsigned PUT with extra headers (LocalStack accepts unsigned requests).
+fn raw_put(port: u16, path: &str, body: &[u8], headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -110,9 +110,13 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions, out: &mut dyn Write) -> Res
     };
     let mut checks = Vec::new();
     let local_all = catalog::scan(&cfg.local)?;
-    let local_manifests: BTreeMap<String, Manifest> = local_all
+    let local_manifests: LocalIndex = local_all
         .iter()
-        .filter_map(|a| a.manifest.clone().map(|m| (a.name.id.clone(), m)))
+        .filter_map(|a| {
+            a.manifest
+                .clone()
+                .map(|m| (a.name.id.clone(), (m, a.path.clone())))
+        })
         .collect();
 
     if opts.remote.is_none() {
@@ -335,13 +339,17 @@ fn local_contents(cfg: &Config, path: &Path, m: &Manifest) -> Result<(Outcome, S
 }
 
 /// One remote: every manifest against its archive object, and what is incomplete or foreign.
+/// The local archives with a manifest, by id: their manifest and path (the path rebuilds
+/// a store's composite checksum).
+type LocalIndex = BTreeMap<String, (Manifest, std::path::PathBuf)>;
+
 async fn check_remote(
     cfg: &Config,
     r: &RemoteHandle,
     wanted: Option<&str>,
     latest: bool,
     opts: &VerifyOptions,
-    local: &BTreeMap<String, Manifest>,
+    local: &LocalIndex,
     out: &mut dyn Write,
 ) -> Result<Vec<Check>> {
     let state = remotes::read_state(r, &cfg.local.prefix).await?;
@@ -395,7 +403,7 @@ async fn check_remote_archive(
     a: &RemoteArchive,
     deep: bool,
     deep_asked: bool,
-    local: &BTreeMap<String, Manifest>,
+    local: &LocalIndex,
 ) -> Check {
     let loc = r.name.as_str();
     let file = a.name.file.as_str();
@@ -450,7 +458,8 @@ async fn check_remote_archive(
             format!("{size} bytes, its manifest says {}", m.size),
         );
     }
-    if let Some(lm) = local.get(&a.name.id) {
+    let local_copy = local.get(&a.name.id);
+    if let Some((lm, _)) = local_copy {
         if lm.sha256 != m.sha256 {
             return check(
                 loc,
@@ -463,6 +472,35 @@ async fn check_remote_archive(
             );
         }
     }
+    // The checksum the store computed from the bytes it holds proves them (S3's
+    // ChecksumSHA256); the hash recorded beside the object is only what we wrote there.
+    let proven = match m.sha256_bytes() {
+        Ok(sha) => {
+            let path = local_copy.map(|(_, p)| p.as_path());
+            match replicate::store_checksum_proves(r, file, size, sha, path).await {
+                Ok(proven) => proven,
+                Err(e) if crate::error::is_verification(&e) => {
+                    return check(loc, file, Outcome::Mismatch, format!("{e:#}"))
+                }
+                Err(e) => {
+                    return check(
+                        loc,
+                        file,
+                        Outcome::Error,
+                        format!("reading the store's checksum: {e:#}"),
+                    )
+                }
+            }
+        }
+        Err(e) => {
+            return check(
+                loc,
+                file,
+                Outcome::Mismatch,
+                format!("unreadable manifest: {e:#}"),
+            )
+        }
+    };
     let recorded = match a.sha256 {
         Some(h) => Some(h),
         None => match retry(r.retry, &format!("head of {file}"), || r.backend.head(file)).await {
@@ -485,6 +523,9 @@ async fn check_remote_archive(
         }
     }
     let mut detail = match recorded {
+        _ if proven => {
+            "size and the checksum the store computed from its bytes match the manifest".to_string()
+        }
         Some(_) => "size and recorded sha256 match the manifest".to_string(),
         None => {
             "size matches the manifest (the backend records no hash: --deep reads it)".to_string()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use pronto_backends::{
     sha256_of, Backend, BackendError, Capabilities, PartReceipt, StoreChecksum, UploadId,
 };
@@ -642,49 +642,106 @@ async fn send_parts(
         p.inc(journal.size.min(resumed as u64 * journal.part_size));
     }
     let upload_id = journal.upload_id.clone();
-    let part_size = journal.part_size;
-    let size = journal.size;
-    let journal = Arc::new(Mutex::new(journal));
-    let path: PathBuf = path.to_path_buf();
-
-    let sent: u64 = futures::stream::iter(todo.into_iter().map(|n| {
-        let journal = journal.clone();
-        let path = path.clone();
-        let key = key.clone();
-        let upload_id = upload_id.clone();
-        async move {
-            let offset = (n as u64 - 1) * part_size;
-            let len = part_size.min(size - offset);
-            let (body, psha) = read_part(path, offset, len).await?;
-            send_part(
-                r,
-                &key,
-                upload_id,
-                n,
-                body,
-                psha,
-                journal,
-                jpath.to_path_buf(),
-            )
-            .await?;
-            if let Some(p) = progress {
-                p.inc(len);
-            }
-            anyhow::Ok(len)
-        }
-    }))
-    .buffer_unordered(r.part_concurrency.max(1))
-    .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-    .await?;
-
-    let sha: [u8; 32] = hex::decode(&journal.lock().await.sha256)?
+    let sha: [u8; 32] = hex::decode(&journal.sha256)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("journal sha256 is not 32 bytes"))?;
+    let mut source = FinishedFile {
+        path: path.to_path_buf(),
+        size: journal.size,
+        part_size: journal.part_size,
+        todo: todo.into_iter(),
+    };
+    let journal = Arc::new(Mutex::new(journal));
+    let sent = send_parts_from(r, &key, &upload_id, &journal, jpath, &mut source, progress).await?;
     complete_journaled(r, &key, &upload_id, &journal, sha, jpath).await?;
     Ok(UploadStats {
         bytes_sent: sent,
         parts_resumed: resumed,
     })
+}
+
+/// Where the parts of a multipart upload come from: a finished file (`push`), or one
+/// still being written (`backup --push`, in `backup_and_push`).
+pub(crate) trait PartSource: Send {
+    /// Wait until the next part can be read (`Ok(true)`) or there is none left
+    /// (`Ok(false)`). Cancel-safe: the loop waits on it beside the parts in flight.
+    fn ready(&mut self) -> impl std::future::Future<Output = Result<bool>> + Send;
+    /// Read the next part, after [`ready`](PartSource::ready) said there is one: its
+    /// number, bytes and SHA-256.
+    fn take(&mut self) -> impl std::future::Future<Output = Result<(u32, Bytes, [u8; 32])>> + Send;
+}
+
+/// The one upload loop: keeps up to the remote's `part_concurrency` parts in flight,
+/// each sent by [`send_part`] (and so recorded in the journal), until the source has
+/// none left. Returns the bytes sent. The caller completes the upload.
+pub(crate) async fn send_parts_from(
+    r: &RemoteHandle,
+    key: &str,
+    upload_id: &UploadId,
+    journal: &Arc<Mutex<Journal>>,
+    jpath: &Path,
+    source: &mut impl PartSource,
+    progress: Option<&crate::progress::Progress>,
+) -> Result<u64> {
+    let concurrency = r.part_concurrency.max(1);
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut exhausted = false;
+    let mut sent = 0u64;
+    loop {
+        if exhausted || inflight.len() >= concurrency {
+            match inflight.next().await {
+                Some(res) => sent += res?,
+                None => return Ok(sent),
+            }
+            continue;
+        }
+        let more = if inflight.is_empty() {
+            source.ready().await?
+        } else {
+            tokio::select! {
+                more = source.ready() => more?,
+                Some(res) = inflight.next() => {
+                    sent += res?;
+                    continue;
+                }
+            }
+        };
+        if !more {
+            exhausted = true;
+            continue;
+        }
+        let (n, body, psha) = source.take().await?;
+        let (journal, jpath) = (journal.clone(), jpath.to_path_buf());
+        inflight.push(async move {
+            let len = send_part(r, key, upload_id.clone(), n, body, psha, journal, jpath).await?;
+            if let Some(p) = progress {
+                p.inc(len);
+            }
+            anyhow::Ok(len)
+        });
+    }
+}
+
+/// The parts of a finished local archive that an upload still lacks.
+struct FinishedFile {
+    path: PathBuf,
+    size: u64,
+    part_size: u64,
+    todo: std::vec::IntoIter<u32>,
+}
+
+impl PartSource for FinishedFile {
+    async fn ready(&mut self) -> Result<bool> {
+        Ok(self.todo.len() > 0)
+    }
+
+    async fn take(&mut self) -> Result<(u32, Bytes, [u8; 32])> {
+        let n = self.todo.next().context("no part left to read")?;
+        let offset = (n as u64 - 1) * self.part_size;
+        let len = self.part_size.min(self.size - offset);
+        let (body, psha) = read_part(self.path.clone(), offset, len).await?;
+        Ok((n, body, psha))
+    }
 }
 
 /// Complete a multipart upload from the parts its journal recorded (in order), with the

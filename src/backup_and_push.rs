@@ -43,8 +43,6 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use pronto_backends::UploadId;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
@@ -211,139 +209,110 @@ impl Job {
         .await
         .with_context(|| format!("{}: removing stale manifest of {file}", r.name))?;
 
-        let mut hasher = Sha256::new();
-        let mut next: u32 = 1;
-        let mut read: u64 = 0;
-        let mut journal: Option<Arc<Mutex<Journal>>> = None;
-        let mut finalized = false;
-        let mut inflight = FuturesUnordered::new();
-        let concurrency = r.part_concurrency.max(1);
-        loop {
+        // 1. Wait for a first whole part, or for the whole archive when it fits in one.
+        let reader = loop {
             let (written, end, reader) = {
                 let t = rx.borrow_and_update();
                 (t.written, t.end.clone(), t.reader.clone())
             };
-            let size = match &end {
+            let first_part = match &end {
                 Some(End::Failed) => return Ok(Next::Handover(None)),
-                Some(End::Done(m)) => Some(m.size),
-                None => None,
+                Some(End::Done(m)) => m.size > ps,
+                None => written >= ps,
             };
-            while inflight.len() < concurrency {
-                let len = match size {
-                    Some(s) => s.saturating_sub(read).min(ps),
-                    None if written >= read + ps => ps,
-                    None => 0,
-                };
-                if len == 0 {
-                    break;
+            let reader = match reader {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return Ok(Next::Handover(Some(e))),
+                None if end.is_some() || first_part => {
+                    return Ok(Next::Handover(Some(
+                        "the archive was never opened for reading".into(),
+                    )))
                 }
-                let reader = match &reader {
-                    Some(Ok(f)) => f.clone(),
-                    Some(Err(e)) => return Ok(Next::Handover(Some(e.clone()))),
-                    None => {
-                        return Ok(Next::Handover(Some(
-                            "the archive was never opened for reading".into(),
-                        )))
-                    }
-                };
-                if multipart.is_none() {
-                    if let Some(End::Done(m)) = &end {
-                        if m.size <= ps {
-                            return self.single_put(reader, m, bar).await;
-                        }
-                    }
-                    let id = retry(
-                        r.retry,
-                        &format!("start of upload {file} to {}", r.name),
-                        || r.backend.create_upload(file),
-                    )
-                    .await
-                    .with_context(|| format!("{}: starting upload of {file}", r.name))?;
-                    let jpath = Journal::path(&self.dir, &r.name, file);
-                    // Size and hash are unknown yet: a journal without them is never
-                    // resumed, only aborted (by `push` or `push --cleanup`).
-                    let j = Journal {
-                        key: file.to_string(),
-                        size: 0,
-                        sha256: String::new(),
-                        upload_id: id.clone(),
-                        part_size: ps,
-                        parts: Vec::new(),
-                        failures: 0,
-                    };
-                    *multipart = Some((id, jpath.clone()));
-                    j.save(&jpath)?;
-                    journal = Some(Arc::new(Mutex::new(j)));
-                }
-                if next > self.max_parts {
-                    return Ok(Next::Handover(Some(format!(
-                        "{file} outgrew {} parts of {}",
-                        self.max_parts,
-                        human_bytes(ps)
-                    ))));
-                }
-                let (body, psha, h) = match read_growing_part(reader, read, len, hasher).await {
-                    Ok(x) => x,
-                    Err(e) => return Ok(Next::Handover(Some(format!("{e:#}")))),
-                };
-                hasher = h;
-                let (id, jpath) = multipart.clone().expect("created above");
-                let j = journal.clone().expect("created above");
-                inflight.push(async move {
-                    let sent =
-                        replicate::send_part(r, file, id, next, body, psha, j, jpath).await?;
-                    bar.inc(sent);
-                    anyhow::Ok(())
-                });
-                next += 1;
-                read += len;
-            }
-            if let (Some(End::Done(m)), Some(j), false) = (&end, &journal, finalized) {
-                // The archive is finished: from here a killed run leaves an upload that
-                // the next `push` resumes (same key, size, hash and part size).
-                let mut j = j.lock().await;
-                j.size = m.size;
-                j.sha256 = m.sha256.clone();
-                j.save(&multipart.as_ref().expect("with the journal").1)?;
-                finalized = true;
-            }
-            let all_read = size.is_some_and(|s| read >= s);
-            if all_read && inflight.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(res) = inflight.next(), if !inflight.is_empty() => res?,
-                changed = rx.changed(), if !all_read => {
-                    if changed.is_err() {
-                        // The backup side is gone without a word: never complete.
+                None => {
+                    if rx.changed().await.is_err() {
                         return Ok(Next::Handover(None));
                     }
+                    continue;
                 }
+            };
+            match &end {
+                Some(End::Done(m)) if !first_part => return self.single_put(reader, m, bar).await,
+                _ if first_part => break reader,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                // The backup side is gone without a word: never complete.
+                return Ok(Next::Handover(None));
+            }
+        };
+
+        // 2. The multipart upload, journaled before any part is sent. Size and hash are
+        // unknown yet: a journal without them is never resumed, only aborted (by `push`
+        // or `push --cleanup`) until the archive is finished.
+        let id = retry(
+            r.retry,
+            &format!("start of upload {file} to {}", r.name),
+            || r.backend.create_upload(file),
+        )
+        .await
+        .with_context(|| format!("{}: starting upload of {file}", r.name))?;
+        let jpath = Journal::path(&self.dir, &r.name, file);
+        let j = Journal {
+            key: file.to_string(),
+            size: 0,
+            sha256: String::new(),
+            upload_id: id.clone(),
+            part_size: ps,
+            parts: Vec::new(),
+            failures: 0,
+        };
+        *multipart = Some((id.clone(), jpath.clone()));
+        j.save(&jpath)?;
+        let journal = Arc::new(Mutex::new(j));
+
+        // 3. The parts, through the one upload loop, as the file grows.
+        let mut source = GrowingFile {
+            rx,
+            reader,
+            file: file.to_string(),
+            part_size: ps,
+            max_parts: self.max_parts,
+            next: 1,
+            read: 0,
+            size: None,
+            hasher: Some(Sha256::new()),
+            journal: journal.clone(),
+            jpath: jpath.clone(),
+        };
+        let sent =
+            replicate::send_parts_from(r, file, &id, &journal, &jpath, &mut source, Some(bar))
+                .await;
+        if let Err(e) = &sent {
+            if let Some(Handover(why)) = e.downcast_ref::<Handover>() {
+                return Ok(Next::Handover(why.clone()));
             }
         }
+        sent?;
+        let read = source.read;
+        let whole: [u8; 32] = source.hasher.take().expect("one hasher").finalize().into();
+        drop(source);
 
-        // The archive is finished (renamed, local manifest written) and every part sent.
+        // 4. The archive is finished (renamed, local manifest written) and every part
+        // sent: the bytes read must be the finished archive's before anything completes.
         let Some(End::Done(m)) = rx.borrow().end.clone() else {
             return Ok(Next::Handover(None));
         };
         let sha = m.sha256_bytes()?;
-        let whole: [u8; 32] = hasher.finalize().into();
         if read != m.size || whole != sha {
-            if let (Some(j), Some((_, jpath))) = (&journal, &*multipart) {
-                // Never let a `push` resume these parts (should the abort fail).
-                let mut j = j.lock().await;
-                j.sha256 = String::new();
-                j.save(jpath)?;
-            }
+            // Never let a `push` resume these parts (should the abort fail).
+            let mut j = journal.lock().await;
+            j.sha256 = String::new();
+            j.save(&jpath)?;
             return Ok(Next::Handover(Some(format!(
                 "the bytes read while {file} was written ({read} bytes, sha256 {}) are not the finished archive's; sending it again from the finished file",
                 hex::encode(whole)
             ))));
         }
-        let (id, jpath) = multipart
-            .clone()
-            .expect("an upload when the archive spans parts");
-        let journal = journal.expect("a journal with the upload");
         replicate::complete_journaled(r, file, &id, &journal, sha, &jpath).await?;
         *multipart = None;
         let local = match rx.borrow().reader.clone() {
@@ -385,6 +354,88 @@ impl Job {
         };
         replicate::verify_and_write_manifest(r, m, false, Some(&local)).await?;
         Ok(Next::Uploaded(m.size))
+    }
+}
+
+/// Why the stream stopped without a remote error: the archive is left to the `push`
+/// that follows (`None`: the backup itself failed or went away).
+#[derive(Debug, thiserror::Error)]
+#[error("handed over to push")]
+struct Handover(Option<String>);
+
+/// The parts of the archive being written, as the writer announces them ([`Tail`]):
+/// each part is read once whole parts are in the file (the last once the archive is
+/// finished), hashed in order into the whole archive's SHA-256. When the archive is
+/// finished, its size and hash go into the journal, so that from then on a killed run
+/// leaves an upload the next `push` resumes (same key, size, hash and part size).
+struct GrowingFile<'a> {
+    rx: &'a mut watch::Receiver<Tail>,
+    reader: Arc<File>,
+    file: String,
+    part_size: u64,
+    max_parts: u32,
+    next: u32,
+    read: u64,
+    /// The archive's size, once it is finished.
+    size: Option<u64>,
+    hasher: Option<Sha256>,
+    journal: Arc<Mutex<Journal>>,
+    jpath: PathBuf,
+}
+
+impl replicate::PartSource for GrowingFile<'_> {
+    async fn ready(&mut self) -> Result<bool> {
+        loop {
+            let (written, end) = {
+                let t = self.rx.borrow_and_update();
+                (t.written, t.end.clone())
+            };
+            match &end {
+                Some(End::Failed) => return Err(Handover(None).into()),
+                Some(End::Done(m)) if self.size.is_none() => {
+                    let mut j = self.journal.lock().await;
+                    j.size = m.size;
+                    j.sha256 = m.sha256.clone();
+                    j.save(&self.jpath)?;
+                    self.size = Some(m.size);
+                }
+                _ => {}
+            }
+            match self.size {
+                Some(size) => return Ok(size > self.read),
+                None if written >= self.read + self.part_size => return Ok(true),
+                None => {}
+            }
+            if self.rx.changed().await.is_err() {
+                // The backup side is gone without a word: never complete.
+                return Err(Handover(None).into());
+            }
+        }
+    }
+
+    async fn take(&mut self) -> Result<(u32, Bytes, [u8; 32])> {
+        let len = match self.size {
+            Some(size) => size.saturating_sub(self.read).min(self.part_size),
+            None => self.part_size,
+        };
+        if self.next > self.max_parts {
+            return Err(Handover(Some(format!(
+                "{} outgrew {} parts of {}",
+                self.file,
+                self.max_parts,
+                human_bytes(self.part_size)
+            )))
+            .into());
+        }
+        let hasher = self.hasher.take().expect("one hasher");
+        let (body, psha, hasher) = read_growing_part(self.reader.clone(), self.read, len, hasher)
+            .await
+            .map_err(|e| Handover(Some(format!("{e:#}"))))?;
+        self.hasher = Some(hasher);
+        let n = self.next;
+        self.next += 1;
+        self.read += len;
+        Ok((n, body, psha))
     }
 }
 

@@ -472,34 +472,9 @@ async fn check_remote_archive(
             );
         }
     }
-    // The checksum the store computed from the bytes it holds proves them (S3's
-    // ChecksumSHA256); the hash recorded beside the object is only what we wrote there.
-    let proven = match m.sha256_bytes() {
-        Ok(sha) => {
-            let path = local_copy.map(|(_, p)| p.as_path());
-            match replicate::store_checksum_proves(r, file, size, sha, path).await {
-                Ok(proven) => proven,
-                Err(e) if crate::error::is_verification(&e) => {
-                    return check(loc, file, Outcome::Mismatch, format!("{e:#}"))
-                }
-                Err(e) => {
-                    return check(
-                        loc,
-                        file,
-                        Outcome::Error,
-                        format!("reading the store's checksum: {e:#}"),
-                    )
-                }
-            }
-        }
-        Err(e) => {
-            return check(
-                loc,
-                file,
-                Outcome::Mismatch,
-                format!("unreadable manifest: {e:#}"),
-            )
-        }
+    let proven = match proven_by_store(r, file, size, &m, local_copy).await {
+        Ok(p) => p,
+        Err(c) => return c,
     };
     let recorded = match a.sha256 {
         Some(h) => Some(h),
@@ -560,6 +535,40 @@ async fn check_remote_archive(
         detail.push_str("; not in this --deep sample");
     }
     check(loc, file, Outcome::Ok, detail)
+}
+
+/// Whether the checksum the store computed from the bytes it holds proves them (S3's
+/// ChecksumSHA256; the hash recorded beside the object is only what we wrote there).
+/// `Err` is the check to report: a mismatch, or the checksum could not be read.
+async fn proven_by_store(
+    r: &RemoteHandle,
+    file: &str,
+    size: u64,
+    m: &Manifest,
+    local_copy: Option<&(Manifest, std::path::PathBuf)>,
+) -> std::result::Result<bool, Check> {
+    let loc = r.name.as_str();
+    let sha = m.sha256_bytes().map_err(|e| {
+        check(
+            loc,
+            file,
+            Outcome::Mismatch,
+            format!("unreadable manifest: {e:#}"),
+        )
+    })?;
+    let path = local_copy.map(|(_, p)| p.as_path());
+    match replicate::store_checksum_proves(r, file, size, sha, path).await {
+        Ok(proven) => Ok(proven),
+        Err(e) if crate::error::is_verification(&e) => {
+            Err(check(loc, file, Outcome::Mismatch, format!("{e:#}")))
+        }
+        Err(e) => Err(check(
+            loc,
+            file,
+            Outcome::Error,
+            format!("reading the store's checksum: {e:#}"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -435,6 +435,8 @@ mod tests {
         vanished_reads: AtomicU32,
         /// Reads that find the lease gone because its holder released it just then.
         releasing_reads: AtomicU32,
+        /// Deletes that answer success and remove nothing.
+        ignored_deletes: AtomicU32,
     }
 
     /// Take one from `n` if it is not zero.
@@ -452,6 +454,7 @@ mod tests {
                 empty_reads: AtomicU32::new(0),
                 vanished_reads: AtomicU32::new(0),
                 releasing_reads: AtomicU32::new(0),
+                ignored_deletes: AtomicU32::new(0),
             }
         }
 
@@ -545,6 +548,9 @@ mod tests {
             self.inner.abort_upload(key, up).await
         }
         async fn delete(&self, key: &str) -> pronto_backends::Result<()> {
+            if take(&self.ignored_deletes) {
+                return Ok(());
+            }
             self.inner.delete(key).await
         }
         fn supports_put_if_absent(&self) -> bool {
@@ -666,5 +672,24 @@ mod tests {
         );
         assert_eq!((b.pid, b.started), (first.pid, first.started));
         lease.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_lease_that_will_not_go_is_an_error_not_a_loop() {
+        // The stale lease is removed, yet the create still finds one (a store whose
+        // delete did not take, or another prune quicker than us): give up at once.
+        let dir = tempfile::tempdir().unwrap();
+        let mut stale = body("gone", 1);
+        stale.expires = Utc::now() - chrono::TimeDelta::hours(1);
+        write_lease(dir.path(), &stale);
+        let r = Flaky {
+            ignored_deletes: AtomicU32::new(1),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        let err = format!("{:#}", acquire(&r, "p").await.err().unwrap());
+        assert!(err.contains("taking the prune lease"), "{err}");
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(read_lease(dir.path()).host, "gone");
     }
 }

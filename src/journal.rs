@@ -180,3 +180,166 @@ impl Recorded {
         Intent::remove(&self.path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pronto_backends::{PartReceipt, UploadId};
+
+    fn journal() -> Journal {
+        Journal {
+            key: "host/app-2024-01-01T000000Z.tar.gz".into(),
+            size: 3 << 20,
+            sha256: "ab".repeat(32),
+            upload_id: UploadId("up-1".into()),
+            part_size: 1 << 20,
+            parts: vec![
+                PartReceipt {
+                    number: 2,
+                    size: 1 << 20,
+                    token: "etag-2".into(),
+                },
+                PartReceipt {
+                    number: 1,
+                    size: 1 << 20,
+                    token: "etag-1".into(),
+                },
+            ],
+            failures: 2,
+        }
+    }
+
+    #[test]
+    fn a_saved_journal_is_read_back_by_a_new_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path(dir.path(), "nas", "app.tar.gz");
+        assert_eq!(path, dir.path().join(".journal/nas/app.tar.gz.json"));
+        // Not there yet: nothing to resume.
+        assert_eq!(Journal::load(&path), None);
+        // Its folders are created on the first save; a later save replaces it.
+        let mut j = journal();
+        j.save(&path).unwrap();
+        assert_eq!(Journal::load(&path), Some(j.clone()));
+        j.parts.push(PartReceipt {
+            number: 3,
+            size: 1 << 20,
+            token: "etag-3".into(),
+        });
+        j.save(&path).unwrap();
+        assert_eq!(Journal::load(&path), Some(j));
+        // Older journals without `failures` are still read (no failures yet).
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("failures");
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(Journal::load(&path).unwrap().failures, 0);
+    }
+
+    #[test]
+    fn a_damaged_journal_is_ignored_never_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path(dir.path(), "nas", "app.tar.gz");
+        journal().save(&path).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        assert_eq!(Journal::load(&path), None);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(Journal::load(&path), None);
+    }
+
+    #[test]
+    fn removing_a_journal_tolerates_only_its_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path(dir.path(), "nas", "app.tar.gz");
+        journal().save(&path).unwrap();
+        Journal::remove(&path).unwrap();
+        assert!(!path.exists());
+        // Already gone: fine.
+        Journal::remove(&path).unwrap();
+        // Something that cannot be removed as a file (a folder) is an error, not "gone".
+        std::fs::create_dir_all(&path).unwrap();
+        let err = Journal::remove(&path).unwrap_err().to_string();
+        assert!(err.contains("removing journal"), "{err}");
+        assert!(path.exists());
+    }
+
+    fn intent_of(pid: u32) -> Vec<u8> {
+        serde_json::to_vec(&Intent {
+            key: "app.tar.gz".into(),
+            started_unix: 1,
+            pid,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_intent_is_recorded_and_removed_when_the_push_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Intent::record(dir.path(), "nas", "app.tar.gz").unwrap();
+        assert_eq!(rec.path, dir.path().join(".journal/nas/app.tar.gz.intent"));
+        assert_eq!(rec.path, Intent::path(dir.path(), "nas", "app.tar.gz"));
+        assert!(!rec.after_a_stopped_push);
+        let i: Intent = serde_json::from_slice(&std::fs::read(&rec.path).unwrap()).unwrap();
+        assert_eq!(i.key, "app.tar.gz");
+        assert_eq!(i.pid, std::process::id());
+        assert!(i.started_unix > 1_700_000_000, "{}", i.started_unix);
+        let path = rec.path.clone();
+        rec.done().unwrap();
+        assert!(!path.exists());
+        // This process's own earlier intent (a retry in the same push) is no stopped push.
+        let rec = Intent::record(dir.path(), "nas", "app.tar.gz").unwrap();
+        let again = Intent::record(dir.path(), "nas", "app.tar.gz").unwrap();
+        assert!(!again.after_a_stopped_push);
+        again.done().unwrap();
+        assert!(!rec.path.exists());
+    }
+
+    #[test]
+    fn the_intent_of_a_stopped_push_stays_until_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Intent::path(dir.path(), "nas", "app.tar.gz");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for left in [
+            intent_of(std::process::id().wrapping_add(1)),
+            b"{half".to_vec(),
+        ] {
+            std::fs::write(&path, &left).unwrap();
+            let rec = Intent::record(dir.path(), "nas", "app.tar.gz").unwrap();
+            assert!(rec.after_a_stopped_push);
+            rec.done().unwrap();
+            // Still there: only `push --cleanup` may remove it.
+            let i: Intent = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(i.pid, std::process::id());
+            Intent::remove(&path).unwrap();
+            assert!(!path.exists());
+            Intent::remove(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn all_intents_lists_readable_intents_and_no_journals() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join(".journal/nas");
+        assert!(Intent::all(&jdir).is_empty());
+        journal()
+            .save(&Journal::path(dir.path(), "nas", "a.tar.gz"))
+            .unwrap();
+        let a = Intent::record(dir.path(), "nas", "a.tar.gz").unwrap();
+        std::fs::write(jdir.join("b.tar.gz.intent"), intent_of(7)).unwrap();
+        std::fs::write(jdir.join("c.tar.gz.intent"), b"garbage").unwrap();
+        let mut all = Intent::all(&jdir);
+        all.sort_by(|x, y| x.0.cmp(&y.0));
+        let keys: Vec<_> = all
+            .iter()
+            .map(|(p, i)| (p.clone(), i.key.clone(), i.pid))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (a.path.clone(), "a.tar.gz".to_string(), std::process::id()),
+                (jdir.join("b.tar.gz.intent"), "app.tar.gz".to_string(), 7),
+            ]
+        );
+        a.done().unwrap();
+    }
+}

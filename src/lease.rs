@@ -269,6 +269,7 @@ impl Lease {
 mod tests {
     use super::*;
     use pronto_backends::local::LocalBackend;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
     fn handle(dir: &std::path::Path) -> RemoteHandle {
@@ -339,5 +340,356 @@ mod tests {
         let err = acquire_with(&r, "p", ttl).await.err().unwrap().to_string();
         assert!(err.contains("another prune holds the lease"), "{err}");
         lease.release().await;
+    }
+
+    /// A pid that no process has (above any kernel's pid_max, yet a valid `pid_t`).
+    const NO_SUCH_PID: u32 = i32::MAX as u32;
+
+    fn body(host: &str, pid: u32) -> Body {
+        let now = Utc::now();
+        Body {
+            host: host.into(),
+            pid,
+            started: now - chrono::TimeDelta::minutes(1),
+            expires: now + chrono::TimeDelta::minutes(9),
+        }
+    }
+
+    #[test]
+    fn only_a_gone_process_of_this_very_host_counts_as_dead() {
+        let me = body("web1", std::process::id());
+        // Same host, no such process: gone.
+        assert!(dead_here(&body("web1", NO_SUCH_PID), &me));
+        // Another host's process can never be checked from here.
+        assert!(!dead_here(&body("web2", NO_SUCH_PID), &me));
+        // `localhost` is the fallback name: two machines may share it.
+        let me_local = body("localhost", std::process::id());
+        assert!(!dead_here(&body("localhost", NO_SUCH_PID), &me_local));
+        // A process that exists (this one, or init) is alive, whatever kill(0) says.
+        let other_me = body("web1", NO_SUCH_PID - 1);
+        assert!(!dead_here(&body("web1", std::process::id()), &other_me));
+        assert!(!dead_here(&body("web1", 1), &me));
+        // The holder's pid is our own pid: never "gone" (we are running).
+        let me_gone = body("web1", NO_SUCH_PID);
+        assert!(!dead_here(&body("web1", NO_SUCH_PID), &me_gone));
+        // A pid that is not a pid_t cannot be checked.
+        assert!(!dead_here(&body("web1", u32::MAX), &me));
+    }
+
+    fn write_lease(dir: &std::path::Path, b: &Body) {
+        std::fs::write(dir.join("p.prune-lease.json"), b.bytes()).unwrap();
+    }
+
+    fn read_lease(dir: &std::path::Path) -> Body {
+        serde_json::from_slice(&std::fs::read(dir.join("p.prune-lease.json")).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_valid_lease_of_a_gone_process_here_is_taken_over_at_once() {
+        let host = crate::host_namespace::default_host_id();
+        if host == "localhost" {
+            return; // never taken over on a host without a name (see dead_here's test)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(dir.path());
+        write_lease(dir.path(), &body(&host, NO_SUCH_PID));
+        let lease = acquire(&r, "p").await.unwrap().unwrap();
+        let now_held = read_lease(dir.path());
+        assert_eq!(now_held.pid, std::process::id());
+        assert!(now_held.expires > Utc::now());
+        lease.release().await;
+        assert!(!dir.path().join("p.prune-lease.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_valid_lease_of_a_live_process_or_another_host_is_refused() {
+        let host = crate::host_namespace::default_host_id();
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(dir.path());
+        for holder in [
+            body(&host, 1),
+            body(&host, std::process::id()),
+            body("elsewhere", NO_SUCH_PID),
+        ] {
+            write_lease(dir.path(), &holder);
+            let err = acquire(&r, "p").await.err().unwrap().to_string();
+            assert!(err.contains("another prune holds the lease"), "{err}");
+            assert!(err.contains(&format!("pid {}", holder.pid)), "{err}");
+            // Left as it was.
+            let still = read_lease(dir.path());
+            assert_eq!((still.host, still.pid), (holder.host, holder.pid));
+        }
+    }
+
+    /// A local backend with injected faults, each for a given number of calls.
+    struct Flaky {
+        inner: LocalBackend,
+        /// Whether it offers the conditional create at all.
+        conditional: bool,
+        /// Conditional creates that succeed but answer with a transient error (lost).
+        lose_creates: AtomicU32,
+        /// Reads of the lease that find it empty (still being written).
+        empty_reads: AtomicU32,
+        /// Reads of the lease that find it gone (its holder released it meanwhile), the
+        /// file itself left (another holder took it again).
+        vanished_reads: AtomicU32,
+        /// Reads that find the lease gone because its holder released it just then.
+        releasing_reads: AtomicU32,
+        /// Deletes that answer success and remove nothing.
+        ignored_deletes: AtomicU32,
+    }
+
+    /// Take one from `n` if it is not zero.
+    fn take(n: &AtomicU32) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok()
+    }
+
+    impl Flaky {
+        fn new(dir: &std::path::Path) -> Flaky {
+            Flaky {
+                inner: LocalBackend::new(dir.to_path_buf()).unwrap(),
+                conditional: true,
+                lose_creates: AtomicU32::new(0),
+                empty_reads: AtomicU32::new(0),
+                vanished_reads: AtomicU32::new(0),
+                releasing_reads: AtomicU32::new(0),
+                ignored_deletes: AtomicU32::new(0),
+            }
+        }
+
+        fn handle(self) -> RemoteHandle {
+            RemoteHandle {
+                name: "nas".into(),
+                backend: Arc::new(self),
+                part_concurrency: 1,
+                retry: crate::retry::RetryPolicy {
+                    attempts: 3,
+                    first_delay: Duration::ZERO,
+                    max_delay: Duration::ZERO,
+                    budget: None,
+                },
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl pronto_backends::Backend for Flaky {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn capabilities(&self) -> pronto_backends::Capabilities {
+            self.inner.capabilities()
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+        ) -> pronto_backends::Result<Vec<pronto_backends::ObjectMeta>> {
+            self.inner.list(prefix).await
+        }
+        async fn head(&self, key: &str) -> pronto_backends::Result<pronto_backends::ObjectMeta> {
+            self.inner.head(key).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+            range: Option<std::ops::Range<u64>>,
+        ) -> pronto_backends::Result<pronto_backends::ByteStream> {
+            if take(&self.releasing_reads) {
+                self.inner.delete(key).await?;
+                return Err(BackendError::NotFound(key.into()));
+            }
+            if take(&self.vanished_reads) {
+                return Err(BackendError::NotFound(key.into()));
+            }
+            if take(&self.empty_reads) {
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            self.inner.get(key, range).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            sha256: [u8; 32],
+        ) -> pronto_backends::Result<pronto_backends::ObjectMeta> {
+            self.inner.put(key, body, sha256).await
+        }
+        async fn create_upload(
+            &self,
+            key: &str,
+        ) -> pronto_backends::Result<pronto_backends::UploadId> {
+            self.inner.create_upload(key).await
+        }
+        async fn put_part(
+            &self,
+            key: &str,
+            up: &pronto_backends::UploadId,
+            n: u32,
+            body: Bytes,
+            sha256: [u8; 32],
+        ) -> pronto_backends::Result<pronto_backends::PartReceipt> {
+            self.inner.put_part(key, up, n, body, sha256).await
+        }
+        async fn complete_upload(
+            &self,
+            key: &str,
+            up: &pronto_backends::UploadId,
+            parts: &[pronto_backends::PartReceipt],
+            sha256: [u8; 32],
+        ) -> pronto_backends::Result<pronto_backends::ObjectMeta> {
+            self.inner.complete_upload(key, up, parts, sha256).await
+        }
+        async fn abort_upload(
+            &self,
+            key: &str,
+            up: &pronto_backends::UploadId,
+        ) -> pronto_backends::Result<()> {
+            self.inner.abort_upload(key, up).await
+        }
+        async fn delete(&self, key: &str) -> pronto_backends::Result<()> {
+            if take(&self.ignored_deletes) {
+                return Ok(());
+            }
+            self.inner.delete(key).await
+        }
+        fn supports_put_if_absent(&self) -> bool {
+            self.conditional
+        }
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            body: Bytes,
+            sha256: [u8; 32],
+        ) -> pronto_backends::Result<pronto_backends::ObjectMeta> {
+            let meta = self.inner.put_if_absent(key, body, sha256).await?;
+            if take(&self.lose_creates) {
+                return Err(BackendError::transient("connection reset"));
+            }
+            Ok(meta)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_answer_was_lost_is_recognised_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Flaky {
+            lose_creates: AtomicU32::new(1),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        let lease = acquire(&r, "p").await.unwrap().unwrap();
+        assert_eq!(read_lease(dir.path()).pid, std::process::id());
+        lease.release().await;
+        assert!(!dir.path().join("p.prune-lease.json").exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_being_written_is_read_again_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Flaky {
+            empty_reads: AtomicU32::new(1),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        write_lease(dir.path(), &body("elsewhere", 4242));
+        let err = acquire(&r, "p").await.err().unwrap().to_string();
+        assert!(err.contains("another prune holds the lease"), "{err}");
+        assert_eq!(read_lease(dir.path()).pid, 4242);
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_while_we_looked_is_taken_at_the_next_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Flaky {
+            releasing_reads: AtomicU32::new(1),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        write_lease(dir.path(), &body("elsewhere", 4242));
+        let lease = acquire(&r, "p").await.unwrap().unwrap();
+        assert_eq!(read_lease(dir.path()).pid, std::process::id());
+        lease.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_keeps_vanishing_is_read_three_times_then_an_error() {
+        // Three times gone, then there: read again each time, then refused as held.
+        let dir = tempfile::tempdir().unwrap();
+        write_lease(dir.path(), &body("elsewhere", 4242));
+        let r = Flaky {
+            vanished_reads: AtomicU32::new(3),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        let err = acquire(&r, "p").await.err().unwrap().to_string();
+        assert!(err.contains("another prune holds the lease"), "{err}");
+        // Four times gone: another prune keeps starting and stopping; give up, not loop.
+        let r = Flaky {
+            vanished_reads: AtomicU32::new(4),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        let err = acquire(&r, "p").await.err().unwrap().to_string();
+        assert!(err.contains("keeps appearing and disappearing"), "{err}");
+        assert_eq!(read_lease(dir.path()).pid, 4242);
+    }
+
+    #[tokio::test]
+    async fn without_a_conditional_create_a_prune_runs_without_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Flaky {
+            conditional: false,
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        assert!(acquire(&r, "p").await.unwrap().is_none());
+        assert!(!dir.path().join("p.prune-lease.json").exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_refreshed_long_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = handle(dir.path());
+        let ttl = Duration::from_secs(600);
+        let lease = acquire_with(&r, "p", ttl).await.unwrap().unwrap();
+        let first = read_lease(dir.path());
+        // Paused clock: look once a (virtual) second, up to half the time to live.
+        let mut refreshed = None;
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = read_lease(dir.path());
+            if now.expires != first.expires {
+                refreshed = Some(now);
+                break;
+            }
+        }
+        let b = refreshed.expect("the lease was not refreshed within half its time to live");
+        // A full time to live from the refresh, by the wall clock the other hosts read.
+        assert!(
+            b.expires > Utc::now() + chrono::TimeDelta::minutes(9),
+            "{b:?}"
+        );
+        assert_eq!((b.pid, b.started), (first.pid, first.started));
+        lease.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_lease_that_will_not_go_is_an_error_not_a_loop() {
+        // The stale lease is removed, yet the create still finds one (a store whose
+        // delete did not take, or another prune quicker than us): give up at once.
+        let dir = tempfile::tempdir().unwrap();
+        let mut stale = body("gone", 1);
+        stale.expires = Utc::now() - chrono::TimeDelta::hours(1);
+        write_lease(dir.path(), &stale);
+        let r = Flaky {
+            ignored_deletes: AtomicU32::new(1),
+            ..Flaky::new(dir.path())
+        }
+        .handle();
+        let err = format!("{:#}", acquire(&r, "p").await.err().unwrap());
+        assert!(err.contains("taking the prune lease"), "{err}");
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(read_lease(dir.path()).host, "gone");
     }
 }

@@ -795,4 +795,41 @@ mod tests {
         assert!(d[0].keep);
         assert!(apply(&Policy::seed_default(), &[]).is_empty());
     }
+
+    #[test]
+    fn retention_count_display_and_type_errors() {
+        // Shown as written in a config, and read back the same.
+        for (c, text) in [(Count::N(7), "7"), (Count::Forever, "forever")] {
+            assert_eq!(c.to_string(), text);
+            assert_eq!(text.parse::<Count>(), Ok(c));
+        }
+        // A count of the wrong type says what is expected.
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Cfg {
+            retention: Policy,
+        }
+        let err = toml::from_str::<Cfg>("[retention]\ndaily = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a non-negative whole number or the string \"forever\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retention_parse_time_line_rejects_near_misses() {
+        for bad in [
+            // Not a dash before the date (the time part alone would parse).
+            "x_20260201-170521",
+            // A space chrono reads as a digit's padding (17:52:01): not our format.
+            "x-20260201-17 521",
+            // The 16 bytes before the end start inside a character: no panic, an error.
+            "pronto€20260201-170521",
+        ] {
+            let err = parse_time_line(bad, "").unwrap_err();
+            assert!(err.contains("PREFIX-YYYYMMDD-HHMMSS"), "{bad}: {err}");
+        }
+    }
 }

@@ -493,7 +493,14 @@ fn run(cli: Cli) -> Result<Exit> {
             local,
             remote,
             force,
-        } => prune(&g, dry_run, local, remote, force, &mut out),
+        } => crate::cmd::prune::run(
+            &load_config(g.config)?,
+            dry_run,
+            local,
+            remote,
+            force,
+            &mut out,
+        ),
         Command::Pin { id } => {
             let cfg = load_config(cli.config.as_deref())?;
             runtime()?.block_on(crate::pins::run(&cfg, &id, true, &mut out))
@@ -730,19 +737,6 @@ fn restore_drill(g: &Global, a: VerifyArgs, out: &mut dyn Write) -> Result<Exit>
     let res = crate::cmd::restore_drill::run(&cfg, &opts, out);
     crate::metrics::record_verify(&cfg, &res);
     res
-}
-
-/// `prune`: apply retention to the local folder, one remote, or every location.
-fn prune(
-    g: &Global,
-    dry_run: bool,
-    local: bool,
-    remote: Option<String>,
-    force: bool,
-    out: &mut dyn Write,
-) -> Result<Exit> {
-    let cfg = load_config(g.config)?;
-    crate::cmd::prune::run(&cfg, dry_run, local, remote, force, out)
 }
 
 /// `policy`: which archive ids (from stdin) a retention policy keeps, and why.

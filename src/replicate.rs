@@ -307,20 +307,8 @@ async fn verify_remote_with(
             meta.size
         );
     }
-    let computed = retry(r.retry, &format!("checksum of {key} on {}", r.name), || {
-        r.backend.store_checksum(key)
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "{}: reading the checksum the store computed for {key}",
-            r.name
-        )
-    })?;
-    if let Some(c) = computed {
-        if store_checksum_matches(r, key, size, sha, c, local).await? {
-            return Ok(());
-        }
+    if store_proves(r, key, size, sha, local).await? {
+        return Ok(());
     }
     let got = match meta.sha256 {
         Some(h) => h,
@@ -349,6 +337,20 @@ pub(crate) async fn store_checksum_proves(
     sha: [u8; 32],
     local: Option<&Path>,
 ) -> Result<bool> {
+    let part_size = part_size_for(size, &r.backend.capabilities());
+    let local = local.and_then(|p| LocalCopy::open(p, part_size).ok());
+    store_proves(r, key, size, sha, local.as_ref()).await
+}
+
+/// Read the checksum the store computed for `key` (with retries) and judge it with
+/// [`store_checksum_matches`]; `Ok(false)` when the store keeps none.
+async fn store_proves(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    local: Option<&LocalCopy>,
+) -> Result<bool> {
     let computed = retry(r.retry, &format!("checksum of {key} on {}", r.name), || {
         r.backend.store_checksum(key)
     })
@@ -359,12 +361,10 @@ pub(crate) async fn store_checksum_proves(
             r.name
         )
     })?;
-    let Some(c) = computed else {
-        return Ok(false);
-    };
-    let part_size = part_size_for(size, &r.backend.capabilities());
-    let local = local.and_then(|p| LocalCopy::open(p, part_size).ok());
-    store_checksum_matches(r, key, size, sha, c, local.as_ref()).await
+    match computed {
+        Some(c) => store_checksum_matches(r, key, size, sha, c, local).await,
+        None => Ok(false),
+    }
 }
 
 /// Judge the store's own checksum `c` of `key`: `Ok(true)` when it proves the bytes,

@@ -24,11 +24,10 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,7 +39,9 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header, HeaderMode};
 
 pub use crate::config::codec::Codec;
+use crate::dir_at;
 use crate::manifest::{Section, SourceSummary};
+use crate::posix_acl;
 
 mod gzblock;
 use gzblock::ProbedGzip;
@@ -495,6 +496,8 @@ fn write_into(
     progress: Option<&crate::progress::Progress>,
     tap: Option<WriteTap>,
 ) -> Result<Written> {
+    // One open folder per level of the deepest source tree.
+    dir_at::raise_open_file_limit();
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -631,88 +634,14 @@ impl Names {
     }
 }
 
-/// The extended attributes of an open file (`fd`) or, without one, of `path` itself
-/// (never following a symlink), as (name, value) pairs; none when the file system has
-/// none or does not support them.
-fn xattrs(fd: Option<i32>, path: &Path) -> Vec<(String, Vec<u8>)> {
-    let cpath = match fd {
-        Some(_) => None,
-        None => match std::ffi::CString::new(path.as_os_str().as_bytes()) {
-            Ok(c) => Some(c),
-            Err(_) => return Vec::new(),
-        },
-    };
-    let list = |buf: &mut [u8]| -> isize {
-        unsafe {
-            match (fd, &cpath) {
-                (Some(fd), _) => libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()),
-                (None, Some(c)) => libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
-                _ => -1,
-            }
-        }
-    };
-    let get = |name: &std::ffi::CStr, buf: &mut [u8]| -> isize {
-        unsafe {
-            match (fd, &cpath) {
-                (Some(fd), _) => {
-                    libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                }
-                (None, Some(c)) => libc::lgetxattr(
-                    c.as_ptr(),
-                    name.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                ),
-                _ => -1,
-            }
-        }
-    };
-    // The common case: no attributes, one syscall.
-    let n = list(&mut []);
-    if n <= 0 {
-        return Vec::new();
-    }
-    let mut names = vec![0u8; n as usize];
-    let n = list(&mut names);
-    if n <= 0 {
-        return Vec::new();
-    }
-    names.truncate(n as usize);
-    let mut out = Vec::new();
-    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let (Ok(key), Ok(c)) = (std::str::from_utf8(raw), std::ffi::CString::new(raw)) else {
-            continue;
-        };
-        let size = get(&c, &mut []);
-        if size < 0 {
-            continue;
-        }
-        let mut value = vec![0u8; size as usize];
-        let got = get(&c, &mut value);
-        if got < 0 {
-            continue;
-        }
-        value.truncate(got as usize);
-        out.push((key.to_string(), value));
-    }
-    out
-}
-
-/// One folder being walked: its remaining children, sorted, last one first.
+/// One folder being walked: open, so that its children are reached relative to it (no
+/// path near `PATH_MAX` is ever resolved), with its remaining children, last one first.
 struct Frame {
+    dir: File,
+    /// Its path, for messages and exclude patterns only (never opened again).
     fs: PathBuf,
     ar: PathBuf,
     names: Vec<OsString>,
-}
-
-/// Children of a folder, sorted by name bytes, popped from the end.
-fn read_sorted(dir: &Path) -> io::Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        names.push(entry?.file_name());
-    }
-    names.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-    Ok(names)
 }
 
 fn header(kind: EntryType, mode: u32, uid: u32, gid: u32, mtime: i64, size: u64) -> Header {
@@ -868,7 +797,12 @@ impl Walker<'_> {
                 .path
                 .file_name()
                 .map_or_else(|| OsString::from("file"), OsStr::to_owned);
-            return self.visit_file(input, &input.path, &base.join(name), sum);
+            // Opened by its path, following a symlink at the root as its metadata did.
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&input.path);
+            return self.visit_file(input, file, &input.path, &base.join(name), sum);
         }
         if !root.is_dir() {
             bail!(
@@ -878,14 +812,17 @@ impl Walker<'_> {
                 special_kind(&root.file_type())
             );
         }
-        let names = read_sorted(&input.path).with_context(|| {
+        // The root is opened by its path (following a symlink there, as its metadata did);
+        // everything under it relative to its open folder.
+        let listed = File::open(&input.path).and_then(|dir| Ok((dir_at::read_sorted(&dir)?, dir)));
+        let (names, dir) = listed.with_context(|| {
             format!(
                 "source '{}': cannot list {}",
                 input.name,
                 input.path.display()
             )
         })?;
-        let attrs = xattrs(None, &input.path);
+        let attrs = dir_at::xattrs(dir.as_raw_fd());
         let h = self.entry_header(EntryType::Directory, &root, 0, &attrs)?;
         self.append_dir_header(base, h)?;
         sum.dirs += 1;
@@ -893,6 +830,7 @@ impl Walker<'_> {
         self.links.clear();
 
         let mut stack = vec![Frame {
+            dir,
             fs: input.path.clone(),
             ar: base.to_path_buf(),
             names,
@@ -904,42 +842,49 @@ impl Walker<'_> {
             };
             let fs_path = frame.fs.join(&name);
             let ar_path = frame.ar.join(&name);
-            if let Some(sub) = self.visit(input, fs_path, ar_path, sum)? {
+            let dir = frame.dir.as_raw_fd();
+            if let Some(sub) = self.visit(input, dir, &name, fs_path, ar_path, sum)? {
                 stack.push(sub);
             }
         }
         Ok(())
     }
 
-    /// Stores one path found while walking; returns a frame when it is a folder to descend into.
+    /// Stores the entry `name` of the open folder `dir` (`fs_path` is its path, for
+    /// messages and excludes); returns a frame when it is a folder to descend into.
     fn visit(
         &mut self,
         input: &ArchiveInput,
+        dir: RawFd,
+        name: &OsStr,
         fs_path: PathBuf,
         ar_path: PathBuf,
         sum: &mut SourceSummary,
     ) -> Result<Option<Frame>> {
-        let meta = match fs::symlink_metadata(&fs_path) {
-            Ok(m) => m,
+        let st = match dir_at::c_name(name).and_then(|c| Ok((dir_at::stat_at(dir, &c)?, c))) {
+            Ok(s) => s,
             Err(e) => {
                 problem(input, sum, &fs_path, io_reason(&e))?;
                 return Ok(None);
             }
         };
+        let (st, c_name) = st;
+        let kind = st.st_mode & libc::S_IFMT;
+        let id = (st.st_dev, st.st_ino);
         if self
             .exclude
-            .skips(&input.name, &input.path, &fs_path, meta.is_dir())
+            .skips(&input.name, &input.path, &fs_path, kind == libc::S_IFDIR)
         {
             return Ok(None);
         }
-        if (meta.dev(), meta.ino()) == self.out_id {
+        if id == self.out_id {
             sum.skipped.push(format!(
                 "{}: the archive being written, not stored",
                 fs_path.display()
             ));
             return Ok(None);
         }
-        if meta.is_dir() && Some((meta.dev(), meta.ino())) == self.out_dir_id {
+        if kind == libc::S_IFDIR && Some(id) == self.out_dir_id {
             tracing::warn!(
                 "source '{}': {} is the backup folder: left out of the archive",
                 input.name,
@@ -951,26 +896,26 @@ impl Walker<'_> {
             ));
             return Ok(None);
         }
+        if kind == libc::S_IFREG {
+            // O_NOFOLLOW (always, see dir_at): never follow a symlink swapped in since the
+            // walk saw a file; O_NONBLOCK: never hang on a fifo swapped in.
+            let file = dir_at::open_at(dir, &c_name, libc::O_RDONLY | libc::O_NONBLOCK);
+            self.visit_file(input, file, &fs_path, &ar_path, sum)?;
+            return Ok(None);
+        }
+        if kind == libc::S_IFDIR {
+            return self.visit_dir(input, dir, &c_name, fs_path, ar_path, sum);
+        }
+        let meta = match dir_at::metadata_at(dir, &c_name) {
+            Ok(m) => m,
+            Err(e) => {
+                problem(input, sum, &fs_path, io_reason(&e))?;
+                return Ok(None);
+            }
+        };
         let ft = meta.file_type();
-        if ft.is_dir() {
-            let names = match read_sorted(&fs_path) {
-                Ok(n) => n,
-                Err(e) => {
-                    problem(input, sum, &fs_path, io_reason(&e))?;
-                    return Ok(None);
-                }
-            };
-            let attrs = xattrs(None, &fs_path);
-            let h = self.entry_header(EntryType::Directory, &meta, 0, &attrs)?;
-            self.append_dir_header(&ar_path, h)?;
-            sum.dirs += 1;
-            Ok(Some(Frame {
-                fs: fs_path,
-                ar: ar_path,
-                names,
-            }))
-        } else if ft.is_symlink() {
-            let target = match fs::read_link(&fs_path) {
+        if ft.is_symlink() {
+            let target = match dir_at::read_link_at(dir, &c_name) {
                 Ok(t) => t,
                 Err(e) => {
                     problem(input, sum, &fs_path, io_reason(&e))?;
@@ -989,8 +934,14 @@ impl Walker<'_> {
                 })?;
             sum.symlinks += 1;
             Ok(None)
-        } else if ft.is_file() {
-            self.visit_file(input, &fs_path, &ar_path, sum)?;
+        } else if ft.is_dir() || ft.is_file() {
+            // It was something else a moment ago.
+            problem(
+                input,
+                sum,
+                &fs_path,
+                "changed type while the backup was running".to_string(),
+            )?;
             Ok(None)
         } else if let Some(kind) = node_entry_type(&ft) {
             // A fifo or a device node: a header only (with the device's numbers), as GNU
@@ -1024,20 +975,49 @@ impl Walker<'_> {
         }
     }
 
+    /// Opens the folder `name` of `dir` and stores its header; its children come next.
+    fn visit_dir(
+        &mut self,
+        input: &ArchiveInput,
+        dir: RawFd,
+        name: &CStr,
+        fs_path: PathBuf,
+        ar_path: PathBuf,
+        sum: &mut SourceSummary,
+    ) -> Result<Option<Frame>> {
+        let opened = dir_at::open_dir_at(dir, name).and_then(|d| {
+            let names = dir_at::read_sorted(&d)?;
+            let meta = d.metadata()?;
+            Ok((d, names, meta))
+        });
+        let (sub, names, meta) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                problem(input, sum, &fs_path, io_reason(&e))?;
+                return Ok(None);
+            }
+        };
+        let attrs = dir_at::xattrs(sub.as_raw_fd());
+        let h = self.entry_header(EntryType::Directory, &meta, 0, &attrs)?;
+        self.append_dir_header(&ar_path, h)?;
+        sum.dirs += 1;
+        Ok(Some(Frame {
+            dir: sub,
+            fs: fs_path,
+            ar: ar_path,
+            names,
+        }))
+    }
+
     fn visit_file(
         &mut self,
         input: &ArchiveInput,
+        file: io::Result<File>,
         fs_path: &Path,
         ar_path: &Path,
         sum: &mut SourceSummary,
     ) -> Result<()> {
-        // O_NOFOLLOW: never follow a symlink swapped in since the walk saw a file;
-        // O_NONBLOCK: never hang on a fifo swapped in.
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(fs_path)
-        {
+        let file = match file {
             Ok(f) => f,
             Err(e) => return problem(input, sum, fs_path, io_reason(&e)),
         };
@@ -1072,7 +1052,7 @@ impl Walker<'_> {
             }
         }
         let size = meta.len();
-        let attrs = xattrs(Some(file.as_raw_fd()), fs_path);
+        let attrs = dir_at::xattrs(file.as_raw_fd());
         // Fewer blocks than the size needs: look for holes (one lseek per segment).
         let segments = if meta.blocks() * 512 < size {
             data_segments(&file, size)
@@ -1152,7 +1132,8 @@ impl Walker<'_> {
 
     /// The header of an entry from its metadata (numeric owner and names, mode, mtime),
     /// after writing the pax records it needs first: an mtime before 1970, a name too long
-    /// for the header, extended attributes as `SCHILY.xattr.NAME` (as `tar --xattrs`).
+    /// for the header, extended attributes as `SCHILY.xattr.NAME` (as `tar --xattrs`) and
+    /// POSIX ACLs as `SCHILY.acl.access`/`.default` text too (as `tar --acls`).
     fn entry_header(
         &mut self,
         kind: EntryType,
@@ -1177,6 +1158,17 @@ impl Walker<'_> {
         }
         for (k, v) in attrs {
             pax.push((format!("{}{k}", XATTR_PAX), v.clone()));
+            // A POSIX ACL in GNU tar's text too (`tar --acls -x` reads only that).
+            if let Some((_, record)) = posix_acl::KINDS.iter().find(|(x, _)| x == k) {
+                let names = &mut self.names;
+                let text = posix_acl::to_text(v, |who, id| match who {
+                    posix_acl::Who::User => names.user(id).map(str::to_owned),
+                    posix_acl::Who::Group => names.group(id).map(str::to_owned),
+                });
+                if let Some(text) = text {
+                    pax.push((record.to_string(), text.into_bytes()));
+                }
+            }
         }
         if !pax.is_empty() {
             self.tar
@@ -1527,7 +1519,7 @@ mod tests {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("a.txt"), "a").unwrap();
         let fifo = src.join("pipe");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         let out = src.join("self.partial");
         let w = write_archive(

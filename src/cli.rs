@@ -687,7 +687,10 @@ fn restore(g: &Global, a: PullArgs, out: &mut dyn Write) -> Result<Exit> {
         replace_target_db: a.replace_target_db,
         reset_roles: a.reset_roles,
     };
-    crate::cmd::restore::run(&cfg, &opts, out)
+    // A bar while the archive is downloaded and extracted (on a terminal only); the
+    // command's lines are written with it hidden.
+    crate::progress::enable(g.bars && !a.json);
+    crate::cmd::restore::run(&cfg, &opts, &mut crate::progress::Suspending(out))
 }
 
 /// `pull`: fetch and verify an archive, and `--to` a folder.

@@ -220,8 +220,31 @@ impl<R: Read> Read for Decrypting<R> {
     }
 }
 
+/// The archive file, its bytes counted on a progress bar as they are read (a bar on a
+/// terminal; nothing otherwise): the bar of every restore, `pull --to` and `verify`.
+struct Counted {
+    file: File,
+    bar: crate::progress::Progress,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
 fn open(archive: &Path, opts: &ExtractOptions) -> Result<(Archive<Reader>, Stream)> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    let label = archive
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let file = Counted {
+        file,
+        bar: crate::progress::Progress::bytes(label, size),
+    };
     let mut r = BufReader::with_capacity(IO_BUF, file);
     let head = r
         .fill_buf()
@@ -872,6 +895,7 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
     let mut uname = h.username_bytes().map(<[u8]>::to_vec);
     let mut gname = h.groupname_bytes().map(<[u8]>::to_vec);
     let mut xattrs = Vec::new();
+    let mut acl_texts = Vec::new();
     if let Some(pax) = entry
         .pax_extensions()
         .with_context(|| format!("entry '{name}': bad pax header"))?
@@ -889,6 +913,10 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
                 b"gid" => gid = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()),
                 b"uname" => uname = Some(v.to_vec()),
                 b"gname" => gname = Some(v.to_vec()),
+                _ if k.starts_with(b"SCHILY.acl.") => {
+                    let text = String::from_utf8_lossy(v).into_owned();
+                    acl_texts.push((String::from_utf8_lossy(k).into_owned(), text));
+                }
                 _ => {
                     if let Some(x) = k.strip_prefix(XATTR_PAX.as_bytes()) {
                         if let Ok(c) = CString::new(x) {
@@ -899,6 +927,7 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
             }
         }
     }
+    acl_attributes(name, &acl_texts, &mut xattrs);
     let owner = ids.and_then(|ids| {
         let u = ids.uid(uname.as_deref()).or(uid.map(|u| u as u32))?;
         let g = ids.gid(gname.as_deref()).or(gid.map(|g| g as u32))?;
@@ -910,6 +939,35 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
         owner,
         xattrs,
     })
+}
+
+/// The ACLs of an archive made by `tar --acls` (GNU tar's text, `SCHILY.acl.access` and
+/// `.default`) as the extended attributes the kernel takes, unless the archive holds the
+/// attribute itself too (ours do: the exact numeric ids). Names are this host's ids, as
+/// `tar --acls` resolves them; an ACL naming an unknown user is warned about and left out.
+fn acl_attributes(name: &str, texts: &[(String, String)], xattrs: &mut Vec<(CString, Vec<u8>)>) {
+    use crate::posix_acl::{from_text, Who, KINDS};
+    for (record, text) in texts {
+        let Some((attr, _)) = KINDS.iter().find(|(_, r)| r == record) else {
+            continue;
+        };
+        if xattrs.iter().any(|(k, _)| k.as_bytes() == attr.as_bytes()) {
+            continue;
+        }
+        let raw = from_text(text, |who, q| {
+            let by_name = match who {
+                Who::User => crate::owners::uid_of_name(q.as_bytes()),
+                Who::Group => crate::owners::gid_of_name(q.as_bytes()),
+            };
+            by_name.or_else(|| q.parse().ok())
+        });
+        match (raw, CString::new(*attr)) {
+            (Some(raw), Ok(k)) => xattrs.push((k, raw)),
+            _ => tracing::warn!(
+                "entry '{name}': {record} is not an ACL this host can apply: {text:?}"
+            ),
+        }
+    }
 }
 
 /// A pax time, `-123.5` or `1700000000.25`, as (seconds, nanoseconds ≥ 0).

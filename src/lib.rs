@@ -14,7 +14,7 @@
 //!    → [`extract`]; around them [`lock`], [`lease`], [`journal`], [`pins`], [`marker`],
 //!    [`manifest`], [`crypto`], [`report`], [`metrics`], [`notify`].
 //! 4. [`config`] (every raw and validated type) and the leaves: [`error`] (exit codes),
-//!    [`retry`], [`fsutil`], [`secrets`].
+//!    [`retry`], [`fsutil`], [`dir_at`] (entries reached relative to an open folder), [`secrets`].
 //! 5. The `pronto_backends` crate: the `Backend` trait and its four implementations.
 
 pub mod cli;
@@ -44,6 +44,7 @@ pub mod notify;
 pub mod owners;
 pub mod pins;
 pub mod plan;
+pub mod posix_acl;
 pub mod progress;
 pub mod prune_locations;
 pub mod push_remotes;
@@ -54,8 +55,10 @@ pub mod report;
 pub mod retention;
 pub mod source;
 pub mod tiers;
+pub mod tree_copy;
 
 pub mod config;
+pub mod dir_at;
 pub mod error;
 pub mod fsutil;
 pub mod retry;

@@ -4,7 +4,7 @@
 //! or the new content there. The swap's names are its journal: the next restore finishes
 //! or rolls back what a killed one left, and `doctor` lists it.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -221,57 +221,16 @@ fn count_tree(root: &Path, counts: &mut (u64, u64)) {
     }
 }
 
-/// Copy a tree keeping modes, mtimes, symlinks (as links) and, as root, owners.
-/// Counts (files, bytes) into `counts`.
+/// Copy a tree to another file system keeping everything the extraction made
+/// ([`crate::tree_copy`]). Counts (files, bytes) into `counts`.
 fn copy_tree(from: &Path, to: &Path, counts: &mut (u64, u64)) -> Result<()> {
-    let root = unsafe { libc::geteuid() } == 0;
-    let meta =
-        std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let t = std::fs::read_link(from)?;
-        std::os::unix::fs::symlink(&t, to)
-            .with_context(|| format!("creating symlink {}", to.display()))?;
-    } else if ft.is_dir() {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(to)
-            .with_context(|| format!("creating {}", to.display()))?;
-        let mut names: Vec<_> = std::fs::read_dir(from)?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for n in names {
-            copy_tree(&from.join(&n), &to.join(&n), counts)?;
-        }
-    } else if ft.is_file() {
-        let mut input =
-            std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(to)
-            .with_context(|| format!("creating {}", to.display()))?;
-        counts.1 += std::io::copy(&mut input, &mut out)
-            .with_context(|| format!("writing {}", to.display()))?;
-        counts.0 += 1;
-        out.sync_all()?;
-    } else {
-        return Ok(());
-    }
-    if root {
-        std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("setting the owner of {}", to.display()))?;
-    }
-    if !ft.is_symlink() {
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    }
-    set_mtime(to, meta.mtime(), meta.mtime_nsec())?;
+    let c = crate::tree_copy::copy_tree(from, to)?;
+    counts.0 += c.files;
+    counts.1 += c.bytes;
     Ok(())
 }
 
+#[cfg(test)]
 pub(crate) fn set_mtime(path: &Path, secs: i64, nsec: i64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;

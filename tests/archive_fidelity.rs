@@ -183,9 +183,13 @@ fn make_tree(root: &Path) {
     set_xattr(
         &root.join("etc/app.conf"),
         "user.origin",
-        b"ops\0binary\xff",
+        b"ops\0binary\xff\nwith a newline\n22 path=smuggled\n",
     );
     set_xattr(&root.join("etc"), "user.policy", b"keep");
+    // POSIX ACLs: an access ACL on a file, a default ACL on a folder (`setfacl`, from the
+    // `acl` package that the test command installs).
+    setfacl(&["-m", "u:65534:r,g:0:rw"], &root.join("etc/app.conf"));
+    setfacl(&["-d", "-m", "u:65534:rx"], &root.join("etc/conf.d"));
     // Links verbatim, whatever they point to.
     std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).unwrap();
     std::os::unix::fs::symlink("../../outside", root.join("etc/up-link")).unwrap();
@@ -225,6 +229,38 @@ fn make_tree(root: &Path) {
     set_mtime(&root.join("disk.img"), 1_000_000_000);
     set_mtime(&root.join("etc/conf.d"), -1);
     set_mtime(&root.join("etc"), 1_500_000_000);
+}
+
+fn setfacl(args: &[&str], path: &Path) {
+    let o = Command::new("setfacl")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("setfacl is needed for this test (the `acl` package; scripts/test installs it)");
+    assert!(
+        o.status.success(),
+        "setfacl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `getfacl -n` of a path without its `# file:` line: the ACL and owners.
+fn getfacl(path: &Path) -> String {
+    let o = Command::new("getfacl")
+        .args(["-n", "-p"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "getfacl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("# file:"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn site(path: &Path) -> ArchiveInput {
@@ -275,7 +311,7 @@ fn listing_is_identical_after_backup_and_restore() {
     let by_tar = tmp.path().join("by-tar");
     fs::create_dir(&by_tar).unwrap();
     let o = Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=user.*", "-xzf"])
+        .args(["--xattrs", "--xattrs-include=user.*", "--acls", "-xzf"])
         .arg(&out)
         .arg("-C")
         .arg(&by_tar)
@@ -319,6 +355,12 @@ fn listing_is_identical_after_backup_and_restore() {
         fs::metadata(t.join("etc/app.conf")).unwrap().mtime(),
         -86_400 * 365 * 10
     );
+    // GNU tar restores the ACLs from their text (`SCHILY.acl.*`), as `tar --acls` wrote it.
+    for p in ["etc/app.conf", "etc/conf.d"] {
+        let acl = getfacl(&src.join(p));
+        assert!(acl.contains(":65534:r"), "{p}: {acl}");
+        assert_eq!(getfacl(&t.join(p)), acl, "{p}: the ACL after tar --acls -x");
+    }
     // And GNU tar's listing shows owner names.
     let o = Command::new("tar").arg("-tvzf").arg(&out).output().unwrap();
     let list = String::from_utf8_lossy(&o.stdout);
@@ -382,5 +424,140 @@ fn a_file_growing_during_the_backup_is_stored_as_read_unless_strict() {
             );
             check_readable(&out).unwrap();
         }
+    }
+}
+
+/// Creates `levels` nested folders named `{i:02}-ddd…` (`width` bytes each) under `root`,
+/// relative to open folders (the absolute path soon exceeds `PATH_MAX`), and a file
+/// `deep.txt` holding `body` at the bottom.
+fn make_deep(root: &Path, levels: usize, width: usize, body: &[u8]) {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut dir = File::open(root).unwrap();
+    for i in 0..levels {
+        let name = CString::new(format!("{i:02}-{}", "d".repeat(width - 3))).unwrap();
+        let fd = dir.as_raw_fd();
+        assert_eq!(
+            unsafe { libc::mkdirat(fd, name.as_ptr(), 0o755) },
+            0,
+            "mkdirat {i}"
+        );
+        let sub = unsafe { libc::openat(fd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(sub >= 0, "openat {i}");
+        dir = unsafe { File::from_raw_fd(sub) };
+    }
+    let name = CString::new("deep.txt").unwrap();
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o640,
+        )
+    };
+    assert!(fd >= 0, "creating deep.txt");
+    unsafe { File::from_raw_fd(fd) }.write_all(body).unwrap();
+}
+
+/// The bytes of `deep.txt` at the bottom of the tree [`make_deep`] made, read relative to
+/// open folders.
+fn read_deep(root: &Path, levels: usize, width: usize) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut dir = File::open(root).unwrap();
+    for i in 0..levels {
+        let name = CString::new(format!("{i:02}-{}", "d".repeat(width - 3))).unwrap();
+        let sub = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            )
+        };
+        assert!(sub >= 0, "level {i} is missing after the restore");
+        dir = unsafe { File::from_raw_fd(sub) };
+    }
+    let name = CString::new("deep.txt").unwrap();
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "deep.txt is missing after the restore");
+    let mut body = Vec::new();
+    unsafe { File::from_raw_fd(fd) }
+        .read_to_end(&mut body)
+        .unwrap();
+    body
+}
+
+/// A tree whose paths are longer than `PATH_MAX` (4,096 bytes) backs up, lists in GNU tar
+/// under its full names and restores, as GNU tar handles it: the walk and the extraction
+/// work relative to open folders.
+#[test]
+fn a_tree_deeper_than_path_max_backs_up_and_restores() {
+    const LEVELS: usize = 24;
+    const WIDTH: usize = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    make_deep(&src, LEVELS, WIDTH, b"at the bottom\n");
+    let depth = src.as_os_str().len() + LEVELS * (WIDTH + 1) + "/deep.txt".len();
+    assert!(depth > 4096, "the tree is only {depth} bytes deep");
+
+    let out = tmp.path().join("a.tar.gz");
+    let w = write_archive(&out, &WriteOptions::new(TOP), &[site(&src)], &|_| {
+        String::new()
+    })
+    .expect("a tree deeper than PATH_MAX backs up");
+    assert_eq!(
+        (w.sources[0].files, w.sources[0].dirs),
+        (1, LEVELS as u64 + 1)
+    );
+
+    // GNU tar lists the file under its whole name.
+    let o = Command::new("tar").arg("-tzf").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names = String::from_utf8_lossy(&o.stdout);
+    let deepest = names
+        .lines()
+        .find(|l| l.ends_with("/deep.txt"))
+        .expect("deep.txt is in the archive");
+    assert!(deepest.len() > LEVELS * (WIDTH + 1), "{deepest}");
+
+    let dest = tmp.path().join("restored");
+    extract(&out, &dest).expect("the deep tree restores");
+    assert_eq!(
+        read_deep(&dest.join(TOP).join("static_content/site"), LEVELS, WIDTH),
+        b"at the bottom\n"
+    );
+}
+
+/// An archive made by `tar --acls` (the ACL as text only) restores with its ACLs: the text
+/// becomes the kernel's attribute again.
+#[test]
+fn acls_written_by_gnu_tar_are_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = tmp.path().join("src").join(TOP);
+    fs::create_dir_all(top.join("conf")).unwrap();
+    fs::write(top.join("conf/app.conf"), b"x\n").unwrap();
+    setfacl(&["-m", "u:65534:r,g:0:rw"], &top.join("conf/app.conf"));
+    setfacl(&["-d", "-m", "u:65534:rx"], &top.join("conf"));
+    let out = tmp.path().join("gnu.tar.gz");
+    let o = Command::new("tar")
+        .args(["--acls", "-czf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(tmp.path().join("src"))
+        .arg(TOP)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dest = tmp.path().join("restored");
+    extract(&out, &dest).unwrap();
+    for p in ["conf/app.conf", "conf"] {
+        let want = getfacl(&top.join(p));
+        assert!(want.contains(":65534:r"), "{p}: {want}");
+        assert_eq!(
+            getfacl(&dest.join(TOP).join(p)),
+            want,
+            "{p}: the ACL after our restore"
+        );
     }
 }

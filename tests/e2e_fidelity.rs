@@ -193,3 +193,88 @@ fn a_restore_cleans_up_what_an_interrupted_one_left() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A live folder on another file system than the backup folder (here tmpfs): the restored
+/// tree cannot be renamed into place, so it is copied, and the copy keeps what the
+/// extraction made: hard links as one inode, holes, extended attributes, links verbatim,
+/// modes and mtimes.
+#[test]
+fn a_folder_on_another_file_system_is_restored_whole() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    build_tree(&env.path("src"));
+    let Ok(shm) = tempfile::Builder::new()
+        .prefix("pronto-xfs-")
+        .tempdir_in("/dev/shm")
+    else {
+        eprintln!("SKIPPED: no /dev/shm here, so no second file system for this test");
+        return;
+    };
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    if dev(shm.path()) == dev(&env.path("src")) {
+        eprintln!("SKIPPED: /dev/shm is on the test folder's file system");
+        return;
+    }
+    let live = shm.path().join("live");
+    build_tree(&live);
+    let sparse = std::fs::File::create(live.join("disk.img")).unwrap();
+    sparse.set_len(16 << 20).unwrap();
+    sparse.write_all_at(b"middle", 8 << 20).unwrap();
+    drop(sparse);
+    let c = std::ffi::CString::new(live.join("conf/app.conf").to_str().unwrap()).unwrap();
+    let xattr = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"user.origin".as_ptr(),
+            b"ops\n".as_ptr().cast(),
+            4,
+            0,
+        )
+    } == 0;
+    env.write_config(&format!(
+        "[[sources]]\nname = \"shm\"\nkind = \"configs\"\npath = \"{}\"\n",
+        live.display()
+    ));
+    let before = snapshot(&live);
+    run_ok(&env, &["backup"]);
+
+    std::fs::write(live.join("conf/app.conf"), "changed\n").unwrap();
+    std::fs::remove_file(live.join("disk.img")).unwrap();
+    run_ok(&env, &["pull", "latest", "--restore", "--only", "configs"]);
+    assert_eq!(snapshot(&live), before);
+    let (a, b) = (
+        std::fs::metadata(live.join("conf/app.conf")).unwrap(),
+        std::fs::metadata(live.join("app-hardlink.conf")).unwrap(),
+    );
+    assert_eq!(
+        (a.ino(), a.nlink()),
+        (b.ino(), 2),
+        "the hard link is one inode"
+    );
+    let img = std::fs::metadata(live.join("disk.img")).unwrap();
+    assert!(
+        img.blocks() < 1024,
+        "disk.img came back fully allocated: {} blocks",
+        img.blocks()
+    );
+    if xattr {
+        let mut v = [0u8; 16];
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"user.origin".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(&v[..n.max(0) as usize], b"ops\n", "the extended attribute");
+    } else {
+        eprintln!("SKIPPED: extended attributes (tmpfs here has no user.* attributes)");
+    }
+    // Nothing of the copy is left beside the live folder.
+    let left: Vec<_> = std::fs::read_dir(shm.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("live")]);
+}

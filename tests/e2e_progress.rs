@@ -1,4 +1,4 @@
-//! Progress bars: drawn on stderr for `backup`, `push` and `pull` on a terminal (checked
+//! Progress bars: drawn on stderr for `backup`, `push`, `pull` and restores on a terminal (checked
 //! under a pseudo-terminal with util-linux `script`), and never when stderr is a pipe,
 //! nor with `-q` / `--json`. Also `pull --json`.
 
@@ -174,6 +174,22 @@ fn bars_render_under_a_pseudo_terminal() {
         "no pull bar:\n{out}"
     );
     assert!(out.contains("verified sha256"), "{out}");
+
+    // A restore from the local archive just pulled: a bar while it is extracted, named for
+    // the archive (no download happens, so that bar is the extraction's).
+    let before = support::file_digest(&env.path("src/data.bin"));
+    let (ok, out) = under_pty(&env, "pull latest --restore --no-safety-backup");
+    assert!(ok, "restore under a pty:\n{out}");
+    assert!(
+        out.contains("pronto-app-backup-") && out.contains("ETA") && out.contains("MiB"),
+        "no restore bar:\n{out}"
+    );
+    assert!(out.contains("restore complete"), "{out}");
+    assert_eq!(
+        support::file_digest(&env.path("src/data.bin")),
+        before,
+        "the restored file"
+    );
 
     // -q: nothing drawn on a terminal either.
     let (ok, out) = under_pty(&env, "-q backup");

@@ -10,7 +10,8 @@
 //! - no foreign file, object or upload changed;
 //! - every kept archive restores (`pull ID --to DIR`).
 //!
-//! Operations run one after the other (a kill lands while one runs); the seed is
+//! Operations run one after the other (a kill lands while one runs), and in a second test
+//! also two at once (pairs of backup, push, prune and push --cleanup racing); the seed is
 //! printed and `PRONTO_CHAOS_SEED` replays it. About a minute by default;
 //! `PRONTO_CHAOS_SECS` (time budget) and `PRONTO_CHAOS_ROUNDS` (at most this many
 //! rounds) make it longer or shorter. The closing line gives rounds, operations and
@@ -315,8 +316,52 @@ fn check_invariant(
     }
 }
 
+/// Runs `a` and `b` at once (two processes racing for the lock, the remotes and the
+/// lease), SIGKILLs `a` after `kill_a` when given; returns both outputs and whether the
+/// kill landed.
+fn run_pair(env: &Env, a: &[&str], b: &[&str], kill_a: Option<Duration>) -> (Output, Output, bool) {
+    let mut first = bin(env).args(a).spawn().unwrap();
+    let second = bin(env).args(b).spawn().unwrap();
+    let mut killed = false;
+    if let Some(after) = kill_a {
+        let deadline = Instant::now() + after;
+        while first.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                // SAFETY: the pid is our own child's, not yet reaped.
+                unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+                killed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let (oa, ob) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    let killed = killed && oa.status.code().is_none();
+    if !killed {
+        assert_no_panic(&oa, a);
+    }
+    assert_no_panic(&ob, b);
+    (oa, ob, killed)
+}
+
+/// Sequential operations (one command at a time, a kill landing while one runs).
 #[test]
 fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
+    chaos(false, 60);
+}
+
+/// The same with two commands at once (backup, push, prune and push --cleanup in pairs,
+/// one of the pair sometimes killed): the lock, the lease and the journals must keep the
+/// invariant when commands really race. About 30 s by default.
+#[test]
+fn chaos_keeps_the_invariant_with_two_commands_at_once() {
+    chaos(true, 30);
+}
+
+fn chaos(concurrent: bool, default_secs: u64) {
     let seed = env_u64("PRONTO_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -324,9 +369,12 @@ fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
             .as_nanos() as u64
             | 1
     });
-    let budget = Duration::from_secs(env_u64("PRONTO_CHAOS_SECS").unwrap_or(60));
+    let budget = Duration::from_secs(env_u64("PRONTO_CHAOS_SECS").unwrap_or(default_secs));
     let max_rounds = env_u64("PRONTO_CHAOS_ROUNDS").unwrap_or(u64::MAX);
-    eprintln!("chaos: seed {seed} (PRONTO_CHAOS_SEED={seed} replays it)");
+    eprintln!(
+        "chaos{}: seed {seed} (PRONTO_CHAOS_SEED={seed} replays it)",
+        if concurrent { " (two at once)" } else { "" }
+    );
     let mut rng = Rng(seed);
 
     let ls = localstack::shared();
@@ -409,6 +457,32 @@ fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
                 }
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if concurrent && rng.below(2) == 0 {
+                // A second command at the same time: never a second backup (names are
+                // per second), and not a pin (whether a racing prune ran before it is
+                // what the sequential rounds check).
+                let other: &[&str] = match rng.below(4) {
+                    0 => &["push"],
+                    1 => &["prune"],
+                    2 => &["push", "--cleanup"],
+                    _ => &["push", "--no-prune"],
+                };
+                let (oa, ob, killed) = run_pair(&env, &args, other, kill_after);
+                kills += u64::from(killed);
+                ops += 1;
+                eprintln!(
+                    "round {rounds}: {args:?}{} and {other:?} at once -> {:?}, {:?}",
+                    kill_after
+                        .map(|k| format!(" (kill after {k:?})"))
+                        .unwrap_or_default(),
+                    oa.status.code(),
+                    ob.status.code()
+                );
+                if args == ["backup"] && oa.status.success() {
+                    reported.insert(String::from_utf8_lossy(&oa.stdout).trim().to_string());
+                }
+                continue;
+            }
             let o = match kill_after {
                 Some(after) => {
                     let (o, killed) = run_killed(&env, &args, after);
@@ -445,8 +519,9 @@ fn chaos_keeps_the_invariant_under_random_interleavings_and_kills() {
     check_foreign(&env, ls, &bucket, &foreign, &ctx);
     check_invariant(&env, ls, &bucket, &reported, &pins, &scratch, &ctx);
     eprintln!(
-        "chaos: seed {seed}: {rounds} rounds, {ops} operations, {kills} kills survived, \
+        "chaos{}: seed {seed}: {rounds} rounds, {ops} operations, {kills} kills survived, \
          {} archives made, invariant held after every round",
+        if concurrent { " (two at once)" } else { "" },
         reported.len()
     );
 }

@@ -11,10 +11,12 @@
 //!    over sources ([`source`]) → [`archive`] (one streaming pass) → the local
 //!    [`catalog`] → [`retention`] and [`plan`] (pure) → [`replicate`] (the one upload and
 //!    download loop) → remotes ([`remotes`], wrapped by [`host_namespace`] and [`bwlimit`])
-//!    → [`extract`]; around them [`lock`], [`lease`], [`journal`], [`pins`], [`marker`],
-//!    [`manifest`], [`crypto`], [`report`], [`metrics`], [`notify`].
+//!    → [`extract`] (and [`tree_copy`] across file systems); around them [`lock`],
+//!    [`lease`], [`journal`], [`pins`], [`marker`], [`manifest`], [`crypto`], [`report`],
+//!    [`metrics`], [`notify`].
 //! 4. [`config`] (every raw and validated type) and the leaves: [`error`] (exit codes),
-//!    [`retry`], [`fsutil`], [`dir_at`] (entries reached relative to an open folder), [`secrets`].
+//!    [`retry`], [`fsutil`], [`dir_at`] (entries reached relative to an open folder),
+//!    [`posix_acl`], [`secrets`].
 //! 5. The `pronto_backends` crate: the `Backend` trait and its four implementations.
 
 pub mod cli;

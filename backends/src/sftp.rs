@@ -115,7 +115,11 @@ const MAX_PARTS: u32 = 1_000_000;
 const PARTIAL: &str = ".partial";
 /// Suffix of the `sha256sum` sidecar beside each object.
 const SIDECAR: &str = ".sha256";
-/// Bytes per SFTP read or write request (OpenSSH's sftp-server limit is 255 KiB).
+/// Bytes per SFTP read or write request we issue: OpenSSH's sftp-server limit (255 KiB).
+/// The client reads the server's own limits at connect (`limits@openssh.com`) and splits a
+/// request that exceeds them (`File::write_zero_copy` sends at most the server's
+/// `write_len`; the loop in `write_at` sends the rest), so a server with smaller limits
+/// still gets only requests it accepts.
 const IO_CHUNK: usize = 255 * 1024;
 /// SFTP requests in flight per read or write.
 const IN_FLIGHT: usize = 16;

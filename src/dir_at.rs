@@ -107,6 +107,31 @@ pub fn xattrs(fd: RawFd) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Sets extended attributes on the open file or folder `fd`. One the kernel refuses (a
+/// `security.*` one without the privilege, a file system without them) is warned about,
+/// as GNU tar does, and the others are still set: a restore does not fail on it.
+pub fn set_xattrs<'a>(fd: RawFd, attrs: impl IntoIterator<Item = (&'a CStr, &'a [u8])>) {
+    for (k, v) in attrs {
+        let r = unsafe { libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            tracing::warn!(
+                "cannot restore the extended attribute {}: {e}",
+                k.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// A libc call's `0` as `Ok`, anything else as the `errno` it left.
+pub fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The `lstat` of `name` in `dir`: its type, device and inode without opening it.
 pub fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -51,6 +51,7 @@ use flate2::bufread::MultiGzDecoder;
 use tar::{Archive, Entry, EntryType};
 
 use crate::archive::{IO_BUF, XATTR_PAX};
+use crate::dir_at::{check, open_dir_at};
 
 /// What an archive held (for [`extract`]: what was written).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1036,28 +1037,6 @@ fn c_name(p: &Path) -> Result<CString> {
     CString::new(n.as_bytes()).map_err(|_| anyhow!("{}: a name with a NUL byte", p.display()))
 }
 
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Opens the folder `name` in `dir` without following a symlink.
-fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<File> {
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
 
 fn timespec((secs, nanos): (i64, i64)) -> libc::timespec {
     libc::timespec {
@@ -1273,17 +1252,12 @@ fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
         std::os::unix::fs::fchown(f, Some(u), Some(g))?;
     }
     f.set_permissions(fs::Permissions::from_mode(meta.mode))?;
-    for (k, v) in &meta.xattrs {
-        let r =
-            unsafe { libc::fsetxattr(f.as_raw_fd(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            tracing::warn!(
-                "cannot restore the extended attribute {}: {e}",
-                k.to_string_lossy()
-            );
-        }
-    }
+    crate::dir_at::set_xattrs(
+        f.as_raw_fd(),
+        meta.xattrs
+            .iter()
+            .map(|(k, v)| (k.as_c_str(), v.as_slice())),
+    );
     let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
     check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
 }

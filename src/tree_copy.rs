@@ -19,7 +19,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::dir_at::{self, c_name};
+use crate::dir_at::{self, c_name, check};
 
 /// What a copy made: regular files (each inode once) and their bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -241,20 +241,14 @@ fn apply(src: &File, f: &File, meta: &std::fs::Metadata, root_as: bool) -> io::R
         std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()))?;
     }
     f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    for (k, v) in dir_at::xattrs(src.as_raw_fd()) {
-        let k = CString::new(k).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let r =
-            unsafe { libc::fsetxattr(f.as_raw_fd(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        if r != 0 {
-            // As the extraction: a `security.*` attribute without the privilege is warned
-            // about, the copy goes on.
-            let e = io::Error::last_os_error();
-            tracing::warn!(
-                "cannot copy the extended attribute {}: {e}",
-                k.to_string_lossy()
-            );
-        }
-    }
+    let attrs: Vec<(CString, Vec<u8>)> = dir_at::xattrs(src.as_raw_fd())
+        .into_iter()
+        .filter_map(|(k, v)| Some((CString::new(k).ok()?, v)))
+        .collect();
+    dir_at::set_xattrs(
+        f.as_raw_fd(),
+        attrs.iter().map(|(k, v)| (k.as_c_str(), v.as_slice())),
+    );
     let times = [
         libc::timespec {
             tv_sec: 0,
@@ -266,14 +260,6 @@ fn apply(src: &File, f: &File, meta: &std::fs::Metadata, root_as: bool) -> io::R
         },
     ];
     check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

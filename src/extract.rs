@@ -1037,7 +1037,6 @@ fn c_name(p: &Path) -> Result<CString> {
     CString::new(n.as_bytes()).map_err(|_| anyhow!("{}: a name with a NUL byte", p.display()))
 }
 
-
 fn timespec((secs, nanos): (i64, i64)) -> libc::timespec {
     libc::timespec {
         tv_sec: secs as libc::time_t,

@@ -10,10 +10,11 @@
 //! deeper than `PATH_MAX` copies too, and it never follows a symlink.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -45,11 +46,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Copied> {
     let ((src, sn), (dst, dn)) = (split(from)?, split(to)?);
     let mut copy = Copy {
         root_as: unsafe { libc::geteuid() } == 0,
+        dst_root: dst.as_raw_fd(),
         links: HashMap::new(),
         copied: Copied::default(),
         buf: vec![0; crate::archive::IO_BUF],
     };
-    copy.entry(src.as_raw_fd(), dst.as_raw_fd(), &sn, &dn, from)
+    let rel = Path::new(OsStr::from_bytes(dn.to_bytes())).to_path_buf();
+    copy.entry(src.as_raw_fd(), dst.as_raw_fd(), &sn, &dn, from, &rel)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(copy.copied)
 }
@@ -57,9 +60,11 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Copied> {
 struct Copy {
     /// Running as root: owners and device nodes are copied.
     root_as: bool,
-    /// Files with more than one link, by (device, inode): the folder and name of their
-    /// first copy, which later links point to.
-    links: HashMap<(u64, u64), (File, CString)>,
+    /// The folder the copy is made in (`to`'s parent), open.
+    dst_root: RawFd,
+    /// Files with more than one link, by (device, inode): the path of their first copy
+    /// relative to `dst_root`, which later links point to (as the extraction does).
+    links: HashMap<(u64, u64), CString>,
     copied: Copied,
     buf: Vec<u8>,
 }
@@ -74,33 +79,49 @@ impl Copy {
 
     /// Copies the entries of the open folder `src` into the open folder `dst` (`from` is
     /// `src`'s path, for messages only), folders' metadata after their contents.
-    fn dir(&mut self, src: &File, dst: &File, from: &Path) -> Result<()> {
+    fn dir(&mut self, src: &File, dst: &File, from: &Path, rel: &Path) -> Result<()> {
         let names =
             dir_at::read_sorted(src).with_context(|| format!("listing {}", from.display()))?;
         for name in names.iter().rev() {
             let n = c_name(name)?;
             let path = from.join(name);
-            self.entry(src.as_raw_fd(), dst.as_raw_fd(), &n, &n, &path)
-                .with_context(|| format!("copying {}", path.display()))?;
+            self.entry(
+                src.as_raw_fd(),
+                dst.as_raw_fd(),
+                &n,
+                &n,
+                &path,
+                &rel.join(name),
+            )
+            .with_context(|| format!("copying {}", path.display()))?;
         }
         Ok(())
     }
 
-    /// Copies the entry `sn` of folder `s` to the new entry `dn` of folder `d`.
-    fn entry(&mut self, s: RawFd, d: RawFd, sn: &CStr, dn: &CStr, from: &Path) -> Result<()> {
+    /// Copies the entry `sn` of folder `s` to the new entry `dn` of folder `d` (`from`: the
+    /// source's path, for messages; `rel`: the new entry's path under `dst_root`).
+    fn entry(
+        &mut self,
+        s: RawFd,
+        d: RawFd,
+        sn: &CStr,
+        dn: &CStr,
+        from: &Path,
+        rel: &Path,
+    ) -> Result<()> {
         let st = dir_at::stat_at(s, sn)?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 let sub = dir_at::open_dir_at(s, sn)?;
                 let meta = sub.metadata()?;
                 let new = self.make_dir(d, dn)?;
-                self.dir(&sub, &new, from)?;
+                self.dir(&sub, &new, from, rel)?;
                 apply(&sub, &new, &meta, self.root_as)?;
             }
-            libc::S_IFREG => self.file(s, d, sn, dn)?,
+            libc::S_IFREG => self.file(s, d, sn, dn, rel)?,
             libc::S_IFLNK => {
                 let target = dir_at::read_link_at(s, sn)?;
-                let t = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))?;
+                let t = CString::new(target.as_os_str().as_bytes())?;
                 check(unsafe { libc::symlinkat(t.as_ptr(), d, dn.as_ptr()) })?;
                 self.node_meta(d, dn, &st, false)?;
             }
@@ -123,14 +144,20 @@ impl Copy {
 
     /// A regular file: a further link to one copied already, or its data (holes left as
     /// holes) and metadata.
-    fn file(&mut self, s: RawFd, d: RawFd, sn: &CStr, n: &CStr) -> Result<()> {
+    fn file(&mut self, s: RawFd, d: RawFd, sn: &CStr, n: &CStr, rel: &Path) -> Result<()> {
         let input = dir_at::open_at(s, sn, libc::O_RDONLY | libc::O_NONBLOCK)?;
         let meta = input.metadata()?;
         let id = (meta.dev(), meta.ino());
         if meta.nlink() > 1 {
-            if let Some((dir, first)) = self.links.get(&id) {
-                check(unsafe { libc::linkat(dir.as_raw_fd(), first.as_ptr(), d, n.as_ptr(), 0) })?;
-                return Ok(());
+            if let Some(first) = self.links.get(&id) {
+                let linked =
+                    unsafe { libc::linkat(self.dst_root, first.as_ptr(), d, n.as_ptr(), 0) };
+                match check(linked) {
+                    Ok(()) => return Ok(()),
+                    // A first copy deeper than PATH_MAX: this one gets its own data.
+                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let fd = unsafe {
@@ -152,12 +179,9 @@ impl Copy {
         self.copied.files += 1;
         self.copied.bytes += meta.len();
         if meta.nlink() > 1 {
-            let dup = unsafe { libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(io::Error::last_os_error().into());
-            }
             self.links
-                .insert(id, (unsafe { File::from_raw_fd(dup) }, n.to_owned()));
+                .entry(id)
+                .or_insert(CString::new(rel.as_os_str().as_bytes())?);
         }
         Ok(())
     }

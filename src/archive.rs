@@ -496,8 +496,8 @@ fn write_into(
     progress: Option<&crate::progress::Progress>,
     tap: Option<WriteTap>,
 ) -> Result<Written> {
-    // One open folder per level of the deepest source tree.
-    dir_at::raise_open_file_limit();
+    // One open folder per level of the deepest source tree, while the walk runs.
+    let _open_files = dir_at::raise_open_file_limit();
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -814,7 +814,11 @@ impl Walker<'_> {
         }
         // The root is opened by its path (following a symlink there, as its metadata did);
         // everything under it relative to its open folder.
-        let listed = File::open(&input.path).and_then(|dir| Ok((dir_at::read_sorted(&dir)?, dir)));
+        let listed = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+            .open(&input.path)
+            .and_then(|dir| Ok((dir_at::read_sorted(&dir)?, dir)));
         let (names, dir) = listed.with_context(|| {
             format!(
                 "source '{}': cannot list {}",

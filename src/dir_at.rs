@@ -107,10 +107,14 @@ pub fn xattrs(fd: RawFd) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Sets extended attributes on the open file or folder `fd`. One the kernel refuses (a
-/// `security.*` one without the privilege, a file system without them) is warned about,
-/// as GNU tar does, and the others are still set: a restore does not fail on it.
+/// Sets extended attributes on the open file or folder `fd`, exactly: a POSIX ACL that is
+/// not among them but that the file inherited from its folder's default ACL when it was
+/// created is removed (the original had none; else the copy would grant more than it).
+/// One the kernel refuses (a `security.*` one without the privilege, a file system
+/// without them) is warned about, as GNU tar does, and the others are still set: a
+/// restore does not fail on it.
 pub fn set_xattrs<'a>(fd: RawFd, attrs: impl IntoIterator<Item = (&'a CStr, &'a [u8])>) {
+    let mut acls_set = Vec::new();
     for (k, v) in attrs {
         let r = unsafe { libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
         if r != 0 {
@@ -119,6 +123,24 @@ pub fn set_xattrs<'a>(fd: RawFd, attrs: impl IntoIterator<Item = (&'a CStr, &'a 
                 "cannot restore the extended attribute {}: {e}",
                 k.to_string_lossy()
             );
+        } else {
+            acls_set.push(k.to_bytes().to_vec());
+        }
+    }
+    for (acl, _) in crate::posix_acl::KINDS {
+        if acls_set.iter().any(|k| k == acl.as_bytes()) {
+            continue;
+        }
+        let Ok(c) = CString::new(acl) else { continue };
+        if unsafe { libc::fremovexattr(fd, c.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            // None there, or no ACLs on this file system: nothing was inherited.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+            ) {
+                tracing::warn!("cannot remove the inherited ACL {acl}: {e}");
+            }
         }
     }
 }
@@ -149,17 +171,35 @@ pub fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// Raises this process's soft limit of open files to its hard limit: a walk keeps one
-/// folder open per level of depth, and a tree 4,096 bytes deep can have 2,000 levels.
-pub fn raise_open_file_limit() {
+/// Raises this process's soft limit of open files to its hard limit while the returned
+/// guard lives (a walk keeps one folder open per level of depth, and a tree 4,096 bytes
+/// deep can have 2,000 levels); the old limit comes back when it is dropped, so commands
+/// started later (dumps, hooks) inherit the usual one.
+pub fn raise_open_file_limit() -> OpenFileLimit {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return OpenFileLimit(None);
+        }
+        let old = lim;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return OpenFileLimit(None);
+        }
+        OpenFileLimit(Some(old))
+    }
+}
+
+/// See [`raise_open_file_limit`].
+pub struct OpenFileLimit(Option<libc::rlimit>);
+
+impl Drop for OpenFileLimit {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
         }
     }
 }

@@ -710,7 +710,20 @@ impl Model {
 
     /// Judges one entry and records it; `None` for entries that create nothing (the
     /// archive's `./`, pax global headers). A refusal is a verification failure (exit 4).
-    fn admit(&mut self, entry: &Entry<'_, Reader>) -> Result<Option<Admitted>> {
+    fn admit(&mut self, entry: &mut Entry<'_, Reader>) -> Result<Option<Admitted>> {
+        // Every pax record must parse (a value may hold any byte; the length frames it):
+        // a malformed one is refused here, so `verify` rejects what a restore would.
+        let bad_pax = match entry.pax_extensions() {
+            Ok(Some(records)) => records.filter_map(|r| r.err()).next(),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = bad_pax {
+            return refuse(
+                &shown(&entry.path_bytes()),
+                format!("a malformed pax header ({e})"),
+            );
+        }
         let raw = entry.path_bytes();
         let name = shown(&raw);
         let ty = entry.header().entry_type();
@@ -942,17 +955,20 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
     })
 }
 
-/// The ACLs of an archive made by `tar --acls` (GNU tar's text, `SCHILY.acl.access` and
-/// `.default`) as the extended attributes the kernel takes, unless the archive holds the
-/// attribute itself too (ours do: the exact numeric ids). Names are this host's ids, as
-/// `tar --acls` resolves them; an ACL naming an unknown user is warned about and left out.
+/// The ACLs of an entry from GNU tar's text (`SCHILY.acl.access` and `.default`, which
+/// `tar --acls` writes, and ours too) as the extended attributes the kernel takes. Names
+/// are resolved to this host's ids, as `tar --acls` does and as owners are, so the text
+/// wins over a raw `system.posix_acl_*` attribute holding the backup host's numbers; a
+/// text this host cannot apply (an unknown name) leaves the raw attribute, when there is
+/// one, and is warned about.
 fn acl_attributes(name: &str, texts: &[(String, String)], xattrs: &mut Vec<(CString, Vec<u8>)>) {
     use crate::posix_acl::{from_text, Who, KINDS};
     for (record, text) in texts {
         let Some((attr, _)) = KINDS.iter().find(|(_, r)| r == record) else {
             continue;
         };
-        if xattrs.iter().any(|(k, _)| k.as_bytes() == attr.as_bytes()) {
+        // GNU tar writes an empty `SCHILY.acl.default` for a folder without one.
+        if text.trim().is_empty() {
             continue;
         }
         let raw = from_text(text, |who, q| {
@@ -962,12 +978,15 @@ fn acl_attributes(name: &str, texts: &[(String, String)], xattrs: &mut Vec<(CStr
             };
             by_name.or_else(|| q.parse().ok())
         });
-        match (raw, CString::new(*attr)) {
-            (Some(raw), Ok(k)) => xattrs.push((k, raw)),
-            _ => tracing::warn!(
-                "entry '{name}': {record} is not an ACL this host can apply: {text:?}"
-            ),
-        }
+        let (Some(raw), Ok(k)) = (raw, CString::new(*attr)) else {
+            // The raw attribute, when the archive has it, is applied instead.
+            tracing::warn!("entry '{name}': {record} is not an ACL this host can apply: {text:?}");
+            continue;
+        };
+        // The text names users and groups, resolved on this host as the owners are (as
+        // `tar --acls` does); it replaces the raw attribute's numbers from the backup host.
+        xattrs.retain(|(x, _)| x.as_bytes() != attr.as_bytes());
+        xattrs.push((k, raw));
     }
 }
 

@@ -50,12 +50,12 @@ pub fn to_text(raw: &[u8], mut name: impl FnMut(Who, u32) -> Option<String>) -> 
             USER_OBJ => ("user", String::new()),
             USER => (
                 "user",
-                name(Who::User, id).unwrap_or_else(|| id.to_string()),
+                escape(&name(Who::User, id).unwrap_or_else(|| id.to_string())),
             ),
             GROUP_OBJ => ("group", String::new()),
             GROUP => (
                 "group",
-                name(Who::Group, id).unwrap_or_else(|| id.to_string()),
+                escape(&name(Who::Group, id).unwrap_or_else(|| id.to_string())),
             ),
             MASK => ("mask", String::new()),
             OTHER => ("other", String::new()),
@@ -86,8 +86,10 @@ pub fn from_text(text: &str, mut id: impl FnMut(Who, &str) -> Option<u32>) -> Op
         if line.is_empty() {
             continue;
         }
-        let mut parts = line.splitn(3, ':');
+        // star and bsdtar add a fourth field (the numeric id); GNU tar ignores it too.
+        let mut parts = line.split(':');
         let (tag, qualifier, perms) = (parts.next()?, parts.next()?, parts.next()?);
+        let qualifier = unescape(qualifier.trim());
         let mut perm = 0u16;
         for c in perms.trim().chars() {
             perm |= match c {
@@ -98,7 +100,7 @@ pub fn from_text(text: &str, mut id: impl FnMut(Who, &str) -> Option<u32>) -> Op
                 _ => return None,
             };
         }
-        let entry = match (tag.trim(), qualifier.trim()) {
+        let entry = match (tag.trim(), qualifier.as_str()) {
             ("user" | "u", "") => (USER_OBJ, perm, UNUSED_ID),
             ("user" | "u", q) => (USER, perm, id(Who::User, q)?),
             ("group" | "g", "") => (GROUP_OBJ, perm, UNUSED_ID),
@@ -121,6 +123,45 @@ pub fn from_text(text: &str, mut id: impl FnMut(Who, &str) -> Option<u32>) -> Op
         raw.extend_from_slice(&id.to_le_bytes());
     }
     Some(raw)
+}
+
+/// A name as libacl writes it in an ACL's text: whitespace, `:`, `,`, `#` and a backslash
+/// as a backslash and three octal digits (`domain users` is `domain\040users`).
+fn escape(name: &str) -> String {
+    let mut out = Vec::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_whitespace() || matches!(b, b':' | b',' | b'#' | b'\\') {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    // Only ASCII bytes were replaced, by ASCII: still UTF-8.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The name an escaped qualifier stands for (see [`escape`]); bytes that are not a
+/// three-digit octal escape stay as they are.
+fn unescape(q: &str) -> String {
+    let b = q.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = |c: u8| (b'0'..=b'7').contains(&c);
+        if b[i] == b'\\' && b.len() >= i + 4 && b[i + 1..i + 4].iter().all(|c| octal(*c)) {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if v <= 255 {
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -172,6 +213,30 @@ mod tests {
     fn the_short_form_with_comments_and_any_order_is_read() {
         let short = "g:root:rw-,u::rw-,o::r--,m::rw-,u:nobody:r-- #effective:r--,g::r--";
         assert_eq!(from_text(short, ids).as_deref(), Some(RAW));
+    }
+
+    #[test]
+    fn names_with_spaces_are_escaped_as_libacl_does_and_a_fourth_field_is_ignored() {
+        let raw = from_text(
+            "user::rw-\nuser:domain users:r--\ngroup::r--\nmask::r--\nother::---\n",
+            |_, q| (q == "domain users").then_some(5000),
+        )
+        .unwrap();
+        let text = to_text(&raw, |_, id| {
+            (id == 5000).then(|| "domain users".to_string())
+        })
+        .unwrap();
+        assert!(text.contains("user:domain\\040users:r--\n"), "{text}");
+        assert_eq!(
+            from_text(&text, |_, q| (q == "domain users").then_some(5000)),
+            Some(raw.clone())
+        );
+        // star's and bsdtar's form: a fourth field with the numeric id.
+        let star = "user::rw-,user:domain\\040users:r--:5000,group::r--,mask::r--,other::---";
+        assert_eq!(
+            from_text(star, |_, q| (q == "domain users").then_some(5000)),
+            Some(raw)
+        );
     }
 
     #[test]

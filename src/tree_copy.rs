@@ -155,7 +155,10 @@ impl Copy {
                 match check(linked) {
                     Ok(()) => return Ok(()),
                     // A first copy deeper than PATH_MAX: this one gets its own data.
-                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => tracing::warn!(
+                        "{}: a hard link to a file too deep to link to; copied as a file of its own",
+                        rel.display()
+                    ),
                     Err(e) => return Err(e.into()),
                 }
             }

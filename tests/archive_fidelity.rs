@@ -561,3 +561,84 @@ fn acls_written_by_gnu_tar_are_restored() {
         );
     }
 }
+
+/// An archive whose ACL names a user: the name is resolved on the restoring host (as
+/// `tar --acls` and as owners are), not the backup host's number in the raw attribute.
+/// And a malformed pax header is refused by `verify`'s check as by the restore.
+#[test]
+fn acl_names_win_over_the_backup_hosts_numbers_and_bad_pax_is_refused_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.tar.gz");
+    // The raw attribute says uid 12345 (the backup host's "nobody"); the text says nobody.
+    let mut raw = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 12345),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        raw.extend_from_slice(&tag.to_le_bytes());
+        raw.extend_from_slice(&perm.to_le_bytes());
+        raw.extend_from_slice(&id.to_le_bytes());
+    }
+    let text = b"user::rw-\nuser:nobody:r--\ngroup::r--\nmask::r--\nother::r--\n";
+    let write = |out: &Path, pax: Vec<(&str, &[u8])>| {
+        let f = File::create(out).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, format!("{TOP}/"), std::io::empty())
+            .unwrap();
+        b.append_pax_extensions(pax).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, format!("{TOP}/f.txt"), &b"x\n"[..])
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    };
+    write(
+        &out,
+        vec![
+            ("SCHILY.xattr.system.posix_acl_access", &raw[..]),
+            ("SCHILY.acl.access", &text[..]),
+        ],
+    );
+    let dest = tmp.path().join("restored");
+    extract(&out, &dest).unwrap();
+    let acl = getfacl(&dest.join(TOP).join("f.txt"));
+    let nobody = pronto_offsite::owners::uid_of_name(b"nobody").expect("a user nobody here");
+    assert!(acl.contains(&format!("user:{nobody}:r--")), "{acl}");
+    assert!(
+        !acl.contains("12345"),
+        "the backup host's number was applied: {acl}"
+    );
+
+    // A pax record whose length does not frame it: refused by the check verify runs.
+    let bad = tmp.path().join("bad.tar.gz");
+    write(&bad, vec![("comment", &b"x"[..])]);
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        flate2::read::GzDecoder::new(File::open(&bad).unwrap())
+            .read_to_end(&mut bytes)
+            .unwrap();
+    }
+    // "13 comment=x\n": say it is 40 bytes long, past the end of the header.
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b" comment=x\n")
+        .expect("the record");
+    bytes[at - 2..at].copy_from_slice(b"40");
+    let mut gz =
+        flate2::write::GzEncoder::new(File::create(&bad).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bytes).unwrap();
+    gz.finish().unwrap();
+    let e = check_readable(&bad).expect_err("a malformed pax header verifies");
+    assert!(format!("{e:#}").contains("malformed pax"), "{e:#}");
+    assert!(extract(&bad, &tmp.path().join("bad-out")).is_err());
+}

@@ -824,4 +824,287 @@ mod tests {
             .without(["20260101-000000"])
             .holds_copy("20260101-000000", &m("20260101-000000", 10, [7; 32])));
     }
+
+    // ---- added for the mutation check (issue 21) ----
+
+    fn manifest(id: &str, size: u64, sha: [u8; 32]) -> Manifest {
+        let json = format!(
+            r#"{{"format":1,"id":"{id}","file":"p-{id}.tar.gz","created":"2026-01-01T00:00:00Z",
+            "size":{size},"sha256":"{}","compression":"gzip","encryption":"none","host":"h",
+            "tool_version":"0","sources":[]}}"#,
+            hex::encode(sha)
+        );
+        Manifest::from_json(json.as_bytes(), "test").unwrap()
+    }
+
+    fn local(id: &str, m: Option<Manifest>, tier: Tier) -> LocalArchive {
+        let file = format!("p-{id}.tar.gz");
+        LocalArchive {
+            name: catalog::parse_name("p", &file).unwrap(),
+            path: std::path::PathBuf::from("/backups").join(&file),
+            tier,
+            manifest: m,
+            manifest_elsewhere: None,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn uploads_are_what_the_remote_lacks_with_the_reason_shown() {
+        let sha = [3; 32];
+        let mut sized = obj("p-20260103-000000.tar.gz", 7);
+        sized.sha256 = Some(sha);
+        let st = remote_state(
+            "p",
+            &[
+                // 20260101: not there at all. 20260102: archive without manifest.
+                obj("p-20260102-000000.tar.gz", 10),
+                // 20260103: another size, manifest present.
+                sized,
+                obj("p-20260103-000000.tar.gz.manifest.json", 1),
+                // 20260104: complete and the same size: nothing to send.
+                obj("p-20260104-000000.tar.gz", 10),
+                obj("p-20260104-000000.tar.gz.manifest.json", 1),
+                // 20260105: a manifest without its archive.
+                obj("p-20260105-000000.tar.gz.manifest.json", 1),
+            ],
+        );
+        let ids = [
+            "20260101-000000",
+            "20260102-000000",
+            "20260103-000000",
+            "20260104-000000",
+            "20260105-000000",
+        ];
+        let mut all: Vec<LocalArchive> = ids
+            .iter()
+            .map(|id| local(id, Some(manifest(id, 10, sha)), Tier::Top))
+            .collect();
+        // A local archive without a manifest is never sent.
+        all.push(local("20260106-000000", None, Tier::Top));
+        let plan: Vec<(String, String)> = uploads(&all, &st)
+            .iter()
+            .map(|u| (u.archive.name.id.clone(), u.reason.to_string()))
+            .collect();
+        assert_eq!(
+            plan,
+            vec![
+                ("20260101-000000".into(), "missing on the remote".into()),
+                (
+                    "20260102-000000".into(),
+                    "incomplete on the remote (no manifest)".into()
+                ),
+                (
+                    "20260103-000000".into(),
+                    "remote copy has another size (7 bytes)".into()
+                ),
+                ("20260105-000000".into(), "missing on the remote".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn uploads_the_remote_prune_would_delete_at_once_are_not_sent() {
+        let sha = [5; 32];
+        let st = remote_state(
+            "p",
+            &[
+                obj("p-20260228-020000.tar.gz", 10),
+                obj("p-20260228-020000.tar.gz.manifest.json", 1),
+            ],
+        );
+        let all = vec![
+            local(
+                "20260225-020000",
+                Some(manifest("20260225-020000", 10, sha)),
+                Tier::Top,
+            ),
+            local(
+                "20260301-020000",
+                Some(manifest("20260301-020000", 10, sha)),
+                Tier::Top,
+            ),
+        ];
+        let ups = uploads(&all, &st);
+        assert_eq!(ups.len(), 2);
+        let pins = BTreeSet::new();
+        let p = last(1);
+        // The cap and the on-no-remote rail play no part in this plan.
+        let mut r = rules(&p, &pins);
+        r.max_delete_fraction = 0.0;
+        r.require_on_remote = true;
+        let (keep, dropped) = uploads_kept_by_policy(ups, &st, &r);
+        let ids =
+            |v: &[Upload]| -> Vec<String> { v.iter().map(|u| u.archive.name.id.clone()).collect() };
+        // last = 1 over the remote plus both uploads: the newer upload is the one kept;
+        // the older one would be pruned there as soon as it arrived.
+        assert_eq!(ids(&keep), vec!["20260301-020000"]);
+        assert_eq!(ids(&dropped), vec!["20260225-020000"]);
+    }
+
+    #[test]
+    fn a_remote_state_without_some_archives_keeps_the_others() {
+        let sha = [7; 32];
+        let mut a = obj("p-20260101-000000.tar.gz", 10);
+        a.sha256 = Some(sha);
+        let mut b = obj("p-20260102-000000.tar.gz", 10);
+        b.sha256 = Some(sha);
+        let st = remote_state(
+            "p",
+            &[
+                a,
+                obj("p-20260101-000000.tar.gz.manifest.json", 1),
+                b,
+                obj("p-20260102-000000.tar.gz.manifest.json", 1),
+            ],
+        );
+        let after = st.without(["20260101-000000"]);
+        assert_eq!(
+            after.archives.keys().collect::<Vec<_>>(),
+            vec!["20260102-000000"]
+        );
+        assert!(after.holds_copy("20260102-000000", &manifest("20260102-000000", 10, sha)));
+        assert!(!after.holds_copy("20260101-000000", &manifest("20260101-000000", 10, sha)));
+    }
+
+    #[test]
+    fn local_archives_count_as_offsite_when_a_remote_holds_them_or_pruned_them() {
+        let sha = [9; 32];
+        let mut a = obj("p-20260101-000000.tar.gz", 10);
+        a.sha256 = Some(sha);
+        let st = remote_state("p", &[a, obj("p-20260101-000000.tar.gz.manifest.json", 1)]);
+        let all = vec![
+            // Held by the remote, identical.
+            local(
+                "20260101-000000",
+                Some(manifest("20260101-000000", 10, sha)),
+                Tier::Yearly,
+            ),
+            // Pruned there by the policy.
+            local(
+                "20260102-000000",
+                Some(manifest("20260102-000000", 10, sha)),
+                Tier::Top,
+            ),
+            // On no remote.
+            local(
+                "20260103-000000",
+                Some(manifest("20260103-000000", 10, sha)),
+                Tier::Top,
+            ),
+            // Without a manifest: incomplete, and never off-site.
+            local("20260104-000000", None, Tier::Weekly),
+        ];
+        let pruned: BTreeSet<String> = ["20260102-000000".to_string()].into();
+        let h = held_local(&all, &[&st], &pruned);
+        let got: Vec<(&str, &str, bool, Option<Tier>, bool)> = h
+            .iter()
+            .map(|h| {
+                (
+                    h.id.as_str(),
+                    h.file.as_str(),
+                    h.complete,
+                    h.tier,
+                    h.on_remote,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "20260101-000000",
+                    "p-20260101-000000.tar.gz",
+                    true,
+                    Some(Tier::Yearly),
+                    true
+                ),
+                (
+                    "20260102-000000",
+                    "p-20260102-000000.tar.gz",
+                    true,
+                    Some(Tier::Top),
+                    true
+                ),
+                (
+                    "20260103-000000",
+                    "p-20260103-000000.tar.gz",
+                    true,
+                    Some(Tier::Top),
+                    false
+                ),
+                (
+                    "20260104-000000",
+                    "p-20260104-000000.tar.gz",
+                    false,
+                    Some(Tier::Weekly),
+                    false
+                ),
+            ]
+        );
+        assert_eq!(h[0].time, at("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn prune_plan_says_why_an_archive_is_left_or_spared() {
+        // The texts `prune --dry-run` prints beside each archive.
+        assert!(Rail::Newest.reason().contains("newest"));
+        assert!(Rail::Future.reason().contains("future"));
+        assert!(Rail::NotOnRemote.reason().contains("--force"));
+        assert!(Leftover::Incomplete.reason().starts_with("incomplete"));
+        assert!(Leftover::Duplicate.reason().contains("same id"));
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        input[0].complete = false;
+        let mut dup = held(DAYS[1]);
+        dup.file = "p-20260226-020000.tar.zst".into();
+        input.push(dup);
+        input.push(held("2099-01-01T00:00:00Z"));
+        let plan = plan_prune(&rules(&p, &pins), &input);
+        let reasons = |i: usize| plan.entries[i].reasons.clone();
+        assert_eq!(reasons(0), vec![Leftover::Incomplete.reason()]);
+        assert_eq!(reasons(1), vec![Leftover::Duplicate.reason()]);
+        assert_eq!(reasons(2), vec![Leftover::Duplicate.reason()]);
+        assert_eq!(reasons(4), vec!["last#1"]);
+        assert_eq!(reasons(5), vec![Rail::Future.reason()]);
+    }
+
+    #[test]
+    fn prune_future_tolerance_is_inclusive() {
+        let pins = BTreeSet::new();
+        let now = at("2026-03-01T12:00:00Z");
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        // Exactly at the tolerance: still a candidate (and, here, the newest).
+        let edge = now + TimeDelta::seconds(FUTURE_TOLERANCE_SECS);
+        input.push(held(&edge.to_rfc3339()));
+        let plan = plan_prune(&rules(&last(1), &pins), &input);
+        assert_eq!(plan.future().count(), 0);
+        assert_eq!(plan.entries[4].fate, Fate::Keep);
+        // One second later: named in the future.
+        input[4] = held(&(edge + TimeDelta::seconds(1)).to_rfc3339());
+        let plan = plan_prune(&rules(&last(1), &pins), &input);
+        assert_eq!(plan.entries[4].fate, Fate::Spared(Rail::Future));
+    }
+
+    #[test]
+    fn prune_cap_counts_only_complete_archives_and_nothing_to_delete_is_never_refused() {
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
+        for t in ["2026-02-20T02:00:00Z", "2026-02-21T02:00:00Z"] {
+            let mut h = held(t);
+            h.complete = false;
+            input.push(h);
+        }
+        let mut r = rules(&p, &pins);
+        r.max_delete_fraction = 0.5;
+        let refusal = plan_prune(&r, &input)
+            .refused
+            .expect("3 of 4 complete ones");
+        assert_eq!((refusal.deletions, refusal.archives), (3, 4));
+        // No deletion is never refused, whatever the cap says.
+        r.max_delete_fraction = -1.0;
+        assert!(plan_prune(&r, &input[3..4]).refused.is_none());
+    }
 }

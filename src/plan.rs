@@ -807,15 +807,7 @@ mod tests {
             ],
         );
         assert_eq!(st.foreign, 0, "the pins object is ours, not foreign");
-        let m = |id: &str, size: u64, sha: [u8; 32]| {
-            let json = format!(
-                r#"{{"format":1,"id":"{id}","file":"p-{id}.tar.gz","created":"2026-01-01T00:00:00Z",
-                "size":{size},"sha256":"{}","compression":"gzip","encryption":"none","host":"h",
-                "tool_version":"0","sources":[]}}"#,
-                hex::encode(sha)
-            );
-            Manifest::from_json(json.as_bytes(), "test").unwrap()
-        };
+        let m = manifest;
         assert!(st.holds_copy("20260101-000000", &m("20260101-000000", 10, [7; 32])));
         assert!(!st.holds_copy("20260101-000000", &m("20260101-000000", 11, [7; 32])));
         assert!(!st.holds_copy("20260101-000000", &m("20260101-000000", 10, [8; 32])));
@@ -835,6 +827,11 @@ mod tests {
             hex::encode(sha)
         );
         Manifest::from_json(json.as_bytes(), "test").unwrap()
+    }
+
+    /// A local archive of 10 bytes with its manifest.
+    fn complete(id: &str, sha: [u8; 32], tier: Tier) -> LocalArchive {
+        local(id, Some(manifest(id, 10, sha)), tier)
     }
 
     fn local(id: &str, m: Option<Manifest>, tier: Tier) -> LocalArchive {
@@ -914,16 +911,8 @@ mod tests {
             ],
         );
         let all = vec![
-            local(
-                "20260225-020000",
-                Some(manifest("20260225-020000", 10, sha)),
-                Tier::Top,
-            ),
-            local(
-                "20260301-020000",
-                Some(manifest("20260301-020000", 10, sha)),
-                Tier::Top,
-            ),
+            complete("20260225-020000", sha, Tier::Top),
+            complete("20260301-020000", sha, Tier::Top),
         ];
         let ups = uploads(&all, &st);
         assert_eq!(ups.len(), 2);
@@ -975,23 +964,11 @@ mod tests {
         let st = remote_state("p", &[a, obj("p-20260101-000000.tar.gz.manifest.json", 1)]);
         let all = vec![
             // Held by the remote, identical.
-            local(
-                "20260101-000000",
-                Some(manifest("20260101-000000", 10, sha)),
-                Tier::Yearly,
-            ),
+            complete("20260101-000000", sha, Tier::Yearly),
             // Pruned there by the policy.
-            local(
-                "20260102-000000",
-                Some(manifest("20260102-000000", 10, sha)),
-                Tier::Top,
-            ),
+            complete("20260102-000000", sha, Tier::Top),
             // On no remote.
-            local(
-                "20260103-000000",
-                Some(manifest("20260103-000000", 10, sha)),
-                Tier::Top,
-            ),
+            complete("20260103-000000", sha, Tier::Top),
             // Without a manifest: incomplete, and never off-site.
             local("20260104-000000", None, Tier::Weekly),
         ];

@@ -490,4 +490,353 @@ mod tests {
         }
         assert_eq!(id_from_user(p, "yesterday"), None);
     }
+
+    // ---- added for the mutation check (issue 21) ----
+
+    const P: &str = "pronto-app-backup";
+
+    fn cfg_at(dir: &Path) -> crate::config::Config {
+        crate::config::parse(
+            &format!("[local]\ndir = \"{}\"\n", dir.display()),
+            Path::new("/etc/pronto-offsite/test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn file_of(id: &str) -> String {
+        format!("{P}-{id}.tar.gz")
+    }
+
+    /// The manifest of `file` as a backup writes it: its true size and SHA-256.
+    fn manifest_json(file: &str, content: &[u8], safety: bool) -> String {
+        use sha2::Digest;
+        let id = parse_name(P, file).unwrap().id;
+        format!(
+            r#"{{"format":1,"id":"{id}","file":"{file}","created":"2026-01-01T00:00:00Z",
+            "size":{},"sha256":"{}","compression":"gzip","encryption":"none","host":"h",
+            "tool_version":"0","sources":[],"safety":{safety}}}"#,
+            content.len(),
+            hex::encode(&sha2::Sha256::digest(content)[..]),
+        )
+    }
+
+    /// An archive with `content` in `folder`, and its manifest beside it when `manifest`.
+    fn put(folder: &Path, id: &str, content: &[u8], manifest: bool) -> PathBuf {
+        std::fs::create_dir_all(folder).unwrap();
+        let file = file_of(id);
+        let path = folder.join(&file);
+        std::fs::write(&path, content).unwrap();
+        if manifest {
+            put_manifest(folder, &file, content, false);
+        }
+        path
+    }
+
+    fn put_manifest(folder: &Path, file: &str, content: &[u8], safety: bool) {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(
+            folder.join(Manifest::file_name_for(file)),
+            manifest_json(file, content, safety),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tiers_name_their_folders() {
+        let base = Path::new("/b");
+        let got: Vec<(&str, &str, PathBuf)> =
+            [Tier::Top, Tier::Weekly, Tier::Monthly, Tier::Yearly]
+                .iter()
+                .map(|t| (t.label(), t.folder(), t.dir(base)))
+                .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("-", "the top folder", PathBuf::from("/b")),
+                (
+                    "weekly",
+                    "archive/weekly",
+                    PathBuf::from("/b/archive/weekly")
+                ),
+                (
+                    "monthly",
+                    "archive/monthly",
+                    PathBuf::from("/b/archive/monthly")
+                ),
+                (
+                    "yearly",
+                    "archive/yearly",
+                    PathBuf::from("/b/archive/yearly")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn ids_must_be_exactly_date_dash_time() {
+        assert!(parse_id("20260201-170521").is_some());
+        // chrono alone would read these (a one-digit second, a space) as times.
+        for bad in [
+            "20260201-17052",
+            "20260201-1705211",
+            "20260201x170521",
+            "2026020-1170521",
+            "20260201-17 521",
+            "2026",
+            "",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_future_starts_after_the_tolerance() {
+        let now = Utc::now();
+        let edge = now + chrono::TimeDelta::seconds(FUTURE_TOLERANCE_SECS);
+        assert!(!named_in_future(now, now));
+        assert!(!named_in_future(now - chrono::TimeDelta::days(1), now));
+        assert!(!named_in_future(edge, now));
+        assert!(named_in_future(edge + chrono::TimeDelta::seconds(1), now));
+        let w = future_warning("p-20990101-000000.tar.gz", now + chrono::TimeDelta::days(9));
+        assert!(
+            w.starts_with("p-20990101-000000.tar.gz is named in the future"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn scan_pairs_archives_and_manifests_across_tiers_and_skips_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = cfg_at(&tmp.path().join("backups"));
+        let base = &cfg.local.dir;
+        // A missing backup folder is an empty catalog.
+        assert!(scan(&cfg.local).unwrap().is_empty());
+        let weekly = Tier::Weekly.dir(base);
+        let yearly = Tier::Yearly.dir(base);
+        put(base, "20260101-000000", b"a", true);
+        put(&weekly, "20260102-000000", b"bb", true);
+        // Moved to yearly, its manifest not yet: still complete.
+        put(&yearly, "20260103-000000", b"ccc", false);
+        put_manifest(base, &file_of("20260103-000000"), b"ccc", false);
+        // In two folders, the manifest beside only one: the other copy is not paired
+        // with a manifest whose own folder has its archive.
+        put(base, "20260104-000000", b"d", true);
+        put(&weekly, "20260104-000000", b"d", false);
+        // No manifest; an unreadable one.
+        put(base, "20260105-000000", b"e", false);
+        put(base, "20260106-000000", b"f", false);
+        std::fs::write(
+            base.join(Manifest::file_name_for(&file_of("20260106-000000"))),
+            "{",
+        )
+        .unwrap();
+        // Not ours, or not a file.
+        std::fs::write(base.join("notes.txt"), "x").unwrap();
+        std::fs::write(
+            base.join(format!("{}.partial", file_of("20260107-000000"))),
+            "x",
+        )
+        .unwrap();
+        std::fs::create_dir(base.join(file_of("20260108-000000"))).unwrap();
+
+        let all = scan(&cfg.local).unwrap();
+        // id, tier, manifest's size, where the manifest was found when elsewhere, problem.
+        type Row = (String, Tier, Option<u64>, Option<PathBuf>, bool);
+        let got: Vec<Row> = all
+            .iter()
+            .map(|a| {
+                (
+                    a.name.id.clone(),
+                    a.tier,
+                    a.manifest.as_ref().map(|m| m.size),
+                    a.manifest_elsewhere.clone(),
+                    a.problem.is_some(),
+                )
+            })
+            .collect();
+        let m3 = base.join(Manifest::file_name_for(&file_of("20260103-000000")));
+        assert_eq!(
+            got,
+            vec![
+                ("20260101-000000".into(), Tier::Top, Some(1), None, false),
+                ("20260102-000000".into(), Tier::Weekly, Some(2), None, false),
+                (
+                    "20260103-000000".into(),
+                    Tier::Yearly,
+                    Some(3),
+                    Some(m3.clone()),
+                    false
+                ),
+                ("20260104-000000".into(), Tier::Top, Some(1), None, false),
+                ("20260104-000000".into(), Tier::Weekly, None, None, false),
+                ("20260105-000000".into(), Tier::Top, None, None, false),
+                ("20260106-000000".into(), Tier::Top, None, None, true),
+            ]
+        );
+        assert_eq!(all[0].path, base.join(file_of("20260101-000000")));
+        assert_eq!(
+            all[0].manifest_path(),
+            base.join(Manifest::file_name_for(&file_of("20260101-000000")))
+        );
+        assert_eq!(all[2].manifest_path(), m3);
+        let found = find_complete(&all, "20260104-000000").map(|a| (a.name.id.as_str(), a.tier));
+        assert_eq!(found, Some(("20260104-000000", Tier::Top)));
+        assert!(find_complete(&all, "20260105-000000").is_none());
+        assert!(find_complete(&all, "20260109-000000").is_none());
+        let hint = adoption_hint(&all).unwrap();
+        assert!(
+            hint.starts_with("3 archive(s) without a manifest"),
+            "{hint}"
+        );
+        assert_eq!(adoption_hint(&all[..1]), None);
+        // A backup folder that cannot be read is an error, not an empty catalog.
+        let mut file_not_dir = cfg.local.clone();
+        file_not_dir.dir = base.join("notes.txt");
+        assert!(scan(&file_not_dir).is_err());
+    }
+
+    #[test]
+    fn filing_moves_the_archive_then_its_manifest_and_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = cfg_at(&tmp.path().join("backups"));
+        let base = cfg.local.dir.clone();
+        put(&base, "20260101-000000", b"a", true);
+        let first = scan(&cfg.local).unwrap();
+        let a = &first[0];
+        let to = move_to_tier(&cfg.local, a, Tier::Monthly).unwrap();
+        let monthly = Tier::Monthly.dir(&base);
+        let file = file_of("20260101-000000");
+        assert_eq!(to, monthly.join(&file));
+        assert!(to.exists() && monthly.join(Manifest::file_name_for(&file)).exists());
+        assert!(!base.join(&file).exists());
+        assert!(!base.join(Manifest::file_name_for(&file)).exists());
+
+        // Repair: the archive is in place, its manifest elsewhere: only the manifest moves.
+        put(&Tier::Yearly.dir(&base), "20260102-000000", b"b", false);
+        put_manifest(&base, &file_of("20260102-000000"), b"b", false);
+        let all = scan(&cfg.local).unwrap();
+        let b = all.iter().find(|a| a.name.id == "20260102-000000").unwrap();
+        let to = move_to_tier(&cfg.local, b, Tier::Yearly).unwrap();
+        assert_eq!(to, Tier::Yearly.dir(&base).join(file_of("20260102-000000")));
+        let all = scan(&cfg.local).unwrap();
+        let b = all.iter().find(|a| a.name.id == "20260102-000000").unwrap();
+        assert_eq!((b.tier, b.manifest_elsewhere.clone()), (Tier::Yearly, None));
+        assert!(b.manifest.is_some());
+        // Already filed there, manifest beside it: nothing to do, and no error.
+        let to = move_to_tier(&cfg.local, b, Tier::Yearly).unwrap();
+        assert_eq!(to, Tier::Yearly.dir(&base).join(file_of("20260102-000000")));
+        assert!(to.exists());
+
+        // A file of that name already in the target folder: refused, nothing moved.
+        put(&base, "20260103-000000", b"c", true);
+        put(&Tier::Weekly.dir(&base), "20260103-000000", b"other", false);
+        let all = scan(&cfg.local).unwrap();
+        let c = all
+            .iter()
+            .find(|a| a.name.id == "20260103-000000" && a.tier == Tier::Top)
+            .unwrap();
+        let e = move_to_tier(&cfg.local, c, Tier::Weekly).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert_eq!(
+            std::fs::read(base.join(file_of("20260103-000000"))).unwrap(),
+            b"c"
+        );
+        // The manifest's new place taken: refused, the manifest stays.
+        put(&base, "20260104-000000", b"d", true);
+        put_manifest(
+            &Tier::Weekly.dir(&base),
+            &file_of("20260104-000000"),
+            b"x",
+            false,
+        );
+        let all = scan(&cfg.local).unwrap();
+        let d = all
+            .iter()
+            .find(|a| a.name.id == "20260104-000000" && a.tier == Tier::Top)
+            .unwrap();
+        let e = move_to_tier(&cfg.local, d, Tier::Weekly).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert!(base
+            .join(Manifest::file_name_for(&file_of("20260104-000000")))
+            .exists());
+    }
+
+    #[test]
+    fn the_local_copy_is_used_only_when_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = cfg_at(&tmp.path().join("backups"));
+        let base = cfg.local.dir.clone();
+        let good = put(&base, "20260101-000000", b"archive bytes", true);
+        // Same length, other bytes; and another length.
+        put(&base, "20260102-000000", b"archive bytes", true);
+        std::fs::write(base.join(file_of("20260102-000000")), b"archive bytez").unwrap();
+        put(&base, "20260103-000000", b"archive bytes", true);
+        std::fs::write(base.join(file_of("20260103-000000")), b"archive").unwrap();
+        let mut out = Vec::new();
+        let got = local_intact(&cfg, "20260101-000000", false, &mut out).unwrap();
+        assert_eq!(got, Some(good.clone()));
+        assert!(String::from_utf8_lossy(&out).starts_with("using the local copy"));
+        for (what, remote) in [
+            ("latest", false),
+            ("20260101-000000", true),
+            ("yesterday", false),
+            ("20260109-000000", false),
+        ] {
+            assert_eq!(
+                local_intact(&cfg, what, remote, &mut out).unwrap(),
+                None,
+                "{what}"
+            );
+        }
+        for id in ["20260102-000000", "20260103-000000"] {
+            let mut out = Vec::new();
+            assert_eq!(
+                local_intact(&cfg, id, false, &mut out).unwrap(),
+                None,
+                "{id}"
+            );
+            assert!(
+                String::from_utf8_lossy(&out).contains("does not match its manifest"),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_next_archive_needs_the_recent_median_plus_a_tenth() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = cfg_at(&tmp.path().join("backups"));
+        let base = cfg.local.dir.clone();
+        assert_eq!(next_archive_estimate(&cfg), None);
+        put(&base, "20260101-000000", &[1; 100], true);
+        put(&base, "20260102-000000", &[1; 300], true);
+        put(&base, "20260103-000000", &[1; 200], true);
+        // A safety backup and an incomplete archive do not count.
+        let safety = file_of("20260104-000000");
+        std::fs::write(base.join(&safety), [1; 5000]).unwrap();
+        put_manifest(&base, &safety, &[1; 5000], true);
+        put(&base, "20260105-000000", &[1; 9000], false);
+        assert_eq!(next_archive_estimate(&cfg), Some(220));
+        let all = scan(&cfg.local).unwrap();
+        assert!(all[3].is_safety() && !all[0].is_safety() && !all[4].is_safety());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [7]), Some(7));
+        assert_eq!(median(&mut [9, 1, 5]), Some(5));
+        assert_eq!(median(&mut [10, 2, 8, 4]), Some(6));
+        assert_eq!(median(&mut [1, 2]), Some(1));
+    }
+
+    #[test]
+    fn the_top_folder_inside_an_archive_is_its_name_without_extension() {
+        assert_eq!(
+            top_folder(P, "pronto-app-backup-20260201-170521.tar.zst.age"),
+            "pronto-app-backup-20260201-170521"
+        );
+        assert_eq!(top_folder(P, "other-1.tar.gz"), "other-1");
+        assert_eq!(pins_file_name("p"), "p.pins.json");
+    }
 }

@@ -722,15 +722,22 @@ mod tests {
         assert!(plan_prune(&r, &input[3..]).refused.is_none());
     }
 
-    #[test]
-    fn prune_leaves_incomplete_and_duplicate_ids_alone() {
-        let pins = BTreeSet::new();
-        let p = last(1);
+    /// The archives of `DAYS`, the first one incomplete, and a second file for the second
+    /// day's id.
+    fn days_with_an_incomplete_and_a_duplicate() -> Vec<Held> {
         let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
         input[0].complete = false;
         let mut dup = held(DAYS[1]);
         dup.file = "p-20260226-020000.tar.zst".into();
         input.push(dup);
+        input
+    }
+
+    #[test]
+    fn prune_leaves_incomplete_and_duplicate_ids_alone() {
+        let pins = BTreeSet::new();
+        let p = last(1);
+        let input = days_with_an_incomplete_and_a_duplicate();
         let plan = plan_prune(&rules(&p, &pins), &input);
         let f = fates(&plan);
         assert_eq!(f[0].1, Fate::LeftAlone(Leftover::Incomplete));
@@ -1032,11 +1039,7 @@ mod tests {
         assert!(Leftover::Duplicate.reason().contains("same id"));
         let pins = BTreeSet::new();
         let p = last(1);
-        let mut input: Vec<Held> = DAYS.iter().map(|d| held(d)).collect();
-        input[0].complete = false;
-        let mut dup = held(DAYS[1]);
-        dup.file = "p-20260226-020000.tar.zst".into();
-        input.push(dup);
+        let mut input = days_with_an_incomplete_and_a_duplicate();
         input.push(held("2099-01-01T00:00:00Z"));
         let plan = plan_prune(&rules(&p, &pins), &input);
         let reasons = |i: usize| plan.entries[i].reasons.clone();

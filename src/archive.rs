@@ -1059,7 +1059,7 @@ impl Walker<'_> {
         let attrs = dir_at::xattrs(file.as_raw_fd());
         // Fewer blocks than the size needs: look for holes (one lseek per segment).
         let segments = if meta.blocks() * 512 < size {
-            data_segments(&file, size)
+            crate::fsutil::data_segments(&file, size)
         } else {
             None
         };
@@ -1207,41 +1207,6 @@ fn changed_while_read(before: &Metadata, after: &Metadata) -> Option<String> {
         );
     }
     None
-}
-
-/// The data segments of a file with holes, as (offset, length), found with
-/// `SEEK_DATA`/`SEEK_HOLE`; `None` when the file system cannot tell (then it is stored whole).
-fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let seek = |off: u64, whence| unsafe { libc::lseek(fd, off as libc::off_t, whence) };
-    let mut out = Vec::new();
-    let mut off = 0u64;
-    while off < size {
-        let data = seek(off, libc::SEEK_DATA);
-        if data < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole up to the end
-            }
-            return None;
-        }
-        let data = data as u64;
-        if data >= size {
-            break;
-        }
-        let hole = seek(data, libc::SEEK_HOLE);
-        if hole < 0 || (hole as u64) <= data {
-            return None;
-        }
-        let end = (hole as u64).min(size);
-        out.push((data, end - data));
-        off = end;
-    }
-    let _ = seek(0, libc::SEEK_SET);
-    // GNU tar's convention: a file ending in a hole ends with an empty segment at its size.
-    if out.last().is_none_or(|&(o, l)| o + l < size) {
-        out.push((size, 0));
-    }
-    Some(out)
 }
 
 /// Turns `h` into a GNU sparse header (type `S`) for a file of `size` bytes stored as

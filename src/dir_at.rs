@@ -39,6 +39,24 @@ pub fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<File> 
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Creates the new file `name` in `dir` for writing, mode 0600 until its metadata is
+/// applied: `O_EXCL` and `O_NOFOLLOW`, so nothing already there (a symlink above all) is
+/// ever opened or written through.
+pub fn create_at(dir: RawFd, name: &CStr) -> io::Result<File> {
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Opens the folder `name` in `dir` for reading its entries, without following a symlink.
 pub fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<File> {
     open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
@@ -143,6 +161,38 @@ pub fn set_xattrs<'a>(fd: RawFd, attrs: impl IntoIterator<Item = (&'a CStr, &'a 
             }
         }
     }
+}
+
+/// The metadata of a restored file or folder, applied to it open, in the one order that
+/// keeps all of it: the owner (when given, i.e. as root) before the mode, so that set-id
+/// bits apply to the archived owner; the mode; the extended attributes exactly
+/// ([`set_xattrs`]) after the mode, since a POSIX ACL's mask follows a chmod; the mtime
+/// (seconds, nanoseconds) last, since the others change the ctime only. The extraction and
+/// the cross-filesystem copy both use it.
+pub fn apply_metadata<'a>(
+    f: &File,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    attrs: impl IntoIterator<Item = (&'a CStr, &'a [u8])>,
+    (secs, nanos): (i64, i64),
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::fchown(f, Some(u), Some(g))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    set_xattrs(f.as_raw_fd(), attrs);
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: nanos as _,
+        },
+    ];
+    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
 }
 
 /// A libc call's `0` as `Ok`, anything else as the `errno` it left.

@@ -39,7 +39,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, DirBuilder, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ use flate2::bufread::MultiGzDecoder;
 use tar::{Archive, Entry, EntryType};
 
 use crate::archive::{IO_BUF, XATTR_PAX};
-use crate::dir_at::{check, open_dir_at};
+use crate::dir_at::{check, create_at, open_dir_at};
 
 /// What an archive held (for [`extract`]: what was written).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1214,19 +1214,7 @@ impl Unpacker {
         meta: Meta,
     ) -> Result<()> {
         // O_EXCL and O_NOFOLLOW: never opens through a symlink.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                n.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("creating {}", rel.display()));
-        }
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = create_at(dir, n).with_context(|| format!("creating {}", rel.display()))?;
         let size = entry.size();
         let sparse = entry.header().entry_type() == EntryType::GNUSparse;
         let written = if sparse {
@@ -1261,23 +1249,19 @@ impl Unpacker {
     }
 }
 
-/// Owner (before the mode, so that set-uid bits apply to the archived owner), mode,
-/// extended attributes (after the mode: a POSIX ACL's mask follows it) and mtime of an
-/// open file or folder. An attribute the kernel refuses (a `security.*` one without the
+/// An entry's metadata ([`crate::dir_at::apply_metadata`]: owner, mode, attributes, mtime,
+/// in that order). An attribute the kernel refuses (a `security.*` one without the
 /// privilege) is warned about, as GNU tar does, and does not fail the restore.
 fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
-    if let Some((u, g)) = meta.owner {
-        std::os::unix::fs::fchown(f, Some(u), Some(g))?;
-    }
-    f.set_permissions(fs::Permissions::from_mode(meta.mode))?;
-    crate::dir_at::set_xattrs(
-        f.as_raw_fd(),
+    crate::dir_at::apply_metadata(
+        f,
+        meta.owner,
+        meta.mode,
         meta.xattrs
             .iter()
             .map(|(k, v)| (k.as_c_str(), v.as_slice())),
-    );
-    let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
-    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
+        meta.mtime,
+    )
 }
 
 /// Writes a sparse entry's content leaving its all-zero blocks as holes, and sets the

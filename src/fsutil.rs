@@ -1,7 +1,8 @@
-//! Small filesystem helpers: atomic writes, directory fsync.
+//! Small filesystem helpers: atomic writes, directory fsync, the data segments of a sparse file.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -155,4 +156,40 @@ pub fn free_space(dir: &Path) -> Option<Disk> {
         free_bytes: (s.f_bavail as u64).saturating_mul(frsize),
         total_bytes: (s.f_blocks as u64).saturating_mul(frsize),
     })
+}
+
+/// The data segments of a file with holes, as (offset, length), found with
+/// `SEEK_DATA`/`SEEK_HOLE`; `None` when the file system cannot tell (then the file is read
+/// whole). Used by the backup walk (GNU sparse entries) and the cross-filesystem copy.
+pub fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence| unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let data = seek(off, libc::SEEK_DATA);
+        if data < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole up to the end
+            }
+            return None;
+        }
+        let data = data as u64;
+        if data >= size {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE);
+        if hole < 0 || (hole as u64) <= data {
+            return None;
+        }
+        let end = (hole as u64).min(size);
+        out.push((data, end - data));
+        off = end;
+    }
+    let _ = seek(0, libc::SEEK_SET);
+    // GNU tar's convention: a file ending in a hole ends with an empty segment at its size.
+    if out.last().is_none_or(|&(o, l)| o + l < size) {
+        out.push((size, 0));
+    }
+    Some(out)
 }

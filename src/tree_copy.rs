@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -163,19 +163,8 @@ impl Copy {
                 }
             }
         }
-        let fd = unsafe {
-            libc::openat(
-                d,
-                n.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        let out = unsafe { File::from_raw_fd(fd) };
-        copy_data(&input, &out, meta.len(), &mut self.buf)?;
+        let out = dir_at::create_at(d, n)?;
+        copy_data(&input, &out, &meta, &mut self.buf)?;
         out.set_len(meta.len())?;
         out.sync_all()?;
         apply(&input, &out, &meta, self.root_as)?;
@@ -219,28 +208,18 @@ impl Copy {
     }
 }
 
-/// Copies the data of `input` (`size` bytes) to `out` at the same offsets, segment by
-/// segment (`SEEK_DATA`/`SEEK_HOLE`): holes are skipped, so a sparse file stays sparse.
-fn copy_data(input: &File, out: &File, size: u64, buf: &mut [u8]) -> io::Result<()> {
-    let fd = input.as_raw_fd();
-    let mut pos = 0u64;
-    while pos < size {
-        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if start < 0 {
-            match io::Error::last_os_error().raw_os_error() {
-                Some(libc::ENXIO) => break,                         // only a hole is left
-                _ => return copy_range(input, out, pos, size, buf), // no SEEK_DATA here
-            }
-        }
-        let start = start as u64;
-        let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
-        let end = if end < 0 {
-            size
-        } else {
-            (end as u64).min(size)
-        };
-        copy_range(input, out, start, end, buf)?;
-        pos = end;
+/// Copies the data of `input` to `out` at the same offsets, segment by segment when it has
+/// holes ([`crate::fsutil::data_segments`], as the backup finds them): holes are skipped,
+/// so a sparse file stays sparse (the caller sets the length, a trailing hole included).
+fn copy_data(input: &File, out: &File, meta: &std::fs::Metadata, buf: &mut [u8]) -> io::Result<()> {
+    let size = meta.len();
+    let segments = if meta.blocks() * 512 < size {
+        crate::fsutil::data_segments(input, size)
+    } else {
+        None
+    };
+    for (start, len) in segments.unwrap_or_else(|| vec![(0, size)]) {
+        copy_range(input, out, start, start + len, buf)?;
     }
     Ok(())
 }
@@ -261,38 +240,26 @@ fn copy_range(input: &File, out: &File, mut pos: u64, end: u64, buf: &mut [u8]) 
     Ok(())
 }
 
-/// Owner (as root, before the mode so set-id bits stay), mode, extended attributes (after
-/// the mode: an ACL's mask follows it) and mtime of an open file or folder.
+/// The metadata of `src` onto its copy `f` ([`dir_at::apply_metadata`]): the owner (as
+/// root), mode, extended attributes and mtime.
 fn apply(src: &File, f: &File, meta: &std::fs::Metadata, root_as: bool) -> io::Result<()> {
-    if root_as {
-        std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()))?;
-    }
-    f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     let attrs: Vec<(CString, Vec<u8>)> = dir_at::xattrs(src.as_raw_fd())
         .into_iter()
         .filter_map(|(k, v)| Some((CString::new(k).ok()?, v)))
         .collect();
-    dir_at::set_xattrs(
-        f.as_raw_fd(),
+    dir_at::apply_metadata(
+        f,
+        root_as.then(|| (meta.uid(), meta.gid())),
+        meta.mode(),
         attrs.iter().map(|(k, v)| (k.as_c_str(), v.as_slice())),
-    );
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
-        },
-    ];
-    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
+        (meta.mtime(), meta.mtime_nsec()),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, FileTypeExt};
+    use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 
     fn set_xattr(p: &Path, k: &str, v: &[u8]) -> bool {
         let (c, k) = (

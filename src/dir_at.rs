@@ -182,7 +182,14 @@ pub fn apply_metadata<'a>(
     }
     f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
     set_xattrs(f.as_raw_fd(), attrs);
-    let times = [
+    let times = mtime_only((secs, nanos));
+    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
+}
+
+/// The times for `futimens`/`utimensat` that set the mtime (seconds, nanoseconds) and
+/// leave the atime alone.
+pub fn mtime_only((secs, nanos): (i64, i64)) -> [libc::timespec; 2] {
+    [
         libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_OMIT,
@@ -191,8 +198,7 @@ pub fn apply_metadata<'a>(
             tv_sec: secs as libc::time_t,
             tv_nsec: nanos as _,
         },
-    ];
-    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
+    ]
 }
 
 /// A libc call's `0` as `Ok`, anything else as the `errno` it left.

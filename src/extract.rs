@@ -51,7 +51,7 @@ use flate2::bufread::MultiGzDecoder;
 use tar::{Archive, Entry, EntryType};
 
 use crate::archive::{IO_BUF, XATTR_PAX};
-use crate::dir_at::{check, create_at, open_dir_at};
+use crate::dir_at::{check, create_at, mtime_only, open_dir_at};
 
 /// What an archive held (for [`extract`]: what was written).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1056,13 +1056,6 @@ fn c_name(p: &Path) -> Result<CString> {
     CString::new(n.as_bytes()).map_err(|_| anyhow!("{}: a name with a NUL byte", p.display()))
 }
 
-fn timespec((secs, nanos): (i64, i64)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: nanos as _,
-    }
-}
-
 impl Unpacker {
     fn new(root: &Path, as_root: bool) -> Result<Unpacker> {
         let root = File::open(root).with_context(|| format!("opening {}", root.display()))?;
@@ -1140,7 +1133,7 @@ impl Unpacker {
                     })
                     .with_context(|| format!("chown {}", rel.display()))?;
                 }
-                let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
+                let times = mtime_only(meta.mtime);
                 check(unsafe {
                     libc::utimensat(fd, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
                 })
@@ -1168,7 +1161,7 @@ impl Unpacker {
                 // which clears set-id bits).
                 check(unsafe { libc::fchmodat(fd, n.as_ptr(), meta.mode as libc::mode_t, 0) })
                     .with_context(|| format!("chmod {}", rel.display()))?;
-                let times = [timespec((0, libc::UTIME_OMIT)), timespec(meta.mtime)];
+                let times = mtime_only(meta.mtime);
                 check(unsafe {
                     libc::utimensat(fd, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
                 })

@@ -234,16 +234,7 @@ fn copy_tree(from: &Path, to: &Path, counts: &mut (u64, u64)) -> Result<()> {
 pub(crate) fn set_mtime(path: &Path, secs: i64, nsec: i64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: nsec as _,
-        },
-    ];
+    let times = crate::dir_at::mtime_only((secs, nsec));
     // SAFETY: valid C string and a two-element timespec array.
     let rc = unsafe {
         libc::utimensat(

@@ -194,16 +194,7 @@ impl Copy {
         if chmod {
             check(unsafe { libc::fchmodat(d, n.as_ptr(), st.st_mode & 0o7777, 0) })?;
         }
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
+        let times = dir_at::mtime_only((st.st_mtime, st.st_mtime_nsec));
         check(unsafe { libc::utimensat(d, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
     }
 }

@@ -260,6 +260,9 @@ impl Backend for ThrottledBackend {
     async fn store_checksum(&self, key: &str) -> Result<Option<pronto_backends::StoreChecksum>> {
         self.inner.store_checksum(key).await
     }
+    fn sha256_is_computed_from_stored_bytes(&self) -> bool {
+        self.inner.sha256_is_computed_from_stored_bytes()
+    }
 }
 
 #[cfg(test)]

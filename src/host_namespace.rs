@@ -183,6 +183,9 @@ impl Backend for NamespacedBackend {
     async fn store_checksum(&self, key: &str) -> Result<Option<pronto_backends::StoreChecksum>> {
         self.inner.store_checksum(&self.key(key)).await
     }
+    fn sha256_is_computed_from_stored_bytes(&self) -> bool {
+        self.inner.sha256_is_computed_from_stored_bytes()
+    }
 }
 
 /// `pull --host H`: read every remote through host `H`'s namespace, and keep what is

@@ -284,9 +284,11 @@ async fn verify_remote(
 /// computed from the bytes it holds ([`Backend::store_checksum`]): a whole-object
 /// SHA-256 against the manifest's; a composite of part checksums against the same
 /// composite of the local archive (read once here, its whole SHA-256 checked against
-/// the manifest too). A store without one: the SHA-256 the backend recorded (file://
-/// and sftp compute it from the bytes they read back at completion), else (with
-/// `read_back`) the object read back and hashed; without either, size alone.
+/// the manifest too); GCS's CRC32C against the local archive's. A store without one:
+/// the SHA-256 the backend computed from the stored bytes (file:// and sftp, at
+/// completion: [`Backend::sha256_is_computed_from_stored_bytes`]), else (with
+/// `read_back`) the object read back and hashed — never a hash recorded in object
+/// metadata; without either, size alone.
 async fn verify_remote_with(
     r: &RemoteHandle,
     key: &str,
@@ -310,10 +312,19 @@ async fn verify_remote_with(
     if store_proves(r, key, size, sha, local).await? {
         return Ok(());
     }
+    // A hash the backend computed from the stored bytes (file://, sftp) is proof; one the
+    // writer recorded beside them (object metadata) is not, and is never consulted here.
     let got = match meta.sha256 {
-        Some(h) => h,
-        None if read_back => hash_remote(r, key).await?.0,
-        None => return Ok(()),
+        Some(h) if r.backend.sha256_is_computed_from_stored_bytes() => h,
+        _ if read_back => {
+            let (h, n) = hash_remote(r, key).await?;
+            tracing::info!(
+                "{}: {key} verified by reading it back ({n} bytes): the store keeps no checksum of its own",
+                r.name
+            );
+            h
+        }
+        _ => return Ok(()),
     };
     if got != sha {
         return Err(crate::error::verification(format!(
@@ -379,31 +390,35 @@ async fn store_checksum_matches(
     local: Option<&LocalCopy>,
 ) -> Result<bool> {
     let (want, got, what) = match c {
-        StoreChecksum::Sha256(got) => (sha, got, "sha256"),
+        StoreChecksum::Sha256(got) => (sha.to_vec(), got.to_vec(), "sha256"),
         StoreChecksum::Sha256OfParts { digest, parts } => {
-            let Some(l) = local else {
+            let Some(l) = hash_local(r, key, size, sha, local).await? else {
                 return Ok(false);
             };
-            let (file, part_size) = (Arc::clone(&l.file), l.part_size);
-            let (whole, composite, n) =
-                tokio::task::spawn_blocking(move || hash_parts(&file, size, part_size))
-                    .await?
-                    .with_context(|| format!("reading the local copy of {key}"))?;
-            if whole != sha {
-                bail!(
-                    "the local archive {key} no longer matches its manifest (sha256 {}, manifest {}); run `pronto-offsite verify`",
-                    hex::encode(whole),
-                    hex::encode(sha)
-                );
-            }
-            if n != parts {
+            if l.parts != parts {
                 tracing::debug!(
-                    "{}: {key} was uploaded in {parts} parts, not {n} of {part_size} bytes: its composite checksum cannot be rebuilt here",
-                    r.name
+                    "{}: {key} was uploaded in {parts} parts, not {} of {} bytes: its composite checksum cannot be rebuilt here",
+                    r.name,
+                    l.parts,
+                    local.map_or(0, |l| l.part_size)
                 );
                 return Ok(false);
             }
-            (composite, digest, "composite sha256 of its parts")
+            (
+                l.composite.to_vec(),
+                digest.to_vec(),
+                "composite sha256 of its parts",
+            )
+        }
+        StoreChecksum::Crc32c(got) => {
+            let Some(l) = hash_local(r, key, size, sha, local).await? else {
+                return Ok(false);
+            };
+            (
+                l.crc32c.to_be_bytes().to_vec(),
+                got.to_be_bytes().to_vec(),
+                "crc32c",
+            )
         }
     };
     if want != got {
@@ -421,15 +436,49 @@ async fn store_checksum_matches(
     Ok(true)
 }
 
-/// Read `file` once: its whole SHA-256, and the SHA-256 of the concatenated SHA-256s
-/// of its `part_size` parts (S3's composite checksum) with the number of parts.
-fn hash_parts(
-    file: &std::fs::File,
+/// The checksums a store may keep, computed from the local archive `local` (`None`
+/// without one), which must still match its manifest's SHA-256 `sha`.
+async fn hash_local(
+    r: &RemoteHandle,
+    key: &str,
     size: u64,
-    part_size: u64,
-) -> std::io::Result<([u8; 32], [u8; 32], u32)> {
+    sha: [u8; 32],
+    local: Option<&LocalCopy>,
+) -> Result<Option<LocalHashes>> {
+    let Some(l) = local else {
+        return Ok(None);
+    };
+    let (file, part_size) = (Arc::clone(&l.file), l.part_size);
+    let hashes = tokio::task::spawn_blocking(move || hash_parts(&file, size, part_size))
+        .await?
+        .with_context(|| format!("{}: reading the local copy of {key}", r.name))?;
+    if hashes.sha256 != sha {
+        bail!(
+            "the local archive {key} no longer matches its manifest (sha256 {}, manifest {}); run `pronto-offsite verify`",
+            hex::encode(hashes.sha256),
+            hex::encode(sha)
+        );
+    }
+    Ok(Some(hashes))
+}
+
+/// What [`hash_parts`] computes in one read of a file.
+struct LocalHashes {
+    sha256: [u8; 32],
+    /// The SHA-256 of the concatenated SHA-256s of its parts (S3's composite checksum).
+    composite: [u8; 32],
+    /// How many parts of the given size it has.
+    parts: u32,
+    /// Its CRC32C (Castagnoli), as GCS computes it.
+    crc32c: u32,
+}
+
+/// Read `file` once: its whole SHA-256, the SHA-256 of the concatenated SHA-256s of its
+/// `part_size` parts (S3's composite checksum) with the number of parts, and its CRC32C.
+fn hash_parts(file: &std::fs::File, size: u64, part_size: u64) -> std::io::Result<LocalHashes> {
     use std::os::unix::fs::FileExt;
     let part_size = part_size.max(1);
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     let mut whole = Sha256::new();
     let mut of_parts = Sha256::new();
     let mut part = Sha256::new();
@@ -446,6 +495,7 @@ fn hash_parts(
         }
         whole.update(&buf[..n]);
         part.update(&buf[..n]);
+        crc.update(&buf[..n]);
         pos += n as u64;
         in_part += n as u64;
         if in_part == part_size || pos == size {
@@ -454,7 +504,12 @@ fn hash_parts(
             in_part = 0;
         }
     }
-    Ok((whole.finalize().into(), of_parts.finalize().into(), parts))
+    Ok(LocalHashes {
+        sha256: whole.finalize().into(),
+        composite: of_parts.finalize().into(),
+        parts,
+        crc32c: crc.finalize() as u32,
+    })
 }
 
 /// Stream an object and hash it.

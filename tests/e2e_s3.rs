@@ -577,3 +577,180 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// gs:// proves an upload by the CRC32C GCS computed from the bytes it holds
+/// (`x-goog-hash` on a HEAD of the XML API), rebuilt from the local archive — and a store
+/// that sends no such header is read back, never trusted by the sha256 recorded in its
+/// metadata (issue 15, Deliver 7). LocalStack stands in for the GCS XML API and sends no
+/// `x-goog-hash`; a proxy in front of it answers the archive's HEADs as GCS would, with the
+/// right CRC32C, then with a wrong one.
+#[test]
+fn gs_push_proves_the_upload_by_crc32c_or_reads_it_back() {
+    let ls = localstack::shared();
+    let proxy = proxy::Proxy::start(ls.port);
+    let gs_env = |bucket: &str| {
+        let env = s3_env(&ls.endpoint, bucket, "", 0);
+        let remote = format!(
+            "\n[[remotes]]\nname = \"gcs\"\nurl = \"gs://{bucket}/prod\"\nendpoint = \"{}\"\nallow_http = true\n",
+            proxy.endpoint()
+        );
+        std::fs::write(env.config(), format!("{STATIC_SITE}{remote}")).unwrap();
+        env
+    };
+    let archive_get = |file: &str| {
+        let file = file.to_string();
+        move |r: &proxy::Seen| r.method == "GET" && unescape(&r.target).ends_with(&file)
+    };
+    // GCS's answer to a HEAD of `file`: its size, and `crc` as x-goog-hash.
+    let answer_heads = |file: &str, size: u64, crc: u32| {
+        let b64 = base64(&crc.to_be_bytes());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"pronto-proxy\"\r\n\
+             Last-Modified: Sun, 06 Dec 2026 05:00:00 GMT\r\nx-goog-hash: crc32c={b64}\r\n\
+             x-goog-hash: md5=AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n"
+        );
+        let file = file.to_string();
+        proxy.respond_n(
+            move |r| r.method == "HEAD" && unescape(&r.target).ends_with(&file),
+            1000,
+            &response,
+        );
+    };
+
+    // 1. No x-goog-hash: the archive is read back after its upload.
+    let bucket = ls.new_bucket("gs-readback");
+    let env = gs_env(&bucket);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let o = run(bin(&env), &["-v", "push"]);
+    assert!(o.status.success(), "push: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{file} verified by reading it back")),
+        "{}",
+        text(&o)
+    );
+    let gets = proxy
+        .seen()
+        .iter()
+        .filter(|r| archive_get(&file)(r))
+        .count();
+    assert_eq!(gets, 1, "the archive is read back once");
+    assert!(ls
+        .keys(&bucket)
+        .contains(&format!("prod/{file}.manifest.json")));
+
+    // 2. GCS's crc32c of the right bytes: proven without reading anything back.
+    let bucket = ls.new_bucket("gs-crc-ok");
+    let env = gs_env(&bucket);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let bytes = std::fs::read(find_archive(&env, &file)).unwrap();
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &bytes) as u32;
+    proxy.clear();
+    answer_heads(&file, bytes.len() as u64, crc);
+    let o = run(bin(&env), &["-v", "push"]);
+    proxy.reset();
+    assert!(o.status.success(), "push: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{file} verified by the crc32c the store computed")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        proxy
+            .seen()
+            .iter()
+            .filter(|r| archive_get(&file)(r))
+            .count(),
+        0,
+        "nothing is read back"
+    );
+    assert!(ls
+        .keys(&bucket)
+        .contains(&format!("prod/{file}.manifest.json")));
+
+    // 3. A crc32c that contradicts the local archive: a verification failure, and no
+    // manifest, so the copy never counts.
+    let bucket = ls.new_bucket("gs-crc-bad");
+    let env = gs_env(&bucket);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let size = std::fs::metadata(find_archive(&env, &file)).unwrap().len();
+    answer_heads(&file, size, crc ^ 0x0100_0000);
+    let o = run(bin(&env), &["push"]);
+    proxy.reset();
+    // Push's exit code for "every remote failed".
+    assert_eq!(o.status.code(), Some(1), "push: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("FAILED: {file}"))
+            && text(&o).contains("the store computed crc32c"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !ls.keys(&bucket)
+            .iter()
+            .any(|k| k.ends_with(".manifest.json")),
+        "{:?}",
+        ls.keys(&bucket)
+    );
+}
+
+/// A request target with its `%XX` escapes decoded (object_store's GCS client escapes
+/// every byte but letters and digits, `/` included).
+fn unescape(target: &str) -> String {
+    let b = target.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// s3:// with `checksum = "md5"` (B2, R2): the store keeps no checksum of its own to ask,
+/// and the SHA-256 in the object's metadata (`x-amz-meta-sha256`) is only what push wrote
+/// there, so push reads the archive back before writing its manifest (issue 15,
+/// Deliver 7) — seen as one GET of the archive at a proxy.
+#[test]
+fn s3_without_a_store_checksum_is_read_back_not_trusted_by_its_metadata() {
+    let ls = localstack::shared();
+    let proxy = proxy::Proxy::start(ls.port);
+    let bucket = ls.new_bucket("md5-readback");
+    let env = s3_env(&proxy.endpoint(), &bucket, "checksum = \"md5\"\n", 0);
+    let id = backup(&env);
+    let file = format!("pronto-app-backup-{id}.tar.gz");
+    let o = run(with_env_keys(bin(&env)), &["-v", "push"]);
+    assert!(o.status.success(), "push: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{file} verified by reading it back")),
+        "{}",
+        text(&o)
+    );
+    let gets = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.method == "GET" && unescape(&r.target).ends_with(&file))
+        .count();
+    assert_eq!(gets, 1, "the archive is read back once");
+    // The metadata was written all the same (`list` and `verify` report it).
+    let head = proxy.seen().iter().any(|r| {
+        r.method == "PUT"
+            && unescape(&r.target).ends_with(&file)
+            && r.header("x-amz-meta-sha256").is_some()
+    });
+    assert!(head, "the archive's PUT records its sha256 in metadata");
+    assert!(ls
+        .keys(&bucket)
+        .contains(&format!("prod/host-1/{file}.manifest.json")));
+}

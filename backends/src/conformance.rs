@@ -850,7 +850,9 @@ pub async fn multipart_parts_out_of_order(h: &Harness) {
 
 /// [`Backend::store_checksum`]: `None` (the store keeps none), or exactly the checksum
 /// of the bytes stored — whole-object for a `put`, the composite of the part digests
-/// for a multipart upload — and a missing key is `NotFound` or `None`.
+/// for a multipart upload, or a CRC32C of the whole object either way — and a missing
+/// key is `NotFound` or `None`. A backend whose recorded SHA-256 counts as proof
+/// ([`Backend::sha256_is_computed_from_stored_bytes`]) reports the stored bytes' own.
 pub async fn store_checksum_is_computed_from_the_stored_bytes(h: &Harness) {
     use sha2::Digest as _;
     let b = h.backend().await;
@@ -859,8 +861,16 @@ pub async fn store_checksum_is_computed_from_the_stored_bytes(h: &Harness) {
     let one = format!("{p}one.bin");
     let body = Bytes::from(test_data(70_000, 31));
     put_ok(b, &one, &body).await;
+    let crc32c = |d: &[u8]| {
+        crate::StoreChecksum::Crc32c(
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, d) as u32
+        )
+    };
     match b.store_checksum(&one).await {
         Ok(None) => {}
+        Ok(Some(c @ crate::StoreChecksum::Crc32c(_))) => {
+            assert_eq!(c, crc32c(&body), "the store's crc32c of a put")
+        }
         Ok(Some(c)) => assert_eq!(
             c,
             crate::StoreChecksum::Sha256(sha256_of(&body)),
@@ -889,12 +899,25 @@ pub async fn store_checksum_is_computed_from_the_stored_bytes(h: &Harness) {
                 "composite digest"
             );
         }
+        Ok(Some(c @ crate::StoreChecksum::Crc32c(_))) => {
+            assert_eq!(c, crc32c(&data), "the store's crc32c of a multipart object")
+        }
         Ok(Some(c)) => assert_eq!(
             c,
             crate::StoreChecksum::Sha256(sha256_of(&data)),
             "the store's checksum of a multipart object"
         ),
         Err(e) => panic!("store_checksum of a multipart object: {e}"),
+    }
+    // A backend that says its recorded SHA-256 is computed from the stored bytes reports
+    // exactly theirs (or none, where it could not record one).
+    if b.sha256_is_computed_from_stored_bytes() {
+        for (key, bytes) in [(&one, &body[..]), (&multi, &data[..])] {
+            let meta = b.head(key).await.expect("head of a stored object");
+            if let Some(h) = meta.sha256 {
+                assert_eq!(h, sha256_of(bytes), "{key}: the sha256 head reports");
+            }
+        }
     }
     match b.store_checksum(&format!("{p}missing")).await {
         Ok(None) | Err(BackendError::NotFound(_)) => {}

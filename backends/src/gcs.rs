@@ -248,6 +248,103 @@ fn versioning_probe(
     }))
 }
 
+/// HEAD of the object on the XML API (object_store's head does not return the header):
+/// the CRC32C GCS computed from the bytes it holds, from `x-goog-hash: crc32c=…`. GCS
+/// keeps one for every object, multipart ones included (md5 only for single uploads).
+/// `None` when the answer has none (an S3-dialect stand-in such as LocalStack).
+fn checksum_probe(
+    cfg: &GcsConfig,
+    target: &Target,
+    store: Arc<GoogleCloudStorage>,
+    redactor: Redactor,
+    url: String,
+) -> Result<objstore::ChecksumProbe> {
+    use object_store::client::HttpConnector;
+    let allow_http = cfg.allow_http || target.from == "STORAGE_EMULATOR_HOST";
+    let client = Connector { content_md5: false }
+        .connect(&client_options(allow_http, cfg.ca_bundle.as_ref()))
+        .map_err(|e| BackendError::Permanent(redactor.redact(&format!("{url}: {e}"))))?;
+    let base = format!(
+        "{}/{}",
+        target
+            .base_url
+            .as_deref()
+            .unwrap_or("https://storage.googleapis.com")
+            .trim_end_matches('/'),
+        cfg.bucket
+    );
+    let anonymous = target.anonymous;
+    let ctx = Arc::new((base, redactor, url));
+    Ok(Arc::new(move |path: String| {
+        let (client, store, ctx) = (client.clone(), store.clone(), ctx.clone());
+        Box::pin(async move {
+            let (base, redactor, url) = &*ctx;
+            let what = format!("read the checksum the store computed for {path}");
+            let mut u = url::Url::parse(base)
+                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            u.path_segments_mut()
+                .map_err(|()| BackendError::Permanent(format!("{url}: {what}: not a base URL")))?
+                .pop_if_empty()
+                .extend(path.split('/'));
+            let mut req = http::Request::builder()
+                .method(http::Method::HEAD)
+                .uri(u.as_str());
+            if !anonymous {
+                let cred = store.credentials().get_credential().await.map_err(|e| {
+                    BackendError::Auth(redactor.redact(&format!("{url}: {what}: {e}")))
+                })?;
+                if !cred.bearer.is_empty() {
+                    req = req.header("Authorization", format!("Bearer {}", cred.bearer));
+                }
+            }
+            let req = req
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            let resp = client.execute(req).await.map_err(|e| {
+                BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
+            })?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let msg = redactor.redact(&format!("{url}: {what}: HTTP {status}"));
+                return Err(match status {
+                    404 => BackendError::NotFound(msg),
+                    401 | 403 => BackendError::Auth(msg),
+                    408 | 429 | 500..=599 => BackendError::transient(msg),
+                    _ => BackendError::Permanent(msg),
+                });
+            }
+            let hashes: Vec<&str> = resp
+                .headers()
+                .get_all("x-goog-hash")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            crc32c_of_goog_hash(&hashes)
+                .map(|c| c.map(crate::StoreChecksum::Crc32c))
+                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))
+        }) as futures::future::BoxFuture<'static, Result<Option<crate::StoreChecksum>>>
+    }))
+}
+
+/// The CRC32C in `x-goog-hash` headers (`crc32c=<base64 of 4 bytes, big-endian>`, beside
+/// `md5=…`, in one header separated by commas or in several). `Ok(None)`: none given.
+fn crc32c_of_goog_hash(values: &[&str]) -> std::result::Result<Option<u32>, String> {
+    use base64::Engine as _;
+    let Some(b64) = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .find_map(|h| h.trim().strip_prefix("crc32c="))
+    else {
+        return Ok(None);
+    };
+    let bytes: [u8; 4] = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("unreadable x-goog-hash crc32c {b64:?}"))?;
+    Ok(Some(u32::from_be_bytes(bytes)))
+}
+
 /// [`crate::Versioning`] from a bucket resource of the JSON API.
 fn versioning_of(body: &[u8]) -> std::result::Result<Option<crate::Versioning>, String> {
     let v: serde_json::Value =
@@ -378,9 +475,13 @@ impl GcsBackend {
             main: main.clone(),
             reads: build(true)?,
             list_uploads: None,
-            // GCS's crc32c and md5 are not read yet: push checks the hash recorded at
-            // upload (see docs/backends/s3-gcs.md).
-            checksums: None,
+            checksums: Some(checksum_probe(
+                &cfg,
+                &target,
+                main.clone(),
+                redactor.clone(),
+                url.clone(),
+            )?),
             versioning: Some(versioning_probe(
                 &cfg,
                 &target,
@@ -411,6 +512,25 @@ delegate_backend!(GcsBackend);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As GCS sends it: both hashes in one header, or one header each; `AAAAAA==` is 0.
+    #[test]
+    fn crc32c_is_read_from_x_goog_hash() {
+        // crc32c("hello world") = 0xc99465aa, "yZRlqg==" as gsutil prints it.
+        let one = ["crc32c=yZRlqg==,md5=XrY7u+Ae7tCTyyK7j1rNww=="];
+        assert_eq!(crc32c_of_goog_hash(&one), Ok(Some(0xc994_65aa)));
+        let two = ["md5=XrY7u+Ae7tCTyyK7j1rNww==", "crc32c=yZRlqg=="];
+        assert_eq!(crc32c_of_goog_hash(&two), Ok(Some(0xc994_65aa)));
+        assert_eq!(crc32c_of_goog_hash(&["crc32c=AAAAAA=="]), Ok(Some(0)));
+        assert_eq!(
+            crc32c_of_goog_hash(&["md5=XrY7u+Ae7tCTyyK7j1rNww=="]),
+            Ok(None)
+        );
+        assert_eq!(crc32c_of_goog_hash(&[]), Ok(None));
+        for bad in ["crc32c=yZRl", "crc32c=yZRlqgAA", "crc32c=!!!!!!=="] {
+            assert!(crc32c_of_goog_hash(&[bad]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn versioning_and_noncurrent_rules_are_read_from_the_bucket_resource() {

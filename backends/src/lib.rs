@@ -52,6 +52,9 @@ pub enum StoreChecksum {
     /// S3's composite checksum of a multipart upload: the SHA-256 of the concatenated
     /// SHA-256 digests of its `parts` parts, in part order.
     Sha256OfParts { digest: [u8; 32], parts: u32 },
+    /// GCS's CRC32C (Castagnoli) of the whole object, which it keeps for every object,
+    /// multipart and composed ones included (`x-goog-hash: crc32c=…`).
+    Crc32c(u32),
 }
 
 /// The part sizes of a backend's multipart uploads: its limits, which the engine must
@@ -204,6 +207,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn store_checksum(&self, key: &str) -> Result<Option<StoreChecksum>> {
         let _ = key;
         Ok(None)
+    }
+    /// Whether the `sha256` that [`head`](Backend::head) reports was computed by this
+    /// backend from the bytes it stored — file:// hashes the finished file before its
+    /// rename, sftp runs `sha256sum` on the server or reads the file back — rather than
+    /// recorded beside them by the writer (object metadata, the default `false`), which
+    /// proves nothing about the bytes. Push trusts a recorded hash after an upload only
+    /// when this is `true`; otherwise it asks [`store_checksum`](Backend::store_checksum)
+    /// or reads the object back.
+    fn sha256_is_computed_from_stored_bytes(&self) -> bool {
+        false
     }
     /// Whether [`put_if_absent`](Backend::put_if_absent) is implemented (prune leases use it).
     fn supports_put_if_absent(&self) -> bool {

@@ -315,6 +315,10 @@ impl Backend for LocalBackend {
             .await
     }
 
+    /// The recorded SHA-256 is of the finished file, hashed before its rename.
+    fn sha256_is_computed_from_stored_bytes(&self) -> bool {
+        true
+    }
     fn supports_put_if_absent(&self) -> bool {
         true
     }

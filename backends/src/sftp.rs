@@ -1975,6 +1975,11 @@ impl Backend for SftpBackend {
         Ok(())
     }
 
+    /// The sidecar's SHA-256 is of the finished file, hashed on the server (or read back)
+    /// before its rename.
+    fn sha256_is_computed_from_stored_bytes(&self) -> bool {
+        true
+    }
     fn supports_put_if_absent(&self) -> bool {
         true
     }

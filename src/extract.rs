@@ -221,10 +221,10 @@ impl<R: Read> Read for Decrypting<R> {
     }
 }
 
-/// The archive file, its bytes counted on a progress bar as they are read (a bar on a
+/// The archive's bytes, counted on a progress bar as they are read (a bar on a
 /// terminal; nothing otherwise): the bar of every restore, `pull --to` and `verify`.
 struct Counted {
-    file: File,
+    file: Box<dyn Read>,
     bar: crate::progress::Progress,
 }
 
@@ -239,11 +239,22 @@ impl Read for Counted {
 fn open(archive: &Path, opts: &ExtractOptions) -> Result<(Archive<Reader>, Stream)> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let size = file.metadata().map(|m| m.len()).ok();
+    open_reader(archive, Box::new(file), size, opts)
+}
+
+/// [`open`] of the archive's bytes from `src` (`size` of them, for the bar), named
+/// `archive` in messages.
+fn open_reader(
+    archive: &Path,
+    src: Box<dyn Read>,
+    size: Option<u64>,
+    opts: &ExtractOptions,
+) -> Result<(Archive<Reader>, Stream)> {
     let label = archive
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let file = Counted {
-        file,
+        file: src,
         bar: crate::progress::Progress::bytes(label, size),
     };
     let mut r = BufReader::with_capacity(IO_BUF, file);
@@ -411,7 +422,35 @@ pub fn extract(archive: &Path, dest: &Path) -> Result<ExtractStats> {
 /// [`extract`] of a possibly encrypted archive, with a bound on what it writes. The age
 /// header is opened (the identity checked) before the destination is touched.
 pub fn extract_with(archive: &Path, dest: &Path, opts: &ExtractOptions) -> Result<ExtractStats> {
-    let (mut ar, o) = open(archive, opts)?;
+    let (ar, o) = open(archive, opts)?;
+    extract_opened(archive, ar, o, dest, opts, || Ok(()))
+}
+
+/// [`extract_with`] of an archive read from `src` while it arrives (`pull --to` extracts
+/// as it downloads; `size`: the archive's, for the bar). Everything is written into a
+/// hidden staging folder; `gate` is called after the last entry and must return `Ok`
+/// before that folder is moved into place: the downloader's verdict on the archive's
+/// SHA-256. Any error, the gate's included, removes the staging folder.
+pub fn extract_stream(
+    archive: &Path,
+    src: impl Read + 'static,
+    size: Option<u64>,
+    dest: &Path,
+    opts: &ExtractOptions,
+    gate: impl FnOnce() -> Result<()>,
+) -> Result<ExtractStats> {
+    let (ar, o) = open_reader(archive, Box::new(src), size, opts)?;
+    extract_opened(archive, ar, o, dest, opts, gate)
+}
+
+fn extract_opened(
+    archive: &Path,
+    mut ar: Archive<Reader>,
+    o: Stream,
+    dest: &Path,
+    opts: &ExtractOptions,
+    gate: impl FnOnce() -> Result<()>,
+) -> Result<ExtractStats> {
     let staging = Staging::new(dest)?;
     let mut model = Model::new(opts);
     let mut u = Unpacker::new(&staging.temp, unsafe { libc::geteuid() } == 0)?;
@@ -426,6 +465,7 @@ pub fn extract_with(archive: &Path, dest: &Path, opts: &ExtractOptions) -> Resul
     .with_context(|| format!("extracting {what}"))?;
     drain(archive, ar, &o, &mut u.buf)?;
     u.finish_dirs()?;
+    gate()?;
     staging.commit()?;
     Ok(model.stats)
 }

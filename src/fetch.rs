@@ -177,18 +177,17 @@ async fn run_inner(
     let (manifest, identities) = fetch_manifest(cfg, &r, &archive, need_key).await?;
 
     let _lock = crate::lock::acquire(&cfg.local.dir, "pull", crate::lock::DEFAULT_WAIT)?;
-    let (path, downloaded) = place_locally(cfg, &r, &archive, only, &manifest, out).await?;
-
-    let mut extracted = None;
-    if let Some(to) = to {
+    let extract = to.map(|to| {
         let mut opts = crate::extract::ExtractOptions {
             identities,
             expected_recipients: manifest.recipient_fingerprints.clone(),
             ..Default::default()
         };
         opts.limit(Some(&manifest), cfg.max_extract_size);
-        extracted = Some(extract_into(&path, to, &opts, out)?);
-    }
+        (to, opts)
+    });
+    let placed = place_locally(cfg, &r, &archive, only, &manifest, extract, out).await?;
+    let (path, downloaded, extracted) = (placed.path, placed.downloaded, placed.extracted);
     writeln!(out, "{}", path.display())?;
     Ok(Pulled {
         id: manifest.id.clone(),
@@ -396,14 +395,27 @@ async fn check_identity_early(
 /// aside), otherwise it is downloaded under a partial name, checked against the manifest
 /// and renamed into place. Returns its path and whether anything was downloaded. The
 /// caller holds the folder lock.
+/// Where [`place_locally`] left the archive, and what it extracted (`--to`).
+struct Placed {
+    path: PathBuf,
+    /// False when an intact local copy was used.
+    downloaded: bool,
+    extracted: Option<ExtractedCounts>,
+}
+
+/// Make the archive a complete local copy in the backup folder (downloaded and checked
+/// unless an intact one is there) and, with `extract` (`--to DIR` and its options),
+/// extract it there: while it downloads when it is downloaded (see
+/// [`download_extracting`]), else from the local copy.
 async fn place_locally(
     cfg: &Config,
     r: &RemoteHandle,
     archive: &plan::RemoteArchive,
     only: Option<&str>,
     manifest: &Manifest,
+    extract: Option<(&Path, crate::extract::ExtractOptions)>,
     out: &mut dyn Write,
-) -> Result<(PathBuf, bool)> {
+) -> Result<Placed> {
     let dir = &cfg.local.dir;
     let file = &archive.name.file;
     let expected = manifest.sha256_bytes()?;
@@ -414,7 +426,18 @@ async fn place_locally(
     let Some(a) = existing else {
         let partial = dir.join(format!("{file}{PARTIAL}"));
         let _ = std::fs::remove_file(&partial);
-        if let Err(e) = download_checked(r, file, &partial, archive.size, manifest).await {
+        let (downloaded, extracted) = match extract {
+            None => (
+                download_checked(r, file, &partial, archive.size, manifest, None).await,
+                None,
+            ),
+            Some((to, opts)) => {
+                let (d, x) =
+                    download_extracting(r, file, &partial, archive.size, manifest, to, opts).await;
+                (d, Some((to, x)))
+            }
+        };
+        if let Err(e) = downloaded {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
@@ -431,7 +454,21 @@ async fn place_locally(
             "verified sha256 {} ({} bytes)",
             manifest.sha256, manifest.size
         )?;
-        return Ok((final_path, true));
+        // The archive is kept whatever the extraction did (as when it is extracted after).
+        let extracted = match extracted {
+            Some((to, x)) => {
+                let stats = x.with_context(|| {
+                    format!("extracting {} into {}", final_path.display(), to.display())
+                })?;
+                Some(say_extracted(stats, to, out)?)
+            }
+            None => None,
+        };
+        return Ok(Placed {
+            path: final_path,
+            downloaded: true,
+            extracted,
+        });
     };
     if crate::archive::sha256_file(&a.path)?.0 != expected {
         bail!(
@@ -446,7 +483,7 @@ async fn place_locally(
         // and checked (what a drill of that remote is for), then set aside: its bytes
         // are the local copy's, which is used.
         let check = dir.join(format!(".{file}.from-{}{PARTIAL}", r.name));
-        let res = download_checked(r, file, &check, archive.size, manifest).await;
+        let res = download_checked(r, file, &check, archive.size, manifest, None).await;
         let _ = std::fs::remove_file(&check);
         res?;
         writeln!(
@@ -466,7 +503,15 @@ async fn place_locally(
     if a.manifest.is_none() {
         fsutil::write_atomic(&a.manifest_path(), &manifest.to_json())?;
     }
-    Ok((a.path.clone(), downloaded))
+    let extracted = match extract {
+        Some((to, opts)) => Some(extract_into(&a.path, to, &opts, out)?),
+        None => None,
+    };
+    Ok(Placed {
+        path: a.path.clone(),
+        downloaded,
+        extracted,
+    })
 }
 
 /// The id and time of the newest complete local archive that `latest` may name: not a
@@ -491,13 +536,15 @@ async fn download_checked(
     dest: &Path,
     listed_size: Option<u64>,
     manifest: &Manifest,
+    on_written: Option<replicate::OnWritten<'_>>,
 ) -> Result<()> {
     // Big archives come in concurrent ranges (the listing gave the size).
     let bar = crate::progress::Progress::bytes(
         format!("{}: {}", r.name, manifest.id),
         listed_size.or(Some(manifest.size)),
     );
-    let res = replicate::download_sized_with(r, file, dest, listed_size, Some(&bar)).await;
+    let res =
+        replicate::download_sized_with(r, file, dest, listed_size, Some(&bar), on_written).await;
     bar.finish();
     let (got, size) = res?;
     if got != manifest.sha256_bytes()? || size != manifest.size {
@@ -555,6 +602,15 @@ fn extract_into(
 ) -> Result<ExtractedCounts> {
     let stats = crate::extract::extract_with(path, to, opts)
         .with_context(|| format!("extracting {} into {}", path.display(), to.display()))?;
+    say_extracted(stats, to, out)
+}
+
+/// Say what an extraction into `to` wrote.
+fn say_extracted(
+    stats: crate::extract::ExtractStats,
+    to: &Path,
+    out: &mut dyn Write,
+) -> Result<ExtractedCounts> {
     writeln!(
         out,
         "extracted {} files, {} folders, {} symlinks into {}",
@@ -622,4 +678,163 @@ fn check_destination(to: &Path) -> Result<()> {
                 probe_dir.display()
             )
         })
+}
+
+/// `pull --to` of an archive that must be downloaded: the download (into `partial`,
+/// checked against `manifest` as [`download_checked`] does) and the extraction into `to`
+/// run at once, the extraction reading the file as far as it is written without a gap
+/// (the ranges arrive out of order). The extraction works in a hidden staging folder and
+/// moves it into place only after the download's verdict: a copy whose size or SHA-256
+/// is not its manifest's never becomes visible, and its staging folder is removed.
+/// Returns the download's result and the extraction's.
+async fn download_extracting(
+    r: &RemoteHandle,
+    file: &str,
+    partial: &Path,
+    listed_size: Option<u64>,
+    manifest: &Manifest,
+    to: &Path,
+    opts: crate::extract::ExtractOptions,
+) -> (Result<()>, Result<crate::extract::ExtractStats>) {
+    let arrival = std::sync::Arc::new(Arrival::default());
+    let extraction = {
+        let reader = Growing {
+            arrival: arrival.clone(),
+            path: partial.to_path_buf(),
+            file: None,
+            pos: 0,
+        };
+        let (label, size, to, gate) = (
+            partial.with_file_name(file),
+            manifest.size,
+            to.to_path_buf(),
+            arrival.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::extract::extract_stream(&label, reader, Some(size), &to, &opts, || {
+                gate.verdict()
+            })
+        })
+    };
+    // Whatever happens here (an error, a cancelled future), the reader is told the end.
+    let ended = EndOnDrop(arrival.clone());
+    let written = |n: u64| arrival.written(n);
+    let downloaded =
+        download_checked(r, file, partial, listed_size, manifest, Some(&written)).await;
+    arrival.end(match &downloaded {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("{e:#}")),
+    });
+    drop(ended);
+    let extracted = match extraction.await {
+        Ok(x) => x,
+        Err(e) => Err(anyhow::anyhow!("the extraction stopped: {e}")),
+    };
+    (downloaded, extracted)
+}
+
+/// How far a download has written its file, and how it ended: shared by the download
+/// (which reports) and the extraction reading the file on another thread (which waits).
+#[derive(Default)]
+struct Arrival {
+    /// Bytes written from the start without a gap, and the download's verdict once known.
+    state: std::sync::Mutex<(u64, Option<std::result::Result<(), String>>)>,
+    changed: std::sync::Condvar,
+}
+
+impl Arrival {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Option<std::result::Result<(), String>>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn written(&self, n: u64) {
+        let mut s = self.lock();
+        s.0 = s.0.max(n);
+        self.changed.notify_all();
+    }
+
+    /// The download's verdict: `Ok` once the file is complete and its size and SHA-256
+    /// are the manifest's. The first verdict stands.
+    fn end(&self, verdict: std::result::Result<(), String>) {
+        let mut s = self.lock();
+        s.1.get_or_insert(verdict);
+        self.changed.notify_all();
+    }
+
+    /// Wait until more than `pos` bytes are written (`Some(written)`), or the download
+    /// ended with them all verified (`None`: the end of the archive), or failed.
+    fn wait_beyond(&self, pos: u64) -> std::io::Result<Option<u64>> {
+        let mut s = self.lock();
+        loop {
+            match &s.1 {
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!("the download failed: {e}")))
+                }
+                _ if s.0 > pos => return Ok(Some(s.0)),
+                Some(Ok(())) => return Ok(None),
+                None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// Wait for the download's verdict (the extraction's gate before its commit).
+    fn verdict(&self) -> Result<()> {
+        let mut s = self.lock();
+        loop {
+            match &s.1 {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => bail!("the download failed, nothing was extracted: {e}"),
+                None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+/// Tells the reader the download ended, if nothing else did (an early return, a panic).
+struct EndOnDrop(std::sync::Arc<Arrival>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end(Err("the download stopped".into()));
+    }
+}
+
+/// The file being downloaded, read in order as far as it is written, and ended only
+/// when the download's verdict is in (an error if it failed).
+struct Growing {
+    arrival: std::sync::Arc<Arrival>,
+    path: PathBuf,
+    /// Opened at the first read: the download creates the file.
+    file: Option<std::fs::File>,
+    pos: u64,
+}
+
+impl std::io::Read for Growing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let Some(written) = self.arrival.wait_beyond(self.pos)? else {
+            return Ok(0);
+        };
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(std::fs::File::open(&self.path)?),
+        };
+        let want = (written - self.pos).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} ends at {} bytes, but {written} were written",
+                    self.path.display(),
+                    self.pos
+                ),
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }

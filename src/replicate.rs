@@ -870,7 +870,7 @@ async fn read_part(path: PathBuf, offset: u64, len: u64) -> Result<(Bytes, [u8; 
 /// Download `key` into `dest` (created 0600, must not exist), hashing as it goes.
 /// Returns the sha256 and size of what was written; the caller compares.
 pub async fn download(r: &RemoteHandle, key: &str, dest: &Path) -> Result<([u8; 32], u64)> {
-    download_progress(r, key, dest, None).await
+    download_progress(r, key, dest, None, None).await
 }
 
 async fn download_progress(
@@ -878,6 +878,7 @@ async fn download_progress(
     key: &str,
     dest: &Path,
     progress: Option<&crate::progress::Progress>,
+    on_written: Option<OnWritten<'_>>,
 ) -> Result<([u8; 32], u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let std_file = std::fs::OpenOptions::new()
@@ -909,6 +910,9 @@ async fn download_progress(
     }
     out.flush().await?;
     out.get_mut().sync_all().await?;
+    if let Some(w) = on_written {
+        w(n);
+    }
     Ok((hasher.finalize().into(), n))
 }
 
@@ -928,23 +932,38 @@ pub async fn download_sized(
     dest: &Path,
     size: Option<u64>,
 ) -> Result<([u8; 32], u64)> {
-    download_sized_with(r, key, dest, size, None).await
+    download_sized_with(r, key, dest, size, None, None).await
 }
 
-/// [`download_sized`], counting the bytes received on `progress`.
+/// Called with the number of bytes at the start of the file that are written (all of
+/// them, in order, with no gap): a reader may read that far while the rest arrives.
+pub type OnWritten<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// [`download_sized`], counting the bytes received on `progress` and telling
+/// `on_written` how far the file is written without a gap (after each range in order;
+/// once at the end for an archive fetched as one stream).
 pub async fn download_sized_with(
     r: &RemoteHandle,
     key: &str,
     dest: &Path,
     size: Option<u64>,
     progress: Option<&crate::progress::Progress>,
+    on_written: Option<OnWritten<'_>>,
 ) -> Result<([u8; 32], u64)> {
     match size {
         Some(size) if size > RANGE_SIZE => {
-            download_ranges_progress(r, key, dest, size, RANGE_SIZE, RANGE_CONCURRENCY, progress)
-                .await
+            download_ranges_progress(
+                r,
+                key,
+                dest,
+                size,
+                (RANGE_SIZE, RANGE_CONCURRENCY),
+                progress,
+                on_written,
+            )
+            .await
         }
-        _ => download_progress(r, key, dest, progress).await,
+        _ => download_progress(r, key, dest, progress, on_written).await,
     }
 }
 
@@ -979,7 +998,7 @@ pub async fn download_ranges(
     range_size: u64,
     concurrency: usize,
 ) -> Result<([u8; 32], u64)> {
-    download_ranges_progress(r, key, dest, size, range_size, concurrency, None).await
+    download_ranges_progress(r, key, dest, size, (range_size, concurrency), None, None).await
 }
 
 async fn download_ranges_progress(
@@ -987,9 +1006,9 @@ async fn download_ranges_progress(
     key: &str,
     dest: &Path,
     size: u64,
-    range_size: u64,
-    concurrency: usize,
+    (range_size, concurrency): (u64, usize),
     progress: Option<&crate::progress::Progress>,
+    on_written: Option<OnWritten<'_>>,
 ) -> Result<([u8; 32], u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -1025,6 +1044,10 @@ async fn download_ranges_progress(
         total += got;
         if let Some(p) = progress {
             p.inc(got);
+        }
+        // This range is written at its offset, and every range before it.
+        if let Some(w) = on_written {
+            w(total);
         }
         hasher = tokio::task::spawn_blocking(move || {
             for c in &chunks {

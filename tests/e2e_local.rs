@@ -545,3 +545,79 @@ fn pull_uses_the_intact_local_archive_and_from_forces_the_remote() {
     );
     pulled(&[], "out-local-again");
 }
+
+/// `pull --to` of an archive only a remote holds extracts while it downloads (the
+/// extraction follows the ranges as they land), but nothing appears in the destination
+/// before the downloaded bytes match the manifest. An archive swapped on the remote for
+/// another complete, valid archive — which extracts without a single error — is refused
+/// at the end (exit 4): its extraction is removed, the destination stays empty, and no
+/// partial download is left.
+#[test]
+fn pull_to_extracts_while_downloading_but_shows_nothing_before_the_hash_matches() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    env.write_config("");
+    // Bigger than two download ranges (16 MiB each) and incompressible.
+    let bigs = [support::noise(40 << 20, 1), support::noise(36 << 20, 2)];
+    let mut ids = Vec::new();
+    for (i, big) in bigs.iter().enumerate() {
+        if i > 0 {
+            // Archive names have a one-second resolution.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        std::fs::write(env.path("src/a.txt"), format!("archive {i}\n")).unwrap();
+        std::fs::write(env.path("src/big.bin"), big).unwrap();
+        ids.push(backup_id(&env));
+    }
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Only the remote copies are left (the local ones may be filed in tier folders).
+    for p in support::files_under(&env.backups()) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if ids.iter().any(|id| name.contains(id.as_str())) {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let remote_copy = |id: &str| {
+        std::fs::read_dir(env.remote())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.contains(id) && n.ends_with(".tar.gz")
+            })
+            .expect("the remote copy")
+    };
+
+    // An intact one: downloaded, extracted as it came, byte-identical.
+    let ok = env.path("out-ok");
+    let o = env.run(&["pull", &ids[1], "--to", ok.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let big = support::find_file(&ok, "big.bin").expect("big.bin restored");
+    assert!(std::fs::read(&big).unwrap() == bigs[1], "big.bin differs");
+    let a = support::find_file(&ok, "a.txt").expect("a.txt restored");
+    assert_eq!(std::fs::read_to_string(a).unwrap(), "archive 1\n");
+
+    // The first archive's remote copy replaced by the second's bytes.
+    std::fs::copy(remote_copy(&ids[1]), remote_copy(&ids[0])).unwrap();
+    let bad = env.path("out-bad");
+    let o = env.run(&["pull", &ids[0], "--to", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("is corrupt"), "{}", text(&o));
+    assert!(
+        names_in(&bad).is_empty(),
+        "nothing extracted: {:?}",
+        names_in(&bad)
+    );
+    let stray: Vec<String> = names_in(&env.path(""))
+        .into_iter()
+        .chain(
+            support::files_under(&env.backups())
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned()),
+        )
+        .filter(|n| n.starts_with(".pronto-extract-") || n.contains(ids[0].as_str()))
+        .collect();
+    assert!(stray.is_empty(), "left behind: {stray:?}");
+}

@@ -597,10 +597,6 @@ fn gs_push_proves_the_upload_by_crc32c_or_reads_it_back() {
         std::fs::write(env.config(), format!("{STATIC_SITE}{remote}")).unwrap();
         env
     };
-    let archive_get = |file: &str| {
-        let file = file.to_string();
-        move |r: &proxy::Seen| r.method == "GET" && unescape(&r.target).ends_with(&file)
-    };
     // GCS's answer to a HEAD of `file`: its size, and `crc` as x-goog-hash.
     let answer_heads = |file: &str, size: u64, crc: u32| {
         let b64 = base64(&crc.to_be_bytes());
@@ -622,19 +618,7 @@ fn gs_push_proves_the_upload_by_crc32c_or_reads_it_back() {
     let env = gs_env(&bucket);
     let id = backup(&env);
     let file = format!("pronto-app-backup-{id}.tar.gz");
-    let o = run(bin(&env), &["-v", "push"]);
-    assert!(o.status.success(), "push: {}", text(&o));
-    assert!(
-        text(&o).contains(&format!("{file} verified by reading it back")),
-        "{}",
-        text(&o)
-    );
-    let gets = proxy
-        .seen()
-        .iter()
-        .filter(|r| archive_get(&file)(r))
-        .count();
-    assert_eq!(gets, 1, "the archive is read back once");
+    pushed_and_read_back_once(bin(&env), &proxy, &file);
     assert!(ls
         .keys(&bucket)
         .contains(&format!("prod/{file}.manifest.json")));
@@ -660,7 +644,7 @@ fn gs_push_proves_the_upload_by_crc32c_or_reads_it_back() {
         proxy
             .seen()
             .iter()
-            .filter(|r| archive_get(&file)(r))
+            .filter(|r| r.method == "GET" && unescape(&r.target).ends_with(&file))
             .count(),
         0,
         "nothing is read back"
@@ -694,6 +678,24 @@ fn gs_push_proves_the_upload_by_crc32c_or_reads_it_back() {
         "{:?}",
         ls.keys(&bucket)
     );
+}
+
+/// `push -v` through `c` succeeds and says `file` was verified by reading it back, and
+/// the proxy saw exactly one GET of it.
+fn pushed_and_read_back_once(c: Command, proxy: &proxy::Proxy, file: &str) {
+    let o = run(c, &["-v", "push"]);
+    assert!(o.status.success(), "push: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{file} verified by reading it back")),
+        "{}",
+        text(&o)
+    );
+    let gets = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.method == "GET" && unescape(&r.target).ends_with(file))
+        .count();
+    assert_eq!(gets, 1, "the archive is read back once");
 }
 
 /// A request target with its `%XX` escapes decoded (object_store's GCS client escapes
@@ -730,19 +732,7 @@ fn s3_without_a_store_checksum_is_read_back_not_trusted_by_its_metadata() {
     let env = s3_env(&proxy.endpoint(), &bucket, "checksum = \"md5\"\n", 0);
     let id = backup(&env);
     let file = format!("pronto-app-backup-{id}.tar.gz");
-    let o = run(with_env_keys(bin(&env)), &["-v", "push"]);
-    assert!(o.status.success(), "push: {}", text(&o));
-    assert!(
-        text(&o).contains(&format!("{file} verified by reading it back")),
-        "{}",
-        text(&o)
-    );
-    let gets = proxy
-        .seen()
-        .iter()
-        .filter(|r| r.method == "GET" && unescape(&r.target).ends_with(&file))
-        .count();
-    assert_eq!(gets, 1, "the archive is read back once");
+    pushed_and_read_back_once(with_env_keys(bin(&env)), &proxy, &file);
     // The metadata was written all the same (`list` and `verify` report it).
     let head = proxy.seen().iter().any(|r| {
         r.method == "PUT"

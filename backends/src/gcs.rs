@@ -218,18 +218,14 @@ fn versioning_probe(
             let fail = |e: &dyn fmt::Display| {
                 BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
             };
-            let mut req = http::Request::builder().method(http::Method::GET).uri(&uri);
-            if !anonymous {
-                let cred = store.credentials().get_credential().await.map_err(|e| {
-                    BackendError::Auth(redactor.redact(&format!("{url}: {what}: {e}")))
-                })?;
-                if !cred.bearer.is_empty() {
-                    req = req.header("Authorization", format!("Bearer {}", cred.bearer));
-                }
-            }
-            let req = req
-                .body(object_store::client::HttpRequestBody::empty())
-                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            let req = request(
+                &store,
+                anonymous,
+                http::Method::GET,
+                &uri,
+                (&redactor, &url, what),
+            )
+            .await?;
             let resp = client.execute(req).await.map_err(|e| fail(&e))?;
             let status = resp.status().as_u16();
             let body = resp.into_body().bytes().await.map_err(|e| fail(&e))?;
@@ -246,6 +242,31 @@ fn versioning_probe(
             versioning_of(&body).map_err(|e| fail(&e))
         })
     }))
+}
+
+/// A request without a body to `uri` with the store's bearer token (none when
+/// `anonymous`), for the calls object_store's client does not make. `ctx`: the redactor,
+/// the remote's URL and the step, for errors.
+async fn request(
+    store: &GoogleCloudStorage,
+    anonymous: bool,
+    method: http::Method,
+    uri: &str,
+    (redactor, url, what): (&Redactor, &str, &str),
+) -> Result<http::Request<object_store::client::HttpRequestBody>> {
+    let mut req = http::Request::builder().method(method).uri(uri);
+    if !anonymous {
+        let cred = store
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| BackendError::Auth(redactor.redact(&format!("{url}: {what}: {e}"))))?;
+        if !cred.bearer.is_empty() {
+            req = req.header("Authorization", format!("Bearer {}", cred.bearer));
+        }
+    }
+    req.body(object_store::client::HttpRequestBody::empty())
+        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))
 }
 
 /// HEAD of the object on the XML API (object_store's head does not return the header):
@@ -280,38 +301,22 @@ fn checksum_probe(
         Box::pin(async move {
             let (base, redactor, url) = &*ctx;
             let what = format!("read the checksum the store computed for {path}");
-            let mut u = url::Url::parse(base)
-                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-            u.path_segments_mut()
-                .map_err(|()| BackendError::Permanent(format!("{url}: {what}: not a base URL")))?
-                .pop_if_empty()
-                .extend(path.split('/'));
-            let mut req = http::Request::builder()
-                .method(http::Method::HEAD)
-                .uri(u.as_str());
-            if !anonymous {
-                let cred = store.credentials().get_credential().await.map_err(|e| {
-                    BackendError::Auth(redactor.redact(&format!("{url}: {what}: {e}")))
-                })?;
-                if !cred.bearer.is_empty() {
-                    req = req.header("Authorization", format!("Bearer {}", cred.bearer));
-                }
-            }
-            let req = req
-                .body(object_store::client::HttpRequestBody::empty())
-                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+            let u = objstore::object_url(base, &path, url, &what)?;
+            let req = request(
+                &store,
+                anonymous,
+                http::Method::HEAD,
+                u.as_str(),
+                (redactor, url, &what),
+            )
+            .await?;
             let resp = client.execute(req).await.map_err(|e| {
                 BackendError::transient(redactor.redact(&format!("{url}: {what}: {e}")))
             })?;
             let status = resp.status().as_u16();
             if !(200..300).contains(&status) {
                 let msg = redactor.redact(&format!("{url}: {what}: HTTP {status}"));
-                return Err(match status {
-                    404 => BackendError::NotFound(msg),
-                    401 | 403 => BackendError::Auth(msg),
-                    408 | 429 | 500..=599 => BackendError::transient(msg),
-                    _ => BackendError::Permanent(msg),
-                });
+                return Err(objstore::status_error(status, msg));
             }
             let hashes: Vec<&str> = resp
                 .headers()

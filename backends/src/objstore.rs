@@ -698,6 +698,30 @@ pub(crate) use delegate_backend;
 
 /// Keys are `/`-separated, with no empty, `.` or `..` components and no control characters
 /// (object_store's rules; S3 itself would take more).
+/// The URL of object `path` under the bucket URL `base`, each path segment escaped (for
+/// the requests object_store cannot make: the store-checksum HEADs). `url` and `what`
+/// name the remote and the step in an error.
+pub(crate) fn object_url(base: &str, path: &str, url: &str, what: &str) -> Result<url::Url> {
+    let mut u = url::Url::parse(base)
+        .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
+    u.path_segments_mut()
+        .map_err(|()| BackendError::Permanent(format!("{url}: {what}: not a base URL")))?
+        .pop_if_empty()
+        .extend(path.split('/'));
+    Ok(u)
+}
+
+/// The error of a request we made ourselves that answered `status` (not 2xx): a missing
+/// object, refused credentials, a transient failure worth a retry, else permanent.
+pub(crate) fn status_error(status: u16, msg: String) -> BackendError {
+    match status {
+        404 => BackendError::NotFound(msg),
+        401 | 403 => BackendError::Auth(msg),
+        408 | 429 | 500..=599 => BackendError::transient(msg),
+        _ => BackendError::Permanent(msg),
+    }
+}
+
 pub fn check_key(key: &str) -> Result<()> {
     crate::check_key_with(key, |_, comp| check_component(comp))
 }

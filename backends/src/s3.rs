@@ -387,12 +387,7 @@ fn checksum_probe(
         Box::pin(async move {
             let (base, region, redactor, url) = &*ctx;
             let what = format!("read the checksum the store computed for {path}");
-            let mut u = url::Url::parse(base)
-                .map_err(|e| BackendError::Permanent(format!("{url}: {what}: {e}")))?;
-            u.path_segments_mut()
-                .map_err(|()| BackendError::Permanent(format!("{url}: {what}: not a base URL")))?
-                .pop_if_empty()
-                .extend(path.split('/'));
+            let u = objstore::object_url(base, &path, url, &what)?;
             let (status, headers, _) = signed_request(
                 &client,
                 &credentials,
@@ -407,12 +402,7 @@ fn checksum_probe(
             .await?;
             if !(200..300).contains(&status) {
                 let msg = redactor.redact(&format!("{url}: {what}: HTTP {status}"));
-                return Err(match status {
-                    404 => BackendError::NotFound(msg),
-                    401 | 403 => BackendError::Auth(msg),
-                    408 | 429 | 500..=599 => BackendError::transient(msg),
-                    _ => BackendError::Permanent(msg),
-                });
+                return Err(objstore::status_error(status, msg));
             }
             let Some(v) = headers
                 .get("x-amz-checksum-sha256")

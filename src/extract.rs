@@ -1372,4 +1372,593 @@ mod tests {
         assert_eq!(fs::read(dest.join("f")).unwrap(), b"x");
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
+
+    // ---- added for the mutation check (issue 21) ----
+
+    use std::os::unix::fs::MetadataExt;
+
+    use tar::Header;
+
+    const MTIME: u64 = 1_000_000_000;
+
+    /// A tar built header by header (the tar crate's own path checks cannot stop a
+    /// hostile name), written gzipped.
+    struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        fn new() -> Tar {
+            Tar(tar::Builder::new(Vec::new()))
+        }
+
+        fn header(kind: EntryType, path: &str, link: &str, size: u64) -> Header {
+            let mut h = Header::new_gnu();
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(if kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_mtime(MTIME);
+            h
+        }
+
+        fn add(mut self, mut h: Header, data: &[u8]) -> Tar {
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        fn file(self, path: &str, data: &[u8]) -> Tar {
+            let h = Tar::header(EntryType::Regular, path, "", data.len() as u64);
+            self.add(h, data)
+        }
+
+        fn dir(self, path: &str) -> Tar {
+            let h = Tar::header(EntryType::Directory, path, "", 0);
+            self.add(h, b"")
+        }
+
+        fn symlink(self, path: &str, target: &str) -> Tar {
+            let h = Tar::header(EntryType::Symlink, path, target, 0);
+            self.add(h, b"")
+        }
+
+        /// A pax extended header: its records apply to the next entry.
+        fn pax(self, records: &[(&str, &str)]) -> Tar {
+            let mut body = Vec::new();
+            for (k, v) in records {
+                let rest = format!(" {k}={v}\n");
+                let mut len = rest.len() + 1;
+                while len.to_string().len() + rest.len() != len {
+                    len += 1;
+                }
+                body.extend_from_slice(format!("{len}{rest}").as_bytes());
+            }
+            let h = Tar::header(EntryType::XHeader, "PaxHeaders/x", "", body.len() as u64);
+            self.add(h, &body)
+        }
+
+        fn write_to(self, at: &Path) {
+            let tar = self.0.into_inner().unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar).unwrap();
+            fs::write(at, gz.finish().unwrap()).unwrap();
+        }
+    }
+
+    /// The error of extracting `archive` into a new folder, after checking that nothing
+    /// was created there.
+    fn extract_error(archive: &Path, opts: &ExtractOptions) -> anyhow::Error {
+        let dest = archive.with_extension("out");
+        let e = extract_with(archive, &dest, opts).expect_err("extracted");
+        assert!(!dest.exists(), "{} was created", dest.display());
+        let parent = archive.parent().unwrap();
+        let left: Vec<_> = fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(STAGING_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+        e
+    }
+
+    fn code(e: &anyhow::Error) -> i32 {
+        crate::error::Exit::of(e).code()
+    }
+
+    #[test]
+    fn pax_times_keep_fractions_and_dates_before_1970() {
+        assert_eq!(parse_pax_time(b"1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.25"),
+            Some((1_700_000_000, 250_000_000))
+        );
+        assert_eq!(parse_pax_time(b"12.000"), Some((12, 0)));
+        // Nanoseconds at most; further digits are dropped.
+        assert_eq!(parse_pax_time(b"1.123456789987"), Some((1, 123_456_789)));
+        // Before 1970: -1.25 is 1.25 s before the epoch, -2 s + 0.75 s.
+        assert_eq!(parse_pax_time(b"-3"), Some((-3, 0)));
+        assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_pax_time(b"-0.5"), Some((-1, 500_000_000)));
+        assert_eq!(parse_pax_time(b"soon"), None);
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    fn manifest_of(bytes: &[u64]) -> crate::manifest::Manifest {
+        let sources: Vec<String> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                format!(
+                    r#"{{"name":"s{i}","section":"static_content","archive_path":"static_content/s{i}",
+                    "origin":"/srv/s{i}","files":1,"dirs":1,"symlinks":0,"bytes":{b}}}"#
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"format":1,"id":"20260101-000000","file":"p-20260101-000000.tar.gz",
+            "created":"2026-01-01T00:00:00Z","size":10,"sha256":"{}","compression":"gzip",
+            "encryption":"none","host":"h","tool_version":"0","sources":[{}]}}"#,
+            "0".repeat(64),
+            sources.join(",")
+        );
+        crate::manifest::Manifest::from_json(json.as_bytes(), "test").unwrap()
+    }
+
+    #[test]
+    fn the_bound_is_the_manifests_content_with_a_margin_or_a_smaller_configured_size() {
+        let m = manifest_of(&[1600, 0, 3200]);
+        // 4800 bytes of sources, plus a sixteenth (300) and 16 MiB.
+        let from_manifest = 4800 + 300 + (16 << 20);
+        assert_eq!(content_limit(&m), from_manifest);
+        let bound = |manifest: Option<&crate::manifest::Manifest>, configured| {
+            let mut o = ExtractOptions::default();
+            o.limit(manifest, configured);
+            (o.max_bytes, o.max_bytes_configured)
+        };
+        assert_eq!(bound(Some(&m), None), (Some(from_manifest), false));
+        assert_eq!(
+            bound(Some(&m), Some(from_manifest - 1)),
+            (Some(from_manifest - 1), true)
+        );
+        // The configured size wins only when smaller: a tie is the manifest's bound.
+        assert_eq!(
+            bound(Some(&m), Some(from_manifest)),
+            (Some(from_manifest), false)
+        );
+        assert_eq!(
+            bound(Some(&m), Some(from_manifest + 1)),
+            (Some(from_manifest), false)
+        );
+        assert_eq!(bound(None, Some(5)), (Some(5), true));
+        assert_eq!(bound(None, None), (None, false));
+    }
+
+    #[test]
+    fn the_bound_admits_exactly_its_size_and_stops_before_one_byte_more() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        Tar::new()
+            .file("a", b"abc")
+            .file("b", b"defg")
+            .write_to(&archive);
+        let opts = |max, configured| ExtractOptions {
+            max_bytes: Some(max),
+            max_bytes_configured: configured,
+            ..Default::default()
+        };
+        let dest = tmp.path().join("exact");
+        let st = extract_with(&archive, &dest, &opts(7, true)).unwrap();
+        assert_eq!((st.files, st.bytes), (2, 7));
+        assert_eq!(fs::read(dest.join("b")).unwrap(), b"defg");
+
+        for (configured, why) in [
+            (true, "max_extract_size"),
+            (false, "more than the archive's manifest declares"),
+        ] {
+            let e = extract_error(&archive, &opts(6, configured));
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("refusing entry 'b': it would take the extracted data past 6 bytes"),
+                "{msg}"
+            );
+            assert!(msg.contains(why), "{msg}");
+            // A limit, not a damaged or hostile archive.
+            assert_eq!(code(&e), 1, "{msg}");
+        }
+        // The bound is on what is written: reading the archive is not bounded by it.
+        let st = check_readable(&archive).unwrap();
+        assert_eq!(st.bytes, 7);
+    }
+
+    #[test]
+    fn an_empty_file_or_another_format_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = tmp.path().join("empty.tar.gz");
+        fs::write(&empty, b"").unwrap();
+        let text = tmp.path().join("text.tar.gz");
+        fs::write(&text, b"hello, world").unwrap();
+        for (file, needle) in [
+            (&empty, "empty, not an archive"),
+            (&text, "neither gzip nor zstd (it starts with 68656c6c)"),
+        ] {
+            let e = check_readable(file).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{e:#}");
+            assert_eq!(code(&e), 4);
+            let e = extract_error(file, &ExtractOptions::default());
+            assert!(format!("{e:#}").contains(needle), "{e:#}");
+            assert_eq!(code(&e), 4);
+        }
+    }
+
+    #[test]
+    fn a_refused_entry_in_a_sound_stream_is_not_called_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        Tar::new()
+            .file("ok", b"x")
+            .file("../escape", b"y")
+            .write_to(&archive);
+        let e = check_readable(&archive).unwrap_err();
+        let e2 = extract_error(&archive, &ExtractOptions::default());
+        for e in [e, e2] {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("refusing entry '../escape': path contains a '..' component"),
+                "{msg}"
+            );
+            assert!(!msg.contains("damaged"), "{msg}");
+            assert_eq!(code(&e), 4);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_file_is_a_damaged_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Incompressible content, so that a cut in the gzip stream falls inside it.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let whole = tmp.path().join("whole.tar.gz");
+        Tar::new().file("big", &noise).write_to(&whole);
+        let bytes = fs::read(&whole).unwrap();
+        let cut = tmp.path().join("cut.tar.gz");
+        fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = extract_error(&cut, &ExtractOptions::default());
+        let msg = format!("{e:#}");
+        assert!(msg.contains("damaged or truncated"), "{msg}");
+        assert_eq!(code(&e), 4, "{msg}");
+        let e = check_readable(&cut).unwrap_err();
+        assert_eq!(code(&e), 4, "{e:#}");
+    }
+
+    #[test]
+    fn a_file_named_as_the_destination_or_a_symlink_to_nothing_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                Tar::new().file("./", b"lost"),
+                "refusing entry './': empty path",
+            ),
+            (
+                Tar::new().symlink("l", ""),
+                "refusing entry 'l': symlink without a target",
+            ),
+            // An empty pax `linkpath` over the header's target.
+            (
+                Tar::new().pax(&[("linkpath", "")]).symlink("m", "x"),
+                "refusing entry 'm': symlink without a target",
+            ),
+            (
+                Tar::new().file("x", b"f").dir("x/"),
+                "refusing entry 'x/': a file or symlink of the same name was already extracted",
+            ),
+            (
+                Tar::new().symlink("y", "/tmp").dir("y"),
+                "refusing entry 'y': a file or symlink of the same name was already extracted",
+            ),
+        ];
+        for (i, (tar, needle)) in cases.into_iter().enumerate() {
+            let archive = tmp.path().join(format!("{i}.tar.gz"));
+            tar.write_to(&archive);
+            let e = check_readable(&archive).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{e:#}");
+            assert_eq!(code(&e), 4);
+            let e = extract_error(&archive, &ExtractOptions::default());
+            assert!(format!("{e:#}").contains(needle), "{e:#}");
+            assert_eq!(code(&e), 4);
+        }
+    }
+
+    #[test]
+    fn the_archive_root_is_the_destination_and_a_later_entry_replaces_an_earlier_one() {
+        // What `tar -r` (append) makes, and what tar itself extracts as the last one.
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        Tar::new()
+            // The archive's own folder, as `tar -C folder .` writes it: the destination.
+            .dir("./")
+            .file("f", b"old")
+            .file("f", b"new")
+            .symlink("l", "f")
+            .file("l", b"now a file")
+            .file("m", b"was a file")
+            .symlink("m", "f")
+            .write_to(&archive);
+        let dest = tmp.path().join("out");
+        let st = extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
+        assert_eq!(fs::read(dest.join("f")).unwrap(), b"new");
+        assert!(fs::symlink_metadata(dest.join("l")).unwrap().is_file());
+        assert_eq!(fs::read(dest.join("l")).unwrap(), b"now a file");
+        assert_eq!(fs::read_link(dest.join("m")).unwrap(), Path::new("f"));
+        assert_eq!((st.files, st.symlinks, st.dirs), (4, 2, 0));
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn as_root_owners_come_from_names_first_then_numbers_pax_records_included() {
+        if unsafe { libc::geteuid() } != 0 {
+            // Owners are restored only by root (as tar does).
+            return;
+        }
+        let nobody = crate::owners::uid_of_name(b"nobody").expect("a user nobody here");
+        let nogroup = crate::owners::gid_of_name(b"nogroup")
+            .or_else(|| crate::owners::gid_of_name(b"nobody"))
+            .expect("a group nogroup or nobody here");
+        let group_name = if crate::owners::gid_of_name(b"nogroup").is_some() {
+            "nogroup"
+        } else {
+            "nobody"
+        };
+        let owned = |path: &str, uid: u64, gid: u64, uname: &str, gname: &str| {
+            let mut h = Tar::header(EntryType::Regular, path, "", 1);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h.set_username(uname).unwrap();
+            h.set_groupname(gname).unwrap();
+            h
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        Tar::new()
+            // Names that exist here win over the numbers.
+            .add(owned("named", 4321, 4322, "nobody", group_name), b"1")
+            // Names unknown here: the numbers.
+            .add(
+                owned("numbered", 4321, 4322, "no-such-user-x", "no-such-group-x"),
+                b"2",
+            )
+            // pax records win over the header: numbers...
+            .pax(&[("uid", "123456789"), ("gid", "23456789")])
+            .add(owned("pax-numbered", 1, 1, "", ""), b"3")
+            // ... and names.
+            .pax(&[("uname", "nobody"), ("gname", group_name)])
+            .add(owned("pax-named", 4321, 4322, "", ""), b"4")
+            .write_to(&archive);
+        let dest = tmp.path().join("out");
+        extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
+        let owner = |name: &str| {
+            let m = fs::symlink_metadata(dest.join(name)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("named"), (nobody, nogroup));
+        assert_eq!(owner("numbered"), (4321, 4322));
+        assert_eq!(owner("pax-numbered"), (123_456_789, 23_456_789));
+        assert_eq!(owner("pax-named"), (nobody, nogroup));
+    }
+
+    /// Hands out `data` in pieces of at most `piece` bytes, each after an `Interrupted`
+    /// error (a signal arriving during the read); with `fail_first`, the first read fails.
+    struct Jumpy<'a> {
+        data: &'a [u8],
+        piece: usize,
+        interrupt: bool,
+        fail_first: bool,
+    }
+
+    impl Read for Jumpy<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if std::mem::take(&mut self.fail_first) {
+                return Err(io::Error::other("the disk is on fire"));
+            }
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.piece).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried_and_a_failed_one_is_an_error() {
+        let mut data = vec![0u8; 3 * 4096];
+        data.extend((0..10_000u32).map(|i| (i % 251) as u8 + 1));
+        data.extend([0u8; 4096]);
+        let jumpy = |fail_first| Jumpy {
+            data: &data,
+            piece: 4096,
+            interrupt: false,
+            fail_first,
+        };
+        let mut buf = vec![0u8; 8192];
+
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_to(&mut jumpy(false), &mut out, &mut buf).unwrap(),
+            data.len() as u64
+        );
+        assert_eq!(out, data);
+        let e = copy_to(&mut jumpy(true), &mut Vec::new(), &mut buf).unwrap_err();
+        assert_eq!(e.to_string(), "the disk is on fire");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(tmp.path().join("f"))
+            .unwrap();
+        assert_eq!(
+            copy_sparse(&mut jumpy(false), &file, &mut buf).unwrap(),
+            data.len() as u64
+        );
+        assert_eq!(fs::read(tmp.path().join("f")).unwrap(), data);
+        let e = copy_sparse(&mut jumpy(true), &file, &mut buf).unwrap_err();
+        assert_eq!(e.to_string(), "the disk is on fire");
+    }
+
+    #[test]
+    fn a_sparse_entry_comes_back_with_its_holes_and_its_data() {
+        const SIZE: u64 = 8 << 20;
+        let mut h = Tar::header(EntryType::GNUSparse, "holey", "", 2 * 4096);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(SIZE);
+        gnu.sparse[0].set_offset(0);
+        gnu.sparse[0].set_length(4096);
+        gnu.sparse[1].set_offset(SIZE - 4096);
+        gnu.sparse[1].set_length(4096);
+        let mut data = vec![b'A'; 4096];
+        data.extend([b'Z'; 4096]);
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        Tar::new().add(h, &data).write_to(&archive);
+        let dest = tmp.path().join("out");
+        let st = extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
+        assert_eq!((st.files, st.bytes), (1, SIZE));
+        let restored = dest.join("holey");
+        let content = fs::read(&restored).unwrap();
+        assert_eq!(content.len() as u64, SIZE);
+        assert!(content[..4096].iter().all(|b| *b == b'A'));
+        assert!(content[4096..SIZE as usize - 4096].iter().all(|b| *b == 0));
+        assert!(content[SIZE as usize - 4096..].iter().all(|b| *b == b'Z'));
+        // The 8 MiB file takes its two data blocks on disk, not 8 MiB.
+        let on_disk = fs::metadata(&restored).unwrap().blocks() * 512;
+        assert!(on_disk < 1 << 20, "{on_disk} bytes on disk");
+    }
+
+    #[test]
+    fn each_extraction_stages_in_its_own_recognisable_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Staging::new(&tmp.path().join("a")).unwrap();
+        let b = Staging::new(&tmp.path().join("b")).unwrap();
+        assert_ne!(a.temp, b.temp);
+        for s in [&a, &b] {
+            assert_eq!(s.temp.parent(), Some(tmp.path()));
+            let name = s.temp.file_name().unwrap().to_string_lossy().into_owned();
+            // A stray one (a killed restore) is recognised by its name.
+            assert!(name.starts_with(STAGING_PREFIX), "{name}");
+            assert!(s.temp.is_dir());
+        }
+    }
+
+    /// Runs `f` on a thread of its own without any effective capability: as root, file
+    /// permissions then apply and device nodes cannot be made, as for an ordinary user
+    /// (capabilities are per thread on Linux; the thread ends with `f`).
+    fn as_ordinary_user<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct CapData {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // _LINUX_CAPABILITY_VERSION_3: two 32-bit words of each set.
+                let mut h = CapHeader {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
+                let mut d = [CapData::default(); 2];
+                let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+                assert_eq!(r, 0, "capget: {}", io::Error::last_os_error());
+                for w in &mut d {
+                    w.effective = 0;
+                }
+                let r = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
+                assert_eq!(r, 0, "capset: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_staging_folder_with_read_only_folders_inside_is_removed_all_the_same() {
+        as_ordinary_user(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let s = Staging::new(&tmp.path().join("new")).unwrap();
+            let temp = s.temp.clone();
+            // A folder whose mode was applied (0o555 in the archive) before a later
+            // failure: its file cannot be removed until the folder is writable again.
+            fs::create_dir_all(temp.join("ro/deeper")).unwrap();
+            fs::write(temp.join("ro/deeper/f"), "x").unwrap();
+            for d in ["ro/deeper", "ro"] {
+                fs::set_permissions(temp.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+            }
+            assert!(
+                fs::remove_dir_all(&temp).is_err(),
+                "permissions do not apply"
+            );
+            drop(s);
+            let left = temp.exists();
+            if left {
+                // Let the tempdir go all the same.
+                let _ = std::process::Command::new("chmod")
+                    .arg("-R")
+                    .arg("u+w")
+                    .arg(&temp)
+                    .status();
+            }
+            assert!(!left, "the staging folder was left behind");
+        });
+    }
+
+    #[test]
+    fn without_the_privilege_device_nodes_are_skipped_and_their_names_free() {
+        as_ordinary_user(|| {
+            let node = |kind, path: &str, major, minor| {
+                let mut h = Tar::header(kind, path, "", 0);
+                h.set_device_major(major).unwrap();
+                h.set_device_minor(minor).unwrap();
+                h
+            };
+            let tmp = tempfile::tempdir().unwrap();
+            let archive = tmp.path().join("a.tar.gz");
+            Tar::new()
+                .add(Tar::header(EntryType::Fifo, "pipe", "", 0), b"")
+                .add(node(EntryType::Char, "null", 1, 3), b"")
+                .add(node(EntryType::Block, "loop", 7, 0), b"")
+                // A later entry of the name of a node that was skipped.
+                .file("loop", b"a file now")
+                .write_to(&archive);
+            let dest = tmp.path().join("out");
+            extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
+            use std::os::unix::fs::FileTypeExt;
+            assert!(fs::symlink_metadata(dest.join("pipe"))
+                .unwrap()
+                .file_type()
+                .is_fifo());
+            assert!(!dest.join("null").exists());
+            assert_eq!(fs::read(dest.join("loop")).unwrap(), b"a file now");
+        });
+    }
 }

@@ -764,6 +764,15 @@ impl Model {
                 format!("a malformed pax header ({e})"),
             );
         }
+        // A pax uid or gid must be a decimal number. GNU tar reports any other value as a
+        // malformed header (and exits 2); we refuse the entry, as for any malformed record,
+        // rather than give the file an owner the archive did not name.
+        if let Some(bad) = pax_ids_not_numbers(entry) {
+            return refuse(
+                &shown(&entry.path_bytes()),
+                format!("a malformed pax header ({bad} is not a number)"),
+            );
+        }
         let raw = entry.path_bytes();
         let name = shown(&raw);
         let ty = entry.header().entry_type();
@@ -920,6 +929,22 @@ fn refuse<T>(name: &str, why: impl std::fmt::Display) -> Result<T> {
     )))
 }
 
+/// A pax `uid` or `gid` value: a decimal number.
+fn pax_id(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The first pax `uid` or `gid` record of `entry` whose value is not a number, shown as
+/// `key=value`.
+fn pax_ids_not_numbers(entry: &mut Entry<'_, Reader>) -> Option<String> {
+    let records = entry.pax_extensions().ok()??;
+    records.flatten().find_map(|r| {
+        let (k, v) = (r.key_bytes(), r.value_bytes());
+        let id = k == b"uid" || k == b"gid";
+        (id && pax_id(v).is_none()).then(|| format!("{}={}", shown(k), shown(v)))
+    })
+}
+
 /// Mode, times, owner and extended attributes of an entry, from its header and its pax
 /// records (pax `mtime` wins: it carries times before 1970 and fractions).
 struct Meta {
@@ -963,8 +988,10 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
                         mtime = t;
                     }
                 }
-                b"uid" => uid = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()),
-                b"gid" => gid = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()),
+                // The last record wins, as in GNU tar (the tar crate's header keeps the
+                // first); `admit` refused a value that is not a number.
+                b"uid" => uid = pax_id(v),
+                b"gid" => gid = pax_id(v),
                 b"uname" => uname = Some(v.to_vec()),
                 b"gname" => gname = Some(v.to_vec()),
                 _ if k.starts_with(b"SCHILY.acl.") => {
@@ -1743,6 +1770,14 @@ mod tests {
             // ... and names.
             .pax(&[("uname", "nobody"), ("gname", group_name)])
             .add(owned("pax-named", 4321, 4322, "", ""), b"4")
+            // A record given twice: the last wins, as in GNU tar (checked with tar 1.34).
+            .pax(&[
+                ("uid", "5"),
+                ("gid", "6"),
+                ("uid", "7654321"),
+                ("gid", "7654322"),
+            ])
+            .add(owned("pax-twice", 4321, 4322, "", ""), b"5")
             .write_to(&archive);
         let dest = tmp.path().join("out");
         extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
@@ -1754,6 +1789,144 @@ mod tests {
         assert_eq!(owner("numbered"), (4321, 4322));
         assert_eq!(owner("pax-numbered"), (123_456_789, 23_456_789));
         assert_eq!(owner("pax-named"), (nobody, nogroup));
+        assert_eq!(owner("pax-twice"), (7_654_321, 7_654_322));
+    }
+
+    #[test]
+    fn a_pax_uid_or_gid_that_is_not_a_number_is_a_malformed_header() {
+        // GNU tar says "Malformed extended header: invalid uid=abc" and exits 2; we refuse
+        // the entry (exit 4, nothing extracted), and `verify` refuses it as well.
+        let tmp = tempfile::tempdir().unwrap();
+        for (key, value) in [("uid", "abc"), ("gid", "-1"), ("uid", "")] {
+            let archive = tmp.path().join(format!("{key}{value}.tar.gz"));
+            Tar::new()
+                .file("before", b"1")
+                .pax(&[(key, value)])
+                .file("owned", b"2")
+                .write_to(&archive);
+            let expected = format!(
+                "refusing entry 'owned': a malformed pax header ({key}={value} is not a number)"
+            );
+            let e = extract_error(&archive, &ExtractOptions::default());
+            assert!(format!("{e:#}").contains(&expected), "{e:#}");
+            assert_eq!(code(&e), 4, "{e:#}");
+            let e = check_readable(&archive).expect_err("verify accepted it");
+            assert!(format!("{e:#}").contains(&expected), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn a_device_node_that_cannot_be_made_for_another_reason_than_privilege_fails_the_restore() {
+        // Only a missing privilege skips a device node (with a warning); any other failure
+        // (here a name longer than the filesystem allows) fails the restore and names it.
+        let long = "n".repeat(300);
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.tar.gz");
+        let mut h = Tar::header(EntryType::Char, "short", "", 0);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        Tar::new()
+            .pax(&[("path", &long)])
+            .add(h, b"")
+            .write_to(&archive);
+        let e = extract_error(&archive, &ExtractOptions::default());
+        let text = format!("{e:#}");
+        assert!(text.contains(&format!("creating {long}")), "{text}");
+        assert!(text.contains("File name too long"), "{text}");
+    }
+
+    /// Runs `f` on a thread of its own where renameat2(2) fails with ENOSYS, as on a kernel
+    /// before 3.15 or under a seccomp profile that does not know it (a seccomp filter
+    /// applies to the thread that installs it; the thread ends with `f`).
+    fn without_renameat2<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                const RET_ERRNO: u32 = 0x0005_0000;
+                const RET_ALLOW: u32 = 0x7fff_0000;
+                // seccomp_data: nr at offset 0, arch at offset 4.
+                let filter = [
+                    libc::sock_filter {
+                        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                        jt: 0,
+                        jf: 0,
+                        k: 0,
+                    },
+                    libc::sock_filter {
+                        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                        jt: 0,
+                        jf: 1,
+                        k: libc::SYS_renameat2 as u32,
+                    },
+                    libc::sock_filter {
+                        code: (libc::BPF_RET | libc::BPF_K) as u16,
+                        jt: 0,
+                        jf: 0,
+                        k: RET_ERRNO | libc::ENOSYS as u32,
+                    },
+                    libc::sock_filter {
+                        code: (libc::BPF_RET | libc::BPF_K) as u16,
+                        jt: 0,
+                        jf: 0,
+                        k: RET_ALLOW,
+                    },
+                ];
+                let prog = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut _,
+                };
+                let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                assert_eq!(r, 0, "no_new_privs: {}", io::Error::last_os_error());
+                let r = unsafe {
+                    libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &prog as *const _,
+                    )
+                };
+                assert_eq!(r, 0, "seccomp: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn without_renameat2_the_extraction_still_moves_into_place_and_never_replaces() {
+        without_renameat2(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+            fs::write(&a, "a").unwrap();
+            fs::write(&b, "b").unwrap();
+            // The filter is in place: the system call itself fails.
+            let (ca, cb) = (cstr(&a).unwrap(), cstr(&b).unwrap());
+            // (glibc's renameat2 turns ENOSYS into EINVAL when flags are given: our
+            // rename falls back on either.)
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    ca.as_ptr(),
+                    libc::AT_FDCWD,
+                    cb.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            let errno = io::Error::last_os_error().raw_os_error();
+            assert_eq!((r, errno), (-1, Some(libc::ENOSYS)));
+            // Our rename falls back to a check and rename(2).
+            let e = rename_noreplace(&a, &b).expect_err("replaced b");
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+            assert_eq!(fs::read(&b).unwrap(), b"b");
+            rename_noreplace(&a, &tmp.path().join("c")).unwrap();
+            assert_eq!(fs::read(tmp.path().join("c")).unwrap(), b"a");
+            // A whole extraction, whose last step is that rename.
+            let archive = tmp.path().join("x.tar.gz");
+            Tar::new().dir("d").file("d/f", b"data").write_to(&archive);
+            let dest = tmp.path().join("out");
+            extract_with(&archive, &dest, &ExtractOptions::default()).unwrap();
+            assert_eq!(fs::read(dest.join("d/f")).unwrap(), b"data");
+        });
     }
 
     /// Hands out `data` in pieces of at most `piece` bytes, each after an `Interrupted`

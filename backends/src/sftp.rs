@@ -1118,14 +1118,13 @@ impl Inner {
         sha256: [u8; 32],
     ) -> Result<()> {
         self.write_at(c, &f, 0, body, path).await?;
-        self.fsync(c, &mut f, path).await?;
         let want = Expected {
             key,
             parts: &[body.len() as u64],
             part_tokens: None,
             sha256,
         };
-        self.verify(c, &f, path, want).await?;
+        self.verify_and_sync(c, &mut f, path, want).await?;
         self.close(c, f, path).await
     }
 
@@ -1275,19 +1274,60 @@ impl Inner {
         Ok(())
     }
 
-    /// Make a verified partial file the object `key`, with a fresh sidecar.
-    async fn commit(&self, c: &Conn, key: &str, partial: &str, sha256: [u8; 32]) -> Result<()> {
+    /// [`verify`](Self::verify) and fsync `f` at once (the hash reads what the sync
+    /// writes out; both must succeed before a rename).
+    async fn verify_and_sync(
+        &self,
+        c: &Conn,
+        f: &mut File,
+        path: &str,
+        want: Expected<'_>,
+    ) -> Result<()> {
+        let reader = f.clone();
+        let (verified, synced) =
+            futures::join!(self.verify(c, &reader, path, want), self.fsync(c, f, path));
+        verified?;
+        synced
+    }
+
+    /// Make a verified partial file the object `key`, with the fresh sidecar that
+    /// [`stage_sidecar`](Self::stage_sidecar) prepared (three requests in sequence: the
+    /// old sidecar's removal, the object's rename, the sidecar's).
+    async fn commit(&self, c: &Conn, key: &str, partial: &str, staged_side: &str) -> Result<()> {
         let obj = c.path(key);
         let side = format!("{obj}{SIDECAR}");
-        let mut fs = c.sftp.fs();
         // The old sidecar goes first: it must never describe the new bytes' predecessor.
-        if let Err(e) = fs.remove_file(&side).await {
-            if !matches!(kind_of(&e), Kind::NotFound) {
-                return Err(self.map(c, &e, "remove", &side).await);
-            }
-        }
+        self.remove_quiet(c, &side).await?;
         self.rename(c, partial, &obj).await?;
-        self.write_sidecar(c, key, sha256).await
+        self.rename(c, staged_side, &side).await
+    }
+
+    /// Verify-and-commit with the sidecar prepared meanwhile: `verified` (the object's
+    /// partial file written, synced, its hash checked, closed) and the sidecar's temporary
+    /// file are made concurrently — on a link with a long round trip, the sidecar's five
+    /// requests then cost nothing — and only when both succeeded is the partial renamed
+    /// to `key` and the sidecar after it. On failure the staged sidecar is removed.
+    async fn verified_commit(
+        &self,
+        c: &Conn,
+        key: &str,
+        partial: &str,
+        sha256: [u8; 32],
+        verified: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let (verified, staged) = futures::join!(verified, self.stage_sidecar(c, key, sha256));
+        let tmp = match staged {
+            Ok(tmp) => tmp,
+            Err(e) => return verified.and(Err(e)),
+        };
+        let res = match verified {
+            Ok(()) => self.commit(c, key, partial, &tmp).await,
+            Err(e) => Err(e),
+        };
+        if res.is_err() && !c.broken.load(Ordering::Relaxed) {
+            let _ = self.remove_quiet(c, &tmp).await;
+        }
+        res
     }
 
     async fn rename(&self, c: &Conn, from: &str, to: &str) -> Result<()> {
@@ -1304,6 +1344,14 @@ impl Inner {
 
     /// Write `<key>.sha256` (temp + rename) in `sha256sum` format.
     async fn write_sidecar(&self, c: &Conn, key: &str, sha256: [u8; 32]) -> Result<()> {
+        let tmp = self.stage_sidecar(c, key, sha256).await?;
+        let side = format!("{}{SIDECAR}", c.path(key));
+        self.rename(c, &tmp, &side).await
+    }
+
+    /// Write the sidecar of `key` under a temporary name beside it (created, written,
+    /// synced, closed) and return that name, for a rename into place.
+    async fn stage_sidecar(&self, c: &Conn, key: &str, sha256: [u8; 32]) -> Result<String> {
         let (dir_key, name) = split_key(key);
         let side = format!("{}{SIDECAR}", c.path(key));
         let tmp = format!("{side}.{}{PARTIAL}", &hex::encode(sha256)[..16]);
@@ -1312,7 +1360,7 @@ impl Inner {
         self.write_at(c, &f, 0, &line, &tmp).await?;
         self.fsync(c, &mut f, &tmp).await?;
         self.close(c, f, &tmp).await?;
-        self.rename(c, &tmp, &side).await
+        Ok(tmp)
     }
 
     /// The sidecar of an object a conditional create just made: the object is there and
@@ -1324,23 +1372,28 @@ impl Inner {
         }
     }
 
-    /// The sha256 recorded beside `key`, if the sidecar is there, well-formed, names this
-    /// file, and is not older than the object (`obj_mtime`).
-    async fn read_sidecar(&self, c: &Conn, key: &str, obj_mtime: Option<u32>) -> Option<[u8; 32]> {
+    /// The sha256 recorded beside `key`, if the sidecar is there, well-formed and names
+    /// this file, with the sidecar's mtime (a sidecar older than its object is stale: the
+    /// caller compares). Two round trips: the open, then its attributes and its first
+    /// bytes at once (a sidecar is one line); the handle closes in the background.
+    async fn read_sidecar(&self, c: &Conn, key: &str) -> Option<(Option<u32>, [u8; 32])> {
+        const MAX: u32 = 4096;
         let side = format!("{}{SIDECAR}", c.path(key));
-        let mut f = c.sftp.open(&side).await.ok()?;
-        let meta = f.metadata().await.ok()?;
+        let f = c.sftp.open(&side).await.ok()?;
+        let (mut attrs, mut head) = (f.clone(), f);
+        let (meta, first) = futures::join!(attrs.metadata(), head.read(MAX + 1, BytesMut::new()));
+        let meta = meta.ok()?;
         let len = meta.len()?;
-        if len > 4096 {
+        if len > MAX as u64 {
             return None;
         }
-        if let (Some(obj), Some(s)) = (obj_mtime, meta.modified()) {
-            if s.into_raw() < obj {
-                return None; // the object was replaced after the sidecar was written
-            }
+        let mut body = first.ok()?.unwrap_or_default().freeze();
+        if (body.len() as u64) < len {
+            // A server that answered with fewer bytes than asked: read the rest.
+            body = read_exact_at(&mut head, 0, len as usize).await.ok()?;
         }
-        let body = read_exact_at(&mut f, 0, len as usize).await.ok()?;
-        parse_sha256sum_line(std::str::from_utf8(&body).ok()?, split_key(key).1)
+        let sha = parse_sha256sum_line(std::str::from_utf8(&body).ok()?, split_key(key).1)?;
+        Some((meta.modified().map(|t| t.into_raw()), sha))
     }
 
     /// Remove a file; a missing one is fine.
@@ -1600,7 +1653,10 @@ impl Backend for SftpBackend {
         check_key(key)?;
         let c = self.conn().await?;
         let path = c.path(key);
-        let meta = match c.sftp.fs().metadata(&path).await {
+        // The object's attributes and its sidecar at once.
+        let mut fs = c.sftp.fs();
+        let (meta, side) = futures::join!(fs.metadata(&path), self.inner.read_sidecar(&c, key));
+        let meta = match meta {
             Ok(m) => m,
             Err(e) => {
                 return Err(match kind_of(&e) {
@@ -1612,10 +1668,12 @@ impl Backend for SftpBackend {
         if !is_file(&meta) {
             return Err(BackendError::NotFound(key.to_string()));
         }
-        let sha256 = self
-            .inner
-            .read_sidecar(&c, key, meta.modified().map(|t| t.into_raw()))
-            .await;
+        // A sidecar older than the object describes the bytes it replaced.
+        let obj_mtime = meta.modified().map(|t| t.into_raw());
+        let sha256 = side.and_then(|(side_mtime, sha)| match (obj_mtime, side_mtime) {
+            (Some(obj), Some(side)) if side < obj => None,
+            _ => Some(sha),
+        });
         Ok(ObjectMeta {
             modified: meta.modified().map(|t| t.as_system_time()),
             key: key.to_string(),
@@ -1681,14 +1739,13 @@ impl Backend for SftpBackend {
         let (dir_key, _) = split_key(key);
         // Named after the content: a retried put reuses (truncates) its own partial file.
         let partial = partial_path(&c, key, &hex::encode(sha256)[..16]);
-        let f = inner.create_file(&c, &partial, dir_key, false).await?;
-        let res = async {
-            inner
-                .write_whole(&c, f, &partial, key, &body, sha256)
-                .await?;
-            inner.commit(&c, key, &partial, sha256).await
-        }
-        .await;
+        let written = async {
+            let f = inner.create_file(&c, &partial, dir_key, false).await?;
+            inner.write_whole(&c, f, &partial, key, &body, sha256).await
+        };
+        let res = inner
+            .verified_commit(&c, key, &partial, sha256, written)
+            .await;
         if res.is_err() && !c.broken.load(Ordering::Relaxed) {
             let _ = inner.remove_quiet(&c, &partial).await;
         }
@@ -1777,7 +1834,12 @@ impl Backend for SftpBackend {
         let c = self.conn().await?;
         let inner = &self.inner;
         let partial = partial_path(&c, key, nonce);
-        let mut f = match c.sftp.options().read(true).write(true).open(&partial).await {
+        // The handle and what the server holds, at once.
+        let mut opts = c.sftp.options();
+        opts.read(true).write(true);
+        let mut fs = c.sftp.fs();
+        let (opened, held) = futures::join!(opts.open(&partial), fs.metadata(&partial));
+        let mut f = match opened {
             Ok(f) => f,
             Err(e) if matches!(kind_of(&e), Kind::NotFound) => {
                 // Completed before, and the reply was lost? Then the object is there.
@@ -1869,7 +1931,7 @@ impl Backend for SftpBackend {
         let total: u64 = sizes.iter().sum();
 
         // What the server holds must cover every part.
-        let have = match c.sftp.fs().metadata(&partial).await {
+        let have = match held {
             Ok(m) => m.len().unwrap_or(0),
             Err(e) => return Err(inner.map(&c, &e, "stat", &partial).await),
         };
@@ -1885,22 +1947,19 @@ impl Backend for SftpBackend {
                 return Err(inner.map(&c, &e, "truncate", &partial).await);
             }
         }
+        let want = Expected {
+            key,
+            parts: &sizes,
+            part_tokens: Some(&tokens),
+            sha256,
+        };
+        let verified = async {
+            inner.verify_and_sync(&c, &mut f, &partial, want).await?;
+            inner.close(&c, f, &partial).await
+        };
         inner
-            .verify(
-                &c,
-                &f,
-                &partial,
-                Expected {
-                    key,
-                    parts: &sizes,
-                    part_tokens: Some(&tokens),
-                    sha256,
-                },
-            )
+            .verified_commit(&c, key, &partial, sha256, verified)
             .await?;
-        inner.fsync(&c, &mut f, &partial).await?;
-        inner.close(&c, f, &partial).await?;
-        inner.commit(&c, key, &partial, sha256).await?;
         Ok(ObjectMeta {
             modified: None,
             key: key.to_string(),

@@ -282,6 +282,13 @@ async fn corruption_on_the_server_is_caught_before_the_rename() {
             !root.join(key).exists(),
             "{hash:?}: nothing renamed into place"
         );
+        // The sidecar prepared while the server hashed is gone with the failure: the
+        // upload's partial file is all there is (kept, to be repaired or aborted).
+        assert_eq!(
+            names(&root),
+            vec![format!("{key}.{nonce}.partial")],
+            "{hash:?}"
+        );
         assert!(matches!(b.head(key).await, Err(BackendError::NotFound(_))));
 
         // Re-sending the damaged part repairs the upload.

@@ -251,6 +251,29 @@ async fn multipart_writes_parts_at_their_offsets_in_one_partial_file() {
 
 /// Bytes changed on the server after a part's receipt are caught before the rename,
 /// reading back and with `remote_hash = "exec"` alike.
+/// `head` reads the object's attributes and its sidecar at once; a sidecar older than
+/// its object (the file replaced by another tool after our upload) describes the bytes it
+/// replaced and is not believed: no recorded hash, so a verification reads the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_older_than_its_object_is_not_believed() {
+    let sshd = Sshd::start();
+    let root = sshd.dir.path().join("remote");
+    let b = backend(sshd.config(&root));
+    let (body, sha) = put_bytes(b"the archive");
+    b.put("k", body, sha).await.unwrap();
+    assert_eq!(b.head("k").await.unwrap().sha256, Some(sha));
+    std::fs::write(root.join("k"), b"other bytes").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("k"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let meta = b.head("k").await.unwrap();
+    assert_eq!((meta.size, meta.sha256), (11, None));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_on_the_server_is_caught_before_the_rename() {
     let sshd = Sshd::start();

@@ -300,6 +300,12 @@ struct Conn {
     root: String,
     broken: AtomicBool,
     fsync: bool,
+    /// Whose turn it is to send write requests: the parts sent at once take turns, each
+    /// issuing all its requests before the next begins (first come, first served), so they
+    /// end one after the other, each one's fsync, close and the next one's open overlapping
+    /// the others' data; sharing the link evenly, they would end together and leave it idle
+    /// meanwhile.
+    send_turn: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Conn {
@@ -646,6 +652,7 @@ impl Inner {
             root,
             broken: AtomicBool::new(false),
             fsync,
+            send_turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -989,7 +996,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Write `body` at `offset`, [`IN_FLIGHT`] requests at a time.
+    /// Write `body` at `offset`, [`IN_FLIGHT`] requests at a time, when it is this write's
+    /// turn on the connection ([`Conn::send_turn`], held until its last request is issued).
     async fn write_at(
         &self,
         c: &Conn,
@@ -998,11 +1006,17 @@ impl Inner {
         body: &Bytes,
         path: &str,
     ) -> Result<()> {
-        let chunks = (0..body.len()).step_by(IO_CHUNK).map(|s| {
-            (
+        let mut turn = Some(c.send_turn.lock().await);
+        let mut starts = (0..body.len()).step_by(IO_CHUNK);
+        let chunks = std::iter::from_fn(move || match starts.next() {
+            Some(s) => Some((
                 offset + s as u64,
                 body.slice(s..(s + IO_CHUNK).min(body.len())),
-            )
+            )),
+            None => {
+                drop(turn.take()); // every request issued: the next write's turn
+                None
+            }
         });
         let r = futures::stream::iter(chunks)
             .map(|(off, data)| {

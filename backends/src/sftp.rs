@@ -811,9 +811,13 @@ impl Inner {
 
     /// Create the root folder (and its parents) when missing; return its canonical path.
     async fn ensure_root(&self, sftp: &Sftp) -> Result<String> {
-        let mut fs = sftp.fs();
+        let (mut fs, mut resolver) = (sftp.fs(), sftp.fs());
         let root = self.cfg.path.clone();
-        match fs.metadata(&root).await {
+        // The folder's attributes and its canonical path at once (one round trip); the
+        // path is resolved again after the folder had to be created.
+        let (meta, canon) = futures::join!(fs.metadata(&root), resolver.canonicalize(&root));
+        let mut canon = Some(canon);
+        match meta {
             Ok(m) if is_dir(&m) => {}
             Ok(_) => {
                 return Err(BackendError::Permanent(format!(
@@ -850,11 +854,16 @@ impl Inner {
                     for p in prefixes {
                         self.mkdir_if_missing(sftp, &p).await?;
                     }
+                    canon = None;
                 }
                 _ => return Err(self.map_plain(&e, "open remote folder", &root).await),
             },
         }
-        let canon = fs.canonicalize(&root).await.map_err(|e| {
+        let canon = match canon {
+            Some(c) => c,
+            None => fs.canonicalize(&root).await,
+        };
+        let canon = canon.map_err(|e| {
             BackendError::Permanent(format!("{}: resolving {root}: {e}", self.cfg.url))
         })?;
         canon.to_str().map(|s| s.to_string()).ok_or_else(|| {
@@ -1781,7 +1790,9 @@ impl Backend for SftpBackend {
             .inner
             .create_file(&c, &partial, split_key(key).0, true)
             .await?;
-        self.inner.close(&c, f, &partial).await?;
+        // Created and made private; nothing was written, so no late write error can come:
+        // the handle closes in the background.
+        drop(f);
         Ok(UploadId(format!("{n}-{PART_SIZE}")))
     }
 

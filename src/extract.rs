@@ -764,14 +764,27 @@ impl Model {
                 format!("a malformed pax header ({e})"),
             );
         }
-        // A pax uid or gid must be a decimal number. GNU tar reports any other value as a
-        // malformed header (and exits 2); we refuse the entry, as for any malformed record,
-        // rather than give the file an owner the archive did not name.
+        // A pax uid or gid must be a decimal number that a uid_t holds. GNU tar reports any
+        // other value as a malformed header (and exits 2); we refuse the entry, as for any
+        // malformed record, rather than give the file an owner the archive did not name
+        // (4294967296 cut to 32 bits would be root).
         if let Some(bad) = pax_ids_not_numbers(entry) {
             return refuse(
                 &shown(&entry.path_bytes()),
-                format!("a malformed pax header ({bad} is not a number)"),
+                format!("a malformed pax header ({bad} is not a user or group number)"),
             );
+        }
+        // The same for the header's own numbers (GNU's base-256 fields reach 2^63).
+        let h = entry.header();
+        for (what, id) in [("uid", h.uid()), ("gid", h.gid())] {
+            if let Ok(n) = id {
+                if u32::try_from(n).is_err() {
+                    return refuse(
+                        &shown(&entry.path_bytes()),
+                        format!("its {what} {n} is out of range"),
+                    );
+                }
+            }
         }
         let raw = entry.path_bytes();
         let name = shown(&raw);
@@ -930,11 +943,14 @@ fn refuse<T>(name: &str, why: impl std::fmt::Display) -> Result<T> {
 }
 
 /// A pax `uid` or `gid` value: a decimal number.
-fn pax_id(v: &[u8]) -> Option<u64> {
+fn pax_id(v: &[u8]) -> Option<u32> {
+    if !v.iter().all(u8::is_ascii_digit) {
+        return None; // "+5", "-1", " 5": not what a tar writes ("" fails to parse)
+    }
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// The first pax `uid` or `gid` record of `entry` whose value is not a number, shown as
+/// The first pax `uid` or `gid` record of `entry` whose value is not a [`pax_id`], shown as
 /// `key=value`.
 fn pax_ids_not_numbers(entry: &mut Entry<'_, Reader>) -> Option<String> {
     let records = entry.pax_extensions().ok()??;
@@ -969,8 +985,9 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
             .min(i64::MAX as u64) as i64,
         0,
     );
-    let mut uid = h.uid().ok();
-    let mut gid = h.gid().ok();
+    // `admit` refused numbers a uid_t does not hold.
+    let mut uid = h.uid().ok().and_then(|u| u32::try_from(u).ok());
+    let mut gid = h.gid().ok().and_then(|g| u32::try_from(g).ok());
     let mut uname = h.username_bytes().map(<[u8]>::to_vec);
     let mut gname = h.groupname_bytes().map(<[u8]>::to_vec);
     let mut xattrs = Vec::new();
@@ -1010,8 +1027,8 @@ fn entry_meta(entry: &mut Entry<'_, Reader>, name: &str, ids: Option<&mut Ids>) 
     }
     acl_attributes(name, &acl_texts, &mut xattrs);
     let owner = ids.and_then(|ids| {
-        let u = ids.uid(uname.as_deref()).or(uid.map(|u| u as u32))?;
-        let g = ids.gid(gname.as_deref()).or(gid.map(|g| g as u32))?;
+        let u = ids.uid(uname.as_deref()).or(uid)?;
+        let g = ids.gid(gname.as_deref()).or(gid)?;
         Some((u, g))
     });
     Ok(Meta {
@@ -1797,7 +1814,15 @@ mod tests {
         // GNU tar says "Malformed extended header: invalid uid=abc" and exits 2; we refuse
         // the entry (exit 4, nothing extracted), and `verify` refuses it as well.
         let tmp = tempfile::tempdir().unwrap();
-        for (key, value) in [("uid", "abc"), ("gid", "-1"), ("uid", "")] {
+        for (key, value) in [
+            ("uid", "abc"),
+            ("gid", "-1"),
+            ("uid", ""),
+            ("uid", "+5"),
+            // One more than a uid_t holds: cut to 32 bits, it would be root.
+            ("uid", "4294967296"),
+            ("gid", "99999999999999999999"),
+        ] {
             let archive = tmp.path().join(format!("{key}{value}.tar.gz"));
             Tar::new()
                 .file("before", b"1")
@@ -1805,13 +1830,37 @@ mod tests {
                 .file("owned", b"2")
                 .write_to(&archive);
             let expected = format!(
-                "refusing entry 'owned': a malformed pax header ({key}={value} is not a number)"
+                "refusing entry 'owned': a malformed pax header ({key}={value} is not a user or group number)"
             );
             let e = extract_error(&archive, &ExtractOptions::default());
             assert!(format!("{e:#}").contains(&expected), "{e:#}");
             assert_eq!(code(&e), 4, "{e:#}");
             let e = check_readable(&archive).expect_err("verify accepted it");
             assert!(format!("{e:#}").contains(&expected), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn a_header_uid_or_gid_beyond_32_bits_is_refused_not_cut_to_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (what, big) in [("uid", 1u64 << 32), ("gid", (1u64 << 32) + 7)] {
+            let archive = tmp.path().join(format!("{what}.tar.gz"));
+            let mut h = Tar::header(EntryType::Regular, "big", "", 1);
+            if what == "uid" {
+                h.set_uid(big);
+            } else {
+                h.set_gid(big);
+            }
+            assert_eq!(
+                if what == "uid" { h.uid() } else { h.gid() }.unwrap(),
+                big,
+                "the header holds the number (base-256)"
+            );
+            Tar::new().add(h, b"x").write_to(&archive);
+            let expected = format!("refusing entry 'big': its {what} {big} is out of range");
+            let e = extract_error(&archive, &ExtractOptions::default());
+            assert!(format!("{e:#}").contains(&expected), "{e:#}");
+            assert_eq!(code(&e), 4, "{e:#}");
         }
     }
 

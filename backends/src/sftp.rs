@@ -1326,7 +1326,9 @@ impl Inner {
     }
 
     /// Verify-and-commit with the sidecar prepared meanwhile: `verified` (the object's
-    /// partial file written, synced, its hash checked, closed) and the sidecar's temporary
+    /// partial file, already written in full, synced, its hash checked, closed — the
+    /// sidecar is staged after the object's last write, so that its mtime is not older
+    /// than the object's) and the sidecar's temporary
     /// file are made concurrently — on a link with a long round trip, the sidecar's five
     /// requests then cost nothing — and only when both succeeded is the partial renamed
     /// to `key` and the sidecar after it. On failure the staged sidecar is removed.
@@ -1762,13 +1764,26 @@ impl Backend for SftpBackend {
         let (dir_key, _) = split_key(key);
         // Named after the content: a retried put reuses (truncates) its own partial file.
         let partial = partial_path(&c, key, &hex::encode(sha256)[..16]);
-        let written = async {
-            let f = inner.create_file(&c, &partial, dir_key, false).await?;
-            inner.write_whole(&c, f, &partial, key, &body, sha256).await
-        };
-        let res = inner
-            .verified_commit(&c, key, &partial, sha256, written)
-            .await;
+        let res = async {
+            let mut f = inner.create_file(&c, &partial, dir_key, false).await?;
+            inner.write_at(&c, &f, 0, &body, &partial).await?;
+            // The sidecar is staged only now, after the last write: its mtime must not be
+            // older than the object's, or `head` would take it for a stale one.
+            let want = Expected {
+                key,
+                parts: &[body.len() as u64],
+                part_tokens: None,
+                sha256,
+            };
+            let verified = async {
+                inner.verify_and_sync(&c, &mut f, &partial, want).await?;
+                inner.close(&c, f, &partial).await
+            };
+            inner
+                .verified_commit(&c, key, &partial, sha256, verified)
+                .await
+        }
+        .await;
         if res.is_err() && !c.broken.load(Ordering::Relaxed) {
             let _ = inner.remove_quiet(&c, &partial).await;
         }

@@ -1513,6 +1513,19 @@ mod tests {
         crate::error::Exit::of(e).code()
     }
 
+    /// Both `verify` (`check_readable`) and a restore refuse `archive` with exit 4 and a
+    /// message holding `needle`, nothing extracted; returns the two messages.
+    fn refused_by_both(archive: &Path, needle: &str) -> [String; 2] {
+        let checked = check_readable(archive).expect_err("verify accepted it");
+        let extracted = extract_error(archive, &ExtractOptions::default());
+        [checked, extracted].map(|e| {
+            let msg = format!("{e:#}");
+            assert!(msg.contains(needle), "{msg}");
+            assert_eq!(code(&e), 4, "{msg}");
+            msg
+        })
+    }
+
     #[test]
     fn pax_times_keep_fractions_and_dates_before_1970() {
         assert_eq!(parse_pax_time(b"1700000000"), Some((1_700_000_000, 0)));
@@ -1629,12 +1642,7 @@ mod tests {
             (&empty, "empty, not an archive"),
             (&text, "neither gzip nor zstd (it starts with 68656c6c)"),
         ] {
-            let e = check_readable(file).unwrap_err();
-            assert!(format!("{e:#}").contains(needle), "{e:#}");
-            assert_eq!(code(&e), 4);
-            let e = extract_error(file, &ExtractOptions::default());
-            assert!(format!("{e:#}").contains(needle), "{e:#}");
-            assert_eq!(code(&e), 4);
+            refused_by_both(file, needle);
         }
     }
 
@@ -1646,16 +1654,9 @@ mod tests {
             .file("ok", b"x")
             .file("../escape", b"y")
             .write_to(&archive);
-        let e = check_readable(&archive).unwrap_err();
-        let e2 = extract_error(&archive, &ExtractOptions::default());
-        for e in [e, e2] {
-            let msg = format!("{e:#}");
-            assert!(
-                msg.contains("refusing entry '../escape': path contains a '..' component"),
-                "{msg}"
-            );
+        let needle = "refusing entry '../escape': path contains a '..' component";
+        for msg in refused_by_both(&archive, needle) {
             assert!(!msg.contains("damaged"), "{msg}");
-            assert_eq!(code(&e), 4);
         }
     }
 
@@ -1663,15 +1664,7 @@ mod tests {
     fn a_stream_cut_inside_a_file_is_a_damaged_archive() {
         let tmp = tempfile::tempdir().unwrap();
         // Incompressible content, so that a cut in the gzip stream falls inside it.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..400_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::test_noise(400_000, 0x2545_f491_4f6c_dd1d);
         let whole = tmp.path().join("whole.tar.gz");
         Tar::new().file("big", &noise).write_to(&whole);
         let bytes = fs::read(&whole).unwrap();
@@ -1714,12 +1707,7 @@ mod tests {
         for (i, (tar, needle)) in cases.into_iter().enumerate() {
             let archive = tmp.path().join(format!("{i}.tar.gz"));
             tar.write_to(&archive);
-            let e = check_readable(&archive).unwrap_err();
-            assert!(format!("{e:#}").contains(needle), "{e:#}");
-            assert_eq!(code(&e), 4);
-            let e = extract_error(&archive, &ExtractOptions::default());
-            assert!(format!("{e:#}").contains(needle), "{e:#}");
-            assert_eq!(code(&e), 4);
+            refused_by_both(&archive, needle);
         }
     }
 
@@ -1832,11 +1820,7 @@ mod tests {
             let expected = format!(
                 "refusing entry 'owned': a malformed pax header ({key}={value} is not a user or group number)"
             );
-            let e = extract_error(&archive, &ExtractOptions::default());
-            assert!(format!("{e:#}").contains(&expected), "{e:#}");
-            assert_eq!(code(&e), 4, "{e:#}");
-            let e = check_readable(&archive).expect_err("verify accepted it");
-            assert!(format!("{e:#}").contains(&expected), "{e:#}");
+            refused_by_both(&archive, &expected);
         }
     }
 
@@ -1858,9 +1842,7 @@ mod tests {
             );
             Tar::new().add(h, b"x").write_to(&archive);
             let expected = format!("refusing entry 'big': its {what} {big} is out of range");
-            let e = extract_error(&archive, &ExtractOptions::default());
-            assert!(format!("{e:#}").contains(&expected), "{e:#}");
-            assert_eq!(code(&e), 4, "{e:#}");
+            refused_by_both(&archive, &expected);
         }
     }
 

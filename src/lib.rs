@@ -65,3 +65,18 @@ pub mod error;
 pub mod fsutil;
 pub mod retry;
 pub mod secrets;
+
+/// `n` bytes of deterministic noise (xorshift from `seed`): incompressible test content
+/// for the library's unit tests (the integration tests have `tests/support`'s).
+#[cfg(test)]
+pub(crate) fn test_noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -815,8 +815,7 @@ impl Inner {
         let root = self.cfg.path.clone();
         // The folder's attributes and its canonical path at once (one round trip); the
         // path is resolved again after the folder had to be created.
-        let (meta, canon) = futures::join!(fs.metadata(&root), resolver.canonicalize(&root));
-        let mut canon = Some(canon);
+        let (meta, mut canon) = futures::join!(fs.metadata(&root), resolver.canonicalize(&root));
         match meta {
             Ok(m) if is_dir(&m) => {}
             Ok(_) => {
@@ -854,15 +853,11 @@ impl Inner {
                     for p in prefixes {
                         self.mkdir_if_missing(sftp, &p).await?;
                     }
-                    canon = None;
+                    canon = fs.canonicalize(&root).await;
                 }
                 _ => return Err(self.map_plain(&e, "open remote folder", &root).await),
             },
         }
-        let canon = match canon {
-            Some(c) => c,
-            None => fs.canonicalize(&root).await,
-        };
         let canon = canon.map_err(|e| {
             BackendError::Permanent(format!("{}: resolving {root}: {e}", self.cfg.url))
         })?;
@@ -1134,21 +1129,16 @@ impl Inner {
     async fn write_whole(
         &self,
         c: &Conn,
-        mut f: File,
+        f: File,
         path: &str,
         key: &str,
         body: &Bytes,
         sha256: [u8; 32],
     ) -> Result<()> {
         self.write_at(c, &f, 0, body, path).await?;
-        let want = Expected {
-            key,
-            parts: &[body.len() as u64],
-            part_tokens: None,
-            sha256,
-        };
-        self.verify_and_sync(c, &mut f, path, want).await?;
-        self.close(c, f, path).await
+        let len = [body.len() as u64];
+        self.verify_sync_close(c, f, path, Expected::whole(key, &len, sha256))
+            .await
     }
 
     /// SHA-256 of each of `parts` (consecutive ranges from offset 0) and of all of them,
@@ -1297,20 +1287,24 @@ impl Inner {
         Ok(())
     }
 
-    /// [`verify`](Self::verify) and fsync `f` at once (the hash reads what the sync
-    /// writes out; both must succeed before a rename).
-    async fn verify_and_sync(
+    /// [`verify`](Self::verify) and fsync the written file `f` at once (the hash reads
+    /// what the sync writes out; both must succeed before a rename), then close it.
+    async fn verify_sync_close(
         &self,
         c: &Conn,
-        f: &mut File,
+        mut f: File,
         path: &str,
         want: Expected<'_>,
     ) -> Result<()> {
         let reader = f.clone();
-        let (verified, synced) =
-            futures::join!(self.verify(c, &reader, path, want), self.fsync(c, f, path));
+        let (verified, synced) = futures::join!(
+            self.verify(c, &reader, path, want),
+            self.fsync(c, &mut f, path)
+        );
+        drop(reader); // the last clone: `close` closes the handle
         verified?;
-        synced
+        synced?;
+        self.close(c, f, path).await
     }
 
     /// Make a verified partial file the object `key`, with the fresh sidecar that
@@ -1441,6 +1435,18 @@ struct Expected<'a> {
     part_tokens: Option<&'a [[u8; 32]]>,
     /// The whole file's SHA-256.
     sha256: [u8; 32],
+}
+
+impl<'a> Expected<'a> {
+    /// A file written whole: one part of `len[0]` bytes.
+    fn whole(key: &'a str, len: &'a [u64; 1], sha256: [u8; 32]) -> Self {
+        Expected {
+            key,
+            parts: len,
+            part_tokens: None,
+            sha256,
+        }
+    }
 }
 
 /// Why a positioned read stopped.
@@ -1765,20 +1771,13 @@ impl Backend for SftpBackend {
         // Named after the content: a retried put reuses (truncates) its own partial file.
         let partial = partial_path(&c, key, &hex::encode(sha256)[..16]);
         let res = async {
-            let mut f = inner.create_file(&c, &partial, dir_key, false).await?;
+            let f = inner.create_file(&c, &partial, dir_key, false).await?;
             inner.write_at(&c, &f, 0, &body, &partial).await?;
             // The sidecar is staged only now, after the last write: its mtime must not be
             // older than the object's, or `head` would take it for a stale one.
-            let want = Expected {
-                key,
-                parts: &[body.len() as u64],
-                part_tokens: None,
-                sha256,
-            };
-            let verified = async {
-                inner.verify_and_sync(&c, &mut f, &partial, want).await?;
-                inner.close(&c, f, &partial).await
-            };
+            let len = [body.len() as u64];
+            let verified =
+                inner.verify_sync_close(&c, f, &partial, Expected::whole(key, &len, sha256));
             inner
                 .verified_commit(&c, key, &partial, sha256, verified)
                 .await
@@ -1993,10 +1992,7 @@ impl Backend for SftpBackend {
             part_tokens: Some(&tokens),
             sha256,
         };
-        let verified = async {
-            inner.verify_and_sync(&c, &mut f, &partial, want).await?;
-            inner.close(&c, f, &partial).await
-        };
+        let verified = inner.verify_sync_close(&c, f, &partial, want);
         inner
             .verified_commit(&c, key, &partial, sha256, verified)
             .await?;

@@ -213,17 +213,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::test_noise as noise;
 
     #[test]
     fn noise_is_stored_text_and_repeats_are_not() {

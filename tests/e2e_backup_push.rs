@@ -134,10 +134,11 @@ fn any_partial(env: &Env) -> bool {
 }
 
 /// A part of an unfinished upload is in a file:// remote's staging folder.
+/// A part is on the remote: an upload's parts file (parts at their offsets) holds bytes.
 fn part_staged(remote: &Path) -> bool {
     remote_staging(remote).iter().any(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        p.file_name().is_some_and(|n| n == "parts")
+            && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
     })
 }
 

@@ -303,13 +303,10 @@ fn an_archive_the_remote_retention_dropped_is_not_uploaded_again() {
 fn a_resumed_upload_with_damaged_parts_is_started_over_and_completes() {
     let (env, file, journal) = a_killed_multipart_push(3);
 
-    // The server damages the part it holds.
+    // The server damages the part it holds (in the staging folder's parts file).
     let parts: Vec<_> = support::files_under(&env.remote().join(".uploads"))
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n == "parts"))
         .collect();
     assert!(!parts.is_empty(), "the killed push left its parts");
     for p in &parts {

@@ -5,8 +5,8 @@
 //! <root>/<key>                         one file per object; key folders are real folders
 //! <root>/<dir>/.<name>.tmp-<random>    a write in progress (never listed, removed on failure)
 //! <root>/.uploads/<upload id>/         one staging folder per multipart upload
-//!     upload.json                      {"key": …, "created_unix": …}
-//!     part-00001, part-00002, …        one file per part, each written temp + rename
+//!     upload.json                      {"key": …, "created_unix": …, "part_size": …}
+//!     parts                            the parts, each at its offset: the object to be
 //! ```
 //!
 //! # Durability and atomicity
@@ -15,16 +15,26 @@
 //! leaves either the old state or the new one (plus, at worst, a hidden temp file that
 //! listing ignores). Files are created `0600`, folders `0700`.
 //!
-//! # Why one file per part (and not "parts at their offsets in one staging file")
-//! A part's offset is `(n - 1) * part_size`, but the trait never tells the backend the
-//! part size, and the last part is shorter and may arrive first (parts may come in any
-//! order and from a new process after a restart), so its offset cannot be known when it
-//! arrives. One file per part has no such problem, makes "re-sending a part replaces it"
-//! a plain atomic rename that can never damage a neighbouring part, and lets a resumed
-//! upload check exactly which parts exist. The price is one sequential copy at
-//! [`complete_upload`](Backend::complete_upload) — which has to read every byte anyway to
-//! verify the whole object's SHA-256 — into a temp file in the staging folder, renamed
-//! over the final name.
+//! # Multipart: parts at their offsets in one file, committed by a rename
+//! The trait does not tell the backend the part size, and the last (shorter) part may
+//! arrive first, so this backend fixes it: [`Capabilities`] has `min_part_size ==
+//! max_part_size ==` [`PART_SIZE`], and `upload.json` records the size the upload was
+//! created with. Part `n` is written at `(n - 1) * part_size` into the staging folder's
+//! `parts` file (re-sending a part overwrites its range) and its writeback is started
+//! at once (`sync_file_range`), without waiting. [`complete_upload`](Backend::complete_upload)
+//! checks the receipts (parts `1..=k` without gaps, every one but the last exactly
+//! `part_size`), reads the file once and hashes it against the whole object's SHA-256
+//! (only when that differs does it hash each part, to name the one that differs from its
+//! receipt), cuts a longer stale tail, syncs the file once, retires the staging folder
+//! and renames the file to its key: no assembly copy, one read, one sync.
+//!
+//! A receipt is kept through the death of the process (the bytes are in the page cache),
+//! not through a crash of the machine before the completion's sync: a part lost that way
+//! fails the completion's hash check (`ChecksumMismatch`), and the push starts the upload
+//! over. Nothing is ever visible under a key before that check and the sync.
+//! Staging folders of earlier versions (one `part-NNNNN` file per part, no part size in
+//! `upload.json`) are listed by [`list_uploads`](Backend::list_uploads) and aborted, never
+//! resumed: a push learns "upload not found" and starts over.
 //!
 //! # Checksums
 //! `put` and `complete_upload` record the verified SHA-256 in an extended attribute
@@ -41,9 +51,9 @@
 //! Only folders *below* the root are ever created after [`LocalBackend::new`].
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::ops::Range;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,8 +80,14 @@ const TMP_MARK: &str = ".tmp-";
 const TMP_UPLOAD: &str = "tmp-";
 /// Metadata file of an upload's staging folder.
 const UPLOAD_JSON: &str = "upload.json";
-/// Read size for `get` streams and for assembling uploads.
+/// Read size for `get` streams and for hashing files.
 const CHUNK: usize = 1 << 20;
+/// The one part size of multipart uploads (see the module's documentation).
+pub const PART_SIZE: u64 = 8 << 20;
+/// Most parts one upload may have (8 TiB at [`PART_SIZE`]).
+const MAX_PARTS: u32 = 1 << 20;
+/// The file in an upload's staging folder that holds its parts at their offsets.
+const PARTS_FILE: &str = "parts";
 /// Extended attribute holding the verified SHA-256.
 #[cfg(target_os = "linux")]
 const XATTR_SHA256: &std::ffi::CStr = c"user.pronto-offsite.sha256";
@@ -96,6 +112,10 @@ struct Inner {
 struct UploadInfo {
     key: String,
     created_unix: u64,
+    /// Part `n` is at `(n - 1) * part_size` in the parts file. Absent in the uploads of
+    /// earlier versions (one file per part), which are listed and aborted, not resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part_size: Option<u64>,
 }
 
 impl LocalBackend {
@@ -172,14 +192,13 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // S3's limits, so that part sizing tested against a local remote holds on S3 too.
+        // One fixed part size, so that part n's offset in the parts file is known when
+        // part n arrives (see the module's documentation).
         Capabilities {
-            min_part_size: 5 * 1024 * 1024,
-            max_part_size: 5 * 1024 * 1024 * 1024,
-            // A local disk has no per-request cost: 8 MiB keeps memory low and the
-            // journal's resume points close together.
-            preferred_part_size: 8 * 1024 * 1024,
-            max_parts: 10_000,
+            min_part_size: PART_SIZE,
+            max_part_size: PART_SIZE,
+            preferred_part_size: PART_SIZE,
+            max_parts: MAX_PARTS,
         }
     }
 
@@ -290,9 +309,8 @@ impl Backend for LocalBackend {
         sha256: [u8; 32],
     ) -> Result<ObjectMeta> {
         check_key(key)?;
-        let min_part_size = self.capabilities().min_part_size;
         let (key, up, parts) = (key.to_string(), up.clone(), parts.to_vec());
-        self.blocking(move |i| i.complete_upload(&key, &up, &parts, sha256, min_part_size))
+        self.blocking(move |i| i.complete_upload(&key, &up, &parts, sha256))
             .await
     }
 
@@ -545,9 +563,9 @@ impl Inner {
         tmp.as_file()
             .sync_all()
             .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        let (actual, size) =
-            hash_file(tmp.as_file()).map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        if actual != sha256 || size != copied {
+        let actual =
+            hash_range(tmp.as_file(), 0, copied).map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
+        if actual != sha256 {
             // `tmp` is removed on drop.
             return Err(BackendError::ChecksumMismatch {
                 key: key.to_string(),
@@ -559,7 +577,7 @@ impl Inner {
         Ok(ObjectMeta {
             modified: None,
             key: key.to_string(),
-            size,
+            size: copied,
             sha256: Some(actual),
         })
     }
@@ -583,6 +601,7 @@ impl Inner {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            part_size: Some(PART_SIZE),
         };
         let json = serde_json::to_vec_pretty(&info)
             .map_err(|e| BackendError::Permanent(format!("encode upload info: {e}")))?;
@@ -667,8 +686,10 @@ impl Inner {
         Ok(out)
     }
 
-    /// The staging folder of upload `up` for `key`, or `UploadNotFound`.
-    fn open_upload(&self, key: &str, up: &UploadId) -> Result<PathBuf> {
+    /// The staging folder of upload `up` for `key` and the upload's part size, or
+    /// `UploadNotFound` (also for an upload staged by a version before parts were written
+    /// at their offsets, whose `upload.json` has no part size: the push starts it over).
+    fn open_upload(&self, key: &str, up: &UploadId) -> Result<(PathBuf, u64)> {
         let not_found = || BackendError::UploadNotFound(format!("{} (for {key})", up.0));
         if !is_valid_upload_id(&up.0) {
             return Err(not_found());
@@ -686,10 +707,10 @@ impl Inner {
         let info: UploadInfo = serde_json::from_slice(&json).map_err(|e| {
             BackendError::Permanent(format!("{}: unreadable: {e}", json_path.display()))
         })?;
-        if info.key != key {
-            return Err(not_found());
+        match info.part_size {
+            Some(size) if info.key == key && size > 0 => Ok((dir, size)),
+            _ => Err(not_found()),
         }
-        Ok(dir)
     }
 
     fn put_part(
@@ -700,14 +721,28 @@ impl Inner {
         body: &[u8],
         sha256: [u8; 32],
     ) -> Result<PartReceipt> {
-        let staging = self.open_upload(key, up)?;
-        let name = part_name(n);
-        let mut tmp = self.temp_beside(&staging, &name, false)?;
-        let tmp_ctx = tmp.path().display().to_string();
-        tmp.as_file_mut()
-            .write_all(body)
-            .map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        self.finish(tmp, &staging, &name, None)?;
+        use std::os::unix::fs::FileExt;
+        let (staging, part_size) = self.open_upload(key, up)?;
+        if body.len() as u64 > part_size {
+            return Err(BackendError::Permanent(format!(
+                "{key}: part {n} has {} bytes, more than this upload's part size {part_size}",
+                body.len()
+            )));
+        }
+        let path = staging.join(PARTS_FILE);
+        let ctx = path.display().to_string();
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            // Never: the other parts are in this file.
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| BackendError::from_io(&ctx, e))?;
+        let offset = (n as u64 - 1) * part_size;
+        file.write_all_at(body, offset)
+            .map_err(|e| BackendError::from_io(&ctx, e))?;
+        start_writeback(&file, offset, body.len() as u64);
         Ok(PartReceipt {
             number: n,
             size: body.len() as u64,
@@ -721,102 +756,51 @@ impl Inner {
         up: &UploadId,
         parts: &[PartReceipt],
         sha256: [u8; 32],
-        min_part_size: u64,
     ) -> Result<ObjectMeta> {
-        let staging = self.open_upload(key, up)?;
-        let Some(last) = parts.last() else {
-            return Err(BackendError::Permanent(format!(
-                "{key}: cannot complete an upload without parts"
-            )));
-        };
-        // Validate the receipts against what is staged before writing anything.
-        let mut expected_tokens = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 && part.number <= parts[i - 1].number {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: parts must be given in ascending order without repeats \
-                     (part {} follows part {})",
-                    part.number,
-                    parts[i - 1].number
-                )));
-            }
-            let token = hex::decode(&part.token)
-                .ok()
-                .and_then(|t| <[u8; 32]>::try_from(t).ok())
-                .ok_or_else(|| {
-                    BackendError::Permanent(format!(
-                        "{key}: part {}: malformed receipt token {:?}",
-                        part.number, part.token
-                    ))
-                })?;
-            expected_tokens.push(token);
-            let path = staging.join(part_name(part.number));
-            let size = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if is_missing(&e) => {
-                    return Err(BackendError::Permanent(format!(
-                        "{key}: part {} of upload {} was never stored",
-                        part.number, up.0
-                    )))
-                }
-                Err(e) => return Err(BackendError::from_io(&path.display().to_string(), e)),
-            };
-            if size != part.size {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: part {} is {size} bytes but its receipt says {}",
-                    part.number, part.size
-                )));
-            }
-            if part.number != last.number && size < min_part_size {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: part {} is {size} bytes; every part but the last needs at least {min_part_size}",
-                    part.number
-                )));
-            }
-        }
+        let (staging, part_size) = self.open_upload(key, up)?;
+        // 1. The receipts must describe one object: parts 1..=k, every one but the last
+        //    exactly the upload's part size.
+        let tokens = check_receipts(key, parts, part_size)?;
+        let total: u64 = parts.iter().map(|p| p.size).sum();
 
-        // 1. Prove the parts, reading only: each against its receipt, all of them in
-        //    order against the whole object's hash. A mismatch leaves the upload as it
-        //    was, to be completed with the right receipts or aborted.
-        let mut whole = sha2::Sha256::new();
-        let mut total = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        for (part, expected) in parts.iter().zip(&expected_tokens) {
-            let path = staging.join(part_name(part.number));
-            let ctx = path.display().to_string();
-            let mut file = File::open(&path).map_err(|e| BackendError::from_io(&ctx, e))?;
-            let mut hasher = sha2::Sha256::new();
-            let mut size = 0u64;
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(BackendError::from_io(&ctx, e)),
-                };
-                hasher.update(&buf[..n]);
-                whole.update(&buf[..n]);
-                size += n as u64;
-            }
-            let actual: [u8; 32] = hasher.finalize().into();
-            if &actual != expected {
-                // The part was re-sent after this receipt was issued.
-                return Err(BackendError::ChecksumMismatch {
-                    key: format!("{key} part {}", part.number),
-                    expected: hex::encode(expected),
-                    actual: hex::encode(actual),
-                });
-            }
-            if size != part.size {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: part {} changed size while being assembled",
-                    part.number
-                )));
-            }
-            total += size;
+        // 2. Prove the stored bytes, reading only: the first `total` bytes of the parts
+        //    file must hash to the whole object's SHA-256 (one pass; when they do not,
+        //    a second pass names the part that differs from its receipt). A mismatch
+        //    leaves the upload as it was, to be completed with the right receipts or
+        //    aborted.
+        let path = staging.join(PARTS_FILE);
+        let ctx = path.display().to_string();
+        let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if is_missing(&e) => return Err(never_stored(key, up, &parts[0])),
+            Err(e) => return Err(BackendError::from_io(&ctx, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| BackendError::from_io(&ctx, e))?
+            .len();
+        if len < total {
+            let missing = parts
+                .iter()
+                .find(|p| (p.number as u64 - 1) * part_size + p.size > len)
+                .unwrap_or(&parts[0]);
+            return Err(never_stored(key, up, missing));
         }
-        let actual: [u8; 32] = whole.finalize().into();
+        let actual = hash_range(&file, 0, total).map_err(|e| BackendError::from_io(&ctx, e))?;
         if actual != sha256 {
+            for (part, expected) in parts.iter().zip(&tokens) {
+                let offset = (part.number as u64 - 1) * part_size;
+                let got = hash_range(&file, offset, part.size)
+                    .map_err(|e| BackendError::from_io(&ctx, e))?;
+                if &got != expected {
+                    // Re-sent after this receipt was issued, never sent, or damaged.
+                    return Err(BackendError::ChecksumMismatch {
+                        key: format!("{key} part {}", part.number),
+                        expected: hex::encode(expected),
+                        actual: hex::encode(got),
+                    });
+                }
+            }
             return Err(BackendError::ChecksumMismatch {
                 key: key.to_string(),
                 expected: hex::encode(sha256),
@@ -824,9 +808,23 @@ impl Inner {
             });
         }
 
-        // 2. Take the upload out of reach, atomically: from here a process killed leaves a
+        // 3. The file is the object: cut what a longer earlier last part left beyond
+        //    it, sync it once (the parts started their writeback as they arrived), and
+        //    record its hash.
+        if len > total {
+            file.set_len(total)
+                .map_err(|e| BackendError::from_io(&ctx, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| BackendError::from_io(&ctx, e))?;
+        if let Ok(meta) = file.metadata() {
+            write_sha_xattr(&file, &sha256, &meta);
+        }
+        drop(file);
+
+        // 4. Take the upload out of reach, atomically: from here a process killed leaves a
         //    retired folder (swept by the next write) and a resumed push learns "upload
-        //    not found" and starts over; nobody ever resumes a half-assembled upload.
+        //    not found" and starts over; nobody ever resumes a half-committed upload.
         self.check_root()?;
         let uploads = self.root.join(UPLOADS);
         let retired = uploads.join(format!("{RETIRED}{}", up.0));
@@ -834,52 +832,17 @@ impl Inner {
             .map_err(|e| BackendError::from_io(&staging.display().to_string(), e))?;
         fsync_dir(&uploads)?;
 
-        // 3. Assemble in place: the first part grows by each next one (copied inside the
-        //    kernel), which is removed once appended; the disk holds at most the object
-        //    plus one part, never parts plus a whole copy.
-        let acc_path = retired.join(part_name(parts[0].number));
-        let acc_ctx = acc_path.display().to_string();
-        let acc = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&acc_path)
-            .map_err(|e| BackendError::from_io(&acc_ctx, e))?;
-        let mut len = parts[0].size;
-        for part in &parts[1..] {
-            let path = retired.join(part_name(part.number));
-            let ctx = path.display().to_string();
-            let file = File::open(&path).map_err(|e| BackendError::from_io(&ctx, e))?;
-            len += copy_all(&file, &acc, len, &|_| {}).map_err(|(e, on_src)| {
-                BackendError::from_io(if on_src { &ctx } else { &acc_ctx }, e)
-            })?;
-            drop(file);
-            fs::remove_file(&path).map_err(|e| BackendError::from_io(&ctx, e))?;
-        }
-
-        // 4. Prove the assembled bytes: synced, read back, hashed.
-        acc.sync_all()
-            .map_err(|e| BackendError::from_io(&acc_ctx, e))?;
-        let (actual, size) = hash_file(&acc).map_err(|e| BackendError::from_io(&acc_ctx, e))?;
-        if actual != sha256 || size != total || size != len {
-            let _ = self.sweep_retired();
-            return Err(BackendError::ChecksumMismatch {
-                key: key.to_string(),
-                expected: hex::encode(sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        if let Ok(meta) = acc.metadata() {
-            write_sha_xattr(&acc, &sha256, &meta);
-        }
-        drop(acc);
-
         // 5. Under its final name; the rest of the retired folder goes.
         let rel = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         self.ensure_dirs(rel)?;
         let (dir, name) = self.split_key(key);
         let dest = dir.join(&name);
-        fs::rename(&acc_path, &dest).map_err(|e| {
-            BackendError::from_io(&format!("rename {acc_ctx} to {}", dest.display()), e)
+        let src = retired.join(PARTS_FILE);
+        fs::rename(&src, &dest).map_err(|e| {
+            BackendError::from_io(
+                &format!("rename {} to {}", src.display(), dest.display()),
+                e,
+            )
         })?;
         fsync_dir(&dir)?;
         // The object is committed; failing to tidy must not undo that.
@@ -1265,23 +1228,89 @@ fn copy_all(
     }
 }
 
-/// SHA-256 and length of a whole file, read from its start.
-fn hash_file(f: &File) -> io::Result<([u8; 32], u64)> {
+/// SHA-256 of the `len` bytes of `f` from `offset` (a file shorter than that is an
+/// `UnexpectedEof` error).
+fn hash_range(f: &File, offset: u64, len: u64) -> io::Result<[u8; 32]> {
     use std::os::unix::fs::FileExt;
     let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; COPY_CHUNK.min(4 << 20)];
-    let mut off = 0u64;
-    loop {
-        match f.read_at(&mut buf, off) {
-            Ok(0) => return Ok((hasher.finalize().into(), off)),
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        match f.read_at(&mut buf[..want], offset + done) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => {
                 hasher.update(&buf[..n]);
-                off += n as u64;
+                done += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(hasher.finalize().into())
+}
+
+/// Ask the kernel to start writing `len` bytes of `f` from `offset` to the disk, without
+/// waiting: the sync at completion then has little left to do. Only a hint; a kernel or
+/// filesystem without `sync_file_range` is no error.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor and plain integer arguments.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Check the receipts of a completion against an upload whose parts are `part_size`
+/// bytes: parts `1..=k` in order, every one but the last exactly `part_size`, the last
+/// at most that, each with a well-formed token. Returns the tokens (each part's SHA-256).
+fn check_receipts(key: &str, parts: &[PartReceipt], part_size: u64) -> Result<Vec<[u8; 32]>> {
+    if parts.is_empty() {
+        return Err(BackendError::Permanent(format!(
+            "{key}: cannot complete an upload without parts"
+        )));
+    }
+    let mut tokens = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.number as usize != i + 1 {
+            return Err(BackendError::Permanent(format!(
+                "{key}: the parts must be 1, 2, 3 … in order without gaps (receipt {} is for part {})",
+                i + 1,
+                part.number
+            )));
+        }
+        let last = i + 1 == parts.len();
+        if (!last && part.size != part_size) || part.size > part_size {
+            return Err(BackendError::Permanent(format!(
+                "{key}: part {} is {} bytes; every part but the last must be exactly {part_size} (the last at most that)",
+                part.number, part.size
+            )));
+        }
+        let token = hex::decode(&part.token)
+            .ok()
+            .and_then(|t| <[u8; 32]>::try_from(t).ok())
+            .ok_or_else(|| {
+                BackendError::Permanent(format!(
+                    "{key}: part {}: malformed receipt token {:?}",
+                    part.number, part.token
+                ))
+            })?;
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+/// The error of a completion whose part `part` is not in the parts file.
+fn never_stored(key: &str, up: &UploadId, part: &PartReceipt) -> BackendError {
+    BackendError::Permanent(format!(
+        "{key}: part {} of upload {} was never stored",
+        part.number, up.0
+    ))
 }
 
 /// Reserve `len` bytes for `f` (fallocate); a filesystem that cannot is no error.
@@ -1308,10 +1337,6 @@ fn is_temp_name(name: &str) -> bool {
 
 fn is_valid_upload_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-fn part_name(n: u32) -> String {
-    format!("part-{n:05}")
 }
 
 /// "No such object": the file is missing, or a component of its path is a file.
@@ -1448,21 +1473,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(root.path().join("r")).unwrap();
         let i = &b.inner;
-        let body = vec![7u8; 1000];
+        let body = vec![7u8; PART_SIZE as usize];
         let sha: [u8; 32] = sha2::Sha256::digest(&body).into();
         let up = i.create_upload("a/x.tar.gz").unwrap();
         let p1 = i.put_part("a/x.tar.gz", &up, 1, &body, sha).unwrap();
         let p2 = i.put_part("a/x.tar.gz", &up, 2, &body, sha).unwrap();
 
-        // The state a kill leaves in the middle of `retire_staging`: renamed, part 2
-        // already removed, the rest still there.
+        // The state a kill leaves in the middle of `retire_staging`: renamed, the parts
+        // already removed, `upload.json` still there.
         let uploads = i.root.join(UPLOADS);
         let retired = uploads.join(format!("{RETIRED}{}", up.0));
         fs::rename(uploads.join(&up.0), &retired).unwrap();
-        fs::remove_file(retired.join(part_name(2))).unwrap();
+        fs::remove_file(retired.join(PARTS_FILE)).unwrap();
 
         let whole: [u8; 32] = sha2::Sha256::digest([body.clone(), body].concat()).into();
-        let r = i.complete_upload("a/x.tar.gz", &up, &[p1, p2], whole, 1);
+        let r = i.complete_upload("a/x.tar.gz", &up, &[p1, p2], whole);
         assert!(
             matches!(r, Err(BackendError::UploadNotFound(_))),
             "a resumed completion must learn the upload is gone: {r:?}"

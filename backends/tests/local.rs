@@ -78,7 +78,7 @@ async fn creates_root_0700_and_files_0600() {
         .put_part("c/multi", &up, 1, data.clone(), sha256_of(&data))
         .await
         .unwrap();
-    assert_eq!(mode(&staging.join("part-00001")), 0o600, "part mode");
+    assert_eq!(mode(&staging.join("parts")), 0o600, "parts file mode");
     assert_eq!(
         mode(&staging.join("upload.json")),
         0o600,
@@ -442,14 +442,21 @@ async fn complete_validates_receipts() {
         ("out of order", vec![r2.clone(), r1.clone()]),
         ("repeated", vec![r1.clone(), r1.clone(), r2.clone()]),
         (
-            "wrong size",
+            "a first part shorter than the part size",
             vec![
-                r1.clone(),
                 pronto_backends::PartReceipt {
-                    size: 9,
-                    ..r2.clone()
+                    size: min as u64 - 1,
+                    ..r1.clone()
                 },
+                r2.clone(),
             ],
+        ),
+        (
+            "a last part longer than the part size",
+            vec![pronto_backends::PartReceipt {
+                size: min as u64 + 1,
+                ..r1.clone()
+            }],
         ),
         (
             "malformed token",
@@ -469,18 +476,33 @@ async fn complete_validates_receipts() {
             "{what}: {r:?}"
         );
     }
+    // The stored bytes are not what the receipts and the whole hash say: a mismatch,
+    // naming the part whose bytes differ from its receipt when one does.
+    let short_last = pronto_backends::PartReceipt {
+        size: 9,
+        ..r2.clone()
+    };
+    let r = b
+        .complete_upload("k", &up, &[r1.clone(), short_last], sha)
+        .await;
+    assert!(
+        matches!(r, Err(BackendError::ChecksumMismatch { .. })),
+        "a last part's receipt one byte short: {r:?}"
+    );
     let wrong_token = pronto_backends::PartReceipt {
         token: hex::encode(sha256_of(b"other")),
         ..r2.clone()
     };
+    let mut wrong_whole = sha;
+    wrong_whole[0] ^= 1;
     let r = b
-        .complete_upload("k", &up, &[r1.clone(), wrong_token], sha)
+        .complete_upload("k", &up, &[r1.clone(), wrong_token], wrong_whole)
         .await;
     assert!(
-        matches!(r, Err(BackendError::ChecksumMismatch { .. })),
+        matches!(&r, Err(BackendError::ChecksumMismatch { key, .. }) if key == "k part 2"),
         "{r:?}"
     );
-    for n in [0, 10_001] {
+    for n in [0, b.capabilities().max_parts + 1] {
         let r = b.put_part("k", &up, n, p2.clone(), sha256_of(&p2)).await;
         assert!(
             matches!(r, Err(BackendError::Permanent(_))),
@@ -499,6 +521,92 @@ async fn complete_validates_receipts() {
         collect(b.get("k", None).await.unwrap()).await.unwrap(),
         data
     );
+}
+
+/// Parts are written at their offsets in one file, so a last part re-sent shorter than
+/// before leaves the old one's tail behind it: the completion cuts it, and the object is
+/// exactly the parts of the receipts, in one file renamed out of the staging folder.
+#[tokio::test]
+async fn a_last_part_resent_shorter_leaves_no_stale_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, root) = open(&dir);
+    let ps = b.capabilities().preferred_part_size as usize;
+    let first = Bytes::from(test_data(ps, 31));
+    let long = Bytes::from(test_data(5000, 32));
+    let short = Bytes::from(test_data(300, 33));
+    let up = b.create_upload("k").await.unwrap();
+    // The last part arrives first, then part 1, then the last again, shorter.
+    b.put_part("k", &up, 2, long.clone(), sha256_of(&long))
+        .await
+        .unwrap();
+    let r1 = b
+        .put_part("k", &up, 1, first.clone(), sha256_of(&first))
+        .await
+        .unwrap();
+    let r2 = b
+        .put_part("k", &up, 2, short.clone(), sha256_of(&short))
+        .await
+        .unwrap();
+    let staging = root.join(".uploads").join(&up.0);
+    assert_eq!(
+        std::fs::metadata(staging.join("parts")).unwrap().len(),
+        (ps + 5000) as u64,
+        "the parts file holds the longer part's tail before the completion"
+    );
+    let want = [first.as_ref(), short.as_ref()].concat();
+    let meta = b
+        .complete_upload("k", &up, &[r1, r2], sha256_of(&want))
+        .await
+        .unwrap();
+    assert_eq!(meta.size, want.len() as u64);
+    assert_eq!(std::fs::read(root.join("k")).unwrap(), want);
+    assert_eq!(b.head("k").await.unwrap().size, want.len() as u64);
+    assert!(!staging.exists(), "the staging folder is gone");
+    assert_eq!(tree(&root), vec![".uploads".to_string(), "k".to_string()]);
+}
+
+/// An upload staged by an earlier version (one `part-NNNNN` file per part, no part size
+/// in `upload.json`) is never resumed: writing or completing it says "upload not found"
+/// (the push then starts it over), and it is still listed as in progress and aborted.
+#[tokio::test]
+async fn an_upload_staged_by_an_earlier_version_is_started_over_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, root) = open(&dir);
+    let id = "abcdefghij0123456789";
+    let staging = root.join(".uploads").join(id);
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(
+        staging.join("upload.json"),
+        r#"{"key": "old/archive.tar.gz", "created_unix": 1}"#,
+    )
+    .unwrap();
+    let part = Bytes::from(test_data(1000, 34));
+    std::fs::write(staging.join("part-00001"), &part).unwrap();
+    let up = pronto_backends::UploadId(id.to_string());
+    let r = b
+        .put_part("old/archive.tar.gz", &up, 2, part.clone(), sha256_of(&part))
+        .await;
+    assert!(matches!(r, Err(BackendError::UploadNotFound(_))), "{r:?}");
+    let receipt = pronto_backends::PartReceipt {
+        number: 1,
+        size: 1000,
+        token: hex::encode(sha256_of(&part)),
+    };
+    let r = b
+        .complete_upload("old/archive.tar.gz", &up, &[receipt], sha256_of(&part))
+        .await;
+    assert!(matches!(r, Err(BackendError::UploadNotFound(_))), "{r:?}");
+    assert!(matches!(
+        b.head("old/archive.tar.gz").await,
+        Err(BackendError::NotFound(_))
+    ));
+    assert_eq!(
+        b.list_uploads("old/").await.unwrap(),
+        Some(vec![("old/archive.tar.gz".to_string(), up.clone())])
+    );
+    b.abort_upload("old/archive.tar.gz", &up).await.unwrap();
+    assert!(!staging.exists(), "the old staging folder is gone");
+    assert_eq!(b.list_uploads("").await.unwrap(), Some(vec![]));
 }
 
 /// Deletes prune folders that concurrent puts are about to use: every put must still land.

@@ -285,6 +285,51 @@ pub fn check_part(key: &str, n: u32, len: usize, caps: &Capabilities) -> Result<
     Ok(())
 }
 
+/// Check the receipts of a completion against an upload whose parts are `part_size`
+/// bytes (backends that write part n at offset (n - 1) × `part_size` of one staging
+/// file: local and sftp): parts `1..=k` in order, every one but the last exactly
+/// `part_size`, the last at most that, each with a well-formed token. Returns the
+/// tokens (each part's SHA-256). Errors are [`BackendError::Permanent`] naming the key.
+pub fn check_fixed_part_receipts(
+    key: &str,
+    parts: &[PartReceipt],
+    part_size: u64,
+) -> Result<Vec<[u8; 32]>> {
+    if parts.is_empty() {
+        return Err(BackendError::Permanent(format!(
+            "{key}: cannot complete an upload without parts"
+        )));
+    }
+    let mut tokens = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.number as usize != i + 1 {
+            return Err(BackendError::Permanent(format!(
+                "{key}: the parts must be 1, 2, 3 … in order without gaps (receipt {} is for part {})",
+                i + 1,
+                part.number
+            )));
+        }
+        let last = i + 1 == parts.len();
+        if (!last && part.size != part_size) || part.size > part_size {
+            return Err(BackendError::Permanent(format!(
+                "{key}: part {} is {} bytes; every part but the last must be exactly {part_size} (the last at most that)",
+                part.number, part.size
+            )));
+        }
+        let token = hex::decode(&part.token)
+            .ok()
+            .and_then(|t| <[u8; 32]>::try_from(t).ok())
+            .ok_or_else(|| {
+                BackendError::Permanent(format!(
+                    "{key}: part {}: malformed receipt token {:?}",
+                    part.number, part.token
+                ))
+            })?;
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
 /// Check a key's shape: not empty, not starting with `/`, and every `/`-separated
 /// component accepted by `component(index, text)` (each backend's own rules: which
 /// characters, which reserved names). Errors are [`BackendError::Permanent`] naming the key.

@@ -64,8 +64,8 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{
-    check_sha256 as check_sha, Backend, BackendError, ByteStream, Capabilities, ObjectMeta,
-    PartReceipt, Result, UploadId,
+    check_fixed_part_receipts, check_sha256 as check_sha, Backend, BackendError, ByteStream,
+    Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
 };
 
 /// Folder under the root that holds multipart staging folders.
@@ -760,7 +760,7 @@ impl Inner {
         let (staging, part_size) = self.open_upload(key, up)?;
         // 1. The receipts must describe one object: parts 1..=k, every one but the last
         //    exactly the upload's part size.
-        let tokens = check_receipts(key, parts, part_size)?;
+        let tokens = check_fixed_part_receipts(key, parts, part_size)?;
         let total: u64 = parts.iter().map(|p| p.size).sum();
 
         // 2. Prove the stored bytes, reading only: the first `total` bytes of the parts
@@ -1264,45 +1264,6 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
-}
-
-/// Check the receipts of a completion against an upload whose parts are `part_size`
-/// bytes: parts `1..=k` in order, every one but the last exactly `part_size`, the last
-/// at most that, each with a well-formed token. Returns the tokens (each part's SHA-256).
-fn check_receipts(key: &str, parts: &[PartReceipt], part_size: u64) -> Result<Vec<[u8; 32]>> {
-    if parts.is_empty() {
-        return Err(BackendError::Permanent(format!(
-            "{key}: cannot complete an upload without parts"
-        )));
-    }
-    let mut tokens = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        if part.number as usize != i + 1 {
-            return Err(BackendError::Permanent(format!(
-                "{key}: the parts must be 1, 2, 3 … in order without gaps (receipt {} is for part {})",
-                i + 1,
-                part.number
-            )));
-        }
-        let last = i + 1 == parts.len();
-        if (!last && part.size != part_size) || part.size > part_size {
-            return Err(BackendError::Permanent(format!(
-                "{key}: part {} is {} bytes; every part but the last must be exactly {part_size} (the last at most that)",
-                part.number, part.size
-            )));
-        }
-        let token = hex::decode(&part.token)
-            .ok()
-            .and_then(|t| <[u8; 32]>::try_from(t).ok())
-            .ok_or_else(|| {
-                BackendError::Permanent(format!(
-                    "{key}: part {}: malformed receipt token {:?}",
-                    part.number, part.token
-                ))
-            })?;
-        tokens.push(token);
-    }
-    Ok(tokens)
 }
 
 /// The error of a completion whose part `part` is not in the parts file.

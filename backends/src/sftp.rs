@@ -101,8 +101,8 @@ use sha2::Digest;
 use tokio::io::AsyncSeek;
 
 use crate::{
-    check_sha256 as check_sha, Backend, BackendError, ByteStream, Capabilities, ObjectMeta,
-    PartReceipt, Result, UploadId,
+    check_fixed_part_receipts, check_sha256 as check_sha, Backend, BackendError, ByteStream,
+    Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
 };
 
 type SftpError = openssh_sftp_client::Error;
@@ -1929,43 +1929,7 @@ impl Backend for SftpBackend {
         };
 
         // Receipts first: numbered 1..=k, all but the last exactly one part size.
-        let Some(last) = parts.last() else {
-            return Err(BackendError::Permanent(format!(
-                "{key}: cannot complete an upload without parts"
-            )));
-        };
-        let mut tokens = Vec::with_capacity(parts.len());
-        for (i, p) in parts.iter().enumerate() {
-            if p.number != i as u32 + 1 {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: parts must be numbered 1, 2, 3… in order without gaps (found part {} at position {})",
-                    p.number,
-                    i + 1
-                )));
-            }
-            if p.number != last.number && p.size != part_size {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: part {} is {} bytes; every part but the last must be exactly {part_size}",
-                    p.number, p.size
-                )));
-            }
-            if p.size > part_size {
-                return Err(BackendError::Permanent(format!(
-                    "{key}: part {} is {} bytes, more than the part size {part_size}",
-                    p.number, p.size
-                )));
-            }
-            let token = hex::decode(&p.token)
-                .ok()
-                .and_then(|t| <[u8; 32]>::try_from(t).ok())
-                .ok_or_else(|| {
-                    BackendError::Permanent(format!(
-                        "{key}: part {}: malformed receipt token {:?}",
-                        p.number, p.token
-                    ))
-                })?;
-            tokens.push(token);
-        }
+        let tokens = check_fixed_part_receipts(key, parts, part_size)?;
         let sizes: Vec<u64> = parts.iter().map(|p| p.size).collect();
         let total: u64 = sizes.iter().sum();
 

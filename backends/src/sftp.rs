@@ -32,8 +32,10 @@
 //! <root>/<key>                       one file per object; key folders are real folders
 //! <root>/<key>.sha256                `<hex>  <name>` (sha256sum format): `sha256sum -c` works there
 //! <root>/<key>.<16 hex>.partial      a write in progress (a put, or a multipart upload)
-//! <root>/<key>.sha256.<16 hex>.partial   a sidecar being written
+//! <root>/<key>.sha256.<16 hex>.partial   a sidecar being written (hex: the object's sha256)
 //! ```
+//! A sidecar staged by a verification that never committed (the connection broke) is
+//! reused by the next push of the same bytes, and removed by an abort of the upload.
 //! Names ending in `.partial` or `.sha256` are reserved: such keys are refused, and
 //! [`list`](Backend::list) never shows such files. Files are created `0600`, folders
 //! `0700`; missing folders (the root included) are created.
@@ -1382,6 +1384,27 @@ impl Inner {
         Ok(tmp)
     }
 
+    /// Remove the sidecars of `key` that a verification staged but never committed
+    /// (`<key>.sha256.<16 hex>.partial`): a connection that breaks while the server
+    /// hashes the upload leaves one behind. The next push of the same bytes would reuse
+    /// it, but when that push never comes only an abort of the upload sweeps it. Names
+    /// of exactly that pattern are touched, nothing else.
+    async fn remove_staged_sidecars(&self, c: &Conn, key: &str) -> Result<()> {
+        let stem = format!("{key}{SIDECAR}.");
+        for (name, _) in self.walk(c, key, false).await? {
+            let staged = name
+                .strip_prefix(&stem)
+                .and_then(|rest| rest.strip_suffix(PARTIAL))
+                .is_some_and(|h| {
+                    h.len() == 16 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                });
+            if staged {
+                self.remove_quiet(c, &c.path(&name)).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The sidecar of an object a conditional create just made: the object is there and
     /// is the caller's, so a failure here is a warning (an object without a sidecar is a
     /// state every reader handles), not an error that would make the create look failed.
@@ -2000,7 +2023,8 @@ impl Backend for SftpBackend {
         };
         let c = self.conn().await?;
         let partial = partial_path(&c, key, nonce);
-        self.inner.remove_quiet(&c, &partial).await
+        self.inner.remove_quiet(&c, &partial).await?;
+        self.inner.remove_staged_sidecars(&c, key).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

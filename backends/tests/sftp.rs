@@ -326,6 +326,47 @@ async fn corruption_on_the_server_is_caught_before_the_rename() {
     }
 }
 
+/// A connection that breaks while the server hashes an upload leaves the sidecar staged
+/// meanwhile (`<key>.sha256.<16 hex>.partial`). Aborting the upload (what `push --cleanup`
+/// and a push that starts over do) removes it with the upload's partial file, and touches
+/// no other name: another key's staged sidecar, names not of the pattern.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_an_upload_sweeps_its_stranded_staged_sidecar_and_nothing_else() {
+    let sshd = Sshd::start();
+    let root = sshd.dir.path().join("remote");
+    let b = backend(sshd.config(&root));
+    let data = Bytes::from(test_data(PART_SIZE as usize + 1000, 7));
+    let key = "archive.tar.gz";
+    let (up, _) = upload_parts(&b, key, &data).await;
+    let hex16 = &hex::encode(sha256_of(&data))[..16];
+    let stranded = format!("{key}.sha256.{hex16}.partial");
+    let foreign = [
+        format!("other.tar.gz.sha256.{hex16}.partial"),
+        format!("{key}.sha256.partial"),
+        format!("{key}.sha256.{}.partial", "g".repeat(16)),
+        format!("{key}.sha256.{hex16}.partial.keep"),
+        format!("{key}.sha256"),
+    ];
+    for name in foreign.iter().chain([&stranded]) {
+        std::fs::write(root.join(name), b"x").unwrap();
+    }
+    // The stranded sidecar is not an upload of its own.
+    let listed = b.list_uploads("").await.unwrap().unwrap();
+    assert_eq!(listed, vec![(key.to_string(), up.clone())]);
+
+    b.abort_upload(key, &up).await.unwrap();
+    let mut want: Vec<String> = foreign.to_vec();
+    want.sort();
+    assert_eq!(
+        names(&root),
+        want,
+        "the partial and the staged sidecar gone, nothing else"
+    );
+    // Aborting again is harmless.
+    b.abort_upload(key, &up).await.unwrap();
+    assert_eq!(names(&root), want);
+}
+
 /// `remote_hash = "exec"` hashes on the server: the server's sftp log shows the partial
 /// file was never read back, while the default mode reads every byte once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,11 +50,12 @@
 //! filesystem makes them.
 //!
 //! # Verification
-//! Before the rename the partial file is hashed on the server: by reading it back over
-//! the same connection (the default), or, with `remote_hash = "exec"`, by running
-//! `openssl dgst -sha256` there, or `sha256sum` where openssl is missing (for files of
-//! 1 MiB or more; smaller ones are cheaper to read back). When neither can run (no shell
-//! access, `ForceCommand internal-sftp`) the backend warns once and reads back instead.
+//! Before the rename the partial file is hashed on the server ([`RemoteHash`]): by
+//! running `openssl dgst -sha256` there, or `sha256sum` where openssl is missing (files
+//! of 1 MiB or more; smaller ones are cheaper to read back), or by reading it back over
+//! the same connection. The default (`Auto`) runs the command where it can and reads back
+//! where it cannot (no shell access, `ForceCommand internal-sftp`), quietly;
+//! `remote_hash = "exec"` warns once when it has to read back; `"read"` always reads back.
 //!
 //! # Multipart: parts at their offsets in one `.partial` file
 //! The trait does not tell the backend the part size (not at `create_upload`, and a part's
@@ -133,13 +134,20 @@ const DIR_RACE_RETRIES: usize = 8;
 /// firewall dropping packets) fails in seconds, not minutes.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the backend verifies a finished file before renaming it into place.
+/// How the backend verifies a finished file before renaming it into place. Either way
+/// the SHA-256 is of the bytes the server stores; what differs is who reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RemoteHash {
-    /// Read the file back over SFTP and hash it here (works with any SFTP server).
+    /// As [`Exec`](Self::Exec) where a command can run on the server, else as
+    /// [`ReadBack`](Self::ReadBack), said at debug level only (the default: what `rclone`
+    /// does for its sftp hashes, and what a careful admin does with `sha256sum` there).
     #[default]
+    Auto,
+    /// Read the file back over SFTP and hash it here (works with any SFTP server; every
+    /// byte crosses the link twice).
     ReadBack,
-    /// Run `sha256sum` on the server over the same SSH connection (needs a shell there).
+    /// Run `openssl dgst -sha256` (or `sha256sum`) on the server over the same SSH
+    /// connection (needs a shell there); where neither can run, warn once and read back.
     Exec,
 }
 
@@ -228,7 +236,7 @@ impl SftpConfig {
             ssh_config_file: None,
             connect_timeout: None,
             accept_new_host_key: false,
-            remote_hash: RemoteHash::ReadBack,
+            remote_hash: RemoteHash::Auto,
             create_root: true,
         })
     }
@@ -1207,11 +1215,19 @@ impl Inner {
             .await;
         let give_up = |why: String| {
             if !self.exec_unavailable.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "{}: remote_hash = \"exec\": cannot run sha256sum on {} ({why}); reading files back to verify them instead",
-                    self.cfg.url,
-                    self.host_desc()
-                );
+                if self.cfg.remote_hash == RemoteHash::Exec {
+                    tracing::warn!(
+                        "{}: remote_hash = \"exec\": cannot run sha256sum on {} ({why}); reading files back to verify them instead",
+                        self.cfg.url,
+                        self.host_desc()
+                    );
+                } else {
+                    tracing::debug!(
+                        "{}: cannot run sha256sum on {} ({why}); reading files back to verify them",
+                        self.cfg.url,
+                        self.host_desc()
+                    );
+                }
             }
             Ok(None)
         };
@@ -1256,7 +1272,7 @@ impl Inner {
             sha256,
         } = want;
         let total: u64 = parts.iter().sum();
-        let exec_hash = if self.cfg.remote_hash == RemoteHash::Exec && total >= EXEC_HASH_MIN {
+        let exec_hash = if self.cfg.remote_hash != RemoteHash::ReadBack && total >= EXEC_HASH_MIN {
             self.exec_sha256(c, path).await?
         } else {
             None

@@ -15,10 +15,11 @@ use pronto_backends::{collect, sha256_of, Backend, BackendError};
 use support::sshd::{fingerprint_of, keygen, Sshd, SshdOptions};
 
 /// One private sshd per case; every backend instance opens its own SSH connection to the
-/// same folder, as a new process would.
-fn sftp_harness() -> Harness {
+/// same folder, as a new process would. Files are verified as `remote_hash` says.
+fn sftp_harness(remote_hash: RemoteHash) -> Harness {
     let sshd = Sshd::start();
-    let cfg = sshd.config(&sshd.dir.path().join("remote"));
+    let mut cfg = sshd.config(&sshd.dir.path().join("remote"));
+    cfg.remote_hash = remote_hash;
     Harness::new(move || {
         let cfg = cfg.clone();
         async move { Arc::new(SftpBackend::new(cfg).expect("sftp backend")) as Arc<dyn Backend> }
@@ -26,7 +27,15 @@ fn sftp_harness() -> Harness {
     .keep_alive(sshd)
 }
 
-pronto_backends::conformance_suite!(harness = sftp_harness());
+// The default: hashed on the server (this sshd runs commands).
+pronto_backends::conformance_suite!(harness = sftp_harness(RemoteHash::Auto));
+
+/// The same suite verifying by reading back (`remote_hash = "read"`, and what the default
+/// falls back to where the server runs no command).
+mod read_back {
+    use super::*;
+    pronto_backends::conformance_suite!(harness = sftp_harness(RemoteHash::ReadBack));
+}
 
 // ---------------------------------------------------------------------------------------
 // SFTP-only checks
@@ -367,16 +376,21 @@ async fn aborting_an_upload_sweeps_its_stranded_staged_sidecar_and_nothing_else(
     assert_eq!(names(&root), want);
 }
 
-/// `remote_hash = "exec"` hashes on the server: the server's sftp log shows the partial
-/// file was never read back, while the default mode reads every byte once.
+/// `remote_hash = "exec"` and the default (`auto`) hash on the server: the server's sftp
+/// log shows the partial file was never read back, while `"read"` reads every byte once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_hash_exec_hashes_on_the_server_instead_of_reading_back() {
+    assert_eq!(
+        SftpConfig::from_url("sftp://h/x").unwrap().remote_hash,
+        RemoteHash::Auto,
+        "the default"
+    );
     let sshd = Sshd::start_with(SshdOptions {
         sftp_log: true,
         ..Default::default()
     });
     let data = Bytes::from(test_data(PART_SIZE as usize + 5_000_000, 6));
-    for (i, hash) in [RemoteHash::ReadBack, RemoteHash::Exec]
+    for (i, hash) in [RemoteHash::ReadBack, RemoteHash::Exec, RemoteHash::Auto]
         .into_iter()
         .enumerate()
     {
@@ -392,10 +406,10 @@ async fn remote_hash_exec_hashes_on_the_server_instead_of_reading_back() {
         drop(b);
         sshd.wait_no_sessions(Duration::from_secs(10));
         let read = sshd.bytes_read(".partial", mark);
-        let want = if hash == RemoteHash::Exec {
-            0
-        } else {
+        let want = if hash == RemoteHash::ReadBack {
             data.len() as u64
+        } else {
+            0
         };
         assert_eq!(
             read, want,
@@ -406,16 +420,22 @@ async fn remote_hash_exec_hashes_on_the_server_instead_of_reading_back() {
 }
 
 /// With `ForceCommand internal-sftp` (an SFTP-only account) `sha256sum` cannot run: the
-/// backend reads back instead, and still catches corruption.
+/// backend reads back instead (`exec` and the default alike), and still catches corruption.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_hash_exec_falls_back_to_reading_back_on_sftp_only_accounts() {
     let sshd = Sshd::start_with(SshdOptions {
         extra_config: "ForceCommand internal-sftp".into(),
         ..Default::default()
     });
-    let root = sshd.dir.path().join("remote");
+    for hash in [RemoteHash::Exec, RemoteHash::Auto] {
+        falls_back_to_reading_back(&sshd, hash).await;
+    }
+}
+
+async fn falls_back_to_reading_back(sshd: &Sshd, hash: RemoteHash) {
+    let root = sshd.dir.path().join(format!("remote-{hash:?}"));
     let mut cfg = sshd.config(&root);
-    cfg.remote_hash = RemoteHash::Exec;
+    cfg.remote_hash = hash;
     let b = backend(cfg);
     let data = Bytes::from(test_data(3_000_000, 4));
     let (up, receipts) = upload_parts(&b, "k", &data).await;
@@ -435,7 +455,7 @@ async fn remote_hash_exec_falls_back_to_reading_back_on_sftp_only_accounts() {
         .await;
     assert!(
         matches!(r, Err(BackendError::ChecksumMismatch { .. })),
-        "{r:?}"
+        "{hash:?}: {r:?}"
     );
 }
 

@@ -982,13 +982,14 @@ fn sftp_options(
     cfg.accept_new_host_key = r.accept_new_host_key.as_ref().is_some_and(|v| *v.get_ref());
     if let Some(h) = &r.remote_hash {
         cfg.remote_hash = match h.get_ref().as_str() {
+            "auto" => RemoteHash::Auto,
             "exec" => RemoteHash::Exec,
             "read" => RemoteHash::ReadBack,
             _ => {
                 return Err(at.err(
                     h.span().start,
                     &format!("{key}.remote_hash"),
-                    "\"exec\" (run sha256sum on the server) or \"read\" (read the file back; the default)",
+                    "\"auto\" (hash on the server where a command can run there, else read the file back; the default), \"exec\" (hash on the server, warn when it cannot) or \"read\" (always read the file back)",
                 ))
             }
         };

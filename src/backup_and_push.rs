@@ -439,8 +439,8 @@ impl replicate::PartSource for GrowingFile<'_> {
     }
 }
 
-/// Read `len` bytes at `offset` (`pread`: the handle's position is never used), on a
-/// blocking thread, hashing them into `whole` (parts are read in order) and on their own.
+/// Read `len` bytes at `offset` on a blocking thread, hashing them into `whole` (parts
+/// are read in order) and on their own ([`replicate::read_hashed_at`]).
 async fn read_growing_part(
     reader: Arc<File>,
     offset: u64,
@@ -448,13 +448,8 @@ async fn read_growing_part(
     mut whole: Sha256,
 ) -> Result<(Bytes, [u8; 32], Sha256)> {
     tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len as usize];
-        reader
-            .read_exact_at(&mut buf, offset)
+        let (buf, psha) = replicate::read_hashed_at(&reader, offset, len, Some(&mut whole))
             .with_context(|| format!("reading the archive being written at {offset}"))?;
-        whole.update(&buf);
-        let psha = pronto_backends::sha256_of(&buf);
         Ok((Bytes::from(buf), psha, whole))
     })
     .await?

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use pronto_backends::{
     sha256_of, Backend, BackendError, Capabilities, PartReceipt, StoreChecksum, UploadId,
+    HASH_CHUNK,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -855,16 +856,37 @@ pub(crate) async fn send_part(
 /// which must not stall the async workers that drive the other uploads).
 async fn read_part(path: PathBuf, offset: u64, len: u64) -> Result<(Bytes, [u8; 32])> {
     tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
         let f =
             std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)
+        let (buf, sha) = read_hashed_at(&f, offset, len, None)
             .with_context(|| format!("reading {} at {offset}", path.display()))?;
-        let sha = sha256_of(&buf);
         Ok((Bytes::from(buf), sha))
     })
     .await?
+}
+
+/// Read `len` bytes of `f` at `offset` (`pread`: the handle's position is never used),
+/// hashing each [`HASH_CHUNK`] as it arrives: returns the bytes and their SHA-256, and
+/// feeds them to `whole` too when given (the hash of a file read part by part, in order).
+pub(crate) fn read_hashed_at(
+    f: &std::fs::File,
+    offset: u64,
+    len: u64,
+    mut whole: Option<&mut Sha256>,
+) -> std::io::Result<(Vec<u8>, [u8; 32])> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len as usize];
+    let mut part = Sha256::new();
+    let mut at = offset;
+    for chunk in buf.chunks_mut(HASH_CHUNK) {
+        f.read_exact_at(chunk, at)?;
+        part.update(&*chunk);
+        if let Some(w) = whole.as_deref_mut() {
+            w.update(&*chunk);
+        }
+        at += chunk.len() as u64;
+    }
+    Ok((buf, part.finalize().into()))
 }
 
 /// Download `key` into `dest` (created 0600, must not exist), hashing as it goes.

@@ -268,6 +268,12 @@ pub fn byte_range(key: &str, range: Option<Range<u64>>, size: u64) -> Result<(u6
     }
 }
 
+/// How many bytes are hashed at a time when a part is read or written and hashed in
+/// one pass: small enough to be hashed while still in the CPU's cache. Hashing a whole
+/// 8 MiB part after reading or before writing it reads it from memory a second time,
+/// measurably slower on a machine busy compressing (BENCHMARKS.md, issue 20).
+pub const HASH_CHUNK: usize = 256 * 1024;
+
 /// Refuse a part number or part size outside the backend's [`Capabilities`].
 pub fn check_part(key: &str, n: u32, len: usize, caps: &Capabilities) -> Result<()> {
     if n == 0 || n > caps.max_parts {

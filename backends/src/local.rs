@@ -295,7 +295,6 @@ impl Backend for LocalBackend {
     ) -> Result<PartReceipt> {
         check_key(key)?;
         crate::check_part(key, n, body.len(), &self.capabilities())?;
-        check_sha(&format!("{key} part {n}"), &body, &sha256)?;
         let (key, up) = (key.to_string(), up.clone());
         self.blocking(move |i| i.put_part(&key, &up, n, &body, sha256))
             .await
@@ -739,9 +738,27 @@ impl Inner {
             .mode(0o600)
             .open(&path)
             .map_err(|e| BackendError::from_io(&ctx, e))?;
+        // The body is hashed as it is written, a chunk at a time while the chunk is in
+        // the cache. A body that is not what `sha256` says is refused — after it was
+        // written over this part's region: an earlier receipt for the part then fails
+        // the completion's whole hash (naming the part) until the part is sent again.
         let offset = (n as u64 - 1) * part_size;
-        file.write_all_at(body, offset)
-            .map_err(|e| BackendError::from_io(&ctx, e))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut at = offset;
+        for chunk in body.chunks(crate::HASH_CHUNK) {
+            hasher.update(chunk);
+            file.write_all_at(chunk, at)
+                .map_err(|e| BackendError::from_io(&ctx, e))?;
+            at += chunk.len() as u64;
+        }
+        let got: [u8; 32] = hasher.finalize().into();
+        if got != sha256 {
+            return Err(BackendError::ChecksumMismatch {
+                key: format!("{key} part {n}"),
+                expected: hex::encode(sha256),
+                actual: hex::encode(got),
+            });
+        }
         start_writeback(&file, offset, body.len() as u64);
         Ok(PartReceipt {
             number: n,

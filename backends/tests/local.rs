@@ -139,7 +139,8 @@ async fn no_temp_files_after_checksum_mismatch() {
     assert!(matches!(err, Err(BackendError::ChecksumMismatch { .. })));
     assert_eq!(tree(&root), vec!["x", "x/obj"]);
 
-    // A rejected part leaves only what create_upload wrote.
+    // A rejected part leaves nothing outside the upload's staging folder (its bytes were
+    // hashed as they were written into the parts file, where no receipt names them).
     let up = b.create_upload("x/multi").await.unwrap();
     let staging = format!(".uploads/{}", up.0);
     let err = b.put_part("x/multi", &up, 1, data.clone(), [7u8; 32]).await;
@@ -149,6 +150,7 @@ async fn no_temp_files_after_checksum_mismatch() {
         vec![
             ".uploads".to_string(),
             staging.clone(),
+            format!("{staging}/parts"),
             format!("{staging}/upload.json"),
             "x".into(),
             "x/obj".into()
@@ -630,4 +632,56 @@ async fn concurrent_puts_and_deletes_in_the_same_folders() {
     }
     assert!(b.list("").await.unwrap().is_empty());
     assert_eq!(tree(&root), Vec::<String>::new(), "every folder pruned");
+}
+
+/// `put_part` hashes the body as it writes it (a chunk at a time, while it is in the
+/// cache), so a body that is not what its sha256 says is refused after it was written over
+/// its part's region. The invariant holds: nothing becomes visible, a completion with the
+/// part's earlier receipt fails naming the part, and sending the part again repairs it.
+#[tokio::test]
+async fn a_corrupted_resend_is_refused_and_the_completion_names_the_part_until_it_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, root) = open(&dir);
+    let ps = b.capabilities().min_part_size as usize;
+    let data = Bytes::from(test_data(ps + 1000, 9));
+    let (p1, p2) = (data.slice(..ps), data.slice(ps..));
+    let up = b.create_upload("k").await.unwrap();
+    let r1 = b
+        .put_part("k", &up, 1, p1.clone(), sha256_of(&p1))
+        .await
+        .unwrap();
+    let r2 = b
+        .put_part("k", &up, 2, p2.clone(), sha256_of(&p2))
+        .await
+        .unwrap();
+    let mut bad = p1.to_vec();
+    bad[ps - 1] ^= 1; // in the last chunk: found only after every chunk was written
+    let r = b
+        .put_part("k", &up, 1, Bytes::from(bad), sha256_of(&p1))
+        .await;
+    assert!(
+        matches!(&r, Err(BackendError::ChecksumMismatch { key, .. }) if key == "k part 1"),
+        "{r:?}"
+    );
+    let r = b
+        .complete_upload("k", &up, &[r1, r2.clone()], sha256_of(&data))
+        .await;
+    assert!(
+        matches!(&r, Err(BackendError::ChecksumMismatch { key, .. }) if key == "k part 1"),
+        "{r:?}"
+    );
+    assert!(!root.join("k").exists(), "nothing under the final name");
+    assert!(matches!(b.head("k").await, Err(BackendError::NotFound(_))));
+
+    let r1 = b
+        .put_part("k", &up, 1, p1.clone(), sha256_of(&p1))
+        .await
+        .unwrap();
+    b.complete_upload("k", &up, &[r1, r2], sha256_of(&data))
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(b.get("k", None).await.unwrap()).await.unwrap(),
+        data
+    );
 }

@@ -421,13 +421,21 @@ async fn get_streams_in_chunks_of_at_most_one_mib() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn complete_validates_receipts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (b, root) = open(&dir);
-    let min = b.capabilities().min_part_size as usize;
-    let data = Bytes::from(test_data(min + 10, 5));
-    let (p1, p2) = (data.slice(..min), data.slice(min..));
+/// An upload of key `k` with two parts sent (the first of the part size, the second of
+/// `extra` bytes): the data, the upload, the two parts and their receipts.
+struct TwoParts {
+    data: Bytes,
+    up: pronto_backends::UploadId,
+    p1: Bytes,
+    p2: Bytes,
+    r1: pronto_backends::PartReceipt,
+    r2: pronto_backends::PartReceipt,
+}
+
+async fn two_parts(b: &LocalBackend, extra: usize, seed: u64) -> TwoParts {
+    let ps = b.capabilities().min_part_size as usize;
+    let data = Bytes::from(test_data(ps + extra, seed));
+    let (p1, p2) = (data.slice(..ps), data.slice(ps..));
     let up = b.create_upload("k").await.unwrap();
     let r1 = b
         .put_part("k", &up, 1, p1.clone(), sha256_of(&p1))
@@ -437,6 +445,29 @@ async fn complete_validates_receipts() {
         .put_part("k", &up, 2, p2.clone(), sha256_of(&p2))
         .await
         .unwrap();
+    TwoParts {
+        data,
+        up,
+        p1,
+        p2,
+        r1,
+        r2,
+    }
+}
+
+#[tokio::test]
+async fn complete_validates_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, root) = open(&dir);
+    let min = b.capabilities().min_part_size as usize;
+    let TwoParts {
+        data,
+        up,
+        p2,
+        r1,
+        r2,
+        ..
+    } = two_parts(&b, 10, 5).await;
     let sha = sha256_of(&data);
 
     let bad = [
@@ -643,17 +674,14 @@ async fn a_corrupted_resend_is_refused_and_the_completion_names_the_part_until_i
     let dir = tempfile::tempdir().unwrap();
     let (b, root) = open(&dir);
     let ps = b.capabilities().min_part_size as usize;
-    let data = Bytes::from(test_data(ps + 1000, 9));
-    let (p1, p2) = (data.slice(..ps), data.slice(ps..));
-    let up = b.create_upload("k").await.unwrap();
-    let r1 = b
-        .put_part("k", &up, 1, p1.clone(), sha256_of(&p1))
-        .await
-        .unwrap();
-    let r2 = b
-        .put_part("k", &up, 2, p2.clone(), sha256_of(&p2))
-        .await
-        .unwrap();
+    let TwoParts {
+        data,
+        up,
+        p1,
+        r1,
+        r2,
+        ..
+    } = two_parts(&b, 1000, 9).await;
     let mut bad = p1.to_vec();
     bad[ps - 1] ^= 1; // in the last chunk: found only after every chunk was written
     let r = b

@@ -237,8 +237,13 @@ pub trait Backend: Send + Sync + 'static {
 /// Check `body` against the SHA-256 it was sent with: [`BackendError::ChecksumMismatch`]
 /// naming `what` when it differs. Every backend calls this before storing anything.
 pub fn check_sha256(what: &str, body: &[u8], expected: &[u8; 32]) -> Result<()> {
-    let actual = sha256_of(body);
-    if &actual == expected {
+    check_digest(what, &sha256_of(body), expected)
+}
+
+/// Compare a SHA-256 computed from stored or sent bytes with the expected one:
+/// [`BackendError::ChecksumMismatch`] naming `what` when they differ.
+pub fn check_digest(what: &str, actual: &[u8; 32], expected: &[u8; 32]) -> Result<()> {
+    if actual == expected {
         Ok(())
     } else {
         Err(BackendError::ChecksumMismatch {

@@ -64,8 +64,8 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{
-    check_fixed_part_receipts, check_sha256 as check_sha, Backend, BackendError, ByteStream,
-    Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
+    check_digest, check_fixed_part_receipts, check_sha256 as check_sha, Backend, BackendError,
+    ByteStream, Capabilities, ObjectMeta, PartReceipt, Result, UploadId,
 };
 
 /// Folder under the root that holds multipart staging folders.
@@ -564,14 +564,8 @@ impl Inner {
         start_writeback(tmp.as_file(), 0, copied);
         let actual =
             hash_range(tmp.as_file(), 0, copied).map_err(|e| BackendError::from_io(&tmp_ctx, e))?;
-        if actual != sha256 {
-            // `tmp` is removed on drop.
-            return Err(BackendError::ChecksumMismatch {
-                key: key.to_string(),
-                expected: hex::encode(sha256),
-                actual: hex::encode(actual),
-            });
-        }
+        // On a mismatch `tmp` is removed on drop.
+        check_digest(key, &actual, &sha256)?;
         self.finish(tmp, &dir, &name, Some(actual))?;
         Ok(ObjectMeta {
             modified: None,
@@ -751,14 +745,11 @@ impl Inner {
                 .map_err(|e| BackendError::from_io(&ctx, e))?;
             at += chunk.len() as u64;
         }
-        let got: [u8; 32] = hasher.finalize().into();
-        if got != sha256 {
-            return Err(BackendError::ChecksumMismatch {
-                key: format!("{key} part {n}"),
-                expected: hex::encode(sha256),
-                actual: hex::encode(got),
-            });
-        }
+        check_digest(
+            &format!("{key} part {n}"),
+            &hasher.finalize().into(),
+            &sha256,
+        )?;
         start_writeback(&file, offset, body.len() as u64);
         Ok(PartReceipt {
             number: n,
@@ -809,20 +800,10 @@ impl Inner {
                 let offset = (part.number as u64 - 1) * part_size;
                 let got = hash_range(&file, offset, part.size)
                     .map_err(|e| BackendError::from_io(&ctx, e))?;
-                if &got != expected {
-                    // Re-sent after this receipt was issued, never sent, or damaged.
-                    return Err(BackendError::ChecksumMismatch {
-                        key: format!("{key} part {}", part.number),
-                        expected: hex::encode(expected),
-                        actual: hex::encode(got),
-                    });
-                }
+                // A part re-sent after this receipt was issued, never sent, or damaged.
+                check_digest(&format!("{key} part {}", part.number), &got, expected)?;
             }
-            return Err(BackendError::ChecksumMismatch {
-                key: key.to_string(),
-                expected: hex::encode(sha256),
-                actual: hex::encode(actual),
-            });
+            check_digest(key, &actual, &sha256)?;
         }
 
         // 3. The file is the object: cut what a longer earlier last part left beyond

@@ -12,6 +12,9 @@
 //! The master is started with `BatchMode=yes` (never a password prompt),
 //! `ServerAliveInterval=15` (a dead link is noticed) and `ControlPersist=30s` (a killed
 //! `push` does not leave an `ssh` process behind for long).
+//! On a CPU with AES instructions, when nobody configured `Ciphers`, AES-GCM goes first
+//! in ssh's cipher list (`Inner::config_preferring_aes_gcm`): half the CPU of the
+//! default chacha20-poly1305 there, which a fast transfer is bound by.
 //!
 //! The connection is made lazily on first use. When a call fails because the connection
 //! dropped (the SSH link died, the server's session process was killed, a timeout), the
@@ -506,6 +509,68 @@ impl Inner {
         a
     }
 
+    /// An ssh config file (in the private control folder) that puts AES-GCM first among
+    /// ssh's own ciphers, then reads the user's configuration as ssh would; `None` (use
+    /// the user's configuration as it is) unless this CPU has AES instructions and nobody
+    /// chose the ciphers: `ssh -G` says the same list with and without the user's and the
+    /// system's config files, and that list is OpenSSH's default, chacha20-poly1305 first.
+    ///
+    /// Why: on a CPU with AES instructions AES-GCM costs ssh and sshd about half what
+    /// chacha20-poly1305 does, and a push to a fast server is bound by that CPU (on the
+    /// loopback benchmark 2.2 s → 2.0 s for 512 MiB; `scp -c aes128-gcm@openssh.com` 1.35 s
+    /// → 1.1 s). rclone's sftp (Go's ssh) prefers AES-GCM the same way. Nothing is
+    /// removed from the list, so a server without AES-GCM still agrees on a cipher.
+    async fn config_preferring_aes_gcm(&self) -> Option<PathBuf> {
+        if !cpu_has_aes() {
+            return None;
+        }
+        let mut effective = self.ssh_args();
+        effective.insert(0, "-G".into());
+        effective.push(self.cfg.host.clone().into());
+        let defaults: Vec<OsString> = vec![
+            "-G".into(),
+            "-F".into(),
+            "/dev/null".into(),
+            self.cfg.host.clone().into(),
+        ];
+        let ciphers_of = |args: Vec<OsString>| {
+            let out = std::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("ciphers ").map(str::to_string))
+        };
+        let (effective, defaults) =
+            tokio::task::spawn_blocking(move || (ciphers_of(effective), ciphers_of(defaults)))
+                .await
+                .ok()?;
+        let list = aes_gcm_first(&effective?, &defaults?)?;
+        let mut text = format!(
+            "# written by pronto-offsite: AES-GCM first, else as configured\nCiphers {list}\n"
+        );
+        match &self.cfg.ssh_config_file {
+            Some(f) if f == Path::new("/dev/null") => {}
+            Some(f) => {
+                let f = std::path::absolute(f).ok()?;
+                text.push_str(&format!("Include \"{}\"\n", f.display()));
+            }
+            None => text.push_str("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"),
+        }
+        let path = self.control_dir.path().join("ssh_config");
+        match std::fs::write(&path, text) {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::debug!("cannot write {}: {e}; ssh's own ciphers", path.display());
+                None
+            }
+        }
+    }
+
     /// Ask `ssh -G` who and where we would connect to (local, no network).
     async fn who(&self) -> Who {
         if let Some(w) = self.who.lock().unwrap_or_else(|p| p.into_inner()).clone() {
@@ -583,8 +648,15 @@ impl Inner {
         if let Some(k) = &cfg.identity_file {
             b.keyfile(k);
         }
-        if let Some(f) = &cfg.ssh_config_file {
-            b.config_file(f);
+        match self.config_preferring_aes_gcm().await {
+            Some(ours) => {
+                b.config_file(ours);
+            }
+            None => {
+                if let Some(f) = &cfg.ssh_config_file {
+                    b.config_file(f);
+                }
+            }
         }
         if let Some(f) = &cfg.known_hosts_file {
             b.user_known_hosts_file(f);
@@ -1557,6 +1629,40 @@ fn exec_hash_command(path: &str) -> String {
     )
 }
 
+/// Whether this CPU has the AES (and carry-less multiply) instructions AES-GCM runs on:
+/// then the connection prefers AES-GCM where nobody chose the ciphers.
+pub fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// `effective` (the ciphers ssh would offer) with the AES-GCM ones moved to the front,
+/// when it is `defaults` (OpenSSH's own list: nobody chose) and that does not already
+/// start with AES-GCM; `None` otherwise.
+fn aes_gcm_first(effective: &str, defaults: &str) -> Option<String> {
+    if effective != defaults {
+        return None;
+    }
+    let all: Vec<&str> = effective.split(',').collect();
+    let is_gcm = |c: &&str| c.starts_with("aes") && c.contains("-gcm");
+    if all.first().is_none_or(is_gcm) || !all.iter().any(is_gcm) {
+        return None;
+    }
+    let (gcm, rest): (Vec<&str>, Vec<&str>) = all.into_iter().partition(is_gcm);
+    Some([gcm, rest].concat().join(","))
+}
+
 /// `<hex>  <name>\n`, escaped the way GNU sha256sum escapes names with `\` or newlines.
 fn sha256sum_line(sha: &[u8; 32], name: &str) -> String {
     if name.contains(['\\', '\n', '\r']) {
@@ -2251,6 +2357,22 @@ mod tests {
             "{c}"
         );
         assert!(exec_hash_command("-rf").contains("'./-rf'"));
+    }
+
+    #[test]
+    fn aes_gcm_goes_first_only_where_nobody_chose_the_ciphers() {
+        let openssh = "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+        assert_eq!(
+            aes_gcm_first(openssh, openssh).as_deref(),
+            Some("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr")
+        );
+        let chosen = "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com";
+        assert_eq!(aes_gcm_first(chosen, openssh), None, "the user's own list");
+        let gcm_first = "aes256-gcm@openssh.com,chacha20-poly1305@openssh.com";
+        assert_eq!(aes_gcm_first(gcm_first, gcm_first), None, "already first");
+        let no_gcm = "chacha20-poly1305@openssh.com,aes128-ctr";
+        assert_eq!(aes_gcm_first(no_gcm, no_gcm), None, "none to move");
+        assert_eq!(aes_gcm_first("", ""), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pronto_backends::conformance::{test_data, Harness};
-use pronto_backends::sftp::{RemoteHash, SftpBackend, SftpConfig, PART_SIZE};
+use pronto_backends::sftp::{cpu_has_aes, RemoteHash, SftpBackend, SftpConfig, PART_SIZE};
 use pronto_backends::{collect, sha256_of, Backend, BackendError};
 use support::sshd::{fingerprint_of, keygen, Sshd, SshdOptions};
 
@@ -758,6 +758,75 @@ async fn the_users_ssh_config_is_used_when_given() {
     assert_eq!(
         b.describe(),
         format!("sftp://backup-alias{}", root.display())
+    );
+}
+
+/// The cipher the server's log says the connection made at `from` agreed on.
+fn negotiated_cipher(sshd: &Sshd, from: usize) -> String {
+    let log = std::fs::read_to_string(&sshd.log).unwrap();
+    log[from..]
+        .lines()
+        .find_map(|l| {
+            l.split("kex: client->server cipher: ")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| panic!("no cipher in the server's log: {}", &log[from..]))
+}
+
+/// Where nobody chose the ciphers, a CPU with AES instructions gets AES-GCM (half the
+/// CPU of ssh's default chacha20-poly1305 there); a list the user chose in their ssh
+/// config is kept, and the rest of that config (a host alias) still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_gcm_is_preferred_unless_the_user_chose_the_ciphers() {
+    let sshd = Sshd::start_with(SshdOptions {
+        log_level: Some("DEBUG1"),
+        ..Default::default()
+    });
+    let log_len = || std::fs::metadata(&sshd.log).unwrap().len() as usize;
+    let connect = |cfg: SftpConfig| async move {
+        let b = backend(cfg);
+        b.list("").await.unwrap();
+    };
+    let fast = if cpu_has_aes() {
+        "aes128-gcm@openssh.com"
+    } else {
+        "chacha20-poly1305@openssh.com"
+    };
+
+    // Nobody chose (`-F /dev/null`).
+    let mark = log_len();
+    connect(sshd.config(&sshd.dir.path().join("r1"))).await;
+    assert_eq!(negotiated_cipher(&sshd, mark), fast, "no ssh config");
+
+    // An ssh config with a host alias and no ciphers: the alias still works.
+    let conf = sshd.dir.path().join("ssh_config_alias");
+    let alias = format!(
+        "Host backup-alias\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+        sshd.port,
+        sshd.client_key.display(),
+        sshd.known_hosts.display()
+    );
+    std::fs::write(&conf, &alias).unwrap();
+    let root = sshd.dir.path().join("r2");
+    let mut cfg = SftpConfig::from_url(&format!("sftp://backup-alias{}", root.display())).unwrap();
+    cfg.ssh_config_file = Some(conf.clone());
+    let mark = log_len();
+    connect(cfg.clone()).await;
+    assert_eq!(negotiated_cipher(&sshd, mark), fast, "an alias, no ciphers");
+
+    // The user's own list is kept as it is.
+    std::fs::write(
+        &conf,
+        format!("Ciphers chacha20-poly1305@openssh.com,aes128-gcm@openssh.com\n{alias}"),
+    )
+    .unwrap();
+    let mark = log_len();
+    connect(cfg).await;
+    assert_eq!(
+        negotiated_cipher(&sshd, mark),
+        "chacha20-poly1305@openssh.com",
+        "the user's choice"
     );
 }
 

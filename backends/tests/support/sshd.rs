@@ -27,6 +27,8 @@ pub struct SshdOptions {
     pub sftp_log: bool,
     /// Extra sshd_config lines.
     pub extra_config: String,
+    /// sshd's `LogLevel` (default `INFO`; `DEBUG1` logs the negotiated cipher).
+    pub log_level: Option<&'static str>,
 }
 
 pub struct Sshd {
@@ -134,12 +136,13 @@ impl Sshd {
                      KbdInteractiveAuthentication no\n\
                      MaxSessions 64\n\
                      MaxStartups 64:30:128\n\
-                     LogLevel INFO\n\
+                     LogLevel {level}\n\
                      {extra}\n\
                      Subsystem sftp {subsystem}\n",
                     hk = host_key.display(),
                     d = d.display(),
                     extra = opts.extra_config,
+                    level = opts.log_level.unwrap_or("INFO"),
                 ),
             )
             .unwrap();

@@ -511,9 +511,17 @@ impl Inner {
 
     /// An ssh config file (in the private control folder) that puts AES-GCM first among
     /// ssh's own ciphers, then reads the user's configuration as ssh would; `None` (use
-    /// the user's configuration as it is) unless this CPU has AES instructions and nobody
-    /// chose the ciphers: `ssh -G` says the same list with and without the user's and the
-    /// system's config files, and that list is OpenSSH's default, chacha20-poly1305 first.
+    /// the user's configuration as it is) unless all of this holds, each asked of `ssh -G`
+    /// (local, no network):
+    /// - this CPU has AES instructions;
+    /// - nobody chose the ciphers: the list is the same with and without the user's and the
+    ///   system's config files, and that list (OpenSSH's default) does not already start
+    ///   with AES-GCM;
+    /// - the connection goes straight to the server (no `ProxyJump` or `ProxyCommand`: a
+    ///   jump host's ssh would read this file too, and its own choices must stay its own);
+    /// - through this file ssh sees exactly the configuration it sees without it, but for
+    ///   the ciphers (so an `Include` that resolves differently from a `-F` file, or a
+    ///   system config elsewhere than `/etc/ssh/ssh_config`, means: leave it alone).
     ///
     /// Why: on a CPU with AES instructions AES-GCM costs ssh and sshd about half what
     /// chacha20-poly1305 does, and a push to a fast server is bound by that CPU (on the
@@ -524,32 +532,18 @@ impl Inner {
         if !cpu_has_aes() {
             return None;
         }
-        let mut effective = self.ssh_args();
-        effective.insert(0, "-G".into());
-        effective.push(self.cfg.host.clone().into());
-        let defaults: Vec<OsString> = vec![
-            "-G".into(),
-            "-F".into(),
-            "/dev/null".into(),
-            self.cfg.host.clone().into(),
-        ];
-        let ciphers_of = |args: Vec<OsString>| {
-            let out = std::process::Command::new("ssh")
-                .args(&args)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())?;
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("ciphers ").map(str::to_string))
-        };
-        let (effective, defaults) =
-            tokio::task::spawn_blocking(move || (ciphers_of(effective), ciphers_of(defaults)))
-                .await
-                .ok()?;
-        let list = aes_gcm_first(&effective?, &defaults?)?;
+        let host: OsString = self.cfg.host.clone().into();
+        let as_configured = ssh_g(self.ssh_args(), &host).await?;
+        let defaults = ssh_g(vec!["-F".into(), "/dev/null".into()], &host).await?;
+        let list = aes_gcm_first(
+            ssh_g_value(&as_configured, "ciphers")?,
+            ssh_g_value(&defaults, "ciphers")?,
+        )?;
+        for proxy in ["proxyjump", "proxycommand"] {
+            if ssh_g_value(&as_configured, proxy).is_some_and(|v| v != "none") {
+                return None;
+            }
+        }
         let mut text = format!(
             "# written by pronto-offsite: AES-GCM first, else as configured\nCiphers {list}\n"
         );
@@ -562,13 +556,32 @@ impl Inner {
             None => text.push_str("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"),
         }
         let path = self.control_dir.path().join("ssh_config");
-        match std::fs::write(&path, text) {
-            Ok(()) => Some(path),
-            Err(e) => {
-                tracing::debug!("cannot write {}: {e}; ssh's own ciphers", path.display());
-                None
-            }
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::debug!("cannot write {}: {e}; ssh's own ciphers", path.display());
+            return None;
         }
+        let mut ours = self.ssh_args();
+        if let Some(at) = ours.iter().position(|a| a == "-F") {
+            ours.drain(at..at + 2);
+        }
+        ours.splice(0..0, ["-F".into(), path.clone().into_os_string()]);
+        let through_ours = ssh_g(ours, &host).await?;
+        let but_ciphers = |g: &str| -> Vec<String> {
+            g.lines()
+                .filter(|l| !l.starts_with("ciphers "))
+                .map(str::to_string)
+                .collect()
+        };
+        if ssh_g_value(&through_ours, "ciphers") != Some(list.as_str())
+            || but_ciphers(&through_ours) != but_ciphers(&as_configured)
+        {
+            tracing::debug!(
+                "{}: ssh reads the configuration differently through a file of ours; its own ciphers",
+                self.cfg.url
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// Ask `ssh -G` who and where we would connect to (local, no network).
@@ -1645,6 +1658,31 @@ pub fn cpu_has_aes() -> bool {
     {
         false
     }
+}
+
+/// What `ssh -G ARGS HOST` prints (the configuration ssh would use; local, no network),
+/// `None` when it fails.
+async fn ssh_g(mut args: Vec<OsString>, host: &OsString) -> Option<String> {
+    args.insert(0, "-G".into());
+    args.push(host.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ssh")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .ok()?
+    .ok()
+    .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of `key` in `ssh -G` output.
+fn ssh_g_value<'a>(g: &'a str, key: &str) -> Option<&'a str> {
+    g.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')))
 }
 
 /// `effective` (the ciphers ssh would offer) with the AES-GCM ones moved to the front,

@@ -761,17 +761,28 @@ async fn the_users_ssh_config_is_used_when_given() {
     );
 }
 
-/// The cipher the server's log says the connection made at `from` agreed on.
-fn negotiated_cipher(sshd: &Sshd, from: usize) -> String {
+/// The ciphers the server's log says the connections made since `from` agreed on, in order.
+fn negotiated_ciphers(sshd: &Sshd, from: usize) -> Vec<String> {
     let log = std::fs::read_to_string(&sshd.log).unwrap();
-    log[from..]
+    let found: Vec<String> = log[from..]
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             l.split("kex: client->server cipher: ")
                 .nth(1)
                 .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
         })
-        .unwrap_or_else(|| panic!("no cipher in the server's log: {}", &log[from..]))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no cipher in the server's log: {}",
+        &log[from..]
+    );
+    found
+}
+
+/// The cipher the server's log says the connection made at `from` agreed on.
+fn negotiated_cipher(sshd: &Sshd, from: usize) -> String {
+    negotiated_ciphers(sshd, from).remove(0)
 }
 
 /// Where nobody chose the ciphers, a CPU with AES instructions gets AES-GCM (half the
@@ -827,6 +838,33 @@ async fn aes_gcm_is_preferred_unless_the_user_chose_the_ciphers() {
         negotiated_cipher(&sshd, mark),
         "chacha20-poly1305@openssh.com",
         "the user's choice"
+    );
+
+    // Through a jump host that has its own choice: the jump host's ssh would read a
+    // config file of ours too, so there is none; both connections keep ssh's choices.
+    let jump = sshd.dir.path().join("ssh_config_jump");
+    std::fs::write(
+        &jump,
+        format!(
+            "Host jumpy\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {kh}\n  Ciphers aes256-ctr\n\
+             Host behind-jumpy\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {kh}\n  ProxyJump jumpy\n",
+            port = sshd.port,
+            key = sshd.client_key.display(),
+            kh = sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let root = sshd.dir.path().join("r3");
+    let mut cfg = SftpConfig::from_url(&format!("sftp://behind-jumpy{}", root.display())).unwrap();
+    cfg.ssh_config_file = Some(jump);
+    let mark = log_len();
+    connect(cfg).await;
+    let mut seen = negotiated_ciphers(&sshd, mark);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["aes256-ctr", "chacha20-poly1305@openssh.com"],
+        "the jump host's own choice, and ssh's default behind it"
     );
 }
 

@@ -478,12 +478,15 @@ async fn push_one(
     Ok(uploads)
 }
 
-/// Whether the remote refused the credentials (never worth trying the next archive).
+/// Whether the remote refused the credentials, or we refused its host key (never worth
+/// trying the next archive).
 fn is_auth(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<pronto_backends::BackendError>(),
-            Some(pronto_backends::BackendError::Auth(_))
+            Some(
+                pronto_backends::BackendError::Auth(_) | pronto_backends::BackendError::HostKey(_)
+            )
         )
     })
 }

@@ -646,7 +646,7 @@ fn count_failure(jpath: &Path, id: &pronto_backends::UploadId, e: &anyhow::Error
     let auth = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<BackendError>(),
-            Some(BackendError::Auth(_))
+            Some(BackendError::Auth(_) | BackendError::HostKey(_))
         )
     });
     if auth {

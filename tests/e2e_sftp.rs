@@ -478,6 +478,10 @@ fn changed_or_unknown_host_keys_are_refused_by_push() {
     ] {
         assert!(err.contains(&want), "lacks {want:?}: {err}");
     }
+    // A host key is not a credential: no advice to check keys or permissions.
+    for wrong in ["access denied", "check the credentials"] {
+        assert!(!err.contains(wrong), "says {wrong:?}: {err}");
+    }
     assert!(
         !remote_dir(&sshd).exists(),
         "nothing written to an unverified server"

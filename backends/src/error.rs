@@ -25,6 +25,11 @@ pub enum BackendError {
     /// Credentials missing, wrong or without permission. Retrying does not help.
     #[error("access denied: {0}")]
     Auth(String),
+    /// The server's SSH host key is unknown or has changed: nothing was sent. The message
+    /// names the key the server offers and how to accept it. Retrying does not help, and
+    /// neither do other credentials.
+    #[error("{0}")]
+    HostKey(String),
     /// A passing fault (timeout, connection reset, 429/5xx, SlowDown). Worth retrying.
     #[error("transient error: {msg}")]
     Transient {

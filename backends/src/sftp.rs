@@ -24,7 +24,7 @@
 //! # Host keys
 //! Checked strictly (`StrictHostKeyChecking=yes`; the `openssh` crate's own default would
 //! silently add unknown keys). An unknown or changed key fails with
-//! [`BackendError::Auth`] naming the host, the fingerprint of the key the server offers
+//! [`BackendError::HostKey`] naming the host, the fingerprint of the key the server offers
 //! (taken from a second `ssh -v` attempt that stops at the same check) and how to accept
 //! it: `ssh-keyscan -p PORT HOST >> known_hosts`, or `accept_new_host_key = true`
 //! (`StrictHostKeyChecking=accept-new`: an unknown key is recorded, a changed key is
@@ -854,7 +854,7 @@ impl Inner {
             format!("ssh-keyscan -p {} {} >> {kh}", who.port, who.hostname)
         };
         let url = &self.cfg.url;
-        BackendError::Auth(if changed {
+        BackendError::HostKey(if changed {
             format!(
                 "{url}: the SSH host key of {spec} has CHANGED: the server now offers {fingerprint}, which is not the key recorded in {kh}. \
                  Someone may be intercepting the connection, or the server was reinstalled; nothing was sent. \

@@ -466,6 +466,13 @@ fn auth_message(r: Result<Vec<pronto_backends::ObjectMeta>, BackendError>) -> St
     }
 }
 
+fn host_key_message(r: Result<Vec<pronto_backends::ObjectMeta>, BackendError>) -> String {
+    match r {
+        Err(BackendError::HostKey(m)) => m,
+        other => panic!("expected a HostKey error, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_key_is_refused_with_its_fingerprint_and_how_to_accept_it() {
     let sshd = Sshd::start();
@@ -474,7 +481,7 @@ async fn unknown_host_key_is_refused_with_its_fingerprint_and_how_to_accept_it()
     std::fs::write(&empty, "").unwrap();
     let mut cfg = sshd.config(&root);
     cfg.known_hosts_file = Some(empty.clone());
-    let msg = auth_message(backend(cfg.clone()).list("").await);
+    let msg = host_key_message(backend(cfg.clone()).list("").await);
     let port = sshd.port;
     for want in [
         format!("[127.0.0.1]:{port}"),
@@ -529,7 +536,7 @@ async fn changed_host_key_is_refused_even_with_accept_new_host_key() {
         let mut cfg = sshd.config(&root);
         cfg.known_hosts_file = Some(kh.clone());
         cfg.accept_new_host_key = accept_new;
-        let msg = auth_message(backend(cfg).list("").await);
+        let msg = host_key_message(backend(cfg).list("").await);
         for want in [
             format!("[127.0.0.1]:{}", sshd.port),
             "CHANGED".to_string(),

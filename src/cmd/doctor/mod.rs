@@ -323,6 +323,9 @@ fn remote_fix(e: &anyhow::Error, url: &str) -> String {
         Some(pronto_backends::BackendError::Auth(_)) => format!(
             "the credentials for {url} are missing or lack permission: they need list, read, write and delete on its prefix"
         ),
+        Some(pronto_backends::BackendError::HostKey(_)) => format!(
+            "the SSH host key of {url}'s server is not trusted here: check its fingerprint with the server's administrator, then accept it as the message says"
+        ),
         Some(pronto_backends::BackendError::NotFound(_)) => {
             format!("{url} does not exist: create the bucket or folder, or correct the URL")
         }

@@ -55,7 +55,7 @@ pub async fn run(
                     .collect()
             })
             .unwrap_or_default();
-        let r = remotes::open(remote)?;
+        let r = remotes::open(cfg, remote)?;
         // Every upload a journal names, aborted below or kept for the next push.
         let journaled: HashSet<String> = journals
             .iter()

@@ -510,7 +510,7 @@ pub fn backup_and_push(
         .map(|remote| {
             // A remote that lost its marker (not mounted?) gets nothing streamed: the
             // push after the backup refuses it with the reason.
-            let opened = crate::remotes::open(remote).and_then(|r| {
+            let opened = crate::remotes::open(cfg, remote).and_then(|r| {
                 rt.block_on(crate::marker::ensure(
                     cfg,
                     remote,

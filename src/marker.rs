@@ -49,6 +49,22 @@ fn record_path(cfg: &Config, remote: &str) -> PathBuf {
         .join(format!("{remote}.json"))
 }
 
+/// When this host initialized `remote` (wrote its marker), if it did: its folder must
+/// then exist already.
+pub fn initialized_on(cfg: &Config, remote: &Remote) -> Option<String> {
+    read_record(cfg, remote).map(|r| r.initialized.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+/// What to say when the folder of a remote this host initialized on `on` is not there.
+pub fn gone_hint(remote: &Remote, on: &str) -> String {
+    format!(
+        "remote {name}: this host initialized it on {on}, and its folder is not there: not mounted? \
+         Mount it and push again; if it was removed on purpose, \
+         `pronto-offsite push --remote {name} --init-remote` starts it afresh",
+        name = remote.name
+    )
+}
+
 fn read_record(cfg: &Config, remote: &Remote) -> Option<Record> {
     let bytes = std::fs::read(record_path(cfg, &remote.name)).ok()?;
     serde_json::from_slice::<Record>(&bytes)
@@ -75,7 +91,14 @@ pub async fn ensure(
         Ok(_) => true,
         Err(BackendError::NotFound(_)) => false,
         Err(e) => {
-            return Err(e).with_context(|| format!("{}: looking for its marker {MARKER}", r.name))
+            let on = initialized_on(cfg, remote).filter(|_| !init);
+            let e = anyhow::Error::from(e)
+                .context(format!("{}: looking for its marker {MARKER}", r.name));
+            // sftp finds its folder missing only now, on connecting.
+            return Err(match on {
+                Some(on) => e.context(gone_hint(remote, &on)),
+                None => e,
+            });
         }
     };
     let record = read_record(cfg, remote);

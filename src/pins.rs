@@ -221,7 +221,7 @@ pub async fn run(cfg: &Config, what: &str, pin: bool, out: &mut dyn Write) -> Re
     let mut failed = 0;
     for remote in &cfg.remotes {
         let res = async {
-            let r = remotes::open(remote)?;
+            let r = remotes::open(cfg, remote)?;
             let mut set = read_remote(&r, &cfg.local.prefix).await?;
             let changed = if pin {
                 set.insert(id.clone())

@@ -108,7 +108,7 @@ pub async fn load_remote(
     cfg: &Config,
     remote: &Remote,
 ) -> Result<(RemoteHandle, RemoteState, BTreeSet<String>)> {
-    let r = remotes::open(remote)?;
+    let r = remotes::open(cfg, remote)?;
     let state = list_state(cfg, &r).await?;
     let remote_pins = pins::read_remote(&r, &cfg.local.prefix).await?;
     Ok((r, state, remote_pins))

@@ -177,7 +177,7 @@ pub async fn run_with(
                 ..Default::default()
             };
             let res = async {
-                let r = remotes::open(remote)?;
+                let r = remotes::open(cfg, remote)?;
                 // Before anything is written: is this still the remote we pushed to?
                 crate::marker::ensure(cfg, remote, &r, remote.init_marker, dry_run, &mut rout)
                     .await?;

@@ -14,9 +14,19 @@ use crate::replicate::RemoteHandle;
 use crate::retry::retry;
 use crate::retry::RetryPolicy;
 
-/// Open one remote, creating its folder (file://, sftp://) when missing: for writing.
-pub fn open(remote: &Remote) -> Result<RemoteHandle> {
-    open_with(remote, true)
+/// Open one remote to write to it (push, prune, pin, `push --cleanup`, doctor's probe).
+/// Its folder (file://, sftp://) is created when missing only for a remote this host has
+/// not initialized (or with `--init-remote`): the folder of one it did initialize that is
+/// gone is most likely a disk or NAS not mounted, and creating it would put the backups
+/// on the disk underneath. Then the error names the folder, says nothing was created, and
+/// how to start the remote afresh if it was removed on purpose.
+pub fn open(cfg: &Config, remote: &Remote) -> Result<RemoteHandle> {
+    let initialized = crate::marker::initialized_on(cfg, remote).filter(|_| !remote.init_marker);
+    let opened = open_with(remote, initialized.is_none());
+    match initialized {
+        Some(on) => opened.with_context(|| crate::marker::gone_hint(remote, &on)),
+        None => opened,
+    }
 }
 
 /// Open one remote to read it (`list`, `verify`, `pull`, `status`): a missing file:// or

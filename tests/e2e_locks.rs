@@ -292,7 +292,7 @@ fn a_reupload_keeps_a_complete_remote_copy_whose_manifest_matches() {
     let before = std::fs::metadata(&mpath).unwrap();
 
     let cfg = pronto_offsite::config::load(&env.config()).unwrap();
-    let r = pronto_offsite::remotes::open(&cfg.remotes[0]).unwrap();
+    let r = pronto_offsite::remotes::open(&cfg, &cfg.remotes[0]).unwrap();
     let local = pronto_offsite::catalog::scan(&cfg.local).unwrap();
     // The plan of a push that listed the remote before the copy was complete.
     let up = pronto_offsite::plan::Upload {

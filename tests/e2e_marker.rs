@@ -125,3 +125,42 @@ fn a_remote_whose_marker_is_gone_is_refused_until_remounted_or_initialized_afres
     assert_eq!(archives(&other), 3);
     assert!(other.join(MARKER).is_file());
 }
+
+/// The remote's folder itself is gone (a NAS mounted at a folder that does not exist
+/// while unmounted): push, `backup --push` and prune refuse without creating it — that
+/// would put the backups on the disk underneath — and say how to start it afresh, which
+/// `--init-remote` then does.
+#[test]
+fn a_known_remote_whose_folder_is_gone_is_not_created_again() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    std::fs::write(env.path("src/index.html"), "<h1>pronto</h1>\n").unwrap();
+    env.write_config("\n[retention]\nlast = 10\n");
+    let remote = env.remote();
+    backup(&env);
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    std::fs::rename(&remote, env.path("nas-disk")).unwrap();
+    backup(&env);
+    for args in [&["push"][..], &["backup", "--push"], &["prune"]] {
+        let o = env.run(args);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        let t = text(&o);
+        for want in [
+            "this host initialized it on",
+            "not mounted?",
+            "nothing was created",
+            "pronto-offsite push --remote nas --init-remote",
+        ] {
+            assert!(t.contains(want), "{args:?} lacks {want:?}: {t}");
+        }
+        assert!(!remote.exists(), "{args:?} created {}", remote.display());
+    }
+
+    // The three archives (`backup --push` made one) go to the remote started afresh.
+    let o = env.run(&["push", "--init-remote"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(archives(&remote), 3, "{:?}", entries(&remote));
+    assert!(remote.join(MARKER).is_file());
+}

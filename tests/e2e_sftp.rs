@@ -590,3 +590,37 @@ fn read_only_commands_never_create_a_missing_sftp_folder() {
     );
     assert!(!remote.exists(), "pull latest created {}", remote.display());
 }
+
+/// The folder of an sftp remote this host initialized is gone (a disk not mounted on the
+/// server): push does not create it again — that would fill the disk underneath — and
+/// says how to start it afresh; `--init-remote` does.
+#[test]
+fn push_does_not_recreate_the_folder_of_a_known_sftp_remote() {
+    let sshd = Sshd::start();
+    let env = Env::new();
+    source_tree(&env, 1 << 10);
+    write_config(&env, &sshd, "", "");
+    let remote = remote_dir(&sshd);
+    backup_id(&env, &sshd);
+    let o = run(&env, &sshd, &["push"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let moved = remote.with_file_name("unmounted");
+    std::fs::rename(&remote, &moved).unwrap();
+    let o = run(&env, &sshd, &["push"]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    for want in [
+        "this host initialized it on",
+        "not mounted?",
+        "nothing was created",
+        "--init-remote",
+    ] {
+        assert!(all.contains(want), "lacks {want:?}: {all}");
+    }
+    assert!(!remote.exists(), "push created {}", remote.display());
+
+    let o = run(&env, &sshd, &["push", "--init-remote"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(remote.join(".pronto-offsite-remote").is_file());
+}

@@ -340,7 +340,7 @@ async fn remote_checks(cfg: &Config) -> Vec<Check> {
     let mut v = Vec::new();
     for remote in &cfg.remotes {
         let name = format!("remote {}", remote.name);
-        let r = match crate::remotes::open(remote) {
+        let r = match crate::remotes::open(cfg, remote) {
             Ok(r) => r,
             Err(e) => {
                 let fix = remote_fix(&e, &remote.url);

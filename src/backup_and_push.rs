@@ -664,19 +664,7 @@ pub fn backup_and_push(
     let _ = writeln!(out);
     for r in &reports {
         let _ = match &r.error {
-            None => writeln!(
-                out,
-                "{}: uploaded {} ({}), {} already there{}",
-                r.name,
-                r.uploaded.len(),
-                human_bytes(r.bytes_sent),
-                r.skipped,
-                if r.pruned {
-                    format!("; pruned {}", r.pruned_files.len())
-                } else {
-                    String::new()
-                }
-            ),
+            None => writeln!(out, "{}", r.summary(false)),
             Some(e) => writeln!(out, "{}: FAILED: {e}", r.name),
         };
     }

@@ -47,7 +47,10 @@ impl Write for LineOut<'_, '_> {
 pub struct RemoteReport {
     pub name: String,
     pub uploaded: Vec<String>,
+    /// Archives the remote holds already (complete, with their manifest).
     pub skipped: usize,
+    /// Archives not sent because this remote's retention would delete them at once.
+    pub not_kept: usize,
     pub bytes_sent: u64,
     /// Whether the remote was pruned after its uploads (with `--dry-run`: planned).
     pub pruned: bool,
@@ -220,20 +223,7 @@ pub async fn run_with(
     writeln!(out)?;
     for r in &reports {
         match &r.error {
-            None => writeln!(
-                out,
-                "{}: {} {} ({}), {} already there{}",
-                r.name,
-                if dry_run { "would upload" } else { "uploaded" },
-                r.uploaded.len(),
-                human_bytes(r.bytes_sent),
-                r.skipped,
-                match (r.pruned, dry_run) {
-                    (false, _) => String::new(),
-                    (true, true) => format!("; prune would delete {}", r.pruned_files.len()),
-                    (true, false) => format!("; pruned {}", r.pruned_files.len()),
-                }
-            )?,
+            None => writeln!(out, "{}", r.summary(dry_run))?,
             Some(e) => writeln!(out, "{}: FAILED: {e}", r.name)?,
         }
         for f in &r.failed {
@@ -381,6 +371,32 @@ async fn without_policy_drops(
     Ok(keep)
 }
 
+impl RemoteReport {
+    /// The line that says what a push did on this remote (it did not fail as a whole).
+    pub fn summary(&self, dry_run: bool) -> String {
+        let mut s = format!(
+            "{}: {} {} ({}), {} already there",
+            self.name,
+            if dry_run { "would upload" } else { "uploaded" },
+            self.uploaded.len(),
+            human_bytes(self.bytes_sent),
+            self.skipped,
+        );
+        if self.not_kept > 0 {
+            s += &format!(
+                ", {} not sent (this remote's retention would delete them at once)",
+                self.not_kept
+            );
+        }
+        match (self.pruned, dry_run) {
+            (false, _) => {}
+            (true, true) => s += &format!("; prune would delete {}", self.pruned_files.len()),
+            (true, false) => s += &format!("; pruned {}", self.pruned_files.len()),
+        }
+        s
+    }
+}
+
 /// Upload what the remote lacks; returns the uploads (planned ones with `--dry-run`).
 async fn push_one(
     cfg: &Config,
@@ -393,13 +409,15 @@ async fn push_one(
 ) -> Result<Vec<plan::Upload>> {
     let state = remotes::read_state(r, &cfg.local.prefix).await?;
     let uploads = plan::uploads(local, &state);
+    rep.skipped = local.iter().filter(|a| a.manifest.is_some()).count() - uploads.len();
+    let planned = uploads.len();
     let uploads = match pruned_with {
         Some(local_pins) => {
             without_policy_drops(cfg, r, uploads, &state, local_pins, dry_run, out).await?
         }
         None => uploads,
     };
-    rep.skipped = local.iter().filter(|a| a.manifest.is_some()).count() - uploads.len();
+    rep.not_kept = planned - uploads.len();
     if uploads.is_empty() {
         writeln!(out, "{}: up to date ({})", r.name, r.backend.describe())?;
     }

@@ -763,6 +763,27 @@ fn each_remote_keeps_what_its_own_retention_says() {
     fabricate(&env.backups(), "20260302-010000");
     let o = env.run(&["push"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // What the summary counts: an archive the policy keeps off the remote is not one
+    // the remote holds.
+    let summary = |remote: &str| {
+        stdout(&o)
+            .lines()
+            .find(|l| l.starts_with(&format!("{remote}: uploaded ")))
+            .unwrap_or_else(|| panic!("no summary of {remote}: {}", text(&o)))
+            .to_string()
+    };
+    assert!(
+        summary("cold").contains(
+            ", 4 already there, 1 not sent (this remote's retention would delete them at once)"
+        ),
+        "{}",
+        summary("cold")
+    );
+    assert!(
+        summary("nas").contains(", 2 already there, 3 not sent"),
+        "{}",
+        summary("nas")
+    );
     assert_eq!(
         archives_in(&env.path("nas")),
         vec![file_of(ids[4]), file_of("20260302-010000")],

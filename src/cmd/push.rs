@@ -73,6 +73,7 @@ fn print_json(
                 "uploaded": r.uploaded,
                 "bytes_uploaded": r.bytes_sent,
                 "already_there": r.skipped,
+                "not_sent_retention": r.not_kept,
                 "pruned": r.pruned,
                 "pruned_files": r.pruned_files,
                 "failed": r.failed,

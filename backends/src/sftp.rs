@@ -984,6 +984,15 @@ impl Inner {
             Ok(()) => Ok(()),
             Err(e) => match fs.metadata(p).await {
                 Ok(m) if is_dir(&m) => Ok(()), // created meanwhile by someone else
+                // Not "no such object": the path cannot hold a folder there.
+                _ if matches!(kind_of(&e), Kind::NotFound) => {
+                    Err(BackendError::Permanent(format!(
+                        "{}: cannot create the remote folder {p} on {}: no such file or directory \
+                     (does the path above it exist, and can it hold folders?)",
+                        self.cfg.url,
+                        self.host_desc()
+                    )))
+                }
                 _ => Err(self.map_plain(&e, "create remote folder", p).await),
             },
         }

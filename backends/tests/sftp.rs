@@ -622,6 +622,28 @@ async fn a_private_key_others_can_read_is_an_auth_error_that_says_how_to_fix_it(
     );
 }
 
+/// A root whose folders cannot be made (`/proc` holds no folders of ours) is a permanent
+/// error naming the remote, the host and the folder — not "no such object".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_that_cannot_be_created_is_named_with_the_remote_and_host() {
+    let sshd = Sshd::start();
+    let cfg = sshd.config(Path::new("/proc/pronto-nonexistent/backups"));
+    let url = cfg.url.clone();
+    let (body, sha) = put_bytes(b"x");
+    match backend(cfg).put("k", body, sha).await {
+        Err(BackendError::Permanent(m)) => {
+            for want in [
+                url.as_str(),
+                "cannot create the remote folder /proc/pronto-nonexistent",
+                "127.0.0.1",
+            ] {
+                assert!(m.contains(want), "lacks {want:?}: {m}");
+            }
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permission_errors_name_the_path_and_the_user() {
     let sshd = Sshd::start();

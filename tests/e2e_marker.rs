@@ -38,20 +38,25 @@ fn backup(env: &Env) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
 }
 
-#[test]
-fn a_remote_whose_marker_is_gone_is_refused_until_remounted_or_initialized_afresh() {
+/// A config with one file:// remote, `nas`, and one archive pushed to it: the first push
+/// to a brand-new remote needs no extra step, and writes the marker and this host's record.
+fn pushed_once() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     std::fs::create_dir_all(env.path("src")).unwrap();
     std::fs::write(env.path("src/index.html"), "<h1>pronto</h1>\n").unwrap();
     env.write_config("\n[retention]\nlast = 10\n");
     let remote = env.remote();
-
-    // The first push: a brand-new remote, no extra step.
     backup(&env);
     let o = env.run(&["push"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(remote.join(MARKER).is_file(), "{:?}", entries(&remote));
     assert!(env.backups().join(".remotes/nas.json").is_file());
+    (env, remote)
+}
+
+#[test]
+fn a_remote_whose_marker_is_gone_is_refused_until_remounted_or_initialized_afresh() {
+    let (env, remote) = pushed_once();
 
     // The NAS is not mounted: its mount point is an empty folder on the local disk.
     std::fs::rename(&remote, env.path("nas-disk")).unwrap();
@@ -132,14 +137,7 @@ fn a_remote_whose_marker_is_gone_is_refused_until_remounted_or_initialized_afres
 /// `--init-remote` then does.
 #[test]
 fn a_known_remote_whose_folder_is_gone_is_not_created_again() {
-    let env = Env::new();
-    std::fs::create_dir_all(env.path("src")).unwrap();
-    std::fs::write(env.path("src/index.html"), "<h1>pronto</h1>\n").unwrap();
-    env.write_config("\n[retention]\nlast = 10\n");
-    let remote = env.remote();
-    backup(&env);
-    let o = env.run(&["push"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (env, remote) = pushed_once();
 
     std::fs::rename(&remote, env.path("nas-disk")).unwrap();
     backup(&env);

@@ -561,14 +561,20 @@ fn sftp_config_keys_are_checked_and_the_example_parses() {
         .any(|c| c.identity_file.is_some() && c.connect_timeout.is_some()));
 }
 
+/// A small source, a config with the sftp remote `offsite` (its folder not made yet) and
+/// one backup: the environment and the remote's folder on the server.
+fn one_small_backup(sshd: &Sshd) -> (Env, PathBuf) {
+    let env = Env::new();
+    source_tree(&env, 1 << 10);
+    write_config(&env, sshd, "", "");
+    backup_id(&env, sshd);
+    (env, remote_dir(sshd))
+}
+
 #[test]
 fn read_only_commands_never_create_a_missing_sftp_folder() {
     let sshd = Sshd::start();
-    let env = Env::new();
-    source_tree(&env, 1 << 10);
-    write_config(&env, &sshd, "", "");
-    let remote = remote_dir(&sshd);
-    backup_id(&env, &sshd);
+    let (env, remote) = one_small_backup(&sshd);
     for args in [&["list"][..], &["pull", "latest", "--from", "offsite"][..]] {
         let o = run(&env, &sshd, args);
         let all = text(&o);
@@ -597,11 +603,7 @@ fn read_only_commands_never_create_a_missing_sftp_folder() {
 #[test]
 fn push_does_not_recreate_the_folder_of_a_known_sftp_remote() {
     let sshd = Sshd::start();
-    let env = Env::new();
-    source_tree(&env, 1 << 10);
-    write_config(&env, &sshd, "", "");
-    let remote = remote_dir(&sshd);
-    backup_id(&env, &sshd);
+    let (env, remote) = one_small_backup(&sshd);
     let o = run(&env, &sshd, &["push"]);
     assert!(o.status.success(), "{}", text(&o));
 

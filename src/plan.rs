@@ -157,14 +157,33 @@ pub fn uploads_kept_by_policy(
 }
 
 impl RemoteState {
-    /// Whether this remote holds a complete copy of a local archive: archive and
-    /// manifest present, the same size, and the same SHA-256 when the backend records one.
+    /// Whether this remote holds a proven copy of a local archive: archive and manifest
+    /// present, the same size, and the same SHA-256 as recorded by the backend (or proved
+    /// by reading the copy back: [`record_sha256`](Self::record_sha256)). A copy whose
+    /// backend records no hash (a file:// folder without xattrs, a copy edited in place)
+    /// is not one until proved: the local prune may make it the only copy.
     pub fn holds_copy(&self, id: &str, m: &Manifest) -> bool {
         self.archives.get(id).is_some_and(|r| {
             r.complete()
                 && r.size == Some(m.size)
-                && r.sha256.is_none_or(|h| m.sha256_bytes().ok() == Some(h))
+                && r.sha256.is_some()
+                && r.sha256 == m.sha256_bytes().ok()
         })
+    }
+
+    /// Whether this remote holds a complete copy of the right size whose backend records
+    /// no hash: a copy only once read back and proved.
+    pub fn holds_unproved_copy(&self, id: &str, m: &Manifest) -> bool {
+        self.archives
+            .get(id)
+            .is_some_and(|r| r.complete() && r.size == Some(m.size) && r.sha256.is_none())
+    }
+
+    /// Record the SHA-256 of archive `id` as read back from the remote.
+    pub fn record_sha256(&mut self, id: &str, sha256: [u8; 32]) {
+        if let Some(r) = self.archives.get_mut(id) {
+            r.sha256 = Some(sha256);
+        }
     }
 
     /// The state after the archives with these ids were deleted.

@@ -199,6 +199,9 @@ pub async fn run_reports(
 
     // With --remote NAME the local folder is not touched.
     if matches!(opts.scope, Scope::All | Scope::Local) {
+        if !opts.force && !cfg.remotes.is_empty() {
+            prove_unhashed_copies(cfg, &mut views, &pruned_offsite, &local_pins, now, out).await?;
+        }
         let listed: Vec<&RemoteState> = views
             .iter()
             .filter_map(|v| v.loaded.as_ref().ok().map(|(_, st, _)| st))
@@ -467,6 +470,102 @@ async fn prune_remote_over(
         }
     }
     rep
+}
+
+/// Read back the remote copies the local prune would lean on without proof. A local
+/// archive the policy would delete counts as off-site only when a remote holds a proven
+/// copy ([`RemoteState::holds_copy`]); where the only copies are of the right size but
+/// their backend records no hash, one is read back and hashed first — only for the
+/// archives this prune would delete, so at most those few are read. A copy that fails
+/// its manifest's SHA-256 (or cannot be read) is said, and the local copy is kept.
+async fn prove_unhashed_copies(
+    cfg: &Config,
+    views: &mut [RemoteView],
+    pruned_offsite: &BTreeSet<String>,
+    pins: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (local, _) = split_safety(catalog::scan(&cfg.local)?);
+    fn states(views: &[RemoteView]) -> impl Iterator<Item = &RemoteState> {
+        views
+            .iter()
+            .filter_map(|v| v.loaded.as_ref().ok().map(|(_, st, _)| st))
+    }
+    // The plan as if every unproved copy were good: which of them would the prune need?
+    let assumed: Vec<RemoteState> = states(views)
+        .map(|st| {
+            let mut st = st.clone();
+            for a in &local {
+                if let Some(m) = a
+                    .manifest
+                    .as_ref()
+                    .filter(|m| st.holds_unproved_copy(&a.name.id, m))
+                {
+                    if let Ok(h) = m.sha256_bytes() {
+                        st.record_sha256(&a.name.id, h);
+                    }
+                }
+            }
+            st
+        })
+        .collect();
+    let rules = PruneRules {
+        policy: &cfg.retention,
+        pins,
+        now,
+        max_delete_fraction: cfg.max_delete_fraction,
+        force: false,
+        require_on_remote: true,
+    };
+    let assumed_refs: Vec<&RemoteState> = assumed.iter().collect();
+    let plan = plan::plan_prune(
+        &rules,
+        &plan::held_local(&local, &assumed_refs, pruned_offsite),
+    );
+    for e in plan.deletions() {
+        let a = find(&local, e)?;
+        let Some(m) = &a.manifest else { continue };
+        let id = &a.name.id;
+        if pruned_offsite.contains(id) || states(views).any(|st| st.holds_copy(id, m)) {
+            continue;
+        }
+        let want = m.sha256_bytes()?;
+        for v in views.iter_mut() {
+            let Ok((r, st, _)) = &mut v.loaded else {
+                continue;
+            };
+            if !st.holds_unproved_copy(id, m) {
+                continue;
+            }
+            let file = &a.name.file;
+            match crate::replicate::hash_remote(r, file).await {
+                Ok((h, n)) if h == want && n == m.size => {
+                    writeln!(
+                        out,
+                        "{}: {file}: read back to prove its copy before the local one goes (the remote records no hash): ok",
+                        v.name
+                    )?;
+                    st.record_sha256(id, h);
+                    break;
+                }
+                Ok((h, _)) => writeln!(
+                    out,
+                    "WARNING {}: {file}: its copy there does not match its manifest (read back: sha256 {}, manifest {}): \
+                     not counted as off-site, the local copy is kept; `pronto-offsite verify --deep` checks every copy",
+                    v.name,
+                    hex::encode(h),
+                    hex::encode(want)
+                )?,
+                Err(e) => writeln!(
+                    out,
+                    "WARNING {}: {file}: could not read its copy back to prove it ({e:#}): not counted as off-site, the local copy is kept",
+                    v.name
+                )?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prune the local folder. `listed` are the remote listings that could be read (after

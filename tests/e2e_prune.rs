@@ -849,3 +849,78 @@ fn each_remote_keeps_what_its_own_retention_says() {
         text(&o)
     );
 }
+
+/// Flip one byte of `path` in place (bit rot, or a stray write).
+fn flip_byte(path: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+}
+
+/// The local prune never makes a remote copy the only one unless that copy is proven: a
+/// copy whose backend records no hash any more (file://: its recorded hash went stale when
+/// the file changed) is read back first. A damaged one is said and the local copy kept;
+/// an intact one (only its mtime changed) is proved and the local copy goes.
+#[test]
+fn the_local_prune_reads_back_a_remote_copy_with_no_recorded_hash_before_relying_on_it() {
+    let env = Env::new();
+    config(
+        &env,
+        &[("nas", "[remotes.retention]\nlast = 5\n")],
+        "[retention]\nlast = 1\nmax_delete_fraction = 1\n",
+    );
+    let (a, b, c) = ("20260101-000000", "20260102-000000", "20260103-000000");
+    for id in [a, b, c] {
+        fabricate(&env.backups(), id);
+    }
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let nas = env.path("nas");
+    assert_eq!(archives_in(&nas), vec![file_of(a), file_of(b), file_of(c)]);
+
+    // a: damaged on the NAS. b: only its mtime changed (the recorded hash is stale, the
+    // bytes are intact).
+    flip_byte(&nas.join(file_of(a)), 100);
+    let bf = std::fs::File::options()
+        .write(true)
+        .open(nas.join(file_of(b)))
+        .unwrap();
+    bf.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    drop(bf);
+
+    let o = env.run(&["prune", "--local"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "WARNING nas: {}: its copy there does not match its manifest",
+            file_of(a)
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "nas: {}: read back to prove its copy before the local one goes",
+            file_of(b)
+        )),
+        "{out}"
+    );
+    let local = names_in(&env.backups());
+    assert!(
+        local.iter().any(|n| n == &file_of(a)),
+        "the only good copy of {a} was deleted: {local:?}\n{out}"
+    );
+    assert!(
+        !local.iter().any(|n| n == &file_of(b)),
+        "{b} has a proven copy on the NAS: {local:?}\n{out}"
+    );
+}

@@ -85,6 +85,10 @@ pub enum UploadReason {
     SizeDiffers {
         remote: u64,
     },
+    /// The SHA-256 the remote records for its copy is not the manifest's: that copy is
+    /// damaged or was changed since it was written (a copy with no recorded hash is not
+    /// judged here: `verify --deep` reads it).
+    HashDiffers,
 }
 
 impl std::fmt::Display for UploadReason {
@@ -95,6 +99,9 @@ impl std::fmt::Display for UploadReason {
             UploadReason::SizeDiffers { remote } => {
                 write!(f, "remote copy has another size ({remote} bytes)")
             }
+            UploadReason::HashDiffers => f.write_str(
+                "the remote records another SHA-256 for its copy than the manifest's (damaged or changed there): replacing it",
+            ),
         }
     }
 }
@@ -118,6 +125,9 @@ pub fn uploads(local: &[LocalArchive], remote: &RemoteState) -> Vec<Upload> {
                 None => Some(UploadReason::Missing),
                 Some(s) if s != m.size => Some(UploadReason::SizeDiffers { remote: s }),
                 Some(_) if !r.has_manifest => Some(UploadReason::Incomplete),
+                Some(_) if r.sha256.is_some() && r.sha256 != m.sha256_bytes().ok() => {
+                    Some(UploadReason::HashDiffers)
+                }
                 Some(_) => None,
             },
         };
@@ -890,6 +900,12 @@ mod tests {
                 obj("p-20260104-000000.tar.gz.manifest.json", 1),
                 // 20260105: a manifest without its archive.
                 obj("p-20260105-000000.tar.gz.manifest.json", 1),
+                // 20260107: complete, but the remote records other bytes for it.
+                recorded("p-20260107-000000.tar.gz", 10, [4; 32]),
+                obj("p-20260107-000000.tar.gz.manifest.json", 1),
+                // 20260108: complete with the manifest's hash recorded: nothing to send.
+                recorded("p-20260108-000000.tar.gz", 10, sha),
+                obj("p-20260108-000000.tar.gz.manifest.json", 1),
             ],
         );
         let ids = [
@@ -898,6 +914,8 @@ mod tests {
             "20260103-000000",
             "20260104-000000",
             "20260105-000000",
+            "20260107-000000",
+            "20260108-000000",
         ];
         let mut all: Vec<LocalArchive> = ids
             .iter()
@@ -922,8 +940,18 @@ mod tests {
                     "remote copy has another size (7 bytes)".into()
                 ),
                 ("20260105-000000".into(), "missing on the remote".into()),
+                (
+                    "20260107-000000".into(),
+                    "the remote records another SHA-256 for its copy than the manifest's (damaged or changed there): replacing it".into()
+                ),
             ]
         );
+    }
+
+    fn recorded(key: &str, size: u64, sha: [u8; 32]) -> ObjectMeta {
+        let mut o = obj(key, size);
+        o.sha256 = Some(sha);
+        o
     }
 
     #[test]

@@ -472,12 +472,14 @@ async fn prune_remote_over(
     rep
 }
 
-/// Read back the remote copies the local prune would lean on without proof. A local
-/// archive the policy would delete counts as off-site only when a remote holds a proven
-/// copy ([`RemoteState::holds_copy`]); where the only copies are of the right size but
-/// their backend records no hash, one is read back and hashed first — only for the
-/// archives this prune would delete, so at most those few are read. A copy that fails
-/// its manifest's SHA-256 (or cannot be read) is said, and the local copy is kept.
+/// Prove the remote copies the local prune would lean on. A local archive the policy
+/// would delete counts as off-site only when a remote holds a proven copy
+/// ([`RemoteState::holds_copy`]). Most listings carry no hash (S3, GCS, sftp; file://
+/// does), so for the archives this prune would delete — only those few — a `head` reads
+/// the hash the remote recorded, and where it records none (a file:// folder without
+/// xattrs, a copy changed since it was written) the copy is read back and hashed. A copy
+/// that fails its manifest's SHA-256 (or cannot be read) is said, and the local copy is
+/// kept.
 async fn prove_unhashed_copies(
     cfg: &Config,
     views: &mut [RemoteView],
@@ -539,19 +541,39 @@ async fn prove_unhashed_copies(
                 continue;
             }
             let file = &a.name.file;
-            match crate::replicate::hash_remote(r, file).await {
+            // The listing carries no hash on most stores; `head` reads the recorded one
+            // (S3/GCS metadata, the sftp sidecar, the file:// xattr) without the bytes.
+            let recorded = retry(r.retry, &format!("head of {file} on {}", r.name), || {
+                r.backend.head(file)
+            })
+            .await
+            .ok()
+            .filter(|meta| meta.size == m.size)
+            .and_then(|meta| meta.sha256);
+            let proved = match recorded {
+                Some(h) => Ok((h, m.size)),
+                None => crate::replicate::hash_remote(r, file).await,
+            };
+            let how = if recorded.is_some() {
+                "its recorded hash read with a head request"
+            } else {
+                "read back (the remote records no hash for it)"
+            };
+            match proved {
                 Ok((h, n)) if h == want && n == m.size => {
-                    writeln!(
-                        out,
-                        "{}: {file}: read back to prove its copy before the local one goes (the remote records no hash): ok",
-                        v.name
-                    )?;
+                    if recorded.is_none() {
+                        writeln!(
+                            out,
+                            "{}: {file}: read back to prove its copy before the local one goes (the remote records no hash): ok",
+                            v.name
+                        )?;
+                    }
                     st.record_sha256(id, h);
                     break;
                 }
                 Ok((h, _)) => writeln!(
                     out,
-                    "WARNING {}: {file}: its copy there does not match its manifest (read back: sha256 {}, manifest {}): \
+                    "WARNING {}: {file}: its copy there does not match its manifest ({how}: sha256 {}, manifest {}): \
                      not counted as off-site, the local copy is kept; `pronto-offsite verify --deep` checks every copy",
                     v.name,
                     hex::encode(h),

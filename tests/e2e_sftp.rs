@@ -626,3 +626,58 @@ fn push_does_not_recreate_the_folder_of_a_known_sftp_remote() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(remote.join(".pronto-offsite-remote").is_file());
 }
+
+/// The local prune leans on a remote copy only when its recorded SHA-256 is the
+/// manifest's: sftp listings carry no hash, so the prune reads the sidecar (a `head`) of
+/// the archive it would delete; a sidecar naming other bytes keeps the local copy.
+#[test]
+fn the_local_prune_keeps_an_archive_whose_sftp_copy_records_other_bytes() {
+    let sshd = Sshd::start();
+    let env = Env::new();
+    source_tree(&env, 1 << 10);
+    write_config(
+        &env,
+        &sshd,
+        "[retention]\nlast = 1\nmax_delete_fraction = 1\n",
+        "[remotes.retention]\nlast = 5\n",
+    );
+    let remote = remote_dir(&sshd);
+    let first = backup_id(&env, &sshd);
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = run(&env, &sshd, &["push", "--no-prune"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sidecar = remote.join(format!("{}.sha256", archive_name(&first)));
+    let good = std::fs::read_to_string(&sidecar).unwrap();
+    let (hex, name) = good.split_once("  ").unwrap();
+    let other: String = hex
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    std::fs::write(&sidecar, format!("{other}  {name}")).unwrap();
+
+    backup_id(&env, &sshd);
+    let o = run(&env, &sshd, &["prune", "--local"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(
+        all.contains(&format!(
+            "WARNING offsite: {}: its copy there does not match its manifest (its recorded hash read with a head request",
+            archive_name(&first)
+        )),
+        "{all}"
+    );
+    local_archive(&env, &archive_name(&first));
+
+    // With the sidecar right again, the copy is proved by its recorded hash (no read
+    // back) and the local one goes.
+    std::fs::write(&sidecar, &good).unwrap();
+    let o = run(&env, &sshd, &["prune", "--local"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(!all.contains("read back"), "{all}");
+    assert!(
+        all.contains(&format!("delete  {}", archive_name(&first)))
+            && all.contains("local: deleted 1"),
+        "{all}"
+    );
+}

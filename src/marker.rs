@@ -91,10 +91,13 @@ pub async fn ensure(
         Ok(_) => true,
         Err(BackendError::NotFound(_)) => false,
         Err(e) => {
-            let on = initialized_on(cfg, remote).filter(|_| !init);
+            // sftp finds its folder missing only now, on connecting; any other error
+            // (credentials, a host key, the network) is said as it is.
+            let folder_missing = matches!(remote.location, RemoteLocation::Sftp(_))
+                && matches!(&e, BackendError::Permanent(m) if m.contains("does not exist"));
+            let on = initialized_on(cfg, remote).filter(|_| !init && folder_missing);
             let e = anyhow::Error::from(e)
                 .context(format!("{}: looking for its marker {MARKER}", r.name));
-            // sftp finds its folder missing only now, on connecting.
             return Err(match on {
                 Some(on) => e.context(gone_hint(remote, &on)),
                 None => e,

@@ -71,6 +71,9 @@ pub fn reason(error: &str) -> &'static str {
         "disk_full"
     } else if has(&["another hook run", "holds the lock"]) {
         "busy"
+    } else if has(&["ssh host key"]) {
+        // Before "checksum": the message quotes the key's SHA256 fingerprint.
+        "auth"
     } else if has(&["checksum", "sha256", "mismatch", "baddigest"]) {
         "checksum"
     } else if has(&[
@@ -454,5 +457,10 @@ mod tests {
         assert_eq!(st.last_failure_reason.as_deref(), Some("permission"));
         assert_eq!(reason("write: No space left on device"), "disk_full");
         assert_eq!(reason("something odd"), "error");
+        assert_eq!(
+            reason("sftp://b@h/x: the SSH host key of h is unknown (not in ~/.ssh/known_hosts); the server offers ssh-ed25519 SHA256:abc"),
+            "auth",
+            "a host key is not a checksum"
+        );
     }
 }

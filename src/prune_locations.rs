@@ -199,19 +199,28 @@ pub async fn run_reports(
 
     // With --remote NAME the local folder is not touched.
     if matches!(opts.scope, Scope::All | Scope::Local) {
-        if !opts.force && !cfg.remotes.is_empty() {
-            prove_unhashed_copies(cfg, &mut views, &pruned_offsite, &local_pins, now, out).await?;
-        }
-        let listed: Vec<&RemoteState> = views
-            .iter()
-            .filter_map(|v| v.loaded.as_ref().ok().map(|(_, st, _)| st))
-            .collect();
         let mut all_pins = local_pins.clone();
         for v in &views {
             if let Ok((_, _, p)) = &v.loaded {
                 all_pins.extend(p.iter().cloned());
             }
         }
+        if !opts.force && !cfg.remotes.is_empty() {
+            prove_unhashed_copies(
+                cfg,
+                &mut views,
+                &pruned_offsite,
+                &all_pins,
+                now,
+                opts.dry_run,
+                out,
+            )
+            .await;
+        }
+        let listed: Vec<&RemoteState> = views
+            .iter()
+            .filter_map(|v| v.loaded.as_ref().ok().map(|(_, st, _)| st))
+            .collect();
         let unlisted: Vec<&str> = views
             .iter()
             .filter(|v| v.loaded.is_err())
@@ -475,17 +484,35 @@ async fn prune_remote_over(
 /// Prove the remote copies the local prune would lean on. A local archive the policy
 /// would delete counts as off-site only when a remote holds a proven copy
 /// ([`RemoteState::holds_copy`]). Most listings carry no hash (S3, GCS, sftp; file://
-/// does), so for the archives this prune would delete — only those few — a `head` reads
-/// the hash the remote recorded, and where it records none (a file:// folder without
-/// xattrs, a copy changed since it was written) the copy is read back and hashed. A copy
-/// that fails its manifest's SHA-256 (or cannot be read) is said, and the local copy is
-/// kept.
+/// does), so for the archives this prune would delete — only those few — each copy is
+/// proved the cheapest way that decides ([`prove_copy`]). A copy that fails its
+/// manifest's SHA-256 is said, and the local copy is kept. Never fatal: a copy that
+/// could not be proved simply does not count.
+#[allow(clippy::too_many_arguments)]
 async fn prove_unhashed_copies(
     cfg: &Config,
     views: &mut [RemoteView],
     pruned_offsite: &BTreeSet<String>,
     pins: &BTreeSet<String>,
     now: DateTime<Utc>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) {
+    if let Err(e) = prove_each(cfg, views, pruned_offsite, pins, now, dry_run, out).await {
+        tracing::warn!(
+            "local: proving the remote copies stopped ({e:#}); copies not proved do not count"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn prove_each(
+    cfg: &Config,
+    views: &mut [RemoteView],
+    pruned_offsite: &BTreeSet<String>,
+    pins: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let (local, _) = split_safety(catalog::scan(&cfg.local)?);
@@ -525,6 +552,7 @@ async fn prove_unhashed_copies(
         &rules,
         &plan::held_local(&local, &assumed_refs, pruned_offsite),
     );
+    let mut refused_us: BTreeSet<String> = BTreeSet::new();
     for e in plan.deletions() {
         let a = find(&local, e)?;
         let Some(m) = &a.manifest else { continue };
@@ -532,62 +560,138 @@ async fn prove_unhashed_copies(
         if pruned_offsite.contains(id) || states(views).any(|st| st.holds_copy(id, m)) {
             continue;
         }
-        let want = m.sha256_bytes()?;
         for v in views.iter_mut() {
             let Ok((r, st, _)) = &mut v.loaded else {
                 continue;
             };
-            if !st.holds_unproved_copy(id, m) {
+            if refused_us.contains(&v.name) || !st.holds_unproved_copy(id, m) {
                 continue;
             }
             let file = &a.name.file;
-            // The listing carries no hash on most stores; `head` reads the recorded one
-            // (S3/GCS metadata, the sftp sidecar, the file:// xattr) without the bytes.
-            let recorded = retry(r.retry, &format!("head of {file} on {}", r.name), || {
-                r.backend.head(file)
-            })
-            .await
-            .ok()
-            .filter(|meta| meta.size == m.size)
-            .and_then(|meta| meta.sha256);
-            let proved = match recorded {
-                Some(h) => Ok((h, m.size)),
-                None => crate::replicate::hash_remote(r, file).await,
-            };
-            let how = if recorded.is_some() {
-                "its recorded hash read with a head request"
-            } else {
-                "read back (the remote records no hash for it)"
-            };
-            match proved {
-                Ok((h, n)) if h == want && n == m.size => {
-                    if recorded.is_none() {
-                        writeln!(
-                            out,
-                            "{}: {file}: read back to prove its copy before the local one goes (the remote records no hash): ok",
-                            v.name
-                        )?;
+            match prove_copy(r, file, m, &a.path, dry_run).await {
+                Proof::Proved(sha, said) => {
+                    if let Some(said) = said {
+                        writeln!(out, "{}: {file}: {said}", v.name)?;
                     }
-                    st.record_sha256(id, h);
+                    st.record_sha256(id, sha);
                     break;
                 }
-                Ok((h, _)) => writeln!(
+                Proof::Contradicted(why) => writeln!(
                     out,
-                    "WARNING {}: {file}: its copy there does not match its manifest ({how}: sha256 {}, manifest {}): \
-                     not counted as off-site, the local copy is kept; `pronto-offsite verify --deep` checks every copy",
-                    v.name,
-                    hex::encode(h),
-                    hex::encode(want)
-                )?,
-                Err(e) => writeln!(
-                    out,
-                    "WARNING {}: {file}: could not read its copy back to prove it ({e:#}): not counted as off-site, the local copy is kept",
+                    "WARNING {}: {file}: its copy there does not match its manifest ({why}): not counted as \
+                     off-site, the local copy is kept; `pronto-offsite verify --deep` checks every copy",
                     v.name
                 )?,
+                Proof::Undecided(why, refused) => {
+                    writeln!(
+                        out,
+                        "{}: {file}: {why}: not counted as off-site, the local copy is kept",
+                        v.name
+                    )?;
+                    if refused {
+                        refused_us.insert(v.name.clone());
+                    }
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What proving one remote copy found.
+enum Proof {
+    /// Its bytes are the manifest's; with a line to say when it took reading them.
+    Proved([u8; 32], Option<String>),
+    /// Its recorded hash, the store's checksum or its bytes say otherwise.
+    Contradicted(String),
+    /// Could not tell (`true`: the remote refused us: try it for no other archive).
+    Undecided(String, bool),
+}
+
+/// Prove the copy `file` of an archive with manifest `m` (local copy at `local`), the
+/// cheapest way that decides: the hash the remote recorded (a `head`: S3/GCS metadata,
+/// the sftp sidecar, the file:// xattr); else the checksum the store computed itself
+/// (S3's SHA-256 or composite, GCS's CRC32C: a `head` and the local archive); else
+/// reading the copy back — not in a dry run, which says so instead.
+async fn prove_copy(
+    r: &RemoteHandle,
+    file: &str,
+    m: &Manifest,
+    local: &std::path::Path,
+    dry_run: bool,
+) -> Proof {
+    let Ok(want) = m.sha256_bytes() else {
+        return Proof::Undecided("its manifest's sha256 is unreadable".into(), false);
+    };
+    let refused = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<pronto_backends::BackendError>(),
+                Some(
+                    pronto_backends::BackendError::Auth(_)
+                        | pronto_backends::BackendError::HostKey(_)
+                )
+            )
+        })
+    };
+    let head = retry(r.retry, &format!("head of {file} on {}", r.name), || {
+        r.backend.head(file)
+    })
+    .await;
+    match head {
+        Ok(meta) if meta.size != m.size => {
+            return Proof::Contradicted(format!(
+                "{} bytes there, {} in the manifest",
+                meta.size, m.size
+            ))
+        }
+        Ok(meta) => match meta.sha256 {
+            Some(h) if h == want => return Proof::Proved(h, None),
+            Some(h) => {
+                return Proof::Contradicted(format!(
+                    "it records sha256 {}, the manifest says {}",
+                    hex::encode(h),
+                    hex::encode(want)
+                ))
+            }
+            None => {}
+        },
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            let refused = refused(&e);
+            return Proof::Undecided(format!("could not look at its copy ({e:#})"), refused);
+        }
+    }
+    match crate::replicate::store_checksum_proves(r, file, m.size, want, Some(local)).await {
+        Ok(true) => return Proof::Proved(want, None),
+        Ok(false) => {}
+        Err(e) => return Proof::Contradicted(format!("the store's own checksum: {e:#}")),
+    }
+    if dry_run {
+        return Proof::Undecided(
+            "the remote records no hash for its copy; a prune (not a dry run) reads it back first"
+                .into(),
+            false,
+        );
+    }
+    match crate::replicate::hash_remote(r, file).await {
+        Ok((h, n)) if h == want && n == m.size => Proof::Proved(
+            h,
+            Some(
+                "read back to prove its copy before the local one goes (the remote records no hash): ok"
+                    .into(),
+            ),
+        ),
+        Ok((h, _)) => Proof::Contradicted(format!(
+            "read back (the remote records no hash for it): sha256 {}, manifest {}",
+            hex::encode(h),
+            hex::encode(want)
+        )),
+        Err(e) => {
+            let refused = refused(&e);
+            Proof::Undecided(format!("could not read its copy back to prove it ({e:#})"), refused)
+        }
+    }
 }
 
 /// Prune the local folder. `listed` are the remote listings that could be read (after

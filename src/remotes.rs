@@ -23,9 +23,12 @@ use crate::retry::RetryPolicy;
 pub fn open(cfg: &Config, remote: &Remote) -> Result<RemoteHandle> {
     let initialized = crate::marker::initialized_on(cfg, remote).filter(|_| !remote.init_marker);
     let opened = open_with(remote, initialized.is_none());
-    match initialized {
-        Some(on) => opened.with_context(|| crate::marker::gone_hint(remote, &on)),
-        None => opened,
+    match (initialized, &remote.location) {
+        // A file:// folder is found missing here; sftp's on connecting (`marker::ensure`).
+        (Some(on), RemoteLocation::File(path)) if opened.is_err() && !path.exists() => {
+            opened.with_context(|| crate::marker::gone_hint(remote, &on))
+        }
+        _ => opened,
     }
 }
 

@@ -661,7 +661,7 @@ fn the_local_prune_keeps_an_archive_whose_sftp_copy_records_other_bytes() {
     assert!(o.status.success(), "{all}");
     assert!(
         all.contains(&format!(
-            "WARNING offsite: {}: its copy there does not match its manifest (its recorded hash read with a head request",
+            "WARNING offsite: {}: its copy there does not match its manifest (it records sha256",
             archive_name(&first)
         )),
         "{all}"

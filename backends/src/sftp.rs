@@ -273,6 +273,9 @@ struct Inner {
     cfg: SftpConfig,
     /// Dropped before `control_dir`: closing needs the control socket.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The ssh config file the masters get ([`Inner::config_preferring_aes_gcm`]), decided
+    /// once per instance (reconnects reuse it).
+    ssh_config: tokio::sync::OnceCell<Option<PathBuf>>,
     /// Effective user/host/port as `ssh -G` resolves them (for messages).
     who: std::sync::Mutex<Option<Who>>,
     /// Connections opened so far (1 = the first).
@@ -431,6 +434,7 @@ impl SftpBackend {
                 cfg,
                 control_dir,
                 conn: tokio::sync::Mutex::new(None),
+                ssh_config: tokio::sync::OnceCell::new(),
                 who: std::sync::Mutex::new(None),
                 connects: AtomicU64::new(0),
                 exec_unavailable: AtomicBool::new(false),
@@ -661,7 +665,11 @@ impl Inner {
         if let Some(k) = &cfg.identity_file {
             b.keyfile(k);
         }
-        match self.config_preferring_aes_gcm().await {
+        let ours = self
+            .ssh_config
+            .get_or_init(|| self.config_preferring_aes_gcm())
+            .await;
+        match ours.clone() {
             Some(ours) => {
                 b.config_file(ours);
             }
@@ -1670,21 +1678,21 @@ pub fn cpu_has_aes() -> bool {
 }
 
 /// What `ssh -G ARGS HOST` prints (the configuration ssh would use; local, no network),
-/// `None` when it fails.
+/// `None` when it fails or takes more than 10 s (a `Match exec` that hangs).
 async fn ssh_g(mut args: Vec<OsString>, host: &OsString) -> Option<String> {
     args.insert(0, "-G".into());
     args.push(host.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("ssh")
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-    })
-    .await
-    .ok()?
-    .ok()
-    .filter(|o| o.status.success())?;
+    let run = tokio::process::Command::new("ssh")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .ok()?
+        .ok()
+        .filter(|o| o.status.success())?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

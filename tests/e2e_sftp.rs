@@ -530,6 +530,14 @@ fn sftp_config_keys_are_checked_and_the_example_parses() {
             "url = \"file:///tmp/x\"\naccept_new_host_key = true\n",
             "remotes[0].accept_new_host_key",
         ),
+        (
+            "url = \"file:///tmp/x\"\nprefer_aes_gcm = false\n",
+            "remotes[0].prefer_aes_gcm",
+        ),
+        (
+            "url = \"sftp://u@h:22/srv\"\nprefer_aes_gcm = \"no\"\n",
+            "pronto-offsite.toml:6: invalid type: string \"no\", expected a boolean",
+        ),
         ("url = \"sftp://u:hunter2@h/srv\"\n", "remotes[0].url"),
         ("url = \"sftp://h\"\n", "remotes[0].url"),
     ];

@@ -180,6 +180,10 @@ pub struct SftpConfig {
     pub accept_new_host_key: bool,
     /// How finished files are verified.
     pub remote_hash: RemoteHash,
+    /// Put AES-GCM first among ssh's ciphers where this CPU has AES instructions and
+    /// nobody chose the ciphers (default true). False for a server without AES
+    /// instructions (a Raspberry Pi 4), where chacha20-poly1305 costs it less.
+    pub prefer_aes_gcm: bool,
     /// Create the remote folder when it is missing (true, for writing); false for
     /// read-only use, where a missing folder is an error that names it.
     pub create_root: bool,
@@ -240,6 +244,7 @@ impl SftpConfig {
             connect_timeout: None,
             accept_new_host_key: false,
             remote_hash: RemoteHash::Auto,
+            prefer_aes_gcm: true,
             create_root: true,
         })
     }
@@ -533,7 +538,7 @@ impl Inner {
     /// → 1.1 s). rclone's sftp (Go's ssh) prefers AES-GCM the same way. Nothing is
     /// removed from the list, so a server without AES-GCM still agrees on a cipher.
     async fn config_preferring_aes_gcm(&self) -> Option<PathBuf> {
-        if !cpu_has_aes() {
+        if !self.cfg.prefer_aes_gcm || !cpu_has_aes() {
             return None;
         }
         let host: OsString = self.cfg.host.clone().into();

@@ -839,6 +839,17 @@ async fn aes_gcm_is_preferred_unless_the_user_chose_the_ciphers() {
     connect(sshd.config(&sshd.dir.path().join("r1"))).await;
     assert_eq!(negotiated_cipher(&sshd, mark), fast, "no ssh config");
 
+    // `prefer_aes_gcm = false` (a server without AES instructions): ssh's own order.
+    let mut cfg = sshd.config(&sshd.dir.path().join("r1"));
+    cfg.prefer_aes_gcm = false;
+    let mark = log_len();
+    connect(cfg).await;
+    assert_eq!(
+        negotiated_cipher(&sshd, mark),
+        "chacha20-poly1305@openssh.com",
+        "prefer_aes_gcm = false"
+    );
+
     // An ssh config with a host alias and no ciphers: the alias still works.
     let conf = sshd.dir.path().join("ssh_config_alias");
     let alias = format!(

@@ -348,6 +348,7 @@ struct RawRemote {
     connect_timeout: Option<Spanned<String>>,
     accept_new_host_key: Option<Spanned<bool>>,
     remote_hash: Option<Spanned<String>>,
+    prefer_aes_gcm: Option<Spanned<bool>>,
     // s3:// and gs:// remotes
     region: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
@@ -918,7 +919,7 @@ impl Locator<'_> {
 }
 
 /// Apply a remote's SSH keys (`identity_file`, `known_hosts_file`, `ssh_config_file`,
-/// `connect_timeout`, `accept_new_host_key`, `remote_hash`) to its sftp:// location;
+/// `connect_timeout`, `accept_new_host_key`, `remote_hash`, `prefer_aes_gcm`) to its sftp:// location;
 /// on any other remote they are an error, not silently ignored.
 fn sftp_options(
     at: &Locator,
@@ -943,6 +944,11 @@ fn sftp_options(
                 r.accept_new_host_key
                     .as_ref()
                     .map(|v| ("accept_new_host_key", v.span().start))
+            })
+            .or_else(|| {
+                r.prefer_aes_gcm
+                    .as_ref()
+                    .map(|v| ("prefer_aes_gcm", v.span().start))
             });
         if let Some((name, start)) = set {
             return Err(at.err(
@@ -980,6 +986,7 @@ fn sftp_options(
         }
     }
     cfg.accept_new_host_key = r.accept_new_host_key.as_ref().is_some_and(|v| *v.get_ref());
+    cfg.prefer_aes_gcm = r.prefer_aes_gcm.as_ref().is_none_or(|v| *v.get_ref());
     if let Some(h) = &r.remote_hash {
         cfg.remote_hash = match h.get_ref().as_str() {
             "auto" => RemoteHash::Auto,

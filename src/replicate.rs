@@ -101,6 +101,19 @@ pub async fn upload_archive_with(
             return Ok(UploadStats::default());
         }
         Some(_) => {
+            // The remote copy is taken away only for local bytes that are what their
+            // manifest says (a local manifest naming other bytes must not cost the
+            // remote its complete copy).
+            let path = up.archive.path.clone();
+            let (local_sha, _) =
+                tokio::task::spawn_blocking(move || crate::archive::sha256_file(&path)).await??;
+            if local_sha != sha {
+                bail!(
+                    "local archive {} no longer matches its manifest (sha256 differs); run `pronto-offsite verify`; the copy on {} was left as it is",
+                    up.archive.path.display(),
+                    r.name
+                );
+            }
             let mkey = Manifest::file_name_for(file);
             retry(r.retry, &format!("delete of {mkey} on {}", r.name), || {
                 r.backend.delete(&mkey)

@@ -924,3 +924,39 @@ fn the_local_prune_reads_back_a_remote_copy_with_no_recorded_hash_before_relying
         "{b} has a proven copy on the NAS: {local:?}\n{out}"
     );
 }
+
+/// A local manifest that names other bytes than its archive (damaged, or edited by hand)
+/// makes push plan a replacement of the remote copy (the remote records the archive's
+/// real hash); the remote copy keeps its manifest: the local bytes are checked against
+/// their manifest before anything there is taken away.
+#[test]
+fn a_local_manifest_naming_other_bytes_never_costs_the_remote_its_copy() {
+    let env = Env::new();
+    config(&env, &[("nas", "")], "[retention]\nlast = 5\n");
+    let id = "20260101-000000";
+    fabricate(&env.backups(), id);
+    let o = env.run(&["push"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let nas = env.path("nas");
+    let remote_manifest = nas.join(manifest_of(id));
+    let before = std::fs::read(&remote_manifest).unwrap();
+
+    let local_manifest = env.backups().join(manifest_of(id));
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&local_manifest).unwrap()).unwrap();
+    m["sha256"] = serde_json::Value::String("ab".repeat(32));
+    std::fs::write(&local_manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+
+    let o = env.run(&["push"]);
+    let out = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("no longer matches its manifest") && out.contains("was left as it is"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&remote_manifest).unwrap(),
+        before,
+        "the remote copy lost its manifest"
+    );
+}

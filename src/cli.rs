@@ -637,6 +637,16 @@ fn push(
 ) -> Result<Exit> {
     let mut cfg = load_config(g.config)?;
     if init_remote {
+        // Starting a remote afresh writes its marker, and creates its folder when missing:
+        // with several remotes it must be said which one, or a sibling that is merely not
+        // mounted would get a folder and a marker on the disk underneath.
+        if remote.is_none() && cfg.remotes.len() > 1 {
+            let names: Vec<&str> = cfg.remotes.iter().map(|r| r.name.as_str()).collect();
+            return Err(crate::error::usage(format!(
+                "--init-remote starts one remote afresh: name it with --remote NAME (configured: {})",
+                names.join(", ")
+            )));
+        }
         cfg.remotes.iter_mut().for_each(|r| r.init_marker = true);
     }
     if let Some(b) = bwlimit {

@@ -162,3 +162,29 @@ fn a_known_remote_whose_folder_is_gone_is_not_created_again() {
     assert_eq!(archives(&remote), 3, "{:?}", entries(&remote));
     assert!(remote.join(MARKER).is_file());
 }
+
+/// With several remotes, `--init-remote` must name the one to start afresh: applied to
+/// all, a sibling that is merely not mounted would get a folder and a marker on the disk
+/// underneath.
+#[test]
+fn init_remote_with_several_remotes_needs_the_remote_named() {
+    let (env, remote) = pushed_once();
+    let cold = env.path("cold");
+    env.write_config(&format!(
+        "\n[[remotes]]\nname = \"cold\"\nurl = \"file://{}\"\n\n[retention]\nlast = 10\n",
+        cold.display()
+    ));
+    let o = env.run(&["push", "--init-remote"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("name it with --remote NAME (configured: nas, cold)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!cold.exists(), "created {}", cold.display());
+
+    let o = env.run(&["push", "--remote", "nas", "--init-remote"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(remote.join(MARKER).is_file());
+    assert!(!cold.exists(), "created {}", cold.display());
+}

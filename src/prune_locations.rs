@@ -608,11 +608,10 @@ enum Proof {
     Undecided(String, bool),
 }
 
-/// Prove the copy `file` of an archive with manifest `m` (local copy at `local`), the
-/// cheapest way that decides: the hash the remote recorded (a `head`: S3/GCS metadata,
-/// the sftp sidecar, the file:// xattr); else the checksum the store computed itself
-/// (S3's SHA-256 or composite, GCS's CRC32C: a `head` and the local archive); else
-/// reading the copy back — not in a dry run, which says so instead.
+/// Prove the copy `file` of an archive with manifest `m` (local copy at `local`) with the
+/// one check uploads use ([`crate::replicate::prove_remote_copy`]): the checksum the store
+/// or the backend computed from the stored bytes, else reading the copy back — not in a
+/// dry run, which says so instead. A hash the writer put in object metadata proves nothing.
 async fn prove_copy(
     r: &RemoteHandle,
     file: &str,
@@ -620,76 +619,45 @@ async fn prove_copy(
     local: &std::path::Path,
     dry_run: bool,
 ) -> Proof {
+    use crate::replicate::Proven;
     let Ok(want) = m.sha256_bytes() else {
         return Proof::Undecided("its manifest's sha256 is unreadable".into(), false);
     };
-    let refused = |e: &anyhow::Error| {
-        e.chain().any(|c| {
-            matches!(
-                c.downcast_ref::<pronto_backends::BackendError>(),
-                Some(
-                    pronto_backends::BackendError::Auth(_)
-                        | pronto_backends::BackendError::HostKey(_)
-                )
-            )
-        })
-    };
-    let head = retry(r.retry, &format!("head of {file} on {}", r.name), || {
-        r.backend.head(file)
-    })
-    .await;
-    match head {
-        Ok(meta) if meta.size != m.size => {
-            return Proof::Contradicted(format!(
-                "{} bytes there, {} in the manifest",
-                meta.size, m.size
-            ))
-        }
-        Ok(meta) => match meta.sha256 {
-            Some(h) if h == want => return Proof::Proved(h, None),
-            Some(h) => {
-                return Proof::Contradicted(format!(
-                    "it records sha256 {}, the manifest says {}",
-                    hex::encode(h),
-                    hex::encode(want)
-                ))
-            }
-            None => {}
-        },
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            let refused = refused(&e);
-            return Proof::Undecided(format!("could not look at its copy ({e:#})"), refused);
-        }
-    }
-    match crate::replicate::store_checksum_proves(r, file, m.size, want, Some(local)).await {
-        Ok(true) => return Proof::Proved(want, None),
-        Ok(false) => {}
-        Err(e) => return Proof::Contradicted(format!("the store's own checksum: {e:#}")),
-    }
-    if dry_run {
-        return Proof::Undecided(
-            "the remote records no hash for its copy; a prune (not a dry run) reads it back first"
-                .into(),
-            false,
-        );
-    }
-    match crate::replicate::hash_remote(r, file).await {
-        Ok((h, n)) if h == want && n == m.size => Proof::Proved(
-            h,
+    match crate::replicate::prove_remote_copy(r, file, m.size, want, local, !dry_run).await {
+        Ok(Proven::ByStoredChecksum) => Proof::Proved(want, None),
+        Ok(Proven::ByReadingBack) => Proof::Proved(
+            want,
             Some(
                 "read back to prove its copy before the local one goes (the remote records no hash): ok"
                     .into(),
             ),
         ),
-        Ok((h, _)) => Proof::Contradicted(format!(
-            "read back (the remote records no hash for it): sha256 {}, manifest {}",
-            hex::encode(h),
-            hex::encode(want)
-        )),
+        Ok(Proven::SizeOnly) => Proof::Undecided(
+            "the remote records no hash for its copy; a prune (not a dry run) reads it back first"
+                .into(),
+            false,
+        ),
         Err(e) => {
-            let refused = refused(&e);
-            Proof::Undecided(format!("could not read its copy back to prove it ({e:#})"), refused)
+            let contradicted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<crate::error::AppError>(),
+                    Some(crate::error::AppError::Verification(_))
+                )
+            });
+            let refused = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<pronto_backends::BackendError>(),
+                    Some(
+                        pronto_backends::BackendError::Auth(_)
+                            | pronto_backends::BackendError::HostKey(_)
+                    )
+                )
+            });
+            if contradicted {
+                Proof::Contradicted(format!("{e:#}"))
+            } else {
+                Proof::Undecided(format!("could not prove its copy ({e:#})"), refused)
+            }
         }
     }
 }

@@ -291,7 +291,35 @@ async fn verify_remote(
     sha: [u8; 32],
     local: Option<&LocalCopy>,
 ) -> Result<()> {
-    verify_remote_with(r, key, size, sha, true, local).await
+    verify_remote_with(r, key, size, sha, true, local)
+        .await
+        .map(drop)
+}
+
+/// How [`verify_remote_with`] found a remote copy to be the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proven {
+    /// By a checksum the store or the backend computed from the stored bytes.
+    ByStoredChecksum,
+    /// By reading the copy back and hashing it.
+    ByReadingBack,
+    /// By its size alone (no checksum, and reading back was not asked for).
+    SizeOnly,
+}
+
+/// [`verify_remote_with`] for a copy whose local archive is at `local` (`prune`: before a
+/// local copy goes, its remote copy must be proven). A copy that contradicts the archive
+/// is a verification error ([`crate::error::verification`]).
+pub(crate) async fn prove_remote_copy(
+    r: &RemoteHandle,
+    key: &str,
+    size: u64,
+    sha: [u8; 32],
+    local: &Path,
+    read_back: bool,
+) -> Result<Proven> {
+    let local = LocalCopy::open(local, part_size_for(size, &r.backend.capabilities())).ok();
+    verify_remote_with(r, key, size, sha, read_back, local.as_ref()).await
 }
 
 /// Check the remote copy's size, then its bytes. First by the checksum the store
@@ -302,7 +330,7 @@ async fn verify_remote(
 /// the SHA-256 the backend computed from the stored bytes (file:// and sftp, at
 /// completion: [`Backend::sha256_is_computed_from_stored_bytes`]), else (with
 /// `read_back`) the object read back and hashed — never a hash recorded in object
-/// metadata; without either, size alone.
+/// metadata; without either, size alone. Says which it was.
 async fn verify_remote_with(
     r: &RemoteHandle,
     key: &str,
@@ -310,7 +338,7 @@ async fn verify_remote_with(
     sha: [u8; 32],
     read_back: bool,
     local: Option<&LocalCopy>,
-) -> Result<()> {
+) -> Result<Proven> {
     let meta = retry(r.retry, &format!("head of {key} on {}", r.name), || {
         r.backend.head(key)
     })
@@ -324,21 +352,23 @@ async fn verify_remote_with(
         );
     }
     if store_proves(r, key, size, sha, local).await? {
-        return Ok(());
+        return Ok(Proven::ByStoredChecksum);
     }
     // A hash the backend computed from the stored bytes (file://, sftp) is proof; one the
     // writer recorded beside them (object metadata) is not, and is never consulted here.
-    let got = match meta.sha256 {
-        Some(h) if r.backend.sha256_is_computed_from_stored_bytes() => h,
+    let (got, how) = match meta.sha256 {
+        Some(h) if r.backend.sha256_is_computed_from_stored_bytes() => {
+            (h, Proven::ByStoredChecksum)
+        }
         _ if read_back => {
             let (h, n) = hash_remote(r, key).await?;
             tracing::info!(
                 "{}: {key} verified by reading it back ({n} bytes): the store keeps no checksum of its own",
                 r.name
             );
-            h
+            (h, Proven::ByReadingBack)
         }
-        _ => return Ok(()),
+        _ => return Ok(Proven::SizeOnly),
     };
     if got != sha {
         return Err(crate::error::verification(format!(
@@ -348,7 +378,7 @@ async fn verify_remote_with(
             hex::encode(sha)
         )));
     }
-    Ok(())
+    Ok(how)
 }
 
 /// Whether the checksum the store computed for `key` proves its bytes are the archive

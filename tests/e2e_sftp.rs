@@ -669,8 +669,8 @@ fn the_local_prune_keeps_an_archive_whose_sftp_copy_records_other_bytes() {
     assert!(o.status.success(), "{all}");
     assert!(
         all.contains(&format!(
-            "WARNING offsite: {}: its copy there does not match its manifest (it records sha256",
-            archive_name(&first)
+            "WARNING offsite: {f}: its copy there does not match its manifest (offsite: {f} has sha256",
+            f = archive_name(&first)
         )),
         "{all}"
     );

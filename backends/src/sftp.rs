@@ -598,19 +598,7 @@ impl Inner {
         if let Some(w) = self.who.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return w;
         }
-        let mut args = self.ssh_args();
-        args.insert(0, "-G".into());
-        args.push(self.cfg.host.clone().into());
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("ssh")
-                .args(&args)
-                .stdin(std::process::Stdio::null())
-                .output()
-        })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .filter(|o| o.status.success());
+        let g = ssh_g(self.ssh_args(), &self.cfg.host.clone().into()).await;
         let mut who = Who {
             user: self
                 .cfg
@@ -621,14 +609,15 @@ impl Inner {
             hostname: self.cfg.host.clone(),
             port: self.cfg.port.unwrap_or(22),
         };
-        if let Some(out) = out {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                match line.split_once(' ') {
-                    Some(("user", v)) => who.user = v.to_string(),
-                    Some(("hostname", v)) => who.hostname = v.to_string(),
-                    Some(("port", v)) => who.port = v.parse().unwrap_or(who.port),
-                    _ => {}
-                }
+        if let Some(g) = g {
+            if let Some(v) = ssh_g_value(&g, "user") {
+                who.user = v.to_string();
+            }
+            if let Some(v) = ssh_g_value(&g, "hostname") {
+                who.hostname = v.to_string();
+            }
+            if let Some(v) = ssh_g_value(&g, "port") {
+                who.port = v.parse().unwrap_or(who.port);
             }
             *self.who.lock().unwrap_or_else(|p| p.into_inner()) = Some(who.clone());
         }
